@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# The local Driftline stack: Apache Kafka (KRaft), Apicurio Registry, PostgreSQL and MinIO.
+#
+#   infra/stack.sh install            fetch/build what is missing into the cache (idempotent)
+#   infra/stack.sh up                 install, then start every component and wait until it answers
+#   infra/stack.sh down               stop every component (no process is left behind)
+#   infra/stack.sh status             one line per component
+#   infra/stack.sh env                print the connection settings (KEY=VALUE) of this stack
+#   infra/stack.sh clean              down, then delete this stack's state (data, logs, ports)
+#
+# Environment:
+#   DRIFTLINE_STATE_DIR   where data, logs, pid files and the chosen ports live (default: .state/dev)
+#   DRIFTLINE_CACHE_DIR   downloads and builds shared by every clone (default: ~/.cache/driftline)
+#   DRIFTLINE_PORT_BASE   first port tried; components take base+0 … base+5 when free (default 39090)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=infra/lib.sh
+source "$ROOT/infra/lib.sh"
+
+KAFKA_VERSION=4.1.2
+APICURIO_VERSION=3.3.3
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c   # upstream commit of 2026-02-12 (no semver tags upstream)
+
+KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
+APICURIO_HOME="$CACHE_DIR/apicurio-$APICURIO_VERSION"
+MINIO_BIN="$CACHE_DIR/minio/$MINIO_VERSION/bin/minio"
+
+# ----------------------------------------------------------------------------------------------
+# install
+# ----------------------------------------------------------------------------------------------
+
+ensure_apt_package() { # command-to-check package...
+  local probe=$1; shift
+  if ! command -v "$probe" >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "$probe is missing; install: $*"
+    log "installing $* from Debian packages"
+    if [ ! -f "$CACHE_DIR/.apt-updated" ]; then apt-get update -qq && touch "$CACHE_DIR/.apt-updated"; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+
+java_major() { # java-binary → major version number
+  "$1" -version 2>&1 | awk -F'"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}'
+}
+
+java_for_apicurio() { # Apicurio 3.3 is built for Java 21+; Kafka is happy with the system Java 17
+  local cand
+  for cand in ${APICURIO_JAVA:-} ${JAVA_HOME:+$JAVA_HOME/bin/java} $(command -v java) /usr/lib/jvm/*/bin/java; do
+    [ -x "$cand" ] || continue
+    if [ "$(java_major "$cand")" -ge 21 ] 2>/dev/null; then echo "$cand"; return; fi
+  done
+  return 1
+}
+
+pg_bindir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/pg_ctl" ] && { echo "$d"; return; }; done
+  return 1
+}
+
+install_postgres() {
+  if ! pg_bindir >/dev/null; then
+    [ "$(id -u)" = 0 ] || die "PostgreSQL server is missing; install the Debian package 'postgresql'"
+    log "installing PostgreSQL from Debian packages"
+    if [ ! -f "$CACHE_DIR/.apt-updated" ]; then apt-get update -qq && touch "$CACHE_DIR/.apt-updated"; fi
+    # policy-rc.d stops the package from starting its own cluster: this stack runs its own.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+}
+
+install_kafka() {
+  [ -f "$KAFKA_HOME/.complete" ] && return
+  ensure_apt_package java openjdk-17-jre-headless
+  ensure_apt_package mvn maven
+  log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central (first run only)"
+  rm -rf "$KAFKA_HOME" && mkdir -p "$KAFKA_HOME/libs"
+  mvn -q -B -f "$ROOT/infra/kafka/pom.xml" dependency:copy-dependencies \
+    -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs"
+  touch "$KAFKA_HOME/.complete"
+}
+
+install_apicurio() {
+  [ -f "$APICURIO_HOME/.complete" ] && return
+  ensure_apt_package java openjdk-17-jre-headless
+  ensure_apt_package mvn maven
+  log "fetching Apicurio Registry $APICURIO_VERSION from Maven Central (~160 MB, first run only)"
+  rm -rf "$APICURIO_HOME" && mkdir -p "$APICURIO_HOME"
+  # copy, then GNU tar: the tarball uses pax headers, which Maven's own unpacker mangles.
+  mvn -q -B -f "$ROOT/infra/apicurio/pom.xml" dependency:copy-dependencies \
+    -Dapicurio.version="$APICURIO_VERSION" -DoutputDirectory="$APICURIO_HOME/dist"
+  tar -xzf "$APICURIO_HOME"/dist/apicurio-registry-app-*.tar.gz -C "$APICURIO_HOME"
+  rm -rf "$APICURIO_HOME/dist"
+  [ -f "$APICURIO_HOME/quarkus-run.jar" ] || die "quarkus-run.jar not found after unpacking Apicurio"
+  touch "$APICURIO_HOME/.complete"
+}
+
+install_minio() {
+  [ -x "$MINIO_BIN" ] && return
+  command -v go >/dev/null 2>&1 || ensure_apt_package go golang-go
+  log "building MinIO $MINIO_VERSION with 'go install' (first run only: module downloads and a few minutes of compiling)"
+  mkdir -p "$(dirname "$MINIO_BIN")"
+  GOBIN="$(dirname "$MINIO_BIN")" GOFLAGS=-trimpath go install "github.com/minio/minio@$MINIO_VERSION"
+  [ -x "$MINIO_BIN" ] || die "go install finished but $MINIO_BIN is missing"
+}
+
+cmd_install() {
+  mkdir -p "$CACHE_DIR"
+  install_postgres
+  # The three downloads/builds are independent: run them side by side.
+  local pids=() names=() failed=0 i
+  install_kafka >"$CACHE_DIR/install-kafka.log" 2>&1 & pids+=($!); names+=(kafka)
+  install_apicurio >"$CACHE_DIR/install-apicurio.log" 2>&1 & pids+=($!); names+=(apicurio)
+  install_minio >"$CACHE_DIR/install-minio.log" 2>&1 & pids+=($!); names+=(minio)
+  for i in "${!pids[@]}"; do
+    if ! wait "${pids[$i]}"; then
+      failed=1
+      warn "installing ${names[$i]} failed; last lines of $CACHE_DIR/install-${names[$i]}.log:"
+      tail -n 20 "$CACHE_DIR/install-${names[$i]}.log" >&2
+    else
+      grep -h '^driftline-stack:' "$CACHE_DIR/install-${names[$i]}.log" || true
+    fi
+  done
+  [ "$failed" = 0 ] || die "installation failed"
+}
+
+# ----------------------------------------------------------------------------------------------
+# ports and connection settings
+# ----------------------------------------------------------------------------------------------
+
+ensure_ports() {
+  mkdir -p "$STATE_DIR"
+  [ -f "$PORTS_FILE" ] && return
+  local base=${DRIFTLINE_PORT_BASE:-39090} p used=() name
+  local names=(KAFKA_PORT CONTROLLER_PORT REGISTRY_PORT POSTGRES_PORT MINIO_PORT MINIO_CONSOLE_PORT)
+  p=$base
+  : >"$PORTS_FILE.tmp"
+  for name in "${names[@]}"; do
+    while ! port_free "$p"; do p=$((p + 1)); done
+    echo "$name=$p" >>"$PORTS_FILE.tmp"
+    used+=("$p"); p=$((p + 1))
+  done
+  mv "$PORTS_FILE.tmp" "$PORTS_FILE"
+  log "ports chosen for $STATE_DIR: ${used[*]}"
+}
+
+load_ports() {
+  # shellcheck disable=SC1090
+  source "$PORTS_FILE"
+}
+
+write_stack_env() {
+  load_ports
+  cat >"$STATE_DIR/stack.env" <<EOF
+# Connection settings of the local stack in $(basename "$STATE_DIR") — written by infra/stack.sh.
+# Local-mode credentials: insecure by design, never use them outside a developer machine.
+DRIFTLINE_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+DRIFTLINE_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
+DRIFTLINE_POSTGRES_DSN=postgresql://driftline:driftline-local@127.0.0.1:$POSTGRES_PORT/driftline
+DRIFTLINE_MINIO_ENDPOINT=127.0.0.1:$MINIO_PORT
+DRIFTLINE_MINIO_ACCESS_KEY=driftline
+DRIFTLINE_MINIO_SECRET_KEY=driftline-local-secret
+DRIFTLINE_STATE_DIR=$STATE_DIR
+EOF
+}
+
+# ----------------------------------------------------------------------------------------------
+# components
+# ----------------------------------------------------------------------------------------------
+
+pg_run() { # run a PostgreSQL binary as a non-root user (the server refuses root)
+  local bin
+  bin="$(pg_bindir)/$1"; shift
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$bin" "$@"; else "$bin" "$@"; fi
+}
+
+pg_data_dir() {
+  # The data folder lives in the state dir. When the clone sits where the postgres user cannot
+  # reach (e.g. under /root), it goes to a per-state-dir folder under /var/tmp and is linked in.
+  local want="$STATE_DIR/postgres"
+  if [ -L "$want" ]; then readlink -f "$want"; return; fi
+  if [ "$(id -u)" != 0 ]; then echo "$want"; return; fi
+  mkdir -p "$want"; chown postgres:postgres "$want"
+  if runuser -u postgres -- test -w "$want"; then echo "$want"; return; fi
+  rmdir "$want"
+  local alt
+  alt="/var/tmp/driftline-pg-$(echo -n "$STATE_DIR" | sha256sum | cut -c1-12)"
+  mkdir -p "$alt"; chown postgres:postgres "$alt"; chmod 700 "$alt"
+  ln -s "$alt" "$want"
+  echo "$alt"
+}
+
+postgres_up() {
+  load_ports
+  local data; data="$(pg_data_dir)"
+  if pg_run pg_ctl -D "$data" status >/dev/null 2>&1; then return; fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "postgres: initialising a cluster in $STATE_DIR/postgres"
+    local pw="$data.pw"
+    echo "driftline-local" >"$pw"; [ "$(id -u)" = 0 ] && chown postgres "$pw"
+    pg_run initdb -D "$data" -U driftline --pwfile="$pw" --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 >/dev/null
+    rm -f "$pw"
+    # Loopback TCP only; no unix socket, so nothing here touches another cluster.
+    cat >>"$data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+max_connections = 200
+shared_buffers = 128MB
+fsync = on
+EOF
+  fi
+  sed -i "s/^port = .*//" "$data/postgresql.conf"
+  echo "port = $POSTGRES_PORT" >>"$data/postgresql.conf"
+  pg_run pg_ctl -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
+  ln -sf "$data/server.log" "$LOG_DIR/postgres.log"
+  PGPASSWORD=driftline-local psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U driftline -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname='driftline'" | grep -q 1 ||
+    PGPASSWORD=driftline-local psql -q -h 127.0.0.1 -p "$POSTGRES_PORT" -U driftline -d postgres -c "CREATE DATABASE driftline"
+  PGPASSWORD=driftline-local psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U driftline -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname='apicurio'" | grep -q 1 ||
+    PGPASSWORD=driftline-local psql -q -h 127.0.0.1 -p "$POSTGRES_PORT" -U driftline -d postgres -c "CREATE DATABASE apicurio"
+}
+
+postgres_down() {
+  [ -e "$STATE_DIR/postgres" ] || return 0
+  local data; data="$(readlink -f "$STATE_DIR/postgres")"
+  [ -f "$data/PG_VERSION" ] || return 0
+  if pg_run pg_ctl -D "$data" status >/dev/null 2>&1; then
+    pg_run pg_ctl -D "$data" -m fast -w -t 60 stop >/dev/null
+  fi
+}
+
+postgres_status() {
+  [ -e "$STATE_DIR/postgres" ] || { echo "not initialised"; return 1; }
+  local data; data="$(readlink -f "$STATE_DIR/postgres")"
+  if pg_run pg_ctl -D "$data" status >/dev/null 2>&1; then load_ports; echo "running on 127.0.0.1:$POSTGRES_PORT"
+  else echo "stopped"; return 1; fi
+}
+
+kafka_up() {
+  load_ports
+  is_running kafka && return
+  local dir="$STATE_DIR/kafka"
+  mkdir -p "$dir/data"
+  sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
+    -e "s|@DATA_DIR@|$dir/data|g" "$ROOT/infra/kafka/server.properties.in" >"$dir/server.properties"
+  local java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=file:$ROOT/infra/kafka/log4j2.xml" -cp "$KAFKA_HOME/libs/*")
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    local cluster_id
+    cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid)
+    java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" >/dev/null
+    log "kafka: formatted storage (cluster $cluster_id)"
+  fi
+  start_daemon kafka java "${java_opts[@]}" kafka.Kafka "$dir/server.properties"
+}
+
+apicurio_up() {
+  load_ports
+  is_running apicurio && return
+  local java
+  java=$(java_for_apicurio) || die "Apicurio Registry $APICURIO_VERSION needs Java 21 or newer: install one under /usr/lib/jvm or set APICURIO_JAVA"
+  # SQL storage in this stack's PostgreSQL: schemas (and their ids) survive a restart.
+  APICURIO_STORAGE_KIND=sql \
+  APICURIO_STORAGE_SQL_KIND=postgresql \
+  APICURIO_DATASOURCE_URL="jdbc:postgresql://127.0.0.1:$POSTGRES_PORT/apicurio" \
+  APICURIO_DATASOURCE_USERNAME=driftline \
+  APICURIO_DATASOURCE_PASSWORD=driftline-local \
+    start_daemon apicurio "$java" -Xms128m -Xmx512m -XX:+UseSerialGC -Djava.awt.headless=true \
+    -Ddriftline.state="$STATE_DIR" \
+    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+    -Dquarkus.log.level=WARN -Dquarkus.http.access-log.enabled=false \
+    -Dapicurio.datasource.jdbc.initial-size=2 -Dapicurio.datasource.jdbc.min-size=2 -Dapicurio.datasource.jdbc.max-size=8 -Dquarkus.log.category.\"io.apicurio\".level=INFO \
+    -jar "$APICURIO_HOME/quarkus-run.jar"
+}
+
+minio_up() {
+  load_ports
+  is_running minio && return
+  mkdir -p "$STATE_DIR/minio/data"
+  MINIO_ROOT_USER=driftline MINIO_ROOT_PASSWORD=driftline-local-secret \
+  MINIO_BROWSER=on MINIO_UPDATE=off \
+    start_daemon minio "$MINIO_BIN" server "$STATE_DIR/minio/data" --quiet \
+    --address "127.0.0.1:$MINIO_PORT" --console-address "127.0.0.1:$MINIO_CONSOLE_PORT"
+}
+
+wait_all() {
+  load_ports
+  wait_until "kafka" 90 tcp_open "$KAFKA_PORT"
+  wait_until "minio" 60 http_ok "http://127.0.0.1:$MINIO_PORT/minio/health/ready"
+  wait_until "apicurio" 120 http_ok "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects"
+}
+
+cmd_up() {
+  local t0=$SECONDS
+  cmd_install
+  ensure_ports
+  write_stack_env
+  mkdir -p "$LOG_DIR" "$RUN_DIR"
+  kafka_up
+  minio_up
+  postgres_up            # before the registry: it keeps its schemas in PostgreSQL
+  apicurio_up
+  wait_all
+  log "stack up in $((SECONDS - t0)) s — settings in $STATE_DIR/stack.env"
+}
+
+cmd_down() {
+  local name
+  for name in apicurio kafka minio; do stop_daemon "$name"; done
+  postgres_down
+}
+
+cmd_status() {
+  local rc=0 name s
+  [ -f "$PORTS_FILE" ] && load_ports
+  for name in kafka apicurio minio; do
+    if is_running "$name"; then
+      case $name in
+        kafka) s="running (pid $(cat "$RUN_DIR/$name.pid")) on 127.0.0.1:$KAFKA_PORT" ;;
+        apicurio) s="running (pid $(cat "$RUN_DIR/$name.pid")) on http://127.0.0.1:$REGISTRY_PORT" ;;
+        minio) s="running (pid $(cat "$RUN_DIR/$name.pid")) on 127.0.0.1:$MINIO_PORT, console :$MINIO_CONSOLE_PORT" ;;
+      esac
+    else s="stopped"; rc=1; fi
+    printf '%-10s %s\n' "$name" "$s"
+  done
+  s=$(postgres_status) || rc=1
+  printf '%-10s %s\n' postgres "$s"
+  return $rc
+}
+
+cmd_clean() {
+  cmd_down
+  if [ -L "$STATE_DIR/postgres" ]; then rm -rf "$(readlink -f "$STATE_DIR/postgres")"; fi
+  rm -rf "$STATE_DIR"
+  log "removed $STATE_DIR"
+}
+
+case "${1:-}" in
+  install) cmd_install ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) ensure_ports; write_stack_env; cat "$STATE_DIR/stack.env" ;;
+  clean) cmd_clean ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,22 @@
+"""The ``driftline`` command line. Each command group lives in its own module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from driftline.cli import stack
+
+app = typer.Typer(
+    name="driftline",
+    help="Driftline: event-driven MLOps. Run the local stack, publish events, inspect topics and models.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    pretty_exceptions_short=True,
+)
+
+stack.register(app)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

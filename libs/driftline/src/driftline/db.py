@@ -1,0 +1,90 @@
+"""PostgreSQL: an asyncpg pool per service and ordered SQL migrations per service schema.
+
+Each service owns one schema (``features``, ``training``…). Its migrations are the files
+``migrations/NNN_name.sql`` of the service, applied in order at start-up inside a transaction,
+under an advisory lock so two copies of a service starting together do not race, and recorded
+in ``<schema>.schema_migrations``. Every connection of the pool has ``search_path`` set to the
+service's schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import asyncpg
+
+from driftline.kafka import retry_transient
+from driftline.logging import get_logger
+
+log = get_logger(__name__)
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_MIGRATION_FILE = re.compile(r"^(\d+)_[\w-]+\.sql$")
+
+
+def _check_schema(schema: str) -> str:
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}")
+    return schema
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+    """A pool whose connections use ``schema`` first; waits (with backoff) for the database."""
+    _check_schema(schema)
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await conn.execute(f"SET search_path TO {schema}, public")
+
+    async def connect() -> asyncpg.Pool:
+        # The schema must exist before connections set their search_path to it.
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        finally:
+            await conn.close()
+        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init)
+
+    pool: asyncpg.Pool = await retry_transient(connect, what=f"postgres pool ({schema})")
+    return pool
+
+
+def migration_files(directory: Path) -> list[tuple[str, Path]]:
+    files = []
+    for path in sorted(directory.glob("*.sql")):
+        m = _MIGRATION_FILE.match(path.name)
+        if not m:
+            raise ValueError(f"migration file {path.name} does not look like NNN_name.sql")
+        files.append((path.stem, path))
+    return files
+
+
+async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> list[str]:
+    """Apply the not-yet-applied migrations of ``directory``; returns the versions applied."""
+    _check_schema(schema)
+    lock_key = int.from_bytes(hashlib.sha256(f"driftline-migrations:{schema}".encode()).digest()[:8], "big", signed=True)
+    applied: list[str] = []
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        for version, path in migration_files(directory):
+            if version in done:
+                continue
+            await conn.execute(path.read_text())
+            await conn.execute(f"INSERT INTO {schema}.schema_migrations (version) VALUES ($1)", version)
+            applied.append(version)
+    if applied:
+        log.info("migrations_applied", schema=schema, versions=applied)
+    return applied
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    async with pool.acquire(timeout=5) as conn:
+        await conn.fetchval("SELECT 1")

@@ -1,0 +1,481 @@
+"""Kafka on aiokafka: a typed producer, a consumer runner with a dead-letter topic, and topic admin.
+
+Producer: acks=all and idempotence always; batching via linger/batch size; ``send`` enqueues,
+``publish`` waits for the broker's acknowledgement.
+
+Consumer runner: one consumer group; for every batch it decodes, calls the handler, waits for
+everything the handler produced to be acknowledged, and only then commits the offsets. A record
+that cannot be decoded, or that the handler refuses, is written to ``events.dlq`` with the reason
+and its original bytes, and the consumer moves on. An outage (broker, database, object store,
+registry) is retried with backoff and never skips a record. SIGTERM (via ``stop()``) finishes the
+current batch, commits, and leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
+from prometheus_client import Counter, Histogram
+
+from driftline.catalog import EVENTS_DLQ, Catalog, Topic
+from driftline.events import Event, envelope
+from driftline.logging import bind_event, get_logger
+from driftline.serde import AvroSerde, DecodeError, RegistryError
+
+log = get_logger(__name__)
+
+CONSUMED = Counter("driftline_consumed_total", "Records handled", ["group", "topic"])
+DEAD_LETTERED = Counter("driftline_dead_lettered_total", "Records sent to the DLQ", ["source", "error_type"])
+HANDLER_RETRIES = Counter("driftline_handler_retries_total", "Transient failures retried", ["group"])
+BATCH_SECONDS = Histogram("driftline_consumer_batch_seconds", "Time to handle and commit a batch", ["group"])
+PRODUCED = Counter("driftline_produced_total", "Records produced", ["topic"])
+
+
+class PoisonRecord(Exception):
+    """Raised by a handler for a record that can never be processed; it goes to the DLQ."""
+
+    def __init__(self, reason: str, error_type: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error_type = error_type
+
+
+class TransientError(Exception):
+    """Raised by a handler for a failure worth retrying (a dependency is down)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Outages that must be retried rather than dead-lettered."""
+    if isinstance(exc, TransientError | RegistryError | KafkaConnectionError | KafkaTimeoutError):
+        return True
+    if isinstance(exc, ConnectionError | TimeoutError | OSError):
+        return True
+    try:  # optional dependencies, imported lazily so the module stays light
+        import asyncpg
+
+        if isinstance(
+            exc,
+            asyncpg.PostgresConnectionError
+            | asyncpg.InterfaceError
+            | asyncpg.CannotConnectNowError
+            | asyncpg.TooManyConnectionsError,
+        ):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import urllib3.exceptions
+
+        if isinstance(exc, urllib3.exceptions.HTTPError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, KafkaError) and getattr(exc, "retriable", False)
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, capped."""
+
+    initial: float = 0.2
+    maximum: float = 15.0
+    factor: float = 2.0
+    _next: float = field(default=0.0, init=False)
+
+    def next_delay(self) -> float:
+        self._next = self.initial if self._next == 0 else min(self.maximum, self._next * self.factor)
+        return self._next * (0.5 + random.random() / 2)
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+
+async def retry_transient(
+    fn: Callable[[], Awaitable[Any]],
+    *,
+    what: str,
+    stopping: Callable[[], bool] = lambda: False,
+    backoff: Backoff | None = None,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> Any:
+    """Call ``fn`` until it succeeds or fails with a non-transient error (which is raised)."""
+    backoff = backoff or Backoff()
+    while True:
+        try:
+            return await fn()
+        except Exception as exc:
+            if not is_transient(exc) or stopping():
+                raise
+            delay = backoff.next_delay()
+            log.warning("transient_failure", what=what, error=repr(exc)[:300], retry_in_s=round(delay, 2))
+            if on_retry:
+                on_retry(exc)
+            await asyncio.sleep(delay)
+
+
+def kafka_key(topic: Topic, record: dict[str, Any]) -> bytes | None:
+    value = record.get(topic.key)
+    return None if value is None else str(value).encode()
+
+
+class EventProducer:
+    """The typed producer: records are checked against their topic's schema when encoded."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        serde: AvroSerde,
+        producer_name: str,
+        *,
+        linger_ms: int = 5,
+        max_batch_size: int = 256 * 1024,
+        compression_type: str | None = "lz4",
+        request_timeout_ms: int = 30000,
+    ) -> None:
+        self.serde = serde
+        self.name = producer_name
+        self.prefix = serde.topic_prefix
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=linger_ms,
+            max_batch_size=max_batch_size,
+            compression_type=compression_type,
+            request_timeout_ms=request_timeout_ms,
+            client_id=f"driftline-{producer_name}",
+        )
+
+    async def start(self, topics: Iterable[str] = ()) -> None:
+        await self.serde.prepare(*topics, EVENTS_DLQ)
+        await retry_transient(self._producer.start, what="kafka producer start")
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    def envelope(self, **kwargs: Any) -> dict[str, Any]:
+        """Envelope fields with this producer's name (see :func:`driftline.events.envelope`)."""
+        return envelope(self.name, **kwargs)
+
+    async def send(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> asyncio.Future[Any]:
+        """Encode and enqueue; the returned future resolves when the broker acknowledged."""
+        t = self.serde.topic(topic)
+        value = self.serde.encode(topic, record)
+        fut = await self._producer.send(
+            self.prefix + topic, value=value, key=key if key is not None else kafka_key(t, record)
+        )
+        PRODUCED.labels(topic).inc()
+        return fut
+
+    async def send_raw(self, topic: str, value: bytes, *, key: bytes | None = None) -> asyncio.Future[Any]:
+        """Enqueue bytes that are already encoded (DLQ replay, benchmarks); ``topic`` is logical."""
+        return await self._producer.send(self.prefix + topic, value=value, key=key)
+
+    async def publish(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> Any:
+        """Send one record and wait for the broker's acknowledgement (acks=all)."""
+        return await (await self.send(topic, record, key=key))
+
+    async def publish_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Send many records, then wait for all acknowledgements at once."""
+        futures = [await self.send(topic, record) for topic, record in items]
+        return list(await asyncio.gather(*futures))
+
+    async def flush(self) -> None:
+        await self._producer.flush()
+
+    async def dead_letter(
+        self,
+        *,
+        source: str,
+        reason: str,
+        error_type: str,
+        original: bytes,
+        record: ConsumerRecord[bytes, bytes] | None = None,
+        correlation_id: str | None = None,
+        attempts: int = 1,
+    ) -> asyncio.Future[Any]:
+        """Enqueue a DeadLetter record for refused input."""
+        DEAD_LETTERED.labels(source, error_type).inc()
+        dlq = {
+            **self.envelope(correlation_id=correlation_id),
+            "source": source,
+            "reason": reason[:4000],
+            "error_type": error_type,
+            "original": original,
+            "original_topic": record.topic if record else None,
+            "original_partition": record.partition if record else None,
+            "original_offset": record.offset if record else None,
+            "original_key": record.key if record else None,
+            "attempts": attempts,
+        }
+        return await self.send(EVENTS_DLQ, dlq)
+
+    async def ping(self) -> None:
+        """Readiness: the producer can fetch cluster metadata."""
+        await asyncio.wait_for(self._producer.client.force_metadata_update(), timeout=5)
+        if not self._producer.client.cluster.brokers():
+            raise KafkaConnectionError("no broker known")
+
+
+Handler = Callable[[Event], Awaitable[None]]
+BatchHandler = Callable[[list[Event]], Awaitable[None]]
+
+
+class ConsumerRunner:
+    """Runs a handler over one or more topics in a consumer group, at-least-once, with a DLQ.
+
+    Give ``handler`` (one event at a time) and/or ``batch_handler`` (a whole batch, e.g. for one
+    COPY into PostgreSQL). When the batch handler fails with a non-transient error, the batch is
+    retried one event at a time through ``handler`` so the poison record is isolated.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        bootstrap_servers: str,
+        serde: AvroSerde,
+        producer: EventProducer,
+        handler: Handler | None = None,
+        batch_handler: BatchHandler | None = None,
+        max_records: int = 500,
+        poll_timeout_ms: int = 500,
+        max_attempts: int = 3,
+        auto_offset_reset: str = "earliest",
+        after_batch: Callable[[], Awaitable[None]] | None = None,
+        consumer_options: dict[str, Any] | None = None,
+    ) -> None:
+        if handler is None and batch_handler is None:
+            raise ValueError("give a handler or a batch_handler")
+        self.group_id = serde.topic_prefix + group_id
+        self.topics = list(topics)
+        self.prefix = serde.topic_prefix
+        self.serde = serde
+        self.producer = producer
+        self.handler = handler
+        self.batch_handler = batch_handler
+        self.max_records = max_records
+        self.poll_timeout_ms = poll_timeout_ms
+        self.max_attempts = max_attempts
+        self.after_batch = after_batch
+        self._consumer = AIOKafkaConsumer(
+            *(self.prefix + t for t in self.topics),
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=auto_offset_reset,
+            isolation_level="read_committed",
+            client_id=f"driftline-{group_id}",
+            **(consumer_options or {}),
+        )
+        self._stopping = asyncio.Event()
+        self._running = False
+        self.last_batch_at = 0.0
+        self.processed = 0
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch, commit, and return."""
+        self._stopping.set()
+
+    def _stop_requested(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        await retry_transient(self._consumer.start, what=f"consumer {self.group_id} start")
+        self._running = True
+        log.info("consumer_started", group=self.group_id, topics=self.topics)
+        try:
+            while not self._stopping.is_set():
+                batches = await self._consumer.getmany(
+                    timeout_ms=self.poll_timeout_ms, max_records=self.max_records
+                )
+                for tp, records in batches.items():
+                    if self._stopping.is_set():
+                        break
+                    with BATCH_SECONDS.labels(self.group_id).time():
+                        done = await self._handle_partition_batch(tp, records)
+                    if done is not None:
+                        await self._commit(tp, done)
+                if self.after_batch is not None and batches:
+                    await self.after_batch()
+                self.last_batch_at = time.monotonic()
+        finally:
+            self._running = False
+            await self._consumer.stop()
+            log.info("consumer_stopped", group=self.group_id, processed=self.processed)
+
+    async def _commit(self, tp: TopicPartition, last_offset: int) -> None:
+        try:
+            await self._consumer.commit({tp: last_offset + 1})
+        except CommitFailedError as exc:
+            # The partition moved to another member during a rebalance; it re-reads from the last
+            # committed offset and every sink is idempotent, so nothing is lost or doubled.
+            log.warning("commit_failed_rebalance", group=self.group_id, partition=tp.partition, error=str(exc))
+
+    async def _handle_partition_batch(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> int | None:
+        """Handle records of one partition; returns the last offset whose effect is durable."""
+        events: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
+        for rec in records:
+            try:
+                topic = rec.topic[len(self.prefix) :]
+                value, schema_id = await retry_transient(
+                    lambda rec=rec, topic=topic: self.serde.decode(rec.value, topic),  # type: ignore[misc]
+                    what="decode",
+                    stopping=self._stop_requested,
+                )
+            except DecodeError as exc:
+                await self._dead_letter(rec, str(exc), "decode_error", None, 1)
+                continue
+            events.append(
+                (rec, Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp))
+            )
+        if events:
+            handled = await self._handle_events(events)
+            if not handled:
+                return None  # stopping in the middle of retries: nothing committed, replayed later
+        await retry_transient(self.producer.flush, what="producer flush", stopping=self._stop_requested)
+        self.processed += len(events)
+        CONSUMED.labels(self.group_id, tp.topic).inc(len(events))
+        return records[-1].offset
+
+    async def _handle_events(self, events: list[tuple[ConsumerRecord[bytes, bytes], Event]]) -> bool:
+        if self.batch_handler is not None:
+            bind_event(topic=events[0][1].topic, event_id=None, correlation_id=None, batch=len(events))
+            try:
+                await retry_transient(
+                    lambda: self.batch_handler([e for _, e in events]),  # type: ignore[misc]
+                    what=f"{self.group_id} batch",
+                    stopping=self._stop_requested,
+                    on_retry=lambda _: HANDLER_RETRIES.labels(self.group_id).inc(),
+                )
+                return True
+            except Exception as exc:
+                if is_transient(exc):  # only when stopping
+                    return False
+                if self.handler is None:
+                    log.warning("batch_failed_isolating", error=repr(exc)[:300])
+                    return await self._isolate_without_handler(events, exc)
+                log.warning("batch_failed_isolating", error=repr(exc)[:300])
+        for rec, event in events:
+            if not await self._handle_one(rec, event):
+                return False
+        return True
+
+    async def _isolate_without_handler(
+        self, events: list[tuple[ConsumerRecord[bytes, bytes], Event]], first_error: Exception
+    ) -> bool:
+        """No per-event handler: run the batch handler on each event alone."""
+        assert self.batch_handler is not None
+        batch_handler = self.batch_handler
+
+        async def one(event: Event) -> None:
+            await batch_handler([event])
+
+        for rec, event in events:
+            if not await self._handle_one(rec, event, fn=one):
+                return False
+        return True
+
+    async def _handle_one(
+        self,
+        rec: ConsumerRecord[bytes, bytes],
+        event: Event,
+        fn: Handler | None = None,
+    ) -> bool:
+        fn = fn or self.handler
+        assert fn is not None
+        bind_event(topic=event.topic, event_id=event.event_id, correlation_id=event.correlation_id)
+        attempts = 0
+        backoff = Backoff()
+        while True:
+            attempts += 1
+            try:
+                await fn(event)
+                return True
+            except PoisonRecord as exc:
+                await self._dead_letter(rec, exc.reason, exc.error_type, event.correlation_id, attempts)
+                return True
+            except Exception as exc:
+                if is_transient(exc):
+                    if self._stopping.is_set():
+                        return False
+                    HANDLER_RETRIES.labels(self.group_id).inc()
+                    delay = backoff.next_delay()
+                    log.warning("handler_transient_failure", error=repr(exc)[:300], retry_in_s=round(delay, 2))
+                    await asyncio.sleep(delay)
+                    attempts -= 1  # outages do not count against the record
+                    continue
+                if attempts >= self.max_attempts:
+                    log.error("handler_failed_dead_lettering", error=repr(exc)[:500], attempts=attempts)
+                    await self._dead_letter(
+                        rec, f"handler error: {exc!r}"[:2000], "handler_error", event.correlation_id, attempts
+                    )
+                    return True
+                log.warning("handler_failed_retrying", error=repr(exc)[:300], attempt=attempts)
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _dead_letter(
+        self,
+        rec: ConsumerRecord[bytes, bytes],
+        reason: str,
+        error_type: str,
+        correlation_id: str | None,
+        attempts: int,
+    ) -> None:
+        structlog.contextvars.bind_contextvars(topic=rec.topic, offset=rec.offset)
+        log.warning("record_dead_lettered", reason=reason[:300], error_type=error_type)
+        await retry_transient(
+            lambda: self.producer.dead_letter(
+                source=f"consumer:{self.group_id}",
+                reason=reason,
+                error_type=error_type,
+                original=rec.value or b"",
+                record=rec,
+                correlation_id=correlation_id,
+                attempts=attempts,
+            ),
+            what="dead letter",
+        )
+
+
+async def ensure_topics(
+    bootstrap_servers: str, catalog: Catalog, prefix: str = "", *, timeout_s: float = 60
+) -> list[str]:
+    """Create the catalog's missing topics (names prefixed with ``prefix``); returns those created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="driftline-admin")
+    deadline = time.monotonic() + timeout_s
+    await retry_transient(admin.start, what="kafka admin start", stopping=lambda: time.monotonic() > deadline)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in catalog if prefix + t.name not in existing]
+        if not missing:
+            return []
+        resp = await admin.create_topics(
+            [
+                NewTopic(prefix + t.name, t.partitions, t.replication_factor, topic_configs=t.kafka_config())
+                for t in missing
+            ]
+        )
+        for topic_error in resp.topic_errors:
+            name, code = topic_error[0], topic_error[1]
+            if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a concurrent init)
+                raise KafkaError(f"creating topic {name} failed with error code {code}: {topic_error[2:]}")
+        return [prefix + t.name for t in missing]
+    finally:
+        await admin.close()

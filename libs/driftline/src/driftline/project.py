@@ -1,0 +1,219 @@
+"""The project file: one YAML document per deployment that every service reads.
+
+It names the event type and its Avro payload schema, the entity key, the label, the features
+(raw fields, derived expressions, per-entity windowed aggregates), the estimator, and the
+training, drift and promotion policies. A feature is defined here once; features computes it,
+training fits on it, deployment scores it and monitoring watches it.
+
+The shipped example is ``driftline/examples/loan_approval/project.yaml``; point
+``DRIFTLINE_PROJECT_FILE`` at another file to run a different project.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EXAMPLE_PROJECT = Path(__file__).parent / "examples" / "loan_approval" / "project.yaml"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_duration(value: str | int | float) -> float:
+    """'15m' → 900.0 seconds; numbers are seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"bad duration {value!r}: use e.g. 500ms, 30s, 15m, 2h, 7d")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EventSpec(_Model):
+    type: str = Field(description="Event type name clients send, e.g. 'loan_application'.")
+    schema_name: str = Field(alias="schema", description="Avro record in schemas/events/ for the payload.")
+    entity_key: str = Field(description="Payload field that identifies the entity.")
+
+
+class LabelSpec(_Model):
+    name: str = "label"
+    classes: list[str] = Field(min_length=2, description="Class names; the label's values.")
+    positive_class: str
+
+    @model_validator(mode="after")
+    def _positive_is_a_class(self) -> LabelSpec:
+        if self.positive_class not in self.classes:
+            raise ValueError(f"positive_class {self.positive_class!r} is not one of {self.classes}")
+        return self
+
+
+class DerivedFeature(_Model):
+    name: str
+    expr: str | None = Field(None, description="Arithmetic over other features, e.g. 'loan / (salary + 1)'.")
+    function: str | None = Field(None, description="'module:function' registered Python function of the row.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DerivedFeature:
+        if (self.expr is None) == (self.function is None):
+            raise ValueError(f"derived feature {self.name!r}: give exactly one of expr or function")
+        return self
+
+
+class WindowSpec(_Model):
+    type: Literal["tumbling", "hopping"] = "tumbling"
+    size: str = Field(description="Window length, e.g. '1h'.")
+    step: str | None = Field(None, description="Hop for hopping windows (defaults to size).")
+    lateness: str = Field("0s", description="How late (event time) an event may arrive and still count.")
+
+    @property
+    def size_s(self) -> float:
+        return parse_duration(self.size)
+
+    @property
+    def step_s(self) -> float:
+        return parse_duration(self.step) if self.step else self.size_s
+
+    @property
+    def lateness_s(self) -> float:
+        return parse_duration(self.lateness)
+
+    @model_validator(mode="after")
+    def _valid(self) -> WindowSpec:
+        if self.size_s <= 0 or self.step_s <= 0 or self.lateness_s < 0:
+            raise ValueError("window size and step must be > 0, lateness >= 0")
+        if self.type == "tumbling" and self.step is not None and self.step_s != self.size_s:
+            raise ValueError("a tumbling window's step equals its size; use type: hopping")
+        return self
+
+
+class WindowedFeature(_Model):
+    name: str
+    field: str = Field(description="Raw or derived feature aggregated per entity.")
+    agg: Literal["count", "sum", "mean", "min", "max", "stddev"]
+    window: WindowSpec
+
+
+class FeatureSpec(_Model):
+    version: str = Field(description="Feature-set version; bump it when a definition changes.")
+    raw: list[str]
+    categorical: list[str] = Field(default_factory=list, description="Features binned by category for drift.")
+    derived: list[DerivedFeature] = Field(default_factory=list)
+    windows: list[WindowedFeature] = Field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """Every feature a vector carries, in a stable order."""
+        return [*self.raw, *(d.name for d in self.derived), *(w.name for w in self.windows)]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FeatureSpec:
+        names = self.names
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"feature names defined twice: {sorted(dupes)}")
+        bad = [n for n in names if not _NAME.match(n)]
+        if bad:
+            raise ValueError(f"feature names must be identifiers: {bad}")
+        return self
+
+
+class ModelSpec(_Model):
+    name: str
+    estimator: str = Field(description="Dotted path of a scikit-learn estimator class.")
+    params: dict[str, Any] = Field(default_factory=dict)
+    features: list[str] | None = Field(None, description="Model inputs (default: every feature).")
+
+    @field_validator("estimator")
+    @classmethod
+    def _sklearn_only(cls, v: str) -> str:
+        if not v.startswith("sklearn."):
+            raise ValueError("estimator must be a scikit-learn class (sklearn.…): only those load safely with skops")
+        return v
+
+
+class TrainingPolicy(_Model):
+    min_examples: int = 200
+    max_examples: int = 5000
+    holdout_fraction: float = Field(0.25, gt=0, lt=1)
+    selection: Literal["recent", "since_drift"] = "since_drift"
+    seed: int = 7
+    cooldown: str = "60s"
+    initial_training_after: int = Field(
+        0, description="Train the first model automatically once this many labelled examples exist (0: never)."
+    )
+
+    @property
+    def cooldown_s(self) -> float:
+        return parse_duration(self.cooldown)
+
+
+class DriftPolicy(_Model):
+    window: int = Field(500, description="Sliding window of recent records compared to the reference.")
+    min_window: int = Field(300, description="No input/prediction test before the window holds this many.")
+    check_every: int = Field(100, description="Run the tests every N records.")
+    psi_threshold: float = 0.25
+    ks_p_value: float = Field(1e-4, description="KS test p-value below which a numeric feature drifted.")
+    min_drifted_features: int = 1
+    performance_window: int = Field(300, description="Labelled predictions in the rolling accuracy window.")
+    min_labels: int = 150
+    accuracy_drop: float = Field(0.1, description="Alarm when rolling accuracy falls this far below the holdout's.")
+    page_hinkley_threshold: float = 50.0
+    page_hinkley_delta: float = 0.005
+
+
+class PromotionPolicy(_Model):
+    metric: str = "accuracy"
+    margin: float = Field(0.0, description="Candidate must beat the champion by at least this much.")
+    floor: float = Field(0.6, description="Candidate must reach at least this value.")
+
+
+class Project(_Model):
+    name: str
+    event: EventSpec
+    label: LabelSpec
+    features: FeatureSpec
+    model: ModelSpec
+    training: TrainingPolicy = Field(default_factory=TrainingPolicy)
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    path: Path | None = Field(None, exclude=True)
+
+    @property
+    def model_features(self) -> list[str]:
+        return list(self.model.features or self.features.names)
+
+    @model_validator(mode="after")
+    def _model_features_exist(self) -> Project:
+        unknown = set(self.model.features or []) - set(self.features.names)
+        if unknown:
+            raise ValueError(f"model.features names unknown features: {sorted(unknown)}")
+        return self
+
+
+def load_project(path: Path | str | None = None) -> Project:
+    """Load and validate a project file (default: the shipped loan-approval example)."""
+    p = Path(path) if path else EXAMPLE_PROJECT
+    with p.open() as f:
+        doc = yaml.safe_load(f)
+    return Project.model_validate({**doc, "path": p})
+
+
+@cache
+def _cached(path: str) -> Project:
+    return load_project(path or None)
+
+
+def project_from_settings(stack: Any) -> Project:
+    """The project named by ``DRIFTLINE_PROJECT_FILE`` (parsed once per process)."""
+    return _cached(str(stack.project_file or ""))

@@ -1,0 +1,237 @@
+"""Helpers for tests that run against the real stack.
+
+A test *namespace* isolates a test from every other one on the same stack: its own topic prefix
+(all twelve catalog topics, created with their schemas), its own PostgreSQL database and its own
+MinIO bucket. Services under test get ``namespace.stack`` as their StackSettings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from driftline.artifacts import ArtifactStore
+from driftline.catalog import default_catalog
+from driftline.events import Event
+from driftline.kafka import ensure_topics
+from driftline.serde import AvroSerde, SchemaRegistryClient
+from driftline.settings import StackSettings
+from driftline.stack import register_schemas
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@dataclass
+class Namespace:
+    name: str
+    stack: StackSettings
+
+    @property
+    def prefix(self) -> str:
+        return self.stack.topic_prefix
+
+    def env(self) -> dict[str, str]:
+        """Environment for a service subprocess bound to this namespace."""
+        s = self.stack
+        return {
+            **os.environ,
+            "DRIFTLINE_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+            "DRIFTLINE_SCHEMA_REGISTRY_URL": s.schema_registry_url,
+            "DRIFTLINE_POSTGRES_DSN": s.postgres_dsn.get_secret_value(),
+            "DRIFTLINE_MINIO_ENDPOINT": s.minio_endpoint,
+            "DRIFTLINE_MINIO_ACCESS_KEY": s.minio_access_key,
+            "DRIFTLINE_MINIO_SECRET_KEY": s.minio_secret_key.get_secret_value(),
+            "DRIFTLINE_ARTIFACT_BUCKET": s.artifact_bucket,
+            "DRIFTLINE_TOPIC_PREFIX": s.topic_prefix,
+            **({"DRIFTLINE_PROJECT_FILE": str(s.project_file)} if s.project_file else {}),
+        }
+
+
+async def create_namespace(base: StackSettings, label: str = "t") -> Namespace:
+    name = f"{label}{uuid.uuid4().hex[:8]}"
+    prefix = f"{name}."
+    dsn = base.postgres_dsn.get_secret_value()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    stack = base.model_copy(
+        update={
+            "topic_prefix": prefix,
+            "postgres_dsn": type(base.postgres_dsn)(_with_database(dsn, name)),
+            "artifact_bucket": name.replace("_", "-"),
+        }
+    )
+    await ensure_topics(stack.kafka_bootstrap_servers, default_catalog(), prefix)
+    registry = SchemaRegistryClient(stack.schema_registry_url)
+    try:
+        await register_schemas(registry, default_catalog(), prefix)
+    finally:
+        await registry.close()
+    await ArtifactStore.from_settings(stack).ensure_bucket()
+    return Namespace(name, stack)
+
+
+async def drop_namespace(ns: Namespace, base: StackSettings) -> None:
+    conn = await asyncpg.connect(base.postgres_dsn.get_secret_value())
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{ns.name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+class TopicReader:
+    """Reads a namespace's topics from their current end: what is produced after it is created."""
+
+    def __init__(self, ns: Namespace, topics: Sequence[str]) -> None:
+        self.ns = ns
+        self.topics = list(topics)
+        self.registry = SchemaRegistryClient(ns.stack.schema_registry_url)
+        self.serde = AvroSerde(self.registry, topic_prefix=ns.prefix)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=ns.stack.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
+        )
+        self.events: list[Event] = []
+
+    async def start(self, from_beginning: bool = False) -> TopicReader:
+        await self.consumer.start()
+        tps = []
+        for t in self.topics:
+            parts = self.consumer.partitions_for_topic(self.ns.prefix + t)
+            if parts is None:
+                await self.consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = self.consumer.partitions_for_topic(self.ns.prefix + t) or set()
+            tps += [TopicPartition(self.ns.prefix + t, p) for p in parts]
+        self.consumer.assign(tps)
+        if from_beginning:
+            await self.consumer.seek_to_beginning(*tps)
+        else:
+            await self.consumer.seek_to_end(*tps)
+            for tp in tps:  # resolve positions now, before anything is produced
+                await self.consumer.position(tp)
+        return self
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.registry.close()
+
+    async def poll(self, timeout_s: float = 0.5) -> list[Event]:
+        batch = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000))
+        new = []
+        for records in batch.values():
+            for rec in records:
+                topic = rec.topic[len(self.ns.prefix) :]
+                value, sid = await self.serde.decode(rec.value, topic)
+                new.append(Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", sid, rec.timestamp))
+        self.events += new
+        return new
+
+    async def wait_for(
+        self, predicate: Callable[[list[Event]], bool], timeout_s: float = 30, what: str = "events"
+    ) -> list[Event]:
+        deadline = time.monotonic() + timeout_s
+        while not predicate(self.events):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; saw {len(self.events)} events")
+            await self.poll()
+        return self.events
+
+    def on(self, topic: str) -> list[Event]:
+        return [e for e in self.events if e.topic == topic]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 30, interval_s: float = 0.3) -> Any:
+    """Retry ``check`` (which raises AssertionError) until it passes or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(interval_s)
+
+
+class ServiceProcess:
+    """A service started as a real subprocess (``python -m <module>``) bound to a namespace."""
+
+    def __init__(self, module: str, ns: Namespace, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.module = module
+        self.ns = ns
+        self.port = port or free_port()
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = ROOT / ".state" / "test-logs" / f"{module}-{ns.name}-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, env_prefix: str) -> ServiceProcess:
+        env = {**self.ns.env(), f"{env_prefix}PORT": str(self.port), **self.extra_env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", self.module], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        return self
+
+    async def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient() as client:
+            while True:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"{self.module} exited with {self.proc.returncode}; log: {self.log_path}\n"
+                                         + self.log_path.read_text()[-3000:])
+                try:
+                    r = await client.get(f"{self.url}/readyz", timeout=5)
+                    if r.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{self.module} not ready in {timeout_s}s; log: {self.log_path}")
+                await asyncio.sleep(0.3)
+
+    def stop(self, sig: int = 15, timeout_s: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
