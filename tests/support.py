@@ -23,7 +23,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import default_catalog
 from driftline.events import Event
@@ -119,7 +118,7 @@ class TopicReader:
         for t in self.topics:
             parts = self.consumer.partitions_for_topic(self.ns.prefix + t)
             if parts is None:
-                await self.consumer._client.force_metadata_update()  # noqa: SLF001
+                await self.consumer._client.force_metadata_update()
                 parts = self.consumer.partitions_for_topic(self.ns.prefix + t) or set()
             tps += [TopicPartition(self.ns.prefix + t, p) for p in parts]
         self.consumer.assign(tps)
@@ -142,7 +141,9 @@ class TopicReader:
             for rec in records:
                 topic = rec.topic[len(self.ns.prefix) :]
                 value, sid = await self.serde.decode(rec.value, topic)
-                new.append(Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", sid, rec.timestamp))
+                new.append(
+                    Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", sid, rec.timestamp)
+                )
         self.events += new
         return new
 
@@ -197,7 +198,7 @@ class ServiceProcess:
         env = {**self.ns.env(), f"{env_prefix}PORT": str(self.port), **self.extra_env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
         return self
@@ -208,8 +209,10 @@ class ServiceProcess:
             while True:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"{self.module} exited with {self.proc.returncode}; log: {self.log_path}\n"
-                                         + self.log_path.read_text()[-3000:])
+                    raise AssertionError(
+                        f"{self.module} exited with {self.proc.returncode}; log: {self.log_path}\n"
+                        + self.log_path.read_text()[-3000:]
+                    )
                 try:
                     r = await client.get(f"{self.url}/readyz", timeout=5)
                     if r.status_code == 200:

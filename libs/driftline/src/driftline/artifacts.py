@@ -71,7 +71,11 @@ class ArtifactStore:
 
         def put() -> None:
             self._client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
+                self.bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
                 metadata={"sha256": digest},
             )
 

@@ -118,6 +118,9 @@ class Catalog:
         except KeyError:
             raise KeyError(f"topic {name!r} is not in the catalog (schemas/topics.yaml)") from None
 
+    def get(self, name: str) -> Topic | None:
+        return self._by_name.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 

@@ -63,7 +63,9 @@ def migration_files(directory: Path) -> list[tuple[str, Path]]:
 async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> list[str]:
     """Apply the not-yet-applied migrations of ``directory``; returns the versions applied."""
     _check_schema(schema)
-    lock_key = int.from_bytes(hashlib.sha256(f"driftline-migrations:{schema}".encode()).digest()[:8], "big", signed=True)
+    lock_key = int.from_bytes(
+        hashlib.sha256(f"driftline-migrations:{schema}".encode()).digest()[:8], "big", signed=True
+    )
     applied: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
@@ -72,13 +74,13 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
             f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}  # noqa: S608
         await conn.execute(f"SET LOCAL search_path TO {schema}, public")
         for version, path in migration_files(directory):
             if version in done:
                 continue
             await conn.execute(path.read_text())
-            await conn.execute(f"INSERT INTO {schema}.schema_migrations (version) VALUES ($1)", version)
+            await conn.execute(f"INSERT INTO {schema}.schema_migrations (version) VALUES ($1)", version)  # noqa: S608
             applied.append(version)
     if applied:
         log.info("migrations_applied", schema=schema, versions=applied)

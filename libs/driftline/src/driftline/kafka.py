@@ -300,9 +300,7 @@ class ConsumerRunner:
         log.info("consumer_started", group=self.group_id, topics=self.topics)
         try:
             while not self._stopping.is_set():
-                batches = await self._consumer.getmany(
-                    timeout_ms=self.poll_timeout_ms, max_records=self.max_records
-                )
+                batches = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
                 for tp, records in batches.items():
                     if self._stopping.is_set():
                         break
@@ -343,7 +341,10 @@ class ConsumerRunner:
                 await self._dead_letter(rec, str(exc), "decode_error", None, 1)
                 continue
             events.append(
-                (rec, Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp))
+                (
+                    rec,
+                    Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp),
+                )
             )
         if events:
             handled = await self._handle_events(events)

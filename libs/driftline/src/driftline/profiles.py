@@ -51,12 +51,15 @@ def category_key(x: Any) -> str | None:
 
 def categorical_profile(values: Sequence[Any]) -> dict[str, Any]:
     keys = [k for k in map(category_key, values) if k is not None]
-    cats, counts = np.unique(np.asarray(keys, dtype=object), return_counts=True) if keys else ([], [])
+    tally: dict[str, int] = {}
+    for k in keys:
+        tally[k] = tally.get(k, 0) + 1
+    cats = sorted(tally)
     total = max(1, len(keys))
     return {
         "kind": "categorical",
-        "categories": [str(c) for c in cats],
-        "frequencies": [float(c) / total for c in counts],
+        "categories": cats,
+        "frequencies": [tally[c] / total for c in cats],
         "count": len(keys),
     }
 
@@ -75,9 +78,10 @@ def observed_frequencies(profile: dict[str, Any], values: Sequence[Any]) -> np.n
     if profile["kind"] == "numeric":
         v = np.asarray(values, dtype=np.float64)
         v = v[~np.isnan(v)]
-        counts = np.bincount(np.searchsorted(np.asarray(profile["edges"]), v, side="right"),
-                             minlength=len(profile["frequencies"]))
-        return counts / max(1, v.size)
+        bins = np.bincount(
+            np.searchsorted(np.asarray(profile["edges"]), v, side="right"), minlength=len(profile["frequencies"])
+        )
+        return np.asarray(bins / max(1, v.size), dtype=np.float64)
     index = {c: i for i, c in enumerate(profile["categories"])}
     counts = np.zeros(len(index) + 1)  # last slot: categories never seen in training
     n = 0

@@ -184,9 +184,9 @@ class Project(_Model):
     label: LabelSpec
     features: FeatureSpec
     model: ModelSpec
-    training: TrainingPolicy = Field(default_factory=TrainingPolicy)
-    drift: DriftPolicy = Field(default_factory=DriftPolicy)
-    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    training: TrainingPolicy = Field(default_factory=lambda: TrainingPolicy())
+    drift: DriftPolicy = Field(default_factory=lambda: DriftPolicy())
+    promotion: PromotionPolicy = Field(default_factory=lambda: PromotionPolicy())
     path: Path | None = Field(None, exclude=True)
 
     @property

@@ -93,9 +93,7 @@ class SchemaRegistryClient:
         await self._call("PUT", f"/config/{subject}", {"compatibility": level})
 
     async def is_compatible(self, subject: str, schema: str) -> bool:
-        data = await self._call(
-            "POST", f"/compatibility/subjects/{subject}/versions/latest", {"schema": schema}
-        )
+        data = await self._call("POST", f"/compatibility/subjects/{subject}/versions/latest", {"schema": schema})
         return bool(data["is_compatible"])
 
     async def subjects(self) -> list[str]:
@@ -169,7 +167,7 @@ class AvroSerde:
             validate(record, schema, raise_errors=True)
         except ValidationError as verr:
             return f"record does not match {schema.get('name', 'schema')}: {'; '.join(map(str, verr.errors))}"
-        except Exception as vexc:  # noqa: BLE001 - only to word the message
+        except Exception as vexc:
             return f"record does not match {schema.get('name', 'schema')}: {vexc}"
         return f"record does not match {schema.get('name', 'schema')}: {exc}"
 
@@ -177,7 +175,7 @@ class AvroSerde:
         """Local schema to resolve to, or None when the writer's schema is the local one."""
         key = (schema_id, topic)
         if key not in self._readers:
-            t = self._extra.get(topic) or (self.catalog[topic] if topic in self.catalog else None)
+            t = self._extra.get(topic) or self.catalog.get(topic)
             local = parsed_schema(t.record) if t is not None else None
             self._readers[key] = None if local is None or local == writer else local
         return self._readers[key]

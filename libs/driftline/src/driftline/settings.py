@@ -55,9 +55,7 @@ class StackSettings(BaseSettings):
     local_mode: bool = Field(True, description="Allow the insecure local defaults for secrets.")
     kafka_bootstrap_servers: str = "127.0.0.1:39090"
     schema_registry_url: str = "http://127.0.0.1:39092/apis/ccompat/v7"
-    postgres_dsn: SecretStr = SecretStr(
-        f"postgresql://driftline:{LOCAL_POSTGRES_PASSWORD}@127.0.0.1:39093/driftline"
-    )
+    postgres_dsn: SecretStr = SecretStr(f"postgresql://driftline:{LOCAL_POSTGRES_PASSWORD}@127.0.0.1:39093/driftline")
     minio_endpoint: str = "127.0.0.1:39094"
     minio_access_key: str = "driftline"
     minio_secret_key: SecretStr = SecretStr(LOCAL_MINIO_SECRET)
