@@ -128,20 +128,21 @@ cmd_install() {
 # ports and connection settings
 # ----------------------------------------------------------------------------------------------
 
+PORT_NAMES=(KAFKA_PORT CONTROLLER_PORT REGISTRY_PORT POSTGRES_PORT MINIO_PORT MINIO_CONSOLE_PORT REGISTRY_MGMT_PORT)
+
 ensure_ports() {
+  # Ports are chosen once per state dir (free ones from DRIFTLINE_PORT_BASE up) and then kept.
   mkdir -p "$STATE_DIR"
-  [ -f "$PORTS_FILE" ] && return
-  local base=${DRIFTLINE_PORT_BASE:-39090} p used=() name
-  local names=(KAFKA_PORT CONTROLLER_PORT REGISTRY_PORT POSTGRES_PORT MINIO_PORT MINIO_CONSOLE_PORT)
-  p=$base
-  : >"$PORTS_FILE.tmp"
-  for name in "${names[@]}"; do
-    while ! port_free "$p"; do p=$((p + 1)); done
-    echo "$name=$p" >>"$PORTS_FILE.tmp"
-    used+=("$p"); p=$((p + 1))
+  touch "$PORTS_FILE"
+  local p=${DRIFTLINE_PORT_BASE:-39090} name taken
+  for name in "${PORT_NAMES[@]}"; do
+    grep -q "^$name=" "$PORTS_FILE" && continue
+    taken=$(cut -d= -f2 "$PORTS_FILE" | tr '\n' ' ')
+    while ! port_free "$p" || [[ " $taken " == *" $p "* ]]; do p=$((p + 1)); done
+    echo "$name=$p" >>"$PORTS_FILE"
+    log "port for $name: $p"
+    p=$((p + 1))
   done
-  mv "$PORTS_FILE.tmp" "$PORTS_FILE"
-  log "ports chosen for $STATE_DIR: ${used[*]}"
 }
 
 load_ports() {
@@ -269,6 +270,7 @@ apicurio_up() {
     start_daemon apicurio "$java" -Xms128m -Xmx512m -XX:+UseSerialGC -Djava.awt.headless=true \
     -Ddriftline.state="$STATE_DIR" \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+    -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$REGISTRY_MGMT_PORT" \
     -Dquarkus.log.level=WARN -Dquarkus.http.access-log.enabled=false \
     -Dapicurio.datasource.jdbc.initial-size=2 -Dapicurio.datasource.jdbc.min-size=2 -Dapicurio.datasource.jdbc.max-size=8 -Dquarkus.log.category.\"io.apicurio\".level=INFO \
     -jar "$APICURIO_HOME/quarkus-run.jar"
