@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from driftline.settings import StackSettings
 
+from driftline.settings import StackSettings
 from tests.support import Namespace, create_namespace, drop_namespace
 
 

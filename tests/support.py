@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import default_catalog
 from driftline.events import Event

@@ -49,9 +49,7 @@ async def test_every_record_type_round_trips_through_kafka_and_the_registry(name
             # Confluent wire format with the id the registry holds for the topic's subject.
             magic, schema_id = struct.unpack(">bI", event.raw[:5])
             assert magic == 0
-            assert schema_id == await registry.lookup(
-                topic.subject(namespace.prefix), serde_schema_text(topic.record)
-            )
+            assert schema_id == await registry.lookup(topic.subject(namespace.prefix), serde_schema_text(topic.record))
     finally:
         await reader.stop()
         await producer.stop()

@@ -34,9 +34,6 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
     """A pool whose connections use ``schema`` first; waits (with backoff) for the database."""
     _check_schema(schema)
 
-    async def init(conn: asyncpg.Connection) -> None:
-        await conn.execute(f"SET search_path TO {schema}, public")
-
     async def connect() -> asyncpg.Pool:
         # The schema must exist before connections set their search_path to it.
         conn = await asyncpg.connect(dsn)
@@ -44,7 +41,10 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         finally:
             await conn.close()
-        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init)
+        # A startup parameter, not a SET: the pool's RESET ALL on release returns to it.
+        return await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, server_settings={"search_path": f"{schema}, public"}
+        )
 
     pool: asyncpg.Pool = await retry_transient(connect, what=f"postgres pool ({schema})")
     return pool

@@ -1,0 +1,177 @@
+"""The consumer runner on the real stack: poison records go to the DLQ and the consumer keeps going;
+a consumer killed before committing gets the record again and the idempotent sink applies it once;
+outages are retried without skipping or dead-lettering the record."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import asyncpg
+
+from driftline.catalog import EVENTS_DLQ, LABELS
+from driftline.events import Event, envelope
+from driftline.kafka import ConsumerRunner, EventProducer, PoisonRecord, TransientError
+from driftline.serde import AvroSerde, SchemaRegistryClient
+from tests.support import ROOT, Namespace, TopicReader, eventually
+
+
+def label(event_id: str | None = None, value: str = "approve") -> dict[str, Any]:
+    return {
+        **envelope("test", event_id=event_id),
+        "labelled_event_id": str(uuid.uuid4()),
+        "entity_id": "c-1",
+        "label": value,
+        "source": "test",
+    }
+
+
+async def _clients(ns: Namespace) -> tuple[SchemaRegistryClient, AvroSerde, EventProducer]:
+    registry = SchemaRegistryClient(ns.stack.schema_registry_url)
+    serde = AvroSerde(registry, topic_prefix=ns.prefix)
+    producer = EventProducer(ns.stack.kafka_bootstrap_servers, serde, "test")
+    await producer.start([LABELS])
+    return registry, serde, producer
+
+
+async def test_poison_records_go_to_the_dlq_and_the_consumer_keeps_going(namespace: Namespace) -> None:
+    registry, serde, producer = await _clients(namespace)
+    dlq = await TopicReader(namespace, [EVENTS_DLQ]).start()
+    good1, refused, good2 = label(), label(value="refuse-me"), label()
+    garbage = [b"not avro at all", b"\x00\x00\x00\x7f\xffgarbage", b""]
+    await producer.publish(LABELS, good1)
+    for raw in garbage:
+        await (await producer.send_raw(LABELS, raw, key=b"c-1"))
+    await producer.publish(LABELS, refused)
+    await producer.publish(LABELS, good2)
+
+    handled: list[str] = []
+
+    async def handle(event: Event) -> None:
+        if event["label"] == "refuse-me":
+            raise PoisonRecord("label 'refuse-me' is not a class of the project", "validation_error")
+        handled.append(event.event_id)
+
+    runner = ConsumerRunner(
+        group_id="poison-test",
+        topics=[LABELS],
+        bootstrap_servers=namespace.stack.kafka_bootstrap_servers,
+        serde=serde,
+        producer=producer,
+        handler=handle,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await dlq.wait_for(lambda evs: len(evs) >= 4, what="4 dead letters")
+
+        async def both_good_handled() -> None:
+            assert handled == [good1["event_id"], good2["event_id"]]
+
+        await eventually(both_good_handled)
+        letters = dlq.on(EVENTS_DLQ)
+        assert [d["original"] for d in letters[:3]] == garbage
+        assert {d["error_type"] for d in letters[:3]} == {"decode_error"}
+        assert "magic byte" in letters[0]["reason"]
+        assert letters[0]["original_topic"] == namespace.prefix + LABELS
+        assert letters[0]["source"] == f"consumer:{namespace.prefix}poison-test"
+        rejected = letters[3]
+        assert rejected["error_type"] == "validation_error"
+        assert "refuse-me" in rejected["reason"]
+        assert rejected["correlation_id"] == refused["correlation_id"]
+        decoded, _ = await serde.decode(rejected["original"], LABELS)
+        assert decoded["event_id"] == refused["event_id"]  # the original bytes, not a re-encoding
+        assert task.done() is False  # still consuming
+    finally:
+        runner.stop()
+        await task
+        await dlq.stop()
+        await producer.stop()
+        await registry.close()
+
+
+async def test_outages_are_retried_and_the_record_is_handled_once_not_dead_lettered(namespace: Namespace) -> None:
+    registry, serde, producer = await _clients(namespace)
+    dlq = await TopicReader(namespace, [EVENTS_DLQ]).start()
+    record = label()
+    await producer.publish(LABELS, record)
+    attempts = 0
+    done = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 4:
+            raise TransientError("database unavailable")
+        done.set()
+
+    runner = ConsumerRunner(
+        group_id="outage-test",
+        topics=[LABELS],
+        bootstrap_servers=namespace.stack.kafka_bootstrap_servers,
+        serde=serde,
+        producer=producer,
+        handler=handle,
+        max_attempts=2,  # outages must not count against this
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+        assert attempts == 5
+        await asyncio.sleep(1)
+        await dlq.poll()
+        assert dlq.on(EVENTS_DLQ) == []
+    finally:
+        runner.stop()
+        await task
+        await dlq.stop()
+        await producer.stop()
+        await registry.close()
+
+
+async def test_a_consumer_killed_before_committing_gets_the_record_again_and_the_sink_applies_it_once(
+    namespace: Namespace,
+) -> None:
+    registry, _, producer = await _clients(namespace)
+    first, second = label(), label()
+    await producer.publish(LABELS, first)
+    await producer.publish(LABELS, second)
+    env = {**namespace.env(), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "tests.integration.crash_consumer", "crash-group"]
+
+    proc = subprocess.Popen([*cmd, first["event_id"]], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+
+        def wait_for_hang() -> None:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                if line.strip() == "HANGING":
+                    return
+            raise AssertionError("consumer exited before handling the first record")
+
+        await asyncio.wait_for(asyncio.to_thread(wait_for_hang), 60)
+    finally:
+        proc.kill()  # SIGKILL: no shutdown hook, no commit
+        proc.wait()
+
+    restarted = subprocess.Popen([*cmd, "-"], env=env, cwd=ROOT)
+    conn = await asyncpg.connect(namespace.stack.postgres_dsn.get_secret_value())
+    try:
+
+        async def both_applied() -> None:
+            rows = await conn.fetch("SELECT event_id FROM crashtest.sink ORDER BY event_id")
+            assert {r["event_id"] for r in rows} == {first["event_id"], second["event_id"]}
+
+        await eventually(both_applied, timeout_s=60)
+        deliveries = await conn.fetch("SELECT event_id, count(*) AS n FROM crashtest.deliveries GROUP BY event_id")
+        counts = {r["event_id"]: r["n"] for r in deliveries}
+        assert counts[first["event_id"]] == 2  # delivered again after the crash …
+        assert counts[second["event_id"]] == 1
+        assert await conn.fetchval("SELECT count(*) FROM crashtest.sink") == 2  # … and applied once
+    finally:
+        restarted.terminate()
+        restarted.wait(30)
+        await conn.close()
+        await producer.stop()
+        await registry.close()

@@ -1,0 +1,205 @@
+"""Project file, profiles, safe model files, settings, auth and retries."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io as sio
+import yaml
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from driftline import models, profiles
+from driftline.auth import TokenAuth
+from driftline.kafka import Backoff, PoisonRecord, TransientError, is_transient, retry_transient
+from driftline.project import EXAMPLE_PROJECT, load_project, parse_duration
+from driftline.settings import StackSettings
+
+# --- project file -------------------------------------------------------------------------------
+
+
+def test_the_example_project_loads() -> None:
+    p = load_project()
+    assert p.event.entity_key == "customer_id"
+    assert "loan_to_income" in p.features.names
+    assert set(p.model_features) <= set(p.features.names)
+    assert p.features.windows[0].window.step_s == 900
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"model": {"name": "m", "estimator": "os.system"}}, "scikit-learn"),
+        ({"label": {"classes": ["a", "b"], "positive_class": "c"}}, "positive_class"),
+        ({"features": {"version": "1", "raw": ["a", "a"]}}, "defined twice"),
+        ({"features": {"version": "1", "raw": ["a"], "derived": [{"name": "b"}]}}, "exactly one of"),
+    ],
+)
+def test_an_invalid_project_is_refused_with_a_reason(tmp_path: Path, patch: dict, message: str) -> None:
+    doc = yaml.safe_load(EXAMPLE_PROJECT.read_text())
+    doc.update(patch)
+    if "model" not in patch:
+        doc["model"].pop("features", None)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValidationError, match=message):
+        load_project(tmp_path / "p.yaml")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("30s", 30), ("15m", 900), ("2h", 7200), ("1d", 86400)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_bad_duration() -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration("soon")
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+
+def test_psi_and_ks_separate_same_from_shifted_distributions() -> None:
+    rng = np.random.default_rng(3)
+    ref = profiles.numeric_profile(rng.normal(0, 1, 5000))
+    same = rng.normal(0, 1, 600)
+    shifted = rng.normal(0.8, 1, 600)
+    assert profiles.psi(ref, same) < 0.1 < 0.25 < profiles.psi(ref, shifted)
+    assert profiles.ks(ref, same)[1] > 1e-3
+    assert profiles.ks(ref, shifted)[1] < 1e-6
+
+
+def test_categorical_profile_keys_numeric_codes_like_incoming_values() -> None:
+    ref = profiles.categorical_profile([0.0, 1.0, 1.0, 2.0])
+    assert ref["categories"] == ["0", "1", "2"]
+    assert profiles.psi(ref, [0, 1, 1, 2]) < 1e-6
+    assert profiles.psi(ref, [5, 5, 5, 5]) > 1  # never-seen categories count as drift
+
+
+def test_build_profiles_uses_the_categorical_list() -> None:
+    m = np.array([[1.0, 0.5], [2.0, 0.7], [1.0, 0.9]])
+    out = profiles.build_profiles(m, ["code", "x"], categorical=["code"])
+    assert out["code"]["kind"] == "categorical"
+    assert out["x"]["kind"] == "numeric"
+
+
+# --- safe model files ---------------------------------------------------------------------------
+
+
+def test_a_scikit_learn_model_round_trips_under_the_trusted_types_policy() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    y = np.where(x[:, 0] > 0, "approve", "deny")
+    model = LogisticRegression().fit(x, y)
+    loaded = models.load_model(models.dump_model(model))
+    assert (loaded.predict(x) == model.predict(x)).all()
+    scores = models.positive_scores(loaded, x, "approve")
+    assert scores.shape == (50,)
+
+
+def test_a_model_file_with_an_untrusted_type_is_refused_before_loading() -> None:
+    from collections import OrderedDict
+
+    data = sio.dumps({"payload": OrderedDict(a=1), "call": print})
+    with pytest.raises(models.UnsafeArtifactError, match="untrusted types"):
+        models.load_model(data)
+
+
+def test_to_matrix_names_the_bad_feature() -> None:
+    assert np.isnan(models.to_matrix([{"a": None, "b": 1}], ["a", "b"])[0, 0])
+    with pytest.raises(ValueError, match="feature 'b'"):
+        models.to_matrix([{"a": 1.0, "b": "x"}], ["a", "b"])
+
+
+def test_build_estimator_applies_params_and_seed() -> None:
+    spec = load_project().model
+    est = models.build_estimator(spec, seed=11)
+    assert est.get_params()["max_iter"] == spec.params["max_iter"]
+    assert est.get_params()["random_state"] == spec.params["random_state"]
+
+
+# --- settings and auth --------------------------------------------------------------------------
+
+
+def test_local_secrets_are_refused_outside_local_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLINE_STACK_ENV", "/nonexistent")
+    with pytest.raises(ValidationError, match="local-mode default secret"):
+        StackSettings(local_mode=False)
+    ok = StackSettings(
+        local_mode=False, postgres_dsn="postgresql://u:strong@db/x", minio_secret_key="another-strong-secret"
+    )
+    assert not ok.local_mode
+
+
+def _auth_app(tokens: list[str]) -> TestClient:
+    app = FastAPI()
+    auth = TokenAuth(tokens)
+    from fastapi import Depends
+
+    @app.post("/w")
+    async def write(actor: str = Depends(auth)) -> dict[str, str]:
+        return {"actor": actor}
+
+    return TestClient(app)
+
+
+def test_write_endpoints_need_a_known_bearer_token() -> None:
+    client = _auth_app(["alice=s3cret", "bare-token"])
+    assert client.post("/w").status_code == 401
+    assert client.post("/w", headers={"Authorization": "Basic abc"}).status_code == 401
+    assert client.post("/w", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert client.post("/w", headers={"Authorization": "Bearer s3cret"}).json() == {"actor": "alice"}
+    assert client.post("/w", headers={"Authorization": "Bearer bare-token"}).json() == {"actor": "api"}
+
+
+def test_no_tokens_outside_local_mode_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DRIFTLINE_API_TOKENS", raising=False)
+    stack = StackSettings(
+        local_mode=False, postgres_dsn="postgresql://u:strong@db/x", minio_secret_key="another-strong-secret"
+    )
+    with pytest.raises(RuntimeError, match="DRIFTLINE_API_TOKENS"):
+        TokenAuth.from_settings(stack, "t")
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+def test_outages_are_transient_and_bugs_are_not() -> None:
+    assert is_transient(TransientError("db down"))
+    assert is_transient(ConnectionRefusedError())
+    assert not is_transient(ValueError("bad value"))
+    assert not is_transient(PoisonRecord("bad"))
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    b = Backoff(initial=0.1, maximum=1.0)
+    delays = [b.next_delay() for _ in range(10)]
+    assert delays[0] <= 0.1
+    assert max(delays) <= 1.0
+    assert delays[5] > delays[0]
+
+
+async def test_retry_transient_retries_outages_until_success() -> None:
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise TransientError("down")
+        return "ok"
+
+    assert await retry_transient(flaky, what="t", backoff=Backoff(initial=0.001)) == "ok"
+    assert calls == 3
+
+
+async def test_retry_transient_raises_a_bug_at_once() -> None:
+    async def broken() -> None:
+        raise ValueError("bug")
+
+    with pytest.raises(ValueError, match="bug"):
+        await asyncio.wait_for(retry_transient(broken, what="t"), 1)
