@@ -22,11 +22,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import default_catalog
 from driftline.events import Event
+from driftline.history import partitions_of
 from driftline.kafka import ensure_topics
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings
@@ -115,13 +116,7 @@ class TopicReader:
 
     async def start(self, from_beginning: bool = False) -> TopicReader:
         await self.consumer.start()
-        tps = []
-        for t in self.topics:
-            parts = self.consumer.partitions_for_topic(self.ns.prefix + t)
-            if parts is None:
-                await self.consumer._client.force_metadata_update()
-                parts = self.consumer.partitions_for_topic(self.ns.prefix + t) or set()
-            tps += [TopicPartition(self.ns.prefix + t, p) for p in parts]
+        tps = await partitions_of(self.consumer, [self.ns.prefix + t for t in self.topics])
         self.consumer.assign(tps)
         if from_beginning:
             await self.consumer.seek_to_beginning(*tps)

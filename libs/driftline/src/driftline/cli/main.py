@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from driftline.cli import stack
+from driftline.cli import inspect, stack
 
 app = typer.Typer(
     name="driftline",
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 
 stack.register(app)
+inspect.register(app)
 
 
 if __name__ == "__main__":  # pragma: no cover
