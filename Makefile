@@ -7,11 +7,11 @@ PYTEST  := .venv/bin/pytest
 CLI     := .venv/bin/driftline
 PYTEST_ARGS ?=
 
-.PHONY: help venv install up down status clean init lint fmt typecheck lock \
+.PHONY: help venv install up down status clean init lint fmt typecheck lock services-up services-down services-status services-logs \
         test test-unit test-integration test-e2e test-up test-down demo bench
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 venv: ## create/refresh .venv from requirements.lock (cached uv)
 	@infra/venv.sh
@@ -23,13 +23,15 @@ up: venv ## start Kafka, the schema registry, PostgreSQL and MinIO; create topic
 	@infra/stack.sh up
 	@$(CLI) stack init
 
-down: ## stop the local stack (no process left behind)
+down: ## stop the services (if running) and the local stack: no process left behind
+	@infra/services.sh stop
 	@infra/stack.sh down
 
 status: ## show the local stack's components
 	@infra/stack.sh status
 
-clean: ## stop the local stack and delete its data
+clean: ## stop everything and delete the local stack's data
+	@infra/services.sh stop
 	@infra/stack.sh clean
 
 lint: venv ## ruff
@@ -70,3 +72,15 @@ test-up: venv ## keep a test stack running between test runs (faster iteration)
 
 test-down: ## stop and wipe the kept test stack
 	@DRIFTLINE_STATE_DIR=.state/test infra/stack.sh clean
+
+services-up: venv ## run the six services with honcho against the local stack (waits until ready)
+	@infra/services.sh start
+
+services-down: ## stop the six services
+	@infra/services.sh stop
+
+services-status: ## each service's readiness
+	@infra/services.sh status
+
+services-logs: ## follow the services' collected logs
+	@infra/services.sh logs
