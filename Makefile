@@ -73,6 +73,9 @@ test-up: venv ## keep a test stack running between test runs (faster iteration)
 test-down: ## stop and wipe the kept test stack
 	@DRIFTLINE_STATE_DIR=.state/test infra/stack.sh clean
 
+demo: up ## set up what is missing, start the stack and the services, run the closed loop and print its timeline
+	@$(CLI) demo
+
 services-up: venv ## run the six services with honcho against the local stack (waits until ready)
 	@infra/services.sh start
 

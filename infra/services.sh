@@ -5,6 +5,7 @@
 #   infra/services.sh stop      SIGTERM to honcho, which stops every service cleanly
 #   infra/services.sh status    one line per service (its /readyz answer)
 #   infra/services.sh logs      follow the collected logs
+# DRIFTLINE_SERVICES_ENV names an extra env file layered over the stack's (e.g. an isolated demo run).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/infra/lib.sh"
@@ -31,8 +32,10 @@ cmd_start() {
       port_free "$(port_of "$s")" || die "port $(port_of "$s") for $s is taken (set DRIFTLINE_${s^^}_PORT)"
     done
     : >"$LOG_DIR/services.log"
+    local envs="$STATE_DIR/stack.env"
+    [ -n "${DRIFTLINE_SERVICES_ENV:-}" ] && envs="$envs,$DRIFTLINE_SERVICES_ENV"
     ( cd "$ROOT" && start_daemon services "$ROOT/.venv/bin/honcho" --no-colour -f "$ROOT/Procfile" \
-        -e "$STATE_DIR/stack.env" start )
+        -e "$envs" start )
   fi
   local deadline=$((SECONDS + ${DRIFTLINE_SERVICES_TIMEOUT:-180})) pending
   while :; do

@@ -20,18 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from driftline.artifacts import ArtifactStore
-from driftline.catalog import default_catalog
 from driftline.events import Event
 from driftline.history import partitions_of
-from driftline.kafka import ensure_topics
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings
-from driftline.stack import register_schemas
+from driftline.stack import drop_isolated_database, init_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,36 +65,11 @@ class Namespace:
 
 async def create_namespace(base: StackSettings, label: str = "t") -> Namespace:
     name = f"{label}{uuid.uuid4().hex[:8]}"
-    prefix = f"{name}."
-    dsn = base.postgres_dsn.get_secret_value()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    stack = base.model_copy(
-        update={
-            "topic_prefix": prefix,
-            "postgres_dsn": type(base.postgres_dsn)(_with_database(dsn, name)),
-            "artifact_bucket": name.replace("_", "-"),
-        }
-    )
-    await ensure_topics(stack.kafka_bootstrap_servers, default_catalog(), prefix)
-    registry = SchemaRegistryClient(stack.schema_registry_url)
-    try:
-        await register_schemas(registry, default_catalog(), prefix)
-    finally:
-        await registry.close()
-    await ArtifactStore.from_settings(stack).ensure_bucket()
-    return Namespace(name, stack)
+    return Namespace(name, await init_isolated(base, name))
 
 
 async def drop_namespace(ns: Namespace, base: StackSettings) -> None:
-    conn = await asyncpg.connect(base.postgres_dsn.get_secret_value())
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{ns.name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_isolated_database(base, ns.stack)
 
 
 class TopicReader:
