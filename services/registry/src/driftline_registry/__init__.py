@@ -1,0 +1,1 @@
+"""Driftline registry service: model versions, lineage, and the champion/challenger promotion policy."""

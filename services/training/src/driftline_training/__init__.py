@@ -1,0 +1,1 @@
+"""Driftline training service: labelled examples, governed retraining, safe model artifacts."""

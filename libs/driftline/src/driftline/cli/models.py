@@ -1,0 +1,286 @@
+"""``driftline models …`` (the registry) and ``driftline retrain`` (the training service), over their HTTP APIs."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.table import Table
+
+from driftline.cli._common import console, fail
+from driftline.settings import LOCAL_API_TOKEN
+
+DEFAULT_TRAINING_URL = "http://127.0.0.1:38103"
+DEFAULT_REGISTRY_URL = "http://127.0.0.1:38104"
+
+models_app = typer.Typer(
+    help="The model registry: versions, stage history, promotion, shadow deployment and rollback.",
+    no_args_is_help=True,
+)
+
+RegistryUrl = Annotated[
+    str, typer.Option("--url", envvar="DRIFTLINE_REGISTRY_URL", help="Registry service URL.", show_default=True)
+]
+TrainingUrl = Annotated[
+    str, typer.Option("--url", envvar="DRIFTLINE_TRAINING_URL", help="Training service URL.", show_default=True)
+]
+Token = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        envvar="DRIFTLINE_API_TOKEN",
+        help="API token for write actions (default: the local-mode token).",
+        show_default=False,
+    ),
+]
+Reason = Annotated[str | None, typer.Option("--reason", "-r", help="Why; recorded in the history and the event.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
+    app.command(
+        "retrain",
+        help="Ask the training service for a run now (published on training.requested); --wait follows it.",
+    )(retrain)
+
+
+def _call(method: str, url: str, *, token: str | None = None, json: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        resp = httpx.request(method, url, json=json, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {url}: {exc}") from None
+    if resp.status_code not in ok:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text
+        if isinstance(detail, dict):
+            detail = detail.get("reason") or detail
+        raise fail(f"{method} {url} → {resp.status_code}: {detail}")
+    return resp.json()
+
+
+def _metric(metrics: dict[str, float] | None, name: str) -> str:
+    if not metrics or name not in metrics:
+        return "—"
+    return f"{metrics[name]:.4f}"
+
+
+def _time(value: str | None) -> str:
+    return (value or "—").replace("T", " ")[:19]
+
+
+def _version(value: int | None) -> str:
+    return "—" if value is None else f"v{value}"
+
+
+@models_app.command("list")
+def list_models(url: RegistryUrl = DEFAULT_REGISTRY_URL) -> None:
+    """Every model with its champion, challenger and latest version."""
+    models = _call("GET", f"{url}/v1/models")["models"]
+    table = Table(title="models")
+    for col in ("model", "champion", "challenger", "latest", "versions", "updated"):
+        table.add_column(col)
+    for m in models:
+        table.add_row(
+            m["name"],
+            _version(m["champion_version"]),
+            _version(m["challenger_version"]),
+            _version(m["latest_version"]),
+            str(m["versions"]),
+            _time(m["updated_at"]),
+        )
+    console.print(table)
+
+
+@models_app.command("versions")
+def versions(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    stage: Annotated[str | None, typer.Option(help="Only this stage (champion, rejected, archived…).")] = None,
+    url: RegistryUrl = DEFAULT_REGISTRY_URL,
+) -> None:
+    """A model's versions with their holdout metrics, trigger and stage."""
+    query = f"?stage={stage}" if stage else ""
+    rows = _call("GET", f"{url}/v1/models/{name}/versions{query}")["versions"]
+    table = Table(title=f"{name} versions")
+    for col in ("version", "stage", "accuracy", "roc_auc", "champion acc.", "vs", "trigger", "drift episode", "run"):
+        table.add_column(col)
+    for v in rows:
+        table.add_row(
+            f"v{v['version']}",
+            v["stage"],
+            _metric(v["metrics"], "accuracy"),
+            _metric(v["metrics"], "roc_auc"),
+            _metric(v["champion_metrics"], "accuracy"),
+            _version(v["evaluated_against"]),
+            v["trigger"],
+            v["drift_episode_id"] or "—",
+            v["run_id"][:8],
+        )
+    console.print(table)
+
+
+@models_app.command("history")
+def history(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    limit: Annotated[int, typer.Option(help="Most recent entries to show.")] = 50,
+    url: RegistryUrl = DEFAULT_REGISTRY_URL,
+) -> None:
+    """Stage history: registrations, promotions, rejections, rollbacks, shadows, deployments."""
+    rows = _call("GET", f"{url}/v1/models/{name}/history?limit={limit}")["history"]
+    table = Table(title=f"{name} history (most recent first)")
+    for col in ("time", "action", "version", "previous", "actor", "reason"):
+        table.add_column(col)
+    for h in rows:
+        table.add_row(
+            _time(h["at"]),
+            h["action"],
+            _version(h["version"]),
+            _version(h["previous_version"]),
+            h["actor"],
+            h["reason"],
+        )
+    console.print(table)
+
+
+def _print_action(result: dict[str, Any]) -> None:
+    published = "published" if result["published"] else "stored; will be published when Kafka answers"
+    console.print(
+        f"{result['action']}: {result['model_name']} v{result['version']} "
+        f"(previous {_version(result['previous_version'])}) by {result['actor']} — {published}\n"
+        f"event {result['event_id']} (correlation {result['correlation_id']})"
+    )
+
+
+def _version_action(action: str, name: str, version: int, reason: str | None, url: str, token: str) -> None:
+    body = {"reason": reason} if reason else None
+    path = f"{url}/v1/models/{name}/versions/{version}/{action}"
+    _print_action(_call("POST", path, token=token, json=body, ok=(200, 202)))
+
+
+@models_app.command("promote")
+def promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to make champion.")],
+    reason: Reason = None,
+    url: RegistryUrl = DEFAULT_REGISTRY_URL,
+    token: Token = LOCAL_API_TOKEN,
+) -> None:
+    """Make a version the champion now (models.promoted; deployment hot-swaps it)."""
+    _version_action("promote", name, version, reason, url, token)
+
+
+@models_app.command("shadow")
+def shadow(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to deploy as challenger.")],
+    reason: Reason = None,
+    url: RegistryUrl = DEFAULT_REGISTRY_URL,
+    token: Token = LOCAL_API_TOKEN,
+) -> None:
+    """Deploy a version as the challenger: scored in shadow next to the champion, never served."""
+    _version_action("shadow", name, version, reason, url, token)
+
+
+@models_app.command("rollback")
+def rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    to: Annotated[
+        int | None, typer.Option("--to", help="Version to bring back (default: the previous champion).")
+    ] = None,
+    reason: Reason = None,
+    url: RegistryUrl = DEFAULT_REGISTRY_URL,
+    token: Token = LOCAL_API_TOKEN,
+) -> None:
+    """Bring back the previous champion; the current one is marked rolled back."""
+    body: dict[str, Any] = {}
+    if reason:
+        body["reason"] = reason
+    if to is not None:
+        body["to_version"] = to
+    _print_action(_call("POST", f"{url}/v1/models/{name}/rollback", token=token, json=body or None, ok=(200, 202)))
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--param {item!r}: use key=value (e.g. max_examples=2000)", 2)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def retrain(
+    model: Annotated[str | None, typer.Option(help="Model to train (default: the project's model).")] = None,
+    reason: Annotated[str, typer.Option(help="Why; recorded with the run.")] = "manual",
+    since: Annotated[
+        str | None, typer.Option(help="With selection since_drift: only examples at/after this ISO time.")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            help="Training-policy override key=value (min_examples, max_examples, holdout_fraction, selection, seed).",
+        ),
+    ] = None,
+    request_id: Annotated[str | None, typer.Option(help="Idempotency key: the same id never runs twice.")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the run and print its outcome.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 600.0,
+    url: TrainingUrl = DEFAULT_TRAINING_URL,
+    token: Token = LOCAL_API_TOKEN,
+) -> None:
+    body: dict[str, Any] = {"reason": reason, "parameters": _parse_params(param or [])}
+    for key, value in (("model_name", model), ("since", since), ("request_id", request_id)):
+        if value is not None:
+            body[key] = value
+    accepted = _call("POST", f"{url}/v1/training-requests", token=token, json=body, ok=(202,))
+    console.print(
+        f"training requested: request {accepted['request_id']} → run {accepted['run_id']} "
+        f"(correlation {accepted['correlation_id']})"
+    )
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    run: dict[str, Any] | None = None
+    with console.status("waiting for the run…"):
+        while time.monotonic() < deadline:
+            try:
+                resp = httpx.get(f"{url}/v1/runs/{accepted['run_id']}", timeout=30)
+            except httpx.HTTPError as exc:
+                raise fail(f"cannot reach {url}: {exc}") from None
+            if resp.status_code == 200 and resp.json()["status"] != "running":
+                run = resp.json()
+                break
+            time.sleep(1.0)
+    if run is None:
+        raise fail(f"the run did not finish within {timeout:g}s (see GET {url}/v1/runs/{accepted['run_id']})")
+    _print_run(run)
+    if run["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    table = Table(title=f"run {run['run_id']}", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("status", run["status"])
+    if run["status"] == "succeeded":
+        for name in ("accuracy", "roc_auc", "f1", "log_loss"):
+            champion = _metric(run["champion_metrics"], name)
+            table.add_row(
+                name, f"{_metric(run['metrics'], name)} (champion {_version(run['champion_version'])}: {champion})"
+            )
+        table.add_row("examples", f"{run['n_train']} train + {run['n_holdout']} holdout")
+        table.add_row("dataset", run["dataset_fingerprint"])
+        table.add_row("artifact", f"{run['artifact_key']} (sha256 {run['artifact_sha256'][:16]}…)")
+        table.add_row("duration", f"{run['duration_s']:.2f}s")
+    else:
+        table.add_row("error", f"{run['error_type']}: {run['error_reason']}")
+    console.print(table)
+    if run["status"] == "succeeded":
+        console.print("the registry decides on promotion: see `driftline models history`")

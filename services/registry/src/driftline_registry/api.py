@@ -1,0 +1,147 @@
+"""HTTP API of the registry: models, versions, lineage and history; promote, shadow, rollback."""
+
+# No `from __future__ import annotations` here: FastAPI must evaluate the route annotations,
+# which refer to the auth dependency built inside build_router.
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from driftline.auth import TokenAuth
+from driftline_registry.handlers import ActionResult, Conflict, NotFound, RegistryHandlers
+
+STAGES = "^(candidate|champion|rejected|archived|rolled_back)$"
+
+
+def _handlers(request: Request) -> RegistryHandlers:
+    handlers: RegistryHandlers | None = getattr(request.app.state, "handlers", None)
+    if handlers is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail={"error": "starting"})
+    return handlers
+
+
+Handlers = Annotated[RegistryHandlers, Depends(_handlers)]
+Version = Annotated[int, Path(ge=1, description="Version number (monotonic per model).")]
+
+
+class ActionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=2000, description="Why (kept in the history).")
+
+
+class RollbackBody(ActionBody):
+    to_version: int | None = Field(None, ge=1, description="Version to bring back (default: the previous champion).")
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": "not_found", "reason": what})
+
+
+def _action_response(result: ActionResult, response: Response) -> dict[str, Any]:
+    r = result.record
+    if not result.published:
+        response.status_code = status.HTTP_202_ACCEPTED  # stored; the outbox relay publishes it
+    return {
+        "model_name": r["model_name"],
+        "version": r["version"],
+        "previous_version": r["previous_version"],
+        "action": r["action"],
+        "actor": r["actor"],
+        "reason": r["reason"],
+        "event_id": r["event_id"],
+        "correlation_id": r["correlation_id"],
+        "published": result.published,
+    }
+
+
+async def _act(coro: Any) -> ActionResult:
+    try:
+        result: ActionResult = await coro
+        return result
+    except NotFound as exc:
+        raise _not_found(str(exc)) from None
+    except Conflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail={"error": "conflict", "reason": str(exc)}) from None
+
+
+def build_router(auth: TokenAuth) -> APIRouter:
+    router = APIRouter(prefix="/v1/models", tags=["registry"])
+    Actor = Annotated[str, Depends(auth)]
+
+    @router.get("", summary="Every model with its champion, challenger and latest version")
+    async def list_models(h: Handlers) -> Any:
+        return {"models": await h.store.list_models()}
+
+    @router.get("/{name}", summary="One model")
+    async def get_model(name: str, h: Handlers) -> Any:
+        model = await h.store.get_model(name)
+        if model is None:
+            raise _not_found(f"no model {name!r}")
+        return model
+
+    @router.get("/{name}/versions", summary="A model's versions, oldest first")
+    async def list_versions(name: str, h: Handlers, stage: Annotated[str | None, Query(pattern=STAGES)] = None) -> Any:
+        if await h.store.get_model(name) is None:
+            raise _not_found(f"no model {name!r}")
+        return {"model_name": name, "versions": await h.store.list_versions(name, stage)}
+
+    @router.get("/{name}/versions/{version}", summary="One version with its lineage and stage history")
+    async def get_version(name: str, version: Version, h: Handlers) -> Any:
+        row = await h.store.get_version(name, version)
+        if row is None:
+            raise _not_found(f"{name} has no version {version}")
+        model = await h.store.get_model(name)
+        assert model is not None
+        return {
+            **row,
+            "is_champion": model["champion_version"] == version,
+            "is_challenger": model["challenger_version"] == version,
+            "lineage": {
+                "trigger": row["trigger"],
+                "drift_episode_id": row["drift_episode_id"],
+                "training_request_id": row["training_request_id"],
+                "run_id": row["run_id"],
+                "trained_event_id": row["trained_event_id"],
+                "correlation_id": row["correlation_id"],
+                "dataset_fingerprint": row["dataset_fingerprint"],
+                "holdout_fingerprint": row["holdout_fingerprint"],
+                "evaluated_against": row["evaluated_against"],
+            },
+            "history": await h.store.history(name, version=version),
+        }
+
+    @router.get("/{name}/history", summary="Stage history: promotions, rejections, rollbacks, deployments")
+    async def history(name: str, h: Handlers, limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> Any:
+        if await h.store.get_model(name) is None:
+            raise _not_found(f"no model {name!r}")
+        return {"model_name": name, "history": await h.store.history(name, limit=limit)}
+
+    @router.post("/{name}/versions/{version}/promote", summary="Make a version the champion (models.promoted)")
+    async def promote(
+        name: str, version: Version, h: Handlers, actor: Actor, response: Response, body: ActionBody | None = None
+    ) -> Any:
+        reason = body.reason if body else None
+        return _action_response(await _act(h.promote(name, version, actor=actor, reason=reason)), response)
+
+    @router.post(
+        "/{name}/versions/{version}/shadow",
+        summary="Deploy a version as the challenger, scored in shadow (models.promoted, action shadow)",
+    )
+    async def shadow(
+        name: str, version: Version, h: Handlers, actor: Actor, response: Response, body: ActionBody | None = None
+    ) -> Any:
+        reason = body.reason if body else None
+        return _action_response(await _act(h.shadow(name, version, actor=actor, reason=reason)), response)
+
+    @router.post("/{name}/rollback", summary="Bring back the previous champion (models.promoted, action rollback)")
+    async def rollback(
+        name: str, h: Handlers, actor: Actor, response: Response, body: RollbackBody | None = None
+    ) -> Any:
+        reason, to_version = (body.reason, body.to_version) if body else (None, None)
+        return _action_response(
+            await _act(h.rollback(name, actor=actor, reason=reason, to_version=to_version)), response
+        )
+
+    return router

@@ -1,0 +1,19 @@
+"""Settings of the registry service (``DRIFTLINE_REGISTRY_…``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from driftline.settings import ServiceSettings
+
+
+class RegistrySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_REGISTRY_", extra="ignore")
+
+    port: int = 38104
+    group_id: str = Field(
+        "registry",
+        description="Consumer group; a new one replays models.trained from the beginning (rebuilds the registry).",
+    )
+    outbox_interval_s: float = Field(5.0, description="How often unpublished events are re-sent after a crash.")

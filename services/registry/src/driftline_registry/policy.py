@@ -1,0 +1,96 @@
+"""The promotion policy and the rollback rule, as pure functions.
+
+Promotion (from the project file: metric, margin, floor): a candidate must reach the floor on
+its holdout; the first model of a name is promoted when it does; after that a candidate is
+promoted only if it beats the champion **on the same holdout** (the run evaluated the current
+champion on it) by at least the margin. A candidate that did not compare itself with the current
+champion is rejected: there is no fair comparison to decide on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from driftline.project import PromotionPolicy
+
+# Metrics where smaller is better; for them the floor is a ceiling.
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "brier_score", "mse", "rmse", "mae"})
+# 0.82 - 0.80 is 0.01999… in floating point: a margin reached exactly counts as reached.
+_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    promote: bool
+    reason: str
+    metric: str
+    candidate_value: float | None
+    champion_value: float | None
+    margin: float
+    floor: float
+
+    def comparison(self) -> dict[str, object]:
+        return {
+            "metric": self.metric,
+            "candidate_value": self.candidate_value,
+            "champion_value": self.champion_value,
+            "margin": self.margin,
+            "floor": self.floor,
+        }
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}"
+
+
+def decide(
+    policy: PromotionPolicy,
+    *,
+    metrics: Mapping[str, float],
+    champion_version: int | None,
+    evaluated_against: int | None,
+    champion_metrics: Mapping[str, float] | None,
+) -> Decision:
+    """Promote or reject a candidate with ``metrics`` given the registry's current champion."""
+    metric, margin, floor = policy.metric, policy.margin, policy.floor
+    lower = metric in LOWER_IS_BETTER
+
+    def result(promote: bool, reason: str, candidate: float | None, champion: float | None = None) -> Decision:
+        return Decision(promote, reason, metric, candidate, champion, margin, floor)
+
+    candidate = metrics.get(metric)
+    if candidate is None:
+        return result(False, f"the candidate has no {metric} on its holdout", None)
+    if (candidate > floor) if lower else (candidate < floor):
+        bound = "above the ceiling" if lower else "below the floor"
+        return result(False, f"{metric} {_fmt(candidate)} is {bound} {_fmt(floor)}", candidate)
+    if champion_version is None:
+        return result(True, f"first model: {metric} {_fmt(candidate)} passes the floor {_fmt(floor)}", candidate)
+    champion = (champion_metrics or {}).get(metric)
+    if evaluated_against != champion_version or champion is None:
+        compared = f"v{evaluated_against}" if evaluated_against is not None else "no champion"
+        return result(
+            False,
+            f"the run compared itself with {compared} but the champion is v{champion_version}: "
+            "no comparison on the same holdout",
+            candidate,
+        )
+    improvement = (champion - candidate) if lower else (candidate - champion)
+    verdict = f"{metric} {_fmt(candidate)} vs champion v{champion_version}'s {_fmt(champion)} on the same holdout"
+    if improvement > 0 and improvement >= margin - _TOLERANCE:
+        return result(True, f"{verdict}: better by {_fmt(improvement)} (margin {_fmt(margin)})", candidate, champion)
+    return result(
+        False, f"{verdict}: does not beat it by the margin {_fmt(margin)} ({_fmt(improvement)})", candidate, champion
+    )
+
+
+def rollback_target(champions: Sequence[int], current: int | None, excluded: set[int]) -> int | None:
+    """The most recent earlier champion that is not the current one and was not rolled back.
+
+    ``champions`` lists the versions that became champion, oldest first (with repeats).
+    """
+    for version in reversed(champions):
+        if version != current and version not in excluded:
+            return version
+    return None

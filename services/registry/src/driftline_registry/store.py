@@ -1,0 +1,189 @@
+"""The registry's SQL (schema ``registry``): models, versions, stage history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+VERSION_COLUMNS = (
+    "model_name, version, run_id, stage, trained_event_id, correlation_id, artifact_bucket, artifact_key, "
+    "artifact_sha256, metadata_key, metadata_sha256, metrics, champion_metrics, evaluated_against, "
+    "dataset_fingerprint, holdout_fingerprint, feature_set_version, feature_names, params, n_train, n_holdout, "
+    "duration_s, trigger, drift_episode_id, training_request_id, trained_at, registered_at"
+)
+# An asyncpg connection or the pool's proxy of one (the stubs type them apart).
+Conn = Any
+
+_VERSION_JSON = ("metrics", "champion_metrics", "feature_names", "params")
+
+
+def _version(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    for col in _VERSION_JSON:
+        if out.get(col) is not None:
+            out[col] = json.loads(out[col])
+    return out
+
+
+def _history(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    out["details"] = json.loads(out["details"])
+    return out
+
+
+class RegistryStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def locked_model(self, name: str, *, create: bool) -> AsyncIterator[tuple[Conn, Any]]:
+        """A transaction holding the model's row lock (version numbers and stages change under it).
+
+        Yields the connection and the model row (None when it does not exist and ``create`` is False).
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            if create:
+                await conn.execute("INSERT INTO models (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", name)
+            row = await conn.fetchrow(
+                "SELECT name, champion_version, challenger_version FROM models WHERE name = $1 FOR UPDATE", name
+            )
+            yield conn, row
+
+    # -- writes (inside locked_model) ---------------------------------------------------------
+
+    @staticmethod
+    async def version_by_run(conn: Conn, run_id: str) -> dict[str, Any] | None:
+        row = await conn.fetchrow(f"SELECT {VERSION_COLUMNS} FROM versions WHERE run_id = $1", run_id)  # noqa: S608
+        return _version(row) if row else None
+
+    @staticmethod
+    async def version(conn: Conn, name: str, version: int) -> dict[str, Any] | None:
+        row = await conn.fetchrow(
+            f"SELECT {VERSION_COLUMNS} FROM versions WHERE model_name = $1 AND version = $2",  # noqa: S608
+            name,
+            version,
+        )
+        return _version(row) if row else None
+
+    @staticmethod
+    async def next_version(conn: Conn, name: str) -> int:
+        return int(
+            await conn.fetchval("SELECT coalesce(max(version), 0) + 1 FROM versions WHERE model_name = $1", name)
+        )
+
+    @staticmethod
+    async def insert_version(conn: Conn, row: dict[str, Any]) -> None:
+        values = {k: (json.dumps(v) if k in _VERSION_JSON and v is not None else v) for k, v in row.items()}
+        cols = list(values)
+        placeholders = ", ".join(f"${i}{'::jsonb' if c in _VERSION_JSON else ''}" for i, c in enumerate(cols, 1))
+        await conn.execute(
+            f"INSERT INTO versions ({', '.join(cols)}) VALUES ({placeholders})",  # noqa: S608
+            *values.values(),
+        )
+
+    @staticmethod
+    async def set_stage(conn: Conn, name: str, version: int, stage: str) -> None:
+        await conn.execute(
+            "UPDATE versions SET stage = $3 WHERE model_name = $1 AND version = $2", name, version, stage
+        )
+
+    @staticmethod
+    async def set_roles(conn: Conn, name: str, *, champion: int | None, challenger: int | None) -> None:
+        await conn.execute(
+            "UPDATE models SET champion_version = $2, challenger_version = $3, updated_at = now() WHERE name = $1",
+            name,
+            champion,
+            challenger,
+        )
+
+    @staticmethod
+    async def add_history(
+        conn: Conn,
+        *,
+        event_id: str,
+        model_name: str,
+        version: int | None,
+        action: str,
+        actor: str,
+        reason: str,
+        previous_version: int | None = None,
+        details: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        status = await conn.execute(
+            "INSERT INTO history (event_id, model_name, version, action, previous_version, actor, reason, details, "
+            "correlation_id, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, coalesce($10, now())) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            event_id,
+            model_name,
+            version,
+            action,
+            previous_version,
+            actor,
+            reason,
+            json.dumps(details or {}, default=str),
+            correlation_id,
+            at,
+        )
+        return bool(status.endswith(" 1"))
+
+    @staticmethod
+    async def champion_sequence(conn: Conn, name: str) -> list[int]:
+        """Versions that became champion, oldest first."""
+        rows = await conn.fetch(
+            "SELECT version FROM history WHERE model_name = $1 AND action IN ('promote', 'rollback') ORDER BY id",
+            name,
+        )
+        return [int(r["version"]) for r in rows]
+
+    @staticmethod
+    async def versions_in_stage(conn: Conn, name: str, stage: str) -> set[int]:
+        rows = await conn.fetch("SELECT version FROM versions WHERE model_name = $1 AND stage = $2", name, stage)
+        return {int(r["version"]) for r in rows}
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT m.name, m.champion_version, m.challenger_version, m.created_at, m.updated_at, "
+            "count(v.version) AS versions, max(v.version) AS latest_version "
+            "FROM models m LEFT JOIN versions v ON v.model_name = m.name GROUP BY m.name ORDER BY m.name"
+        )
+        return [dict(r) for r in rows]
+
+    async def get_model(self, name: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            "SELECT name, champion_version, challenger_version, created_at, updated_at FROM models WHERE name = $1",
+            name,
+        )
+        return dict(row) if row else None
+
+    async def list_versions(self, name: str, stage: str | None = None) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            f"SELECT {VERSION_COLUMNS} FROM versions WHERE model_name = $1 "  # noqa: S608
+            "AND ($2::text IS NULL OR stage = $2) ORDER BY version",
+            name,
+            stage,
+        )
+        return [_version(r) for r in rows]
+
+    async def get_version(self, name: str, version: int) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn:
+            return await self.version(conn, name, version)
+
+    async def history(self, name: str, *, version: int | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT id, event_id, model_name, version, action, previous_version, actor, reason, details, "
+            "correlation_id, at FROM history WHERE model_name = $1 AND ($2::int IS NULL OR version = $2) "
+            "ORDER BY id DESC LIMIT $3",
+            name,
+            version,
+            limit,
+        )
+        return [_history(r) for r in rows]

@@ -1,0 +1,231 @@
+"""The registry service on the real stack, run as a real process, fed with models.trained records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import httpx
+from typer.testing import CliRunner
+
+from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, MODELS_REJECTED, MODELS_TRAINED
+from driftline.cli.main import app as cli
+from driftline.events import Event, derived_event_id, envelope, new_event_id
+from driftline.kafka import EventProducer
+from driftline.project import load_project
+from driftline.settings import LOCAL_API_TOKEN
+from tests.integration.test_training import producer as producer
+from tests.support import Namespace, ServiceProcess, TopicReader, eventually
+
+AUTH = {"Authorization": f"Bearer {LOCAL_API_TOKEN}"}
+MODEL = load_project().model.name
+POLICY = load_project().promotion  # accuracy, margin 0.0, floor 0.65
+
+
+def trained_record(
+    accuracy: float, *, champion_version: int | None = None, champion_accuracy: float | None = None
+) -> dict[str, Any]:
+    run_id = new_event_id()
+    return {
+        **envelope("test-training", event_id=derived_event_id("model-trained", run_id)),
+        "run_id": run_id,
+        "model_name": MODEL,
+        "artifact_bucket": "bucket",
+        "artifact_key": f"models/{MODEL}/{run_id}/model.skops",
+        "artifact_sha256": "ab" * 32,
+        "metadata_key": f"models/{MODEL}/{run_id}/metadata.json",
+        "metadata_sha256": "cd" * 32,
+        "metrics": {"accuracy": accuracy, "f1": accuracy - 0.05},
+        "champion_metrics": None if champion_accuracy is None else {"accuracy": champion_accuracy},
+        "champion_version": champion_version,
+        "dataset_fingerprint": "f" * 64,
+        "holdout_fingerprint": "e" * 64,
+        "feature_set_version": "1",
+        "feature_names": ["salary", "age"],
+        "params": {"max_iter": "150"},
+        "n_train": 300,
+        "n_holdout": 100,
+        "duration_s": 1.5,
+        "trigger": "request",
+        "drift_episode_id": None,
+        "training_request_id": new_event_id(),
+    }
+
+
+def start_registry(namespace: Namespace, **env: str) -> ServiceProcess:
+    return ServiceProcess("driftline_registry", namespace, env=env).start("DRIFTLINE_REGISTRY_")
+
+
+def decisions(reader: TopicReader) -> list[Event]:
+    return [e for e in reader.events if e.topic in (MODELS_PROMOTED, MODELS_REJECTED)]
+
+
+async def wait_decision(reader: TopicReader, run_id: str) -> Event:
+    def found(_: list[Event]) -> bool:
+        return any(e.value["run_id"] == run_id for e in decisions(reader))
+
+    await reader.wait_for(found, timeout_s=60, what=f"decision on run {run_id}")
+    return next(e for e in decisions(reader) if e.value["run_id"] == run_id)
+
+
+def policy_view(versions: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    return [(v["version"], v["run_id"], v["stage"]) for v in versions]
+
+
+async def test_the_registry_promotes_rejects_rolls_back_and_rebuilds_from_the_log(
+    namespace: Namespace, producer: EventProducer
+) -> None:
+    assert (POLICY.metric, POLICY.margin, POLICY.floor) == ("accuracy", 0.0, 0.65)
+    reader = await TopicReader(namespace, [MODELS_PROMOTED, MODELS_REJECTED]).start()
+    registry = start_registry(namespace)
+    try:
+        await registry.wait_ready(timeout_s=120)
+        low = trained_record(0.5)
+        first = trained_record(0.8)
+        worse = trained_record(0.78, champion_version=2, champion_accuracy=0.8)
+        stale = trained_record(0.95)  # did not evaluate the champion: no fair comparison
+        better = trained_record(0.9, champion_version=2, champion_accuracy=0.8)
+        for record in (low, first, worse, stale, better):
+            await producer.publish(MODELS_TRAINED, record)
+
+        rejected_low = await wait_decision(reader, low["run_id"])
+        assert rejected_low.topic == MODELS_REJECTED and rejected_low.value["version"] == 1
+        assert "below the floor" in rejected_low.value["reason"]
+
+        promoted_first = await wait_decision(reader, first["run_id"])
+        assert promoted_first.topic == MODELS_PROMOTED
+        p = promoted_first.value
+        assert (p["version"], p["previous_version"], p["action"], p["actor"]) == (2, None, "promote", "policy")
+        assert p["event_id"] == derived_event_id("promotion", MODEL, 2)
+        assert p["causation_id"] == first["event_id"] and p["correlation_id"] == first["correlation_id"]
+        assert (p["artifact_key"], p["artifact_sha256"]) == (first["artifact_key"], first["artifact_sha256"])
+        assert p["feature_names"] == first["feature_names"]
+
+        rejected_worse = await wait_decision(reader, worse["run_id"])
+        assert rejected_worse.topic == MODELS_REJECTED
+        w = rejected_worse.value
+        assert (w["version"], w["metric"], w["candidate_value"], w["champion_value"]) == (3, "accuracy", 0.78, 0.8)
+
+        rejected_stale = await wait_decision(reader, stale["run_id"])
+        assert rejected_stale.topic == MODELS_REJECTED
+        assert "no comparison on the same holdout" in rejected_stale.value["reason"]
+
+        promoted_better = await wait_decision(reader, better["run_id"])
+        assert promoted_better.topic == MODELS_PROMOTED
+        assert (promoted_better.value["version"], promoted_better.value["previous_version"]) == (5, 2)
+
+        # Replaying models.trained is idempotent: the same runs get no new version and no new event.
+        before = len(decisions(reader))
+        await producer.publish(MODELS_TRAINED, first)
+        await producer.publish(MODELS_TRAINED, better)
+        sentinel = trained_record(0.6)
+        await producer.publish(MODELS_TRAINED, sentinel)
+        assert (await wait_decision(reader, sentinel["run_id"])).value["version"] == 6
+        assert len(decisions(reader)) == before + 1
+
+        async with httpx.AsyncClient(base_url=registry.url, timeout=30) as client:
+            models = (await client.get("/v1/models")).json()["models"]
+            assert [(m["name"], m["champion_version"], m["latest_version"]) for m in models] == [(MODEL, 5, 6)]
+            by_policy = (await client.get(f"/v1/models/{MODEL}/versions")).json()["versions"]
+            assert [v["stage"] for v in by_policy] == [
+                "rejected", "archived", "rejected", "rejected", "champion", "rejected",
+            ]  # fmt: skip
+
+            # Write endpoints need a token; unknown models and versions are 404.
+            assert (await client.post(f"/v1/models/{MODEL}/rollback")).status_code == 401
+            bad = {"Authorization": "Bearer nope"}
+            assert (await client.post(f"/v1/models/{MODEL}/rollback", headers=bad)).status_code == 403
+            assert (await client.post("/v1/models/nope/rollback", headers=AUTH)).status_code == 404
+            assert (await client.post(f"/v1/models/{MODEL}/versions/99/promote", headers=AUTH)).status_code == 404
+            assert (await client.get(f"/v1/models/{MODEL}/versions/99")).status_code == 404
+            assert (await client.post(f"/v1/models/{MODEL}/versions/5/promote", headers=AUTH)).status_code == 409
+
+            # Rollback: the previous champion comes back, announced on models.promoted.
+            r = await client.post(f"/v1/models/{MODEL}/rollback", json={"reason": "bad canary"}, headers=AUTH)
+            assert r.status_code == 200, r.text
+            rollback = r.json()
+            assert (rollback["version"], rollback["previous_version"], rollback["action"]) == (2, 5, "rollback")
+            await reader.wait_for(lambda evs: any(e.event_id == rollback["event_id"] for e in evs), what="rollback")
+            event = next(e for e in reader.events if e.event_id == rollback["event_id"])
+            assert event.topic == MODELS_PROMOTED
+            assert (event.value["version"], event.value["action"], event.value["actor"]) == (2, "rollback", "local")
+            assert event.value["reason"] == "bad canary" and event.value["artifact_key"] == first["artifact_key"]
+            # Nothing earlier to roll back to (v5 was rolled back, v2 is the first champion).
+            r = await client.post(f"/v1/models/{MODEL}/rollback", headers=AUTH)
+            assert r.status_code == 409 and "no earlier champion" in r.text
+
+            # Manual promotion and a shadow (challenger) deployment, both with the actor.
+            r = await client.post(f"/v1/models/{MODEL}/versions/3/promote", headers=AUTH)
+            assert r.status_code == 200 and (r.json()["previous_version"], r.json()["actor"]) == (2, "local")
+            # The shadow deployment through the CLI, which calls the same API.
+            out = CliRunner().invoke(cli, ["models", "shadow", MODEL, "5", "--url", registry.url, "-r", "canary"])
+            assert out.exit_code == 0, out.output
+            assert "shadow" in out.output and f"{MODEL} v5" in out.output
+            shadow_id = out.output.split("event ")[1].split()[0]
+            await reader.wait_for(lambda evs: any(e.event_id == shadow_id for e in evs), what="shadow")
+            model = (await client.get(f"/v1/models/{MODEL}")).json()
+            assert (model["champion_version"], model["challenger_version"]) == (3, 5)
+
+            # What deployment did is part of the lineage.
+            status_event = {
+                **envelope("test-deployment", cause=event.value),
+                "model_name": MODEL,
+                "version": 2,
+                "slot": "champion",
+                "status": "loaded",
+                "reason": "hot-swapped",
+                "instance_id": "deployment-1",
+                "load_seconds": 0.2,
+            }
+            await producer.publish(DEPLOYMENTS_STATUS, status_event)
+
+            async def deployment_recorded() -> dict[str, Any]:
+                detail = (await client.get(f"/v1/models/{MODEL}/versions/2")).json()
+                assert any(h["action"] == "deployment" for h in detail["history"]), detail["history"]
+                return detail
+
+            v2 = await eventually(deployment_recorded, timeout_s=60)
+            actions = [(h["action"], h["actor"]) for h in reversed(v2["history"])]
+            assert actions == [
+                ("registered", "test-training"),
+                ("promote", "policy"),
+                ("rollback", "local"),
+                ("deployment", "deployment:deployment-1"),
+            ]
+            assert v2["lineage"]["run_id"] == first["run_id"]
+            assert v2["lineage"]["correlation_id"] == first["correlation_id"]
+            history = (await client.get(f"/v1/models/{MODEL}/history")).json()["history"]
+            assert [h["action"] for h in history[:4]] == ["deployment", "shadow", "promote", "rollback"]
+            out = CliRunner().invoke(cli, ["models", "history", MODEL, "--url", registry.url])
+            assert out.exit_code == 0 and "rollback" in out.output and "canary" in out.output, out.output
+            out = CliRunner().invoke(cli, ["models", "rollback", "nope", "--url", registry.url])
+            assert out.exit_code == 1 and "404" in out.output
+    finally:
+        registry.stop()
+
+    # Rebuild: an empty registry replaying models.trained from the beginning (a new consumer
+    # group) reaches the same versions and policy decisions, and re-announces the same event ids.
+    conn = await asyncpg.connect(namespace.stack.postgres_dsn.get_secret_value())
+    try:
+        await conn.execute("DROP SCHEMA registry CASCADE")
+    finally:
+        await conn.close()
+    policy_ids = {e.event_id for e in decisions(reader) if e.value.get("actor", "policy") == "policy"}
+    seen = len(reader.events)
+    rebuilt = start_registry(namespace, DRIFTLINE_REGISTRY_GROUP_ID="registry-rebuild")
+    try:
+        await rebuilt.wait_ready(timeout_s=120)
+        async with httpx.AsyncClient(base_url=rebuilt.url, timeout=30) as client:
+
+            async def rebuilt_versions() -> list[dict[str, Any]]:
+                r = await client.get(f"/v1/models/{MODEL}/versions")
+                assert r.status_code == 200 and len(r.json()["versions"]) == 6, r.text
+                out: list[dict[str, Any]] = r.json()["versions"]
+                return out
+
+            assert policy_view(await eventually(rebuilt_versions, timeout_s=60)) == policy_view(by_policy)
+        await reader.wait_for(lambda evs: len(evs) >= seen + 6, what="re-announced decisions")
+        assert {e.event_id for e in reader.events[seen:]} == policy_ids
+    finally:
+        rebuilt.stop()
+        await reader.stop()

@@ -1,0 +1,392 @@
+"""The training service on the real stack, run as a real process.
+
+Examples are fed straight into the namespace's ``features.vectors`` and ``labels`` topics (no
+features service needed); labels follow a simple rule of the features so a model can learn it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from driftline.artifacts import ArtifactStore
+from driftline.catalog import (
+    DRIFT_DETECTED,
+    FEATURES_VECTORS,
+    LABELS,
+    MODELS_TRAINED,
+    TRAINING_FAILED,
+    TRAINING_REQUESTED,
+    default_catalog,
+)
+from driftline.events import Event, derived_event_id, envelope, epoch_ms, new_event_id
+from driftline.kafka import EventProducer
+from driftline.models import load_model, to_matrix
+from driftline.project import load_project
+from driftline.serde import AvroSerde, SchemaRegistryClient
+from driftline.settings import LOCAL_API_TOKEN
+from tests.support import Namespace, ServiceProcess, TopicReader, eventually
+
+AUTH = {"Authorization": f"Bearer {LOCAL_API_TOKEN}"}
+PROJECT = load_project()
+FSV = PROJECT.features.version
+
+
+@dataclass(frozen=True)
+class Row:
+    raw_event_id: str
+    entity_id: str
+    event_time: datetime
+    features: dict[str, float | None]
+    label: str
+
+
+def loan_rows(n: int, *, start: datetime, seed: int, inverted: bool = False) -> list[Row]:
+    """Loan applications one second apart; approved when the loan is under twice the income
+    (``inverted``: the opposite, a sudden concept drift). 2% of labels are flipped."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        salary = float(rng.uniform(20_000, 150_000))
+        commission = 0.0 if salary >= 75_000 else float(rng.uniform(10_000, 75_000))
+        hvalue, hyears, loan = (
+            float(rng.uniform(50_000, 900_000)),
+            float(rng.integers(1, 30)),
+            float(rng.uniform(0, 500_000)),
+        )
+        income = salary + commission
+        features: dict[str, float | None] = {
+            "salary": salary,
+            "commission": commission,
+            "age": float(rng.integers(20, 80)),
+            "elevel": float(rng.integers(0, 5)),
+            "car": float(rng.integers(1, 21)),
+            "zipcode": float(rng.integers(0, 9)),
+            "hvalue": hvalue,
+            "hyears": hyears,
+            "loan": loan,
+            "income": income,
+            "loan_to_income": loan / (income + 1),
+            "equity": 0.1 * hvalue * max(hyears - 20, 0),
+            "applications_1h": 1.0,
+            "loan_mean_1h": loan,
+        }
+        approve = (loan < 2 * income) != inverted
+        if rng.random() < 0.02:
+            approve = not approve
+        rows.append(
+            Row(
+                raw_event_id=new_event_id(),
+                entity_id=f"c{int(rng.integers(0, 300))}",
+                event_time=start + timedelta(seconds=i),
+                features=features,
+                label="approve" if approve else "deny",
+            )
+        )
+    return rows
+
+
+def vector_record(row: Row) -> dict[str, Any]:
+    return {
+        **envelope(
+            "test-features",
+            event_id=derived_event_id(row.raw_event_id, FSV),
+            event_time=row.event_time,
+            correlation_id=row.raw_event_id,
+        ),
+        "causation_id": row.raw_event_id,
+        "source_event_id": row.raw_event_id,
+        "entity_id": row.entity_id,
+        "feature_set_version": FSV,
+        "features": row.features,
+        "late": False,
+    }
+
+
+def label_record(row: Row) -> dict[str, Any]:
+    return {
+        **envelope("test-ingestion", event_time=row.event_time + timedelta(minutes=5)),
+        "labelled_event_id": row.raw_event_id,
+        "entity_id": row.entity_id,
+        "label": row.label,
+        "source": "test",
+    }
+
+
+def drift_record(*, episode_id: str, window_start: datetime, model_name: str | None = None) -> dict[str, Any]:
+    return {
+        **envelope("test-monitoring"),
+        "episode_id": episode_id,
+        "kind": "performance",
+        "method": "accuracy_drop",
+        "statistic": 0.4,
+        "threshold": 0.12,
+        "window_start": window_start,
+        "window_end": window_start + timedelta(minutes=10),
+        "window_size": 600,
+        "features": [],
+        "model_name": model_name or PROJECT.model.name,
+        "model_version": 1,
+        "evidence": [
+            {
+                "feature": None,
+                "method": "accuracy_drop",
+                "statistic": 0.4,
+                "threshold": 0.12,
+                "p_value": None,
+                "drifted": True,
+            }
+        ],
+    }
+
+
+async def feed(producer: EventProducer, rows: Sequence[Row], *, labels_first_every: int = 2) -> None:
+    """Vectors and labels; for every ``labels_first_every``-th row the label is sent first."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    for i, row in enumerate(rows):
+        pair = [(FEATURES_VECTORS, vector_record(row)), (LABELS, label_record(row))]
+        items += reversed(pair) if i % labels_first_every == 0 else pair
+    for start in range(0, len(items), 500):
+        await producer.publish_many(items[start : start + 500])
+
+
+@pytest.fixture
+async def producer(namespace: Namespace) -> AsyncIterator[EventProducer]:
+    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    p = EventProducer(
+        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "test"
+    )
+    await p.start(default_catalog().names())
+    yield p
+    await p.stop()
+    await registry.close()
+
+
+@pytest.fixture
+async def training(namespace: Namespace) -> AsyncIterator[ServiceProcess]:
+    svc = ServiceProcess("driftline_training", namespace).start("DRIFTLINE_TRAINING_")
+    try:
+        await svc.wait_ready(timeout_s=120)
+        yield svc
+    finally:
+        svc.stop()
+
+
+async def wait_examples(client: httpx.AsyncClient, url: str, labelled: int) -> None:
+    async def check() -> None:
+        r = await client.get(f"{url}/v1/examples")
+        assert r.status_code == 200 and r.json()["labelled"] >= labelled, r.text
+
+    await eventually(check, timeout_s=120, interval_s=0.5)
+
+
+def results_for(reader: TopicReader, run_id: str) -> list[Event]:
+    return [e for e in reader.events if e.topic in (MODELS_TRAINED, TRAINING_FAILED) and e.value["run_id"] == run_id]
+
+
+async def wait_result(reader: TopicReader, run_id: str, timeout_s: float = 240) -> Event:
+    await reader.wait_for(lambda _: bool(results_for(reader, run_id)), timeout_s=timeout_s, what=f"result of {run_id}")
+    return results_for(reader, run_id)[0]
+
+
+async def request_run(client: httpx.AsyncClient, url: str, **body: Any) -> dict[str, Any]:
+    r = await client.post(f"{url}/v1/training-requests", json=body, headers=AUTH)
+    assert r.status_code == 202, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+REQUIRED_METADATA = {
+    "run_id", "model_name", "created_at", "estimator", "params", "seed", "feature_names", "feature_set_version",
+    "classes", "positive_class", "metrics", "champion_version", "champion_metrics", "dataset_fingerprint",
+    "holdout_fingerprint", "n_train", "n_holdout", "library_versions", "code_version", "duration_s", "trigger",
+    "drift_episode_id", "training_request_id", "reference_profile",
+}  # fmt: skip
+
+
+async def test_a_training_request_produces_a_verified_artifact_and_a_models_trained_event(
+    namespace: Namespace, producer: EventProducer, training: ServiceProcess
+) -> None:
+    start = datetime.now(UTC) - timedelta(hours=3)
+    rows = loan_rows(600, start=start, seed=1)
+    reader = await TopicReader(namespace, [TRAINING_REQUESTED, MODELS_TRAINED, TRAINING_FAILED]).start()
+    store = ArtifactStore.from_settings(namespace.stack)
+    try:
+        await feed(producer, rows)
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = training.url
+            await wait_examples(client, url, 600)
+
+            # Refused up front: no token, unknown policy parameter, a model this project does not train.
+            r = await client.post(f"{url}/v1/training-requests", json={})
+            assert r.status_code == 401
+            r = await client.post(f"{url}/v1/training-requests", json={"parameters": {"depth": 3}}, headers=AUTH)
+            assert r.status_code == 422 and "depth" in r.text
+            r = await client.post(f"{url}/v1/training-requests", json={"model_name": "other"}, headers=AUTH)
+            assert r.status_code == 404
+
+            # A run that cannot succeed fails loudly and does not block the next request.
+            failing = await request_run(client, url, parameters={"min_examples": 5000})
+            first = await request_run(client, url, parameters={"selection": "recent"})
+            failed = await wait_result(reader, failing["run_id"])
+            assert failed.topic == TRAINING_FAILED
+            assert failed.value["error_type"] == "too_few_examples" and failed.value["retryable"] is True
+            assert failed.correlation_id == failing["correlation_id"]
+            trained = await wait_result(reader, first["run_id"])
+            assert trained.topic == MODELS_TRAINED, trained.value
+
+            v = trained.value
+            (request_event,) = [
+                e for e in reader.on(TRAINING_REQUESTED) if e.value["request_id"] == first["request_id"]
+            ]
+            assert trained.correlation_id == first["correlation_id"] == request_event.correlation_id
+            assert v["causation_id"] == request_event.event_id
+            assert v["run_id"] == derived_event_id("run", first["request_id"])
+            assert v["artifact_key"] == f"models/{PROJECT.model.name}/{v['run_id']}/model.skops"
+            assert v["metadata_key"] == f"models/{PROJECT.model.name}/{v['run_id']}/metadata.json"
+            assert (v["n_train"], v["n_holdout"]) == (450, 150)
+            assert v["metrics"]["accuracy"] > 0.85 and set(v["metrics"]) == {"accuracy", "f1", "roc_auc", "log_loss"}
+            assert v["champion_version"] is None and v["champion_metrics"] is None
+            assert v["trigger"] == "request" and v["training_request_id"] == first["request_id"]
+            assert v["feature_names"] == PROJECT.model_features
+
+            # The artifact's digest verifies, it loads under the trusted-types policy and predicts the rule.
+            data = await store.get(v["artifact_key"], v["artifact_sha256"])
+            model = load_model(data)
+            holdout = rows[-150:]
+            predicted = model.predict(to_matrix([r.features for r in holdout], v["feature_names"]))
+            assert np.mean(predicted == np.asarray([r.label for r in holdout])) == pytest.approx(
+                v["metrics"]["accuracy"]
+            )
+            metadata = await store.get_json(v["metadata_key"], v["metadata_sha256"])
+            assert set(metadata) >= REQUIRED_METADATA
+            assert metadata["artifact_sha256"] == v["artifact_sha256"]
+            assert metadata["dataset_fingerprint"] == v["dataset_fingerprint"]
+            assert set(metadata["reference_profile"]["features"]) == set(PROJECT.features.names)
+            assert metadata["reference_profile"]["features"]["elevel"]["kind"] == "categorical"
+            assert metadata["reference_profile"]["features"]["salary"]["kind"] == "numeric"
+            score = metadata["reference_profile"]["score"]
+            assert score["kind"] == "numeric" and score["count"] == 150
+            assert sum(score["frequencies"]) == pytest.approx(1.0)
+
+            run = (await client.get(f"{url}/v1/runs/{first['run_id']}")).json()
+            assert run["status"] == "succeeded" and run["metrics"] == v["metrics"]
+            assert (await client.get(f"{url}/v1/runs/{first['request_id']}")).json()["run_id"] == first["run_id"]
+            failed_run = (await client.get(f"{url}/v1/runs/{failing['run_id']}")).json()
+            assert failed_run["status"] == "failed" and failed_run["error_type"] == "too_few_examples"
+
+            # A re-delivered request does not start a second run; a new request on the same
+            # examples with the same seed reproduces the metrics and the fingerprint.
+            await producer.publish(TRAINING_REQUESTED, request_event.value)
+            again = await request_run(client, url, parameters={"selection": "recent"})
+            repeat = await wait_result(reader, again["run_id"])
+            assert repeat.topic == MODELS_TRAINED
+            assert repeat.value["run_id"] != v["run_id"]
+            assert repeat.value["dataset_fingerprint"] == v["dataset_fingerprint"]
+            assert repeat.value["holdout_fingerprint"] == v["holdout_fingerprint"]
+            assert repeat.value["metrics"] == v["metrics"]
+            assert len(results_for(reader, v["run_id"])) == 1
+            runs = (await client.get(f"{url}/v1/runs")).json()["runs"]
+            assert sorted(r["status"] for r in runs) == ["failed", "succeeded", "succeeded"]
+    finally:
+        await reader.stop()
+
+
+async def test_drift_events_within_the_cooldown_cause_one_run(
+    namespace: Namespace, producer: EventProducer, training: ServiceProcess
+) -> None:
+    start = datetime.now(UTC) - timedelta(hours=2)
+    rows = loan_rows(500, start=start, seed=2)
+    reader = await TopicReader(namespace, [TRAINING_REQUESTED, MODELS_TRAINED, TRAINING_FAILED]).start()
+    try:
+        await feed(producer, rows)
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = training.url
+            await wait_examples(client, url, 500)
+            onset = rows[100].event_time
+            first = drift_record(episode_id="episode-1", window_start=onset)
+            second = drift_record(episode_id="episode-2", window_start=onset + timedelta(seconds=30))
+            other = drift_record(episode_id="episode-x", window_start=onset, model_name="someone-elses-model")
+            # The first episode is delivered twice; the second comes within the cooldown (60s).
+            for record in (first, second, first, other):
+                await producer.publish(DRIFT_DETECTED, record)
+
+            async def all_decided() -> dict[str, str]:
+                triggers = (await client.get(f"{url}/v1/triggers")).json()["triggers"]
+                decisions = {t["episode_id"]: t["decision"] for t in triggers}
+                assert len(decisions) == 3, decisions
+                return decisions
+
+            decisions = await eventually(all_decided, timeout_s=60)
+            assert decisions == {"episode-1": "requested", "episode-2": "cooldown", "episode-x": "ignored"}
+
+            run_id = derived_event_id("run", derived_event_id("drift-request", PROJECT.model.name, "episode-1"))
+            trained = await wait_result(reader, run_id)
+            assert trained.topic == MODELS_TRAINED, trained.value
+            requests = reader.on(TRAINING_REQUESTED)
+            assert len(requests) == 1
+            (request,) = requests
+            assert request.value["reason"] == "drift" and request.value["drift_episode_id"] == "episode-1"
+            assert request.value["since"] == epoch_ms(onset)
+            # One chain: drift.detected → training.requested → models.trained.
+            assert request.correlation_id == first["event_id"] == trained.correlation_id
+            assert request.value["causation_id"] == first["event_id"]
+            assert trained.value["causation_id"] == request.event_id
+            assert trained.value["trigger"] == "drift" and trained.value["drift_episode_id"] == "episode-1"
+            # since_drift selection: only what came at or after the drift window's start.
+            assert trained.value["n_train"] + trained.value["n_holdout"] == 400
+            runs = (await client.get(f"{url}/v1/runs")).json()["runs"]
+            assert [r["run_id"] for r in runs] == [run_id]
+    finally:
+        await reader.stop()
+
+
+async def test_a_drift_run_that_lacked_labels_is_asked_again_once_they_arrive(
+    namespace: Namespace, producer: EventProducer, training: ServiceProcess
+) -> None:
+    start = datetime.now(UTC) - timedelta(hours=2)
+    rows = loan_rows(500, start=start, seed=3)
+    onset = rows[100].event_time
+    reader = await TopicReader(namespace, [TRAINING_REQUESTED, MODELS_TRAINED, TRAINING_FAILED]).start()
+    try:
+        # Every vector, but labels only up to 100 events after the drift onset (300 are needed).
+        await producer.publish_many([(FEATURES_VECTORS, vector_record(r)) for r in rows])
+        await producer.publish_many([(LABELS, label_record(r)) for r in rows[:200]])
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = training.url
+            await wait_examples(client, url, 200)
+            drift = drift_record(episode_id="episode-lag", window_start=onset)
+            await producer.publish(DRIFT_DETECTED, drift)
+
+            def in_chain(evs: list[Event]) -> list[Event]:
+                return [e for e in evs if e.correlation_id == drift["event_id"]]
+
+            await reader.wait_for(lambda evs: any(e.topic == TRAINING_FAILED for e in in_chain(evs)), what="failure")
+            (failed,) = [e for e in in_chain(reader.events) if e.topic == TRAINING_FAILED]
+            assert failed.value["error_type"] == "too_few_examples" and failed.value["retryable"] is True
+            (trigger,) = (await client.get(f"{url}/v1/triggers")).json()["triggers"]
+            assert (trigger["decision"], trigger["waiting"], trigger["attempts"]) == ("requested", True, 1)
+
+            # The missing labels arrive: training asks again, in the same chain, and trains.
+            await producer.publish_many([(LABELS, label_record(r)) for r in rows[200:]])
+            await reader.wait_for(
+                lambda evs: any(e.topic == MODELS_TRAINED for e in in_chain(evs)), timeout_s=240, what="retrained"
+            )
+            chain = in_chain(reader.events)
+            assert [e.topic for e in chain] == [TRAINING_REQUESTED, TRAINING_FAILED, TRAINING_REQUESTED, MODELS_TRAINED]
+            first_request, _, second_request, trained = chain
+            assert second_request.value["request_id"] != first_request.value["request_id"]
+            assert second_request.value["causation_id"] == drift["event_id"]
+            assert second_request.value["drift_episode_id"] == "episode-lag"
+            # It asks as soon as the policy's minimum of labelled examples since the onset exists.
+            assert 300 == PROJECT.training.min_examples <= trained.value["n_train"] + trained.value["n_holdout"] <= 400
+            (trigger,) = (await client.get(f"{url}/v1/triggers")).json()["triggers"]
+            assert (trigger["waiting"], trigger["attempts"]) == (False, 2)
+    finally:
+        await reader.stop()

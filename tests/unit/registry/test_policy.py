@@ -1,0 +1,95 @@
+"""The promotion policy and the rollback rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from driftline.project import PromotionPolicy
+from driftline_registry.policy import decide, rollback_target
+
+POLICY = PromotionPolicy(metric="accuracy", margin=0.02, floor=0.7)
+
+
+def test_the_first_model_is_promoted_when_it_passes_the_floor() -> None:
+    d = decide(POLICY, metrics={"accuracy": 0.75}, champion_version=None, evaluated_against=None, champion_metrics=None)
+    assert d.promote and "first model" in d.reason
+
+
+def test_a_candidate_below_the_floor_is_rejected_even_without_a_champion() -> None:
+    d = decide(POLICY, metrics={"accuracy": 0.69}, champion_version=None, evaluated_against=None, champion_metrics=None)
+    assert not d.promote and "below the floor" in d.reason
+    assert d.comparison() == {
+        "metric": "accuracy", "candidate_value": 0.69, "champion_value": None, "margin": 0.02, "floor": 0.7,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("candidate", "promote"),
+    [(0.83, True), (0.82, True), (0.815, False), (0.80, False), (0.75, False)],
+)
+def test_a_candidate_must_beat_the_champion_on_the_same_holdout_by_the_margin(candidate: float, promote: bool) -> None:
+    d = decide(
+        POLICY,
+        metrics={"accuracy": candidate},
+        champion_version=3,
+        evaluated_against=3,
+        champion_metrics={"accuracy": 0.8},
+    )
+    assert d.promote is promote
+    assert d.champion_value == 0.8 and d.candidate_value == candidate
+
+
+def test_with_no_margin_a_tie_is_not_a_win() -> None:
+    policy = PromotionPolicy(metric="accuracy", margin=0.0, floor=0.5)
+    tie = decide(
+        policy, metrics={"accuracy": 0.8}, champion_version=1, evaluated_against=1, champion_metrics={"accuracy": 0.8}
+    )
+    assert not tie.promote
+    win = decide(
+        policy, metrics={"accuracy": 0.81}, champion_version=1, evaluated_against=1, champion_metrics={"accuracy": 0.8}
+    )
+    assert win.promote
+
+
+@pytest.mark.parametrize(("evaluated_against", "champion_metrics"), [(None, None), (2, {"accuracy": 0.5}), (3, None)])
+def test_without_a_comparison_against_the_current_champion_the_candidate_is_rejected(
+    evaluated_against: int | None, champion_metrics: dict[str, float] | None
+) -> None:
+    d = decide(
+        POLICY,
+        metrics={"accuracy": 0.99},
+        champion_version=3,
+        evaluated_against=evaluated_against,
+        champion_metrics=champion_metrics,
+    )
+    assert not d.promote and "no comparison on the same holdout" in d.reason
+
+
+def test_a_missing_metric_is_rejected() -> None:
+    d = decide(POLICY, metrics={"f1": 0.9}, champion_version=None, evaluated_against=None, champion_metrics=None)
+    assert not d.promote and "no accuracy" in d.reason
+
+
+def test_for_log_loss_lower_is_better_and_the_floor_is_a_ceiling() -> None:
+    policy = PromotionPolicy(metric="log_loss", margin=0.01, floor=0.6)
+    assert not decide(
+        policy, metrics={"log_loss": 0.7}, champion_version=None, evaluated_against=None, champion_metrics=None
+    ).promote
+    better = decide(
+        policy, metrics={"log_loss": 0.3}, champion_version=1, evaluated_against=1, champion_metrics={"log_loss": 0.4}
+    )
+    assert better.promote
+    worse = decide(
+        policy, metrics={"log_loss": 0.45}, champion_version=1, evaluated_against=1, champion_metrics={"log_loss": 0.4}
+    )
+    assert not worse.promote
+
+
+def test_rollback_goes_to_the_previous_champion_and_skips_rolled_back_versions() -> None:
+    # v1, v2, v3 promoted in turn; rolling back from v3 gives v2, then (v3 rolled back) v1.
+    assert rollback_target([1, 2, 3], current=3, excluded=set()) == 2
+    assert rollback_target([1, 2, 3, 2], current=2, excluded={3}) == 1
+    assert rollback_target([1, 2, 3, 2, 1], current=1, excluded={3, 2}) is None
+    assert rollback_target([1], current=1, excluded=set()) is None
+    # A rolled-back version promoted again is a champion like any other.
+    assert rollback_target([1, 2, 1, 2], current=2, excluded=set()) == 1

@@ -1,0 +1,132 @@
+"""The CPU part of a run: reproducible, split by time, refusing what cannot make a model."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from driftline.models import build_estimator, load_model
+from driftline.project import TrainingPolicy, load_project
+from driftline_training import pipeline
+from driftline_training.pipeline import Example, TrainingFailure
+
+PROJECT = load_project()
+START = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def examples(n: int, *, seed: int = 0, label: str | None = None) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        features = {name: float(rng.uniform(0, 10)) for name in PROJECT.features.names}
+        features["elevel"] = float(rng.integers(0, 5))
+        approve = features["salary"] + features["loan"] > 10
+        out.append(
+            Example(
+                f"ev-{seed}-{i:05d}",
+                START + timedelta(seconds=i),
+                features,
+                label or ("approve" if approve else "deny"),
+            )
+        )
+    return out
+
+
+POLICY = TrainingPolicy(min_examples=100, max_examples=1000, holdout_fraction=0.25, seed=3)
+
+
+def test_same_examples_and_seed_give_the_same_metrics_fingerprint_and_predictions() -> None:
+    data = examples(400)
+    shuffled = random.Random(1).sample(data, len(data))
+    a = pipeline.fit(PROJECT, data, POLICY)
+    b = pipeline.fit(PROJECT, shuffled, POLICY)
+    assert a.metrics == b.metrics
+    assert a.dataset_fingerprint == b.dataset_fingerprint
+    assert a.holdout_fingerprint == b.holdout_fingerprint
+    assert a.reference_profile == b.reference_profile
+    x = pipeline.feature_matrix(a.holdout, a.feature_names)
+    assert (load_model(a.model_bytes).predict_proba(x) == load_model(b.model_bytes).predict_proba(x)).all()
+    assert a.metrics["accuracy"] > 0.85
+    assert set(a.metrics) == {"accuracy", "f1", "roc_auc", "log_loss"}
+
+
+def test_the_fingerprint_covers_the_example_ids_and_the_feature_set_version() -> None:
+    ids = [f"e{i}" for i in range(10)]
+    base = pipeline.dataset_fingerprint(ids, "1")
+    assert pipeline.dataset_fingerprint(list(reversed(ids)), "1") == base
+    assert pipeline.dataset_fingerprint(ids, "2") != base
+    assert pipeline.dataset_fingerprint([*ids[:-1], "e99"], "1") != base
+    assert pipeline.dataset_fingerprint(ids[:-1], "1") != base
+
+
+def test_the_holdout_is_the_most_recent_part() -> None:
+    data = examples(100)
+    train, holdout = pipeline.split_by_time(list(reversed(data)), 0.25)
+    assert len(holdout) == 25 and len(train) == 75
+    assert max(e.event_time for e in train) < min(e.event_time for e in holdout)
+    assert holdout == data[-25:]
+
+
+def test_the_metadata_profiles_every_feature_and_the_score() -> None:
+    result = pipeline.fit(PROJECT, examples(300), POLICY)
+    profile = result.reference_profile
+    assert set(profile["features"]) == set(PROJECT.features.names)
+    for name in PROJECT.features.categorical:
+        assert profile["features"][name]["kind"] == "categorical"
+    assert profile["features"]["salary"]["kind"] == "numeric"
+    assert profile["features"]["salary"]["count"] == len(result.train)
+    assert profile["score"]["count"] == len(result.holdout)
+    assert sum(profile["score"]["frequencies"]) == pytest.approx(1.0)
+    assert result.seed == 7  # the project's estimator params fix random_state; that is what was used
+
+
+def test_too_few_examples_fail_with_a_retryable_reason() -> None:
+    with pytest.raises(TrainingFailure) as info:
+        pipeline.fit(PROJECT, examples(50), POLICY)
+    assert info.value.error_type == "too_few_examples" and info.value.retryable
+    assert "50" in info.value.reason and "100" in info.value.reason
+
+
+def test_one_class_only_fails() -> None:
+    with pytest.raises(TrainingFailure) as info:
+        pipeline.fit(PROJECT, examples(200, label="deny"), POLICY)
+    assert info.value.error_type == "single_class"
+
+
+def test_a_non_numeric_feature_value_fails_naming_the_feature() -> None:
+    data = examples(200)
+    broken = Example(data[0].example_id, data[0].event_time, {**data[0].features, "age": "old"}, data[0].label)
+    with pytest.raises(TrainingFailure) as info:
+        pipeline.fit(PROJECT, [broken, *data[1:]], POLICY)
+    assert info.value.error_type == "bad_features" and "age" in info.value.reason
+
+
+def test_numeric_strings_and_missing_values_are_accepted() -> None:
+    data = examples(200)
+    data[0] = Example(data[0].example_id, data[0].event_time, {**data[0].features, "age": "42.5"}, data[0].label)
+    data[1] = Example(data[1].example_id, data[1].event_time, {**data[1].features, "age": None}, data[1].label)
+    x = pipeline.feature_matrix(data[:2], ["age"])
+    assert x[0, 0] == 42.5 and np.isnan(x[1, 0])
+
+
+def test_request_parameters_override_the_policy_and_are_validated() -> None:
+    policy = pipeline.effective_policy(PROJECT.training, {"max_examples": "50", "selection": "recent"})
+    assert (policy.max_examples, policy.selection, policy.min_examples) == (50, "recent", PROJECT.training.min_examples)
+    with pytest.raises(TrainingFailure, match="unknown training parameters"):
+        pipeline.effective_policy(PROJECT.training, {"depth": "3"})
+    with pytest.raises(TrainingFailure, match="holdout_fraction"):
+        pipeline.effective_policy(PROJECT.training, {"holdout_fraction": "1.5"})
+    with pytest.raises(TrainingFailure, match="selection"):
+        pipeline.effective_policy(PROJECT.training, {"selection": "everything"})
+
+
+def test_the_champion_is_evaluated_with_its_own_feature_columns() -> None:
+    data = examples(300)
+    train, holdout = pipeline.split_by_time(data, 0.25)
+    champion = build_estimator(PROJECT.model, seed=1)
+    champion.fit(pipeline.feature_matrix(train, ["salary", "loan"]), [e.label for e in train])
+    metrics = pipeline.evaluate_on_holdout(champion, holdout, ["salary", "loan"], "approve")
+    assert metrics["accuracy"] > 0.85
