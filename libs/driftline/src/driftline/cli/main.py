@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from driftline.cli import inspect, stack
+from driftline.cli import demo, dlq, inspect, models, publish, stack
 
 app = typer.Typer(
     name="driftline",
@@ -16,7 +16,11 @@ app = typer.Typer(
 )
 
 stack.register(app)
+publish.register(app)
+dlq.register(app)
 inspect.register(app)
+models.register(app)
+demo.register(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,237 @@
+"""HTTP API of ingestion: POST /v1/events, POST /v1/labels (bearer token), GET /v1/schemas.
+
+The OpenAPI document is at /openapi.json and rendered at /docs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Request, Response
+
+from driftline.api import ReadinessCheck, create_app
+from driftline.project import project_from_settings
+from driftline.sdk import SOURCE_HEADER
+from driftline.validation import Kind, Validator
+from driftline_ingestion.config import IngestionSettings
+from driftline_ingestion.handlers import IngestHandler, body_too_large
+
+SERVICE = "ingestion"
+DLQ_PREFIX_BYTES = 64 * 1024  # what the DLQ keeps of a body over the limit
+_SOURCE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+
+DESCRIPTION = """
+Publish events and ground-truth labels to Driftline.
+
+* Send one record or a batch (`{"events": [...]}`, `{"labels": [...]}` or a bare array).
+* A 2xx answer means Kafka acknowledged every accepted record (acks=all).
+* Give every event an `event_id` (UUID) to make retries safe: a retried id is answered `duplicate`.
+* Refused records are reported by index with the field and the reason, and kept in `events.dlq`.
+* Status: 200 all stored; 207 some stored, some refused; 422 all refused; 400 not JSON / bad shape;
+  413 too large; 401/403 token; 503 + `Retry-After` overloaded or not acknowledged in time.
+"""
+
+_RESULT = {
+    "type": "object",
+    "properties": {
+        "accepted": {"type": "integer"},
+        "duplicates": {"type": "integer"},
+        "rejected": {"type": "integer"},
+        "dead_lettered": {"type": "integer"},
+        "failed": {"type": "integer"},
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer"},
+                    "status": {"enum": ["accepted", "duplicate", "rejected", "failed"]},
+                    "event_id": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": ["integer", "null"]},
+                    "field": {"type": ["string", "null"]},
+                    "error_type": {"type": "string"},
+                    "reason": {"type": "string"},
+                },
+            },
+        },
+        "error": {"type": "string", "description": "Present on 4xx/5xx: the error class."},
+        "message": {"type": "string"},
+    },
+}
+
+
+def _responses() -> dict[int | str, dict[str, Any]]:
+    content = {"application/json": {"schema": _RESULT}}
+    return {
+        200: {"description": "Every record stored (or recognised as a duplicate)", "content": content},
+        207: {"description": "Some records stored, some refused (see errors)", "content": content},
+        400: {"description": "Body is not JSON or not an event/batch", "content": content},
+        401: {"description": "No bearer token"},
+        403: {"description": "Token not accepted"},
+        413: {"description": "Body or batch over the limit", "content": content},
+        422: {"description": "Every record refused (see errors)", "content": content},
+        503: {"description": "Overloaded or not acknowledged in time: retry after Retry-After", "content": content},
+    }
+
+
+def _request_body(kind: Kind, validator: Validator) -> dict[str, Any]:
+    if kind == "events":
+        item: dict[str, Any] = {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "title": t.name,
+                    "required": ["type", "payload"],
+                    "properties": {
+                        "type": {"const": t.name},
+                        "event_id": {"type": "string", "format": "uuid"},
+                        "event_time": {"type": "string", "format": "date-time"},
+                        "correlation_id": {"type": "string"},
+                        "payload": t.schema.json_schema(),
+                    },
+                    "additionalProperties": False,
+                }
+                for t in validator.event_types.values()
+            ]
+        }
+    else:
+        item = {
+            "type": "object",
+            "required": ["event_id", "entity_id", "label"],
+            "properties": {
+                "event_id": {"type": "string", "format": "uuid", "description": "the labelled event"},
+                "entity_id": {"type": "string"},
+                "label": {"enum": validator.label_classes},
+                "label_id": {"type": "string", "format": "uuid"},
+                "event_time": {"type": "string", "format": "date-time"},
+                "correlation_id": {"type": "string"},
+            },
+            "additionalProperties": False,
+        }
+    schema = {
+        "oneOf": [
+            item,
+            {"type": "object", "properties": {kind: {"type": "array", "items": item}}, "required": [kind]},
+            {"type": "array", "items": item},
+        ]
+    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def read_body(request: Request, limit: int) -> tuple[bytes, bool, int | None]:
+    """The body, or its first bytes when it is over ``limit`` (memory stays bounded either way)."""
+    declared_text = request.headers.get("content-length", "")
+    declared = int(declared_text) if declared_text.isdigit() else None
+    too_large = declared is not None and declared > limit
+    drain_limit = 8 * limit  # read (and drop) this much of an oversize body so the client sees the 413
+    buf = bytearray()
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if not too_large and total > limit:
+            too_large = True
+            del buf[DLQ_PREFIX_BYTES:]
+        if too_large:
+            if len(buf) < DLQ_PREFIX_BYTES:
+                buf += chunk[: DLQ_PREFIX_BYTES - len(buf)]
+            if total > drain_limit:
+                break
+        else:
+            buf += chunk
+    return bytes(buf), too_large, declared if declared is not None else (total if too_large else None)
+
+
+async def require_token(request: Request) -> str:
+    """The bearer-token check (401/403); the lifespan puts a TokenAuth on the app."""
+    actor: str = await request.app.state.auth(request)
+    return actor
+
+
+Actor = Annotated[str, Depends(require_token)]
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def build_app(
+    settings: IngestionSettings,
+    *,
+    validator: Validator | None = None,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    """The ingestion app; the default lifespan connects to the stack (tests may pass their own)."""
+    from driftline_ingestion.bootstrap import ingestion_lifespan
+
+    validator = validator or Validator.from_project(project_from_settings(settings.stack))
+    checks: dict[str, Callable[[], Mapping[str, ReadinessCheck]]] = {"readiness": dict}
+
+    def readiness() -> Mapping[str, ReadinessCheck]:
+        return checks["readiness"]()
+
+    app = create_app(
+        SERVICE,
+        title="Driftline ingestion",
+        description=DESCRIPTION,
+        lifespan=lifespan or ingestion_lifespan(settings, validator),
+        readiness=readiness,
+    )
+    app.state.checks = checks  # the lifespan puts the runtime's readiness checks here
+
+    async def publish(request: Request, kind: Kind) -> Response:
+        handler: IngestHandler = request.app.state.handler
+        body, too_large, size = await read_body(request, settings.max_body_bytes)
+        if too_large:
+            reply = await handler.refuse(kind, body_too_large(body, settings.max_body_bytes, size), 413)
+        else:
+            source = request.headers.get(SOURCE_HEADER, "http")
+            reply = await handler.ingest(kind, body, source=source if _SOURCE.match(source) else "http")
+        return _json(reply.status, reply.body, reply.headers)
+
+    @app.post(
+        "/v1/events",
+        tags=["publish"],
+        summary="Publish one event or a batch",
+        responses=_responses(),
+        openapi_extra=_request_body("events", validator),
+    )
+    async def post_events(request: Request, actor: Actor) -> Response:
+        return await publish(request, "events")
+
+    @app.post(
+        "/v1/labels",
+        tags=["publish"],
+        summary="Publish one ground-truth label or a batch",
+        responses=_responses(),
+        openapi_extra=_request_body("labels", validator),
+    )
+    async def post_labels(request: Request, actor: Actor) -> Response:
+        return await publish(request, "labels")
+
+    @app.get("/v1/schemas", tags=["publish"], summary="What can be sent: event types, their fields, label classes")
+    async def get_schemas() -> Response:
+        return _json(
+            200,
+            {
+                **validator.describe(),
+                "limits": {
+                    "max_batch": settings.max_batch,
+                    "max_body_bytes": settings.max_body_bytes,
+                    "dedupe_horizon_s": settings.dedupe_horizon_s,
+                },
+            },
+        )
+
+    return app

@@ -1,0 +1,164 @@
+"""The HTTP API in process (fake producer): auth, limits, docs, metrics, and random JSON never a 5xx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from driftline.auth import TokenAuth
+from driftline.project import load_project
+from driftline.validation import Validator
+from driftline_ingestion.api import build_app
+from driftline_ingestion.config import IngestionSettings
+from driftline_ingestion.handlers import IngestHandler
+from driftline_ingestion.store import IdempotencyKeys
+from tests.unit.ingestion.fakes import LOAN, FakeProducer, loan_event
+
+TOKEN = "unit-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Harness:
+    def __init__(self, **settings: Any) -> None:
+        self.producer = FakeProducer()
+        self.settings = IngestionSettings(**settings)
+        validator = Validator.from_project(load_project())
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            app.state.auth = TokenAuth([f"tester={TOKEN}"])
+            app.state.handler = IngestHandler(
+                self.producer, validator, IdempotencyKeys(60, 1000), max_batch=self.settings.max_batch
+            )
+            yield
+
+        self.app = build_app(self.settings, validator=validator, lifespan=lifespan)
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[tuple[Harness, TestClient]]:
+    h = Harness(max_batch=50, max_body_bytes=16 * 1024)
+    with TestClient(h.app) as client:
+        yield h, client
+
+
+def test_publishing_needs_a_bearer_token(harness: tuple[Harness, TestClient]) -> None:
+    h, client = harness
+    before = len(h.producer.sent), len(h.producer.dead)
+    for path in ("/v1/events", "/v1/labels"):
+        missing = client.post(path, json=loan_event())
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert missing.json()["detail"]["error"] == "unauthorized"
+        wrong = client.post(path, json=loan_event(), headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403
+    assert (len(h.producer.sent), len(h.producer.dead)) == before  # refused before the body is read
+
+
+def test_an_event_goes_through_with_its_source(harness: tuple[Harness, TestClient]) -> None:
+    h, client = harness
+    r = client.post("/v1/events", json=loan_event(), headers={**AUTH, "X-Driftline-Source": "cli"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    assert h.producer.sent[-1][1]["source"] == "cli"
+    r = client.post("/v1/events", json=loan_event(), headers={**AUTH, "X-Driftline-Source": "Not A Source!"})
+    assert h.producer.sent[-1][1]["source"] == "http"
+
+
+def test_an_oversize_body_is_413_and_its_beginning_is_dead_lettered(harness: tuple[Harness, TestClient]) -> None:
+    h, client = harness
+    big = orjson.dumps({"events": [loan_event(customer_id="x" * 2000) for _ in range(20)]})
+    assert len(big) > 16 * 1024
+    r = client.post("/v1/events", content=big, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"] == "body_too_large" and r.json()["dead_lettered"] == 1
+    dead = h.producer.dead[-1]
+    assert dead["error_type"] == "body_too_large" and big.startswith(dead["original"]) and dead["original"]
+
+
+def test_a_streamed_body_without_length_is_limited_too(harness: tuple[Harness, TestClient]) -> None:
+    _, client = harness
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"events": ['
+        for _ in range(100):
+            yield orjson.dumps(loan_event(customer_id="y" * 500)) + b","
+        yield b"{}]}"
+
+    r = client.post("/v1/events", content=chunks(), headers=AUTH)
+    assert r.status_code == 413
+
+
+def test_schemas_docs_and_metrics_are_served(harness: tuple[Harness, TestClient]) -> None:
+    _, client = harness
+    schemas = client.get("/v1/schemas").json()
+    assert schemas["events"][0]["type"] == "loan_application"
+    assert schemas["labels"]["classes"] == ["deny", "approve"]
+    assert schemas["limits"]["max_batch"] == 50
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "salary" in orjson.dumps(body).decode()
+    assert {"200", "207", "401", "413", "422", "503"} <= set(spec["paths"]["/v1/events"]["post"]["responses"])
+    metrics = client.get("/metrics").text
+    for name in (
+        "driftline_ingestion_accepted_total",
+        "driftline_ingestion_rejected_total",
+        "driftline_ingestion_dead_lettered_total",
+        "driftline_ingestion_request_seconds",
+    ):
+        assert name in metrics
+
+
+# --- random input never makes a 5xx ---------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+field_values = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10) | json_values
+)
+near_events = st.fixed_dictionaries(
+    {"type": st.sampled_from(["loan_application", "other"]) | field_values},
+    optional={
+        "event_id": st.uuids().map(str) | field_values,
+        "event_time": st.datetimes().map(lambda d: d.isoformat()) | st.integers() | field_values,
+        "correlation_id": field_values,
+        "payload": st.fixed_dictionaries({}, optional={k: field_values | st.just(v) for k, v in LOAN.items()})
+        | field_values,
+        "extra": field_values,
+    },
+)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()  # the stdlib writes any integer (and Infinity, which is not JSON)
+
+
+bodies = (
+    json_values.map(_dumps)
+    | near_events.map(_dumps)
+    | st.lists(near_events | json_values, min_size=0, max_size=8).map(lambda xs: _dumps({"events": xs}))
+    | st.binary(max_size=64)
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=bodies, path=st.sampled_from(["/v1/events", "/v1/labels"]))
+def test_random_json_never_gets_a_5xx(harness: tuple[Harness, TestClient], raw: bytes, path: str) -> None:
+    _, client = harness
+    r = client.post(path, content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code < 500, r.text
+    answer = r.json()
+    assert {"accepted", "rejected", "errors", "results"} <= set(answer)
+    if r.status_code >= 400:
+        assert answer["errors"] and all(e["reason"] for e in answer["errors"])

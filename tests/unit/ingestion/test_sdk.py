@@ -1,0 +1,111 @@
+"""The SDK's Publisher over HTTP: batching, indexes, retries with the same ids, errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from driftline.auth import TokenAuth
+from driftline.project import load_project
+from driftline.sdk import HttpTransport, Publisher, PublishError
+from driftline.validation import Validator
+from driftline_ingestion.api import build_app
+from driftline_ingestion.config import IngestionSettings
+from driftline_ingestion.handlers import IngestHandler
+from driftline_ingestion.store import IdempotencyKeys
+from tests.unit.ingestion.fakes import LOAN, FakeProducer, loan_event
+
+
+@asynccontextmanager
+async def in_process_service(producer: FakeProducer) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app (fake producer) behind an httpx client, lifespan included."""
+    validator = Validator.from_project(load_project())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.auth = TokenAuth(["sdk-token"])
+        app.state.handler = IngestHandler(producer, validator, IdempotencyKeys(60, 10_000))
+        yield
+
+    app = build_app(IngestionSettings(), validator=validator, lifespan=lifespan)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingestion") as client:
+            yield client
+
+
+async def test_publish_batches_and_reports_errors_by_index_of_the_input() -> None:
+    producer = FakeProducer()
+    async with in_process_service(producer) as client:
+        pub = Publisher(HttpTransport(token="sdk-token", client=client), batch_size=100, concurrency=3)
+        events: list[Any] = [
+            {"type": "loan_application", "payload": {**LOAN, "customer_id": f"c{i}"}} for i in range(250)
+        ]
+        events[7] = {"type": "loan_application", "payload": {**LOAN, "age": "x"}}
+        events[180] = {"type": "boat", "payload": {}}
+        seen: list[int] = []
+        result = await pub.publish(events, on_progress=seen.append)
+    assert (result.accepted, result.rejected, result.dead_lettered) == (248, 2, 2)
+    assert [(e["index"], e["field"]) for e in result.errors] == [(7, "payload.age"), (180, "type")]
+    assert sorted(seen) == [50, 100, 100]
+    assert result.event_ids[7] is None and result.event_ids[180] is None
+    assert result.event_ids[0] == producer.sent[0][1]["event_id"]
+    assert len({*result.event_ids} - {None}) == 248
+    assert "event_id" not in events[0]  # the caller's dicts are not modified
+
+
+async def test_publish_labels_through_the_sdk() -> None:
+    producer = FakeProducer()
+    async with in_process_service(producer) as client:
+        pub = Publisher(HttpTransport(token="sdk-token", client=client))
+        published = await pub.publish([loan_event()])
+        labels = [{"event_id": published.event_ids[0], "entity_id": "c-1", "label": "approve"}]
+        result = await pub.publish_labels(labels)
+    assert result.accepted == 1 and producer.sent[-1][0] == "labels"
+
+
+async def test_a_503_is_retried_after_retry_after_with_the_same_event_ids() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        bodies.append(body)
+        if len(bodies) == 1:
+            return httpx.Response(503, headers={"Retry-After": "0"}, json={"error": "overloaded", "accepted": 0})
+        results = [{"index": i, "status": "accepted", "event_id": e["event_id"]} for i, e in enumerate(body["events"])]
+        return httpx.Response(200, json={"accepted": len(results), "results": results, "errors": []})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://x")
+    pub = Publisher(HttpTransport(client=client))
+    result = await pub.publish([{"type": "loan_application", "payload": LOAN} for _ in range(3)])
+    assert len(bodies) == 2 and bodies[0] == bodies[1]
+    assert result.accepted == 3 and result.event_ids == [e["event_id"] for e in bodies[0]["events"]]
+
+
+async def test_a_refused_token_and_an_exhausted_retry_raise() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"detail": {"error": "forbidden"}})
+
+    pub = Publisher(HttpTransport(client=httpx.AsyncClient(transport=httpx.MockTransport(refuse), base_url="http://x")))
+    with pytest.raises(PublishError, match="refused the token") as err:
+        await pub.publish([loan_event()])
+    assert err.value.status == 403
+
+    calls = []
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(503, headers={"Retry-After": "0"}, json={"accepted": 0, "message": "busy"})
+
+    transport = HttpTransport(
+        client=httpx.AsyncClient(transport=httpx.MockTransport(busy), base_url="http://x"), max_retries=2
+    )
+    with pytest.raises(PublishError, match="retries exhausted"):
+        await Publisher(transport).publish([loan_event()])
+    assert len(calls) == 3
