@@ -456,9 +456,17 @@ class ConsumerRunner:
 
 
 async def ensure_topics(
-    bootstrap_servers: str, catalog: Catalog, prefix: str = "", *, timeout_s: float = 60
+    bootstrap_servers: str,
+    catalog: Catalog,
+    prefix: str = "",
+    *,
+    timeout_s: float = 60,
+    replication_factor: int | None = None,
 ) -> list[str]:
-    """Create the catalog's missing topics (names prefixed with ``prefix``); returns those created."""
+    """Create the catalog's missing topics (names prefixed with ``prefix``); returns those created.
+
+    ``replication_factor`` overrides the catalog's for every topic created (production clusters).
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="driftline-admin")
     deadline = time.monotonic() + timeout_s
     await retry_transient(admin.start, what="kafka admin start", stopping=lambda: time.monotonic() > deadline)
@@ -469,7 +477,12 @@ async def ensure_topics(
             return []
         resp = await admin.create_topics(
             [
-                NewTopic(prefix + t.name, t.partitions, t.replication_factor, topic_configs=t.kafka_config())
+                NewTopic(
+                    prefix + t.name,
+                    t.partitions,
+                    replication_factor or t.replication_factor,
+                    topic_configs=t.kafka_config(),
+                )
                 for t in missing
             ]
         )

@@ -64,6 +64,12 @@ class StackSettings(BaseSettings):
     topic_prefix: str = Field(
         "", description="Prefix of every physical topic and subject name (isolates tests or tenants)."
     )
+    topic_replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Replication factor of the topics `driftline stack init` creates, instead of the catalog's "
+        "(which suits a one-broker local stack); e.g. 3 on a production cluster.",
+    )
     project_file: Path | None = Field(
         None, description="Project file (YAML); default: the shipped loan-approval example."
     )

@@ -41,7 +41,12 @@ async def register_schemas(registry: SchemaRegistryClient, catalog: Catalog, pre
 async def init_stack(stack: StackSettings, catalog: Catalog | None = None) -> InitReport:
     catalog = catalog or default_catalog()
     report = InitReport()
-    report.topics_created = await ensure_topics(stack.kafka_bootstrap_servers, catalog, stack.topic_prefix)
+    report.topics_created = await ensure_topics(
+        stack.kafka_bootstrap_servers,
+        catalog,
+        stack.topic_prefix,
+        replication_factor=stack.topic_replication_factor,
+    )
     registry = SchemaRegistryClient(stack.schema_registry_url)
     try:
         report.schemas = await register_schemas(registry, catalog, stack.topic_prefix)
