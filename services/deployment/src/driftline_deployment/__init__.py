@@ -1,0 +1,1 @@
+"""Driftline deployment service: hot-swapped model serving, stream scoring and shadow challengers."""

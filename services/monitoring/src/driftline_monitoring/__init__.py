@@ -1,0 +1,1 @@
+"""Driftline monitoring service: input, prediction and performance drift, published as drift episodes."""

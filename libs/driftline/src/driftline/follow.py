@@ -1,0 +1,144 @@
+"""Reading a small control topic in full, outside any consumer group, then following it live.
+
+Some state is not split between the copies of a service but rebuilt by each of them from a
+topic's whole history (deployment's model cache from ``models.promoted``, monitoring's champion
+reference). :class:`TopicFollower` assigns itself every partition, reads from the beginning up to
+the end offsets seen at start, hands that history (in offset order per partition) to
+``on_replayed`` in one call (so a service can act on the latest state only, e.g. load one model
+rather than every model ever promoted), then calls ``on_event`` for every later record. Nothing
+is committed: a restart replays again.
+
+A record that cannot be decoded is logged and skipped during the replay, and dead-lettered when
+it arrives live (dead-lettering it at every replay would duplicate it in the DLQ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from driftline.events import Event
+from driftline.kafka import EventProducer, retry_transient
+from driftline.logging import bind_event, get_logger
+from driftline.serde import AvroSerde, DecodeError
+
+log = get_logger(__name__)
+
+
+class TopicFollower:
+    def __init__(
+        self,
+        *,
+        name: str,
+        topics: Sequence[str],
+        bootstrap_servers: str,
+        serde: AvroSerde,
+        producer: EventProducer,
+        on_replayed: Callable[[list[Event]], Awaitable[None]],
+        on_event: Callable[[Event], Awaitable[None]],
+        poll_timeout_ms: int = 500,
+    ) -> None:
+        self.name = name
+        self.topics = list(topics)
+        self.prefix = serde.topic_prefix
+        self.serde = serde
+        self.producer = producer
+        self.on_replayed = on_replayed
+        self.on_event = on_event
+        self.poll_timeout_ms = poll_timeout_ms
+        self.caught_up = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id=f"driftline-{name}-follower",
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _partitions(self) -> list[TopicPartition]:
+        tps: list[TopicPartition] = []
+        for topic in self.topics:
+            physical = self.prefix + topic
+            parts = self._consumer.partitions_for_topic(physical)
+            if not parts:
+                await self._consumer._client.force_metadata_update()
+                parts = self._consumer.partitions_for_topic(physical)
+            if not parts:
+                raise ConnectionError(f"topic {physical} has no known partitions yet")
+            tps += [TopicPartition(physical, p) for p in sorted(parts)]
+        return tps
+
+    async def _decode(self, rec: ConsumerRecord[bytes, bytes], *, live: bool) -> Event | None:
+        topic = rec.topic[len(self.prefix) :]
+        try:
+            value, schema_id = await retry_transient(
+                lambda: self.serde.decode(rec.value, topic), what="decode", stopping=self._stopping.is_set
+            )
+        except DecodeError as exc:
+            reason = str(exc)
+            log.warning("undecodable_record_skipped", topic=rec.topic, offset=rec.offset, error=reason, live=live)
+            if live:
+                await retry_transient(
+                    lambda: self.producer.dead_letter(
+                        source=f"follower:{self.name}",
+                        reason=reason,
+                        error_type="decode_error",
+                        original=rec.value or b"",
+                        record=rec,
+                    ),
+                    what="dead letter",
+                )
+            return None
+        return Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp)
+
+    async def run(self) -> None:
+        await retry_transient(self._consumer.start, what=f"{self.name} follower start")
+        try:
+            tps = await retry_transient(self._partitions, what=f"{self.name} follower partitions")
+            self._consumer.assign(tps)
+            end = await self._consumer.end_offsets(tps)
+            await self._consumer.seek_to_beginning(*tps)
+            history: list[Event] = []
+            while not self._stopping.is_set():
+                pending = [tp for tp in tps if await self._consumer.position(tp) < end[tp]]
+                if not pending:
+                    break
+                batches = await self._consumer.getmany(*pending, timeout_ms=self.poll_timeout_ms)
+                for records in batches.values():
+                    for rec in records:
+                        if rec.offset < end[TopicPartition(rec.topic, rec.partition)]:
+                            event = await self._decode(rec, live=False)
+                        else:  # read past the start-up end in the same fetch: it is live
+                            event = await self._decode(rec, live=True)
+                        if event is not None:
+                            history.append(event)
+            if self._stopping.is_set():
+                return
+            history.sort(key=lambda e: (e.topic, e.partition, e.offset))
+            log.info("follower_replayed", follower=self.name, records=len(history))
+            await self.on_replayed(history)
+            self.caught_up.set()
+            while not self._stopping.is_set():
+                batches = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms)
+                for records in batches.values():
+                    for rec in records:
+                        event = await self._decode(rec, live=True)
+                        if event is None:
+                            continue
+                        bind_event(topic=event.topic, event_id=event.event_id, correlation_id=event.correlation_id)
+                        try:
+                            await retry_transient(
+                                lambda event=event: self.on_event(event),
+                                what=f"{self.name} follower handler",
+                                stopping=self._stopping.is_set,
+                            )
+                        except Exception as exc:  # the handler reports its own failures; never stop following
+                            log.error("follower_handler_failed", follower=self.name, error=repr(exc)[:500])
+        finally:
+            await self._consumer.stop()

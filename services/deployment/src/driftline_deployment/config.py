@@ -1,0 +1,30 @@
+"""Settings of the deployment service (``DRIFTLINE_DEPLOYMENT_…``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from driftline.settings import ServiceSettings
+
+
+class DeploymentSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_DEPLOYMENT_", extra="ignore")
+
+    port: int = 38105
+    group_id: str = Field("deployment", description="Consumer group of stream scoring (features.vectors).")
+    shadow: bool = Field(True, description="Load challengers (action 'shadow') and score them in shadow.")
+    max_batch: int = Field(1000, ge=1, description="Most feature vectors accepted by one POST /v1/predict.")
+    inline_rows: int = Field(
+        64, ge=1, description="HTTP batches up to this size are scored on the event loop; larger ones in a thread."
+    )
+    score_max_records: int = Field(500, ge=1, description="Most vectors scored in one consumer batch.")
+    model_threads: int = Field(
+        1,
+        ge=0,
+        description="OpenMP threads per prediction (OMP_NUM_THREADS unless already set; 0: the runtime's default). "
+        "Small batches are dominated by thread start-up and spin-waits, badly so on a busy host.",
+    )
+    fallback_depth: int = Field(
+        5, ge=1, description="At start-up, how many earlier champions to try when the latest one does not load."
+    )

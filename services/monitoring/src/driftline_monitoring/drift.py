@@ -1,0 +1,413 @@
+"""Drift detection for one model version: sliding windows, the tests, and drift episodes.
+
+Pure logic (no I/O) so it can be tested with plain data.
+
+* Input drift, per feature of the reference profile, over the last ``window`` feature vectors:
+  PSI on the reference bins (every feature) and a two-sample KS test against the reference
+  sketch (numeric features). A feature drifted when PSI > ``psi_threshold`` or when the KS p-value
+  is below ``ks_p_value / m``, m being the number of numeric features tested (Bonferroni: the
+  policy's ``ks_p_value`` is the false-alarm rate of one check across all features, not of each).
+  The KS evidence reports the distance D and, as its threshold, the critical distance at that
+  level for these sample sizes, so every piece of evidence reads "statistic > threshold".
+  Input drift is raised when at least ``min_drifted_features`` features drifted.
+* Prediction drift: the same two tests on the champion's positive-class scores against the
+  reference score profile (methods ``score_psi`` and ``score_ks``).
+* Performance drift, on champion predictions joined with labels: rolling accuracy over the last
+  ``performance_window`` outcomes (from ``min_labels`` on) more than ``accuracy_drop`` below the
+  reference (holdout) accuracy; or a Page-Hinkley alarm on the error stream (river, increases
+  only) while the rolling accuracy is below the reference by at least ``accuracy_drop / 2`` and
+  three standard errors. The guard exists because Page-Hinkley on a 0/1 error stream with a small
+  ``delta`` alarms on noise every few thousand outcomes when the error rate is 20-30 %; it keeps
+  Page-Hinkley as the early detector of a real change without letting noise through.
+* Tests run every ``check_every`` vectors once the window holds ``min_window`` of them;
+  performance is checked at every outcome. Cost per record: O(features) to update the windows,
+  plus one check (O(window x features)) every ``check_every`` records. Memory: the windows.
+* Episodes: the first detection opens an episode and is the only one published; while it is
+  open, further detections (any kind) only refresh it. It resolves after ``resolve_after``
+  consecutive clean checks, or when the model changes (a new monitor is built).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from river.drift import PageHinkley
+from scipy import stats
+
+from driftline.profiles import ks, psi
+from driftline.project import DriftPolicy
+
+INPUT, PREDICTION, PERFORMANCE = "input", "prediction", "performance"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a champion was trained on, from its metadata document."""
+
+    model_name: str
+    version: int
+    profiles: Mapping[str, Mapping[str, Any]]
+    score_profile: Mapping[str, Any] | None
+    accuracy: float | None
+    positive_class: str
+    promotion_event_id: str
+
+    @classmethod
+    def from_metadata(cls, model_name: str, version: int, metadata: Mapping[str, Any], event_id: str) -> Reference:
+        profile = metadata.get("reference_profile") or {}
+        metrics = metadata.get("metrics") or {}
+        accuracy = metrics.get("accuracy")
+        return cls(
+            model_name=model_name,
+            version=version,
+            profiles=dict(profile.get("features") or {}),
+            score_profile=profile.get("score"),
+            accuracy=float(accuracy) if accuracy is not None else None,
+            positive_class=str(metadata.get("positive_class") or ""),
+            promotion_event_id=event_id,
+        )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One test's result, as carried by DriftDetected.evidence."""
+
+    feature: str | None
+    method: str
+    statistic: float
+    threshold: float
+    p_value: float | None
+    drifted: bool
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "method": self.method,
+            "statistic": _finite(self.statistic),
+            "threshold": _finite(self.threshold),
+            "p_value": None if self.p_value is None else _finite(self.p_value),
+            "drifted": self.drifted,
+        }
+
+
+def _finite(x: float) -> float:
+    return float(x) if math.isfinite(x) else 0.0
+
+
+@lru_cache(maxsize=4096)
+def ks_critical_distance(p_threshold: float, n_eff: int) -> float:
+    """KS distance whose p-value is ``p_threshold`` for an effective sample size ``n_eff``."""
+    return float(stats.kstwo.isf(p_threshold, max(1, n_eff)))
+
+
+def numeric_tests(
+    feature: str | None,
+    profile: Mapping[str, Any],
+    values: np.ndarray,
+    policy: DriftPolicy,
+    ks_level: float,
+    prefix: str = "",
+) -> list[Evidence]:
+    """PSI and KS of a numeric sample against its reference profile."""
+    v = values[~np.isnan(values)]
+    p = psi(dict(profile), v)
+    d, p_value = ks(dict(profile), v)
+    n, m = int(profile.get("count") or len(profile.get("sketch") or ())), int(v.size)
+    n_eff = round(n * m / (n + m)) if n and m else 1
+    return [
+        Evidence(feature, f"{prefix}psi", p, policy.psi_threshold, None, p > policy.psi_threshold),
+        Evidence(feature, f"{prefix}ks", d, ks_critical_distance(ks_level, n_eff), p_value, p_value < ks_level),
+    ]
+
+
+def input_tests(
+    profiles: Mapping[str, Mapping[str, Any]], columns: Mapping[str, Sequence[Any]], policy: DriftPolicy
+) -> list[Evidence]:
+    """Every feature of the window against the reference profile (see the module doc)."""
+    numeric = [f for f in columns if profiles[f].get("kind") == "numeric"]
+    ks_level = policy.ks_p_value / max(1, len(numeric))
+    out: list[Evidence] = []
+    for feature, values in columns.items():
+        profile = profiles[feature]
+        if profile.get("kind") == "numeric":
+            if not profile.get("frequencies"):
+                continue  # no reference data for it
+            out += numeric_tests(feature, profile, _as_floats(values), policy, ks_level)
+        else:
+            p = psi(dict(profile), list(values))
+            out.append(Evidence(feature, "psi", p, policy.psi_threshold, None, p > policy.psi_threshold))
+    return out
+
+
+def score_tests(profile: Mapping[str, Any], scores: Sequence[float], policy: DriftPolicy) -> list[Evidence]:
+    return numeric_tests(None, profile, np.asarray(scores, dtype=np.float64), policy, policy.ks_p_value, "score_")
+
+
+def _as_floats(values: Sequence[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.float64)
+    for i, x in enumerate(values):
+        out[i] = float(x) if isinstance(x, int | float) and not isinstance(x, bool) else np.nan
+    return out
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A check's verdict: the drift found (if any) and every test's evidence."""
+
+    kind: str
+    method: str
+    statistic: float
+    threshold: float
+    features: list[str]
+    evidence: list[Evidence]
+    window_start_ms: int
+    window_end_ms: int
+    window_size: int
+
+
+def main_detection(
+    kind: str,
+    evidence: list[Evidence],
+    window: tuple[int, int, int],
+    features: list[str],
+    headline: list[Evidence] | None = None,
+) -> Detection:
+    """The headline test of a drifted check: among ``headline`` (default: all the evidence),
+    the drifted test furthest beyond its threshold."""
+    candidates = headline if headline is not None else evidence
+    drifted = [e for e in candidates if e.drifted] or candidates
+    top = max(drifted, key=lambda e: e.statistic / e.threshold if e.threshold else e.statistic)
+    return Detection(kind, top.method, top.statistic, top.threshold, features, evidence, *window)
+
+
+@dataclass
+class CheckResult:
+    """Everything one input/prediction check computed (persisted as a window summary)."""
+
+    records_seen: int
+    window: tuple[int, int, int]  # first and last event time (ms), size
+    inputs: list[Evidence]
+    scores: list[Evidence]
+    score_window: int
+    performance: dict[str, Any]
+    detection: Detection | None
+
+    @property
+    def clean(self) -> bool:
+        return self.detection is None and not self.performance.get("degraded", False)
+
+
+class BoundedMap(OrderedDict[str, Any]):
+    """An insertion-ordered map that forgets its oldest entries beyond ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+class PerformanceTracker:
+    """Rolling accuracy and Page-Hinkley on the error stream of joined predictions."""
+
+    def __init__(self, policy: DriftPolicy, reference_accuracy: float | None) -> None:
+        self.policy = policy
+        self.reference_accuracy = reference_accuracy
+        self.outcomes: deque[tuple[int, bool]] = deque(maxlen=policy.performance_window)
+        self.correct = 0
+        self.total = 0
+        self.ph = PageHinkley(
+            min_instances=min(30, policy.min_labels),
+            delta=policy.page_hinkley_delta,
+            threshold=policy.page_hinkley_threshold,
+            mode="up",
+        )
+        self.ph_alarm_since_check = False
+        self.ph_alarms = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / len(self.outcomes) if self.outcomes else None
+
+    @property
+    def drop(self) -> float | None:
+        acc = self.accuracy
+        if acc is None or self.reference_accuracy is None or len(self.outcomes) < self.policy.min_labels:
+            return None
+        return self.reference_accuracy - acc
+
+    def guard(self) -> float:
+        """Accuracy drop a Page-Hinkley alarm needs to count: half the policy's drop, and at least
+        three standard errors of the rolling accuracy (noisy error streams need more)."""
+        acc, n = self.accuracy or 0.0, max(1, len(self.outcomes))
+        return max(self.policy.accuracy_drop / 2, 3 * math.sqrt(acc * (1 - acc) / n))
+
+    def ph_statistic(self) -> float:
+        # river keeps the one-sided cumulative sum and its running minimum; their gap is the statistic.
+        return float(getattr(self.ph, "_sum_increase", 0.0) - getattr(self.ph, "_min_increase", 0.0))
+
+    def add(self, event_time_ms: int, correct: bool) -> Detection | None:
+        if len(self.outcomes) == self.outcomes.maxlen:
+            self.correct -= self.outcomes[0][1]
+        self.outcomes.append((event_time_ms, correct))
+        self.correct += correct
+        self.total += 1
+        self.ph.update(0.0 if correct else 1.0)
+        # At an alarm river has not reset its sums yet (it does at the next update).
+        ph_stat, ph_alarm = self.ph_statistic(), bool(self.ph.drift_detected)
+        drop = self.drop
+        if drop is None:
+            return None
+        policy = self.policy
+        acc_drifted = drop > policy.accuracy_drop
+        ph_drifted = ph_alarm and drop > self.guard()
+        if ph_alarm:
+            self.ph_alarms += 1
+            self.ph_alarm_since_check = self.ph_alarm_since_check or ph_drifted
+        evidence = [
+            Evidence(None, "accuracy_drop", drop, policy.accuracy_drop, None, acc_drifted),
+            Evidence(None, "page_hinkley", ph_stat, policy.page_hinkley_threshold, None, ph_drifted),
+        ]
+        if not (acc_drifted or ph_drifted):
+            return None
+        window = (self.outcomes[0][0], self.outcomes[-1][0], len(self.outcomes))
+        return main_detection(PERFORMANCE, evidence, window, [])
+
+    def summary(self, reset_alarm: bool = False) -> dict[str, Any]:
+        drop = self.drop
+        out = {
+            "labelled": len(self.outcomes),
+            "labelled_total": self.total,
+            "accuracy": self.accuracy,
+            "reference_accuracy": self.reference_accuracy,
+            "accuracy_drop": drop,
+            "page_hinkley": self.ph_statistic(),
+            "page_hinkley_alarms": self.ph_alarms,
+            "degraded": (drop is not None and drop > self.policy.accuracy_drop) or self.ph_alarm_since_check,
+        }
+        if reset_alarm:
+            self.ph_alarm_since_check = False
+        return out
+
+
+@dataclass
+class Episode:
+    episode_id: str
+    kind: str
+    clean_checks: int = 0
+
+
+@dataclass
+class ModelMonitor:
+    """Windows and detectors of one champion version; a new champion gets a new monitor."""
+
+    reference: Reference
+    policy: DriftPolicy
+    resolve_after: int = 3
+    join_capacity: int = 50_000
+    features: list[str] = field(init=False)
+    vectors: deque[tuple[int, tuple[Any, ...]]] = field(init=False)
+    scores: deque[tuple[int, float]] = field(init=False)
+    performance: PerformanceTracker = field(init=False)
+    predictions: BoundedMap = field(init=False)  # source event id → (predicted class, event time ms)
+    joined: BoundedMap = field(init=False)  # source event ids already counted (replays)
+    episode: Episode | None = None
+    records_seen: int = 0
+    since_check: int = 0
+    last_check: CheckResult | None = None
+
+    def __post_init__(self) -> None:
+        self.features = list(self.reference.profiles)
+        self.vectors = deque(maxlen=self.policy.window)
+        self.scores = deque(maxlen=self.policy.window)
+        self.performance = PerformanceTracker(self.policy, self.reference.accuracy)
+        self.predictions = BoundedMap(self.join_capacity)
+        self.joined = BoundedMap(self.join_capacity)
+
+    # -- updates, O(features) each ---------------------------------------------------------------
+
+    def add_vector(self, event_time_ms: int, features: Mapping[str, Any]) -> bool:
+        """Add a feature vector; True when a check is due."""
+        self.vectors.append((event_time_ms, tuple(features.get(f) for f in self.features)))
+        self.records_seen += 1
+        self.since_check += 1
+        if self.since_check >= self.policy.check_every and len(self.vectors) >= self.policy.min_window:
+            self.since_check = 0
+            return True
+        return False
+
+    def add_prediction(self, source_event_id: str, event_time_ms: int, score: float, predicted: str | None) -> None:
+        self.scores.append((event_time_ms, score))
+        if predicted is not None and source_event_id not in self.joined:
+            self.predictions.put(source_event_id, (predicted, event_time_ms))
+
+    def add_label(self, source_event_id: str, label: str) -> Detection | None:
+        """Join a label with this model's prediction of the same event, if it has one."""
+        pending = self.predictions.pop(source_event_id, None)
+        if pending is None or source_event_id in self.joined:
+            return None
+        self.joined.put(source_event_id, True)
+        predicted, event_time_ms = pending
+        return self.performance.add(event_time_ms, predicted == label)
+
+    # -- the periodic check ----------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[dict[str, list[Any]], list[float], tuple[int, int, int]]:
+        """Copies of the windows, to compute on outside the event loop."""
+        rows = list(self.vectors)
+        columns = {f: [r[1][j] for r in rows] for j, f in enumerate(self.features)}
+        window = (rows[0][0], rows[-1][0], len(rows)) if rows else (0, 0, 0)
+        return columns, [s for _, s in self.scores], window
+
+    def compute(self, columns: dict[str, list[Any]], scores: list[float], window: tuple[int, int, int]) -> CheckResult:
+        """The tests on a snapshot (CPU work, safe to run in a thread: touches no monitor state)."""
+        policy = self.policy
+        inputs = input_tests(self.reference.profiles, columns, policy)
+        score_evidence: list[Evidence] = []
+        if self.reference.score_profile and len(scores) >= policy.min_window:
+            score_evidence = score_tests(self.reference.score_profile, scores, policy)
+        drifted_features = sorted({e.feature for e in inputs if e.drifted and e.feature is not None})
+        detection = None
+        if len(drifted_features) >= policy.min_drifted_features:
+            detection = main_detection(INPUT, inputs + score_evidence, window, drifted_features, inputs)
+        elif any(e.drifted for e in score_evidence):
+            detection = main_detection(PREDICTION, score_evidence + inputs, window, [], score_evidence)
+        return CheckResult(self.records_seen, window, inputs, score_evidence, len(scores), {}, detection)
+
+    def conclude(self, result: CheckResult) -> CheckResult:
+        """Attach the performance state at check time (and clear its alarm flag)."""
+        result.performance = self.performance.summary(reset_alarm=True)
+        self.last_check = result
+        return result
+
+    # -- episodes --------------------------------------------------------------------------------
+
+    def should_open(self, detection: Detection) -> bool:
+        """A detection opens an episode only when none is open; otherwise it keeps it open."""
+        if self.episode is not None:
+            self.episode.clean_checks = 0
+            return False
+        return True
+
+    def after_check(self, result: CheckResult) -> Episode | None:
+        """Count clean checks of the open episode; the episode when it is now resolved."""
+        if self.episode is None:
+            return None
+        if not result.clean:
+            self.episode.clean_checks = 0
+            return None
+        self.episode.clean_checks += 1
+        if self.episode.clean_checks >= self.resolve_after:
+            resolved, self.episode = self.episode, None
+            return resolved
+        return None

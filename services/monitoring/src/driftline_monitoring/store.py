@@ -1,0 +1,159 @@
+"""Monitoring's SQL (schema ``monitoring``): window summaries and drift reports (episodes)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from driftline.events import as_utc
+
+
+def _json(doc: Any) -> str:
+    return json.dumps(doc, default=str)
+
+
+def _row(record: asyncpg.Record) -> dict[str, Any]:
+    out = dict(record)
+    for key in ("features", "score", "performance", "evidence", "record"):
+        if isinstance(out.get(key), str):
+            out[key] = json.loads(out[key])
+    for key, value in out.items():
+        if isinstance(value, datetime):
+            out[key] = value.isoformat()
+    return out
+
+
+class MonitoringStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def save_summary(self, summary: dict[str, Any]) -> None:
+        """Idempotent: the check id derives from the window, so a replayed check is not doubled."""
+        await self.pool.execute(
+            """
+            INSERT INTO window_summaries (check_id, model_name, model_version, window_start, window_end,
+                window_size, records_seen, drifted, kind, features, score, performance)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12::jsonb)
+            ON CONFLICT (check_id) DO NOTHING
+            """,
+            summary["check_id"],
+            summary["model_name"],
+            summary["model_version"],
+            as_utc(summary["window_start_ms"]),
+            as_utc(summary["window_end_ms"]),
+            summary["window_size"],
+            summary["records_seen"],
+            summary["drifted"],
+            summary["kind"],
+            _json(summary["features"]),
+            _json(summary["score"]) if summary["score"] is not None else None,
+            _json(summary["performance"]),
+        )
+
+    async def open_episode(self, record: dict[str, Any], stored: dict[str, Any]) -> bool:
+        """Record a new episode; False when the model already has an open one (kept as it is)."""
+        row = await self.pool.fetchrow(
+            """
+            INSERT INTO drift_reports (episode_id, event_id, model_name, model_version, kind, method, statistic,
+                threshold, features, window_start, window_end, window_size, evidence, record)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14::jsonb)
+            ON CONFLICT (model_name) WHERE resolved_at IS NULL DO NOTHING
+            RETURNING episode_id
+            """,
+            record["episode_id"],
+            record["event_id"],
+            record["model_name"],
+            record["model_version"],
+            record["kind"],
+            record["method"],
+            record["statistic"],
+            record["threshold"],
+            record["features"],
+            as_utc(record["window_start"]),
+            as_utc(record["window_end"]),
+            record["window_size"],
+            _json(record["evidence"]),
+            _json(stored),
+        )
+        return row is not None
+
+    async def open_episode_of(self, model_name: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM drift_reports WHERE model_name = $1 AND resolved_at IS NULL", model_name
+        )
+        return _row(row) if row else None
+
+    async def unpublished(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch("SELECT * FROM drift_reports WHERE published_at IS NULL ORDER BY detected_at")
+        return [_row(r) for r in rows]
+
+    async def mark_published(self, episode_id: str) -> None:
+        await self.pool.execute("UPDATE drift_reports SET published_at = now() WHERE episode_id = $1", episode_id)
+
+    async def touch(self, episode_id: str) -> None:
+        await self.pool.execute("UPDATE drift_reports SET last_seen_at = now() WHERE episode_id = $1", episode_id)
+
+    async def resolve(self, episode_id: str, resolution: str) -> None:
+        await self.pool.execute(
+            "UPDATE drift_reports SET resolved_at = now(), resolution = $2"
+            " WHERE episode_id = $1 AND resolved_at IS NULL",
+            episode_id,
+            resolution,
+        )
+
+    async def resolve_open(self, model_name: str, resolution: str) -> list[str]:
+        rows = await self.pool.fetch(
+            """
+            UPDATE drift_reports SET resolved_at = now(), resolution = $2
+            WHERE model_name = $1 AND resolved_at IS NULL RETURNING episode_id
+            """,
+            model_name,
+            resolution,
+        )
+        return [r["episode_id"] for r in rows]
+
+    async def reports(
+        self, *, model_name: str | None = None, open_only: bool = False, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            """
+            SELECT episode_id, event_id, model_name, model_version, kind, method, statistic, threshold, features,
+                window_start, window_end, window_size, evidence, detected_at, published_at, last_seen_at,
+                resolved_at, resolution
+            FROM drift_reports
+            WHERE ($1::text IS NULL OR model_name = $1) AND (NOT $2 OR resolved_at IS NULL)
+            ORDER BY detected_at DESC LIMIT $3
+            """,
+            model_name,
+            open_only,
+            limit,
+        )
+        return [_row(r) for r in rows]
+
+    async def summaries(self, model_name: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest window summaries of a model, oldest first."""
+        rows = await self.pool.fetch(
+            """
+            SELECT * FROM (
+                SELECT * FROM window_summaries WHERE model_name = $1 ORDER BY computed_at DESC LIMIT $2
+            ) latest ORDER BY computed_at
+            """,
+            model_name,
+            limit,
+        )
+        return [_row(r) for r in rows]
+
+    async def latest_summaries(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT ON (model_name) * FROM window_summaries ORDER BY model_name, computed_at DESC"
+        )
+        return [_row(r) for r in rows]
+
+    async def models(self) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT model_name FROM window_summaries UNION SELECT model_name FROM drift_reports ORDER BY 1"
+        )
+        return [r["model_name"] for r in rows]

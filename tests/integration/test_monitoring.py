@@ -1,0 +1,209 @@
+"""The monitoring service on the real stack: a stationary stream raises no drift; a covariate
+shift raises exactly one drift.detected naming the shifted feature (also across a restart of the
+service), which a new champion closes; a label-driven accuracy drop is detected."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import httpx
+import pytest
+
+from driftline.artifacts import ArtifactStore
+from driftline.catalog import DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.kafka import EventProducer
+from driftline.project import load_project
+from driftline.serde import AvroSerde, SchemaRegistryClient
+from tests.support import Namespace, ServiceProcess, TopicReader, eventually
+from tests.unit.deployment import synthetic
+from tests.unit.deployment.synthetic import MODEL_NAME, T0, TrainedModel
+
+POLICY = load_project().drift
+
+
+@cache
+def model(seed: int) -> TrainedModel:
+    return synthetic.train(seed=seed, n=3000, max_iter=40)
+
+
+@dataclass
+class World:
+    ns: Namespace
+    producer: EventProducer
+    store: ArtifactStore
+    drift: TopicReader
+    sent: int = 0
+
+    async def send(self, m: TrainedModel, rows: list[dict[str, float]], labels: list[str], version: int = 1) -> None:
+        """Vectors, the champion's predictions and the labels, in chunks as they would flow."""
+        scores = m.scores(rows)
+        for lo in range(0, len(rows), 100):
+            batch: list[tuple[str, dict[str, Any]]] = []
+            for i in range(lo, min(lo + 100, len(rows))):
+                vec = synthetic.vector(rows[i], self.sent + i)
+                batch += [
+                    (FEATURES_VECTORS, vec),
+                    (PREDICTIONS, synthetic.prediction(vec, float(scores[i]), version)),
+                    (LABELS, synthetic.label(vec, labels[i])),
+                ]
+            await self.producer.publish_many(batch)
+        self.sent += len(rows)
+
+
+@pytest.fixture
+async def world(namespace: Namespace) -> AsyncIterator[World]:
+    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    producer = EventProducer(
+        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "test"
+    )
+    await producer.start([MODELS_PROMOTED, FEATURES_VECTORS, PREDICTIONS, LABELS])
+    drift = await TopicReader(namespace, [DRIFT_DETECTED]).start()
+    yield World(namespace, producer, ArtifactStore.from_settings(namespace.stack), drift)
+    await drift.stop()
+    await producer.stop()
+    await registry.close()
+
+
+def start_monitoring(ns: Namespace) -> ServiceProcess:
+    return ServiceProcess("driftline_monitoring", ns).start("DRIFTLINE_MONITORING_")
+
+
+async def drift_state(svc: ServiceProcess) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.get(f"{svc.url}/v1/drift")
+        assert r.status_code == 200, r.text
+        models = r.json()["models"]
+        assert models, "no model monitored yet"
+        state: dict[str, Any] = models[0]
+        return state
+
+
+async def processed(svc: ServiceProcess, vectors: int, labelled: int, version: int = 1) -> dict[str, Any]:
+    """Wait until the service has consumed this many vectors and joined this many labels."""
+
+    async def check() -> dict[str, Any]:
+        state = await drift_state(svc)
+        assert state["model_version"] == version
+        assert state["records_seen"] >= vectors, state["records_seen"]
+        assert state["performance"]["labelled_total"] >= labelled, state["performance"]["labelled_total"]
+        return state
+
+    result: dict[str, Any] = await eventually(check, timeout_s=180, interval_s=1)
+    return result
+
+
+def records_after(when: datetime, start_index: int) -> int:
+    """Records of the stream between the shift (record ``start_index``) and event time ``when``."""
+    return int((when - T0).total_seconds()) - start_index + 1
+
+
+async def test_a_stationary_stream_raises_no_drift(world: World) -> None:
+    await synthetic.publish_promotion(world.producer, world.store, model(1), 1)
+    svc = start_monitoring(world.ns)
+    try:
+        await svc.wait_ready()
+        rows, labels = synthetic.generate(3000, seed=101)
+        await world.send(model(1), rows, labels)
+        state = await processed(svc, 3000, 3000)
+        await world.drift.poll(1.0)
+        assert world.drift.on(DRIFT_DETECTED) == []
+        check = state["last_check"]
+        assert set(check["features"]) == set(synthetic.FEATURES)
+        assert all(not f["drifted"] for f in check["features"].values())
+        assert max(f["psi"] for f in check["features"].values()) < POLICY.psi_threshold
+        assert check["drift"] is None and state["episode"] is None
+        assert state["performance"]["accuracy"] > 0.85
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(f"{svc.url}/v1/reports")).json()["reports"] == []
+            page = await http.get(f"{svc.url}/")
+            assert page.status_code == 200 and "<svg" in page.text and "salary" in page.text
+    finally:
+        svc.stop()
+
+
+async def test_a_shift_raises_exactly_one_drift_event_naming_the_feature_until_a_new_champion(world: World) -> None:
+    promoted = await synthetic.publish_promotion(world.producer, world.store, model(1), 1)
+    svc = start_monitoring(world.ns)
+    try:
+        await svc.wait_ready()
+        await world.send(model(1), *synthetic.generate(1500, seed=201))
+        await processed(svc, 1500, 1500)
+        await world.drift.poll(1.0)
+        assert world.drift.on(DRIFT_DETECTED) == []
+
+        await world.send(model(1), *synthetic.generate(1500, seed=202, salary_scale=1.6))
+        await world.drift.wait_for(lambda evs: len(evs) >= 1, timeout_s=120, what="drift.detected")
+        await processed(svc, 3000, 3000)
+    finally:
+        svc.stop()
+
+    # A restart in the middle of the episode: the episode is restored, the drift goes on, no new event.
+    svc = start_monitoring(world.ns)
+    try:
+        await svc.wait_ready()
+        await world.send(model(1), *synthetic.generate(900, seed=203, salary_scale=1.6))
+        await processed(svc, 900, 900)
+        await world.drift.poll(2.0)
+        (drift,) = world.drift.on(DRIFT_DETECTED)
+        d = drift.value
+        assert d["kind"] == "input" and "salary" in d["features"]
+        assert {"age", "car", "elevel", "zipcode", "loan", "hyears", "hvalue"}.isdisjoint(d["features"])
+        assert d["correlation_id"] == d["event_id"] and d["causation_id"] is None
+        assert (d["model_name"], d["model_version"]) == (MODEL_NAME, 1)
+        assert d["statistic"] > d["threshold"] and d["window_size"] == POLICY.window
+        assert d["window_start"] < d["window_end"]
+        assert any(e["feature"] == "salary" and e["drifted"] for e in d["evidence"])
+        delay = records_after(d["window_end"], 1500)
+        assert 0 < delay <= POLICY.window
+        print(f"\ncovariate shift (salary x1.6) detected about {delay} records after it started")
+
+        state = await drift_state(svc)
+        assert state["episode"]["episode_id"] == d["episode_id"]
+        async with httpx.AsyncClient(timeout=30) as http:
+            (report,) = (await http.get(f"{svc.url}/v1/reports", params={"model": MODEL_NAME})).json()["reports"]
+            assert report["episode_id"] == d["episode_id"] and report["resolved_at"] is None
+            assert report["published_at"] is not None and "salary" in report["features"]
+
+            # A new champion: the episode closes and the windows start again against its reference.
+            await synthetic.publish_promotion(world.producer, world.store, model(2), 2)
+
+            async def closed() -> None:
+                (r,) = (await http.get(f"{svc.url}/v1/reports")).json()["reports"]
+                assert r["resolution"] == "model_changed"
+                assert (await drift_state(svc))["model_version"] == 2
+
+            await eventually(closed, timeout_s=60)
+        assert promoted["model_name"] == MODEL_NAME
+    finally:
+        svc.stop()
+
+
+async def test_a_label_driven_accuracy_drop_is_detected(world: World) -> None:
+    await synthetic.publish_promotion(world.producer, world.store, model(1), 1)
+    svc = start_monitoring(world.ns)
+    try:
+        await svc.wait_ready()
+        await world.send(model(1), *synthetic.generate(1200, seed=301))
+        await processed(svc, 1200, 1200)
+        await world.drift.poll(1.0)
+        assert world.drift.on(DRIFT_DETECTED) == []
+        # Same inputs, new labelling: only the labels tell.
+        await world.send(model(1), *synthetic.generate(1500, seed=302, concept="b"))
+        await world.drift.wait_for(lambda evs: len(evs) >= 1, timeout_s=120, what="drift.detected")
+        state = await processed(svc, 2700, 2700)
+        await world.drift.poll(1.0)
+        (drift,) = world.drift.on(DRIFT_DETECTED)
+        d = drift.value
+        assert d["kind"] == "performance" and d["method"] in ("accuracy_drop", "page_hinkley")
+        assert d["features"] == [] and d["statistic"] > d["threshold"]
+        assert {e["method"] for e in d["evidence"]} == {"accuracy_drop", "page_hinkley"}
+        assert state["performance"]["accuracy"] < model(1).accuracy - POLICY.accuracy_drop
+        delay = records_after(d["window_end"], 1200)
+        assert 0 < delay <= 1500
+        print(f"\naccuracy drop detected about {delay} labelled predictions after the concept changed ({d['method']})")
+    finally:
+        svc.stop()

@@ -1,0 +1,217 @@
+"""Deployment's logic with fakes: what a promotion does to the slots, what is reported, how vectors are scored."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pytest
+
+from driftline.artifacts import ArtifactIntegrityError, ArtifactNotFound, sha256_hex
+from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, PREDICTIONS
+from driftline.events import Event, derived_event_id, envelope
+from driftline.kafka import PoisonRecord
+from driftline_deployment.handlers import CHALLENGER, CHAMPION, Deployer, ModelSlots, Scorer, plan_from_history
+from tests.unit.deployment import synthetic
+from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
+
+
+@cache
+def model(seed: int) -> TrainedModel:
+    return synthetic.train(seed=seed, n=600, max_iter=10)
+
+
+class FakeStore:
+    bucket = "b"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes) -> dict[str, str]:
+        self.objects[key] = data
+        return {"key": key, "sha256": sha256_hex(data)}
+
+    async def get(self, key: str, sha256: str) -> bytes:
+        if key not in self.objects:
+            raise ArtifactNotFound(key)
+        data = self.objects[key]
+        if sha256_hex(data) != sha256:
+            raise ArtifactIntegrityError(f"{key} has SHA-256 {sha256_hex(data)}, expected {sha256}")
+        return data
+
+    async def get_json(self, key: str, sha256: str) -> Any:
+        return json.loads(await self.get(key, sha256))
+
+
+class FakeProducer:
+    name = "deployment"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def envelope(self, **kwargs: Any) -> dict[str, Any]:
+        return envelope(self.name, **kwargs)
+
+    async def send(self, topic: str, record: dict[str, Any]) -> None:
+        self.sent.append((topic, record))
+
+    async def publish(self, topic: str, record: dict[str, Any]) -> None:
+        self.sent.append((topic, record))
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        return [r for t, r in self.sent if t == topic]
+
+
+def promoted(store: FakeStore, m: TrainedModel, version: int, action: str = "promote", tamper: bool = False) -> Event:
+    base = f"models/{MODEL_NAME}/{m.run_id}"
+    art = store.put(f"{base}/model.skops", m.artifact)
+    meta = store.put(f"{base}/metadata.json", json.dumps(m.metadata).encode())
+    if tamper:
+        store.objects[art["key"]] = m.artifact[:-1] + b"!"
+    refs = {
+        "artifact_bucket": "b",
+        "artifact_key": art["key"],
+        "artifact_sha256": art["sha256"],
+        "metadata_key": meta["key"],
+        "metadata_sha256": meta["sha256"],
+    }
+    value = synthetic.promotion(m, refs, version, action=action)
+    return Event(MODELS_PROMOTED, 0, version, None, value, b"", 1, 0)
+
+
+def deployer(store: FakeStore, producer: FakeProducer, slots: ModelSlots, **kw: Any) -> Deployer:
+    return Deployer(
+        slots=slots,
+        producer=producer,  # type: ignore[arg-type]
+        artifacts=lambda bucket: store,  # type: ignore[arg-type,return-value]
+        instance_id="i-1",
+        default_positive_class="approve",
+        **kw,
+    )
+
+
+async def test_a_promotion_loads_swaps_and_reports_with_the_promotion_as_cause() -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots)
+    event = promoted(store, model(1), 1)
+    assert await d.apply(event)
+    champion = slots.champion(MODEL_NAME)
+    assert champion is not None and champion.version == 1 and champion.slot == CHAMPION
+    (status,) = producer.on(DEPLOYMENTS_STATUS)
+    assert status["status"] == "loaded" and status["causation_id"] == event.event_id
+    assert status["correlation_id"] == event.correlation_id and status["instance_id"] == "i-1"
+    assert status["event_id"] == derived_event_id("deployment-status", event.event_id, "i-1", CHAMPION, "loaded")
+    x = np.zeros((2, len(champion.feature_names)))
+    scores, classes = champion.predict(x)
+    assert list(classes) == ["approve" if s >= 0.5 else "deny" for s in scores]
+
+
+@pytest.mark.parametrize("failure", ["tampered", "missing", "not_a_model", "unknown_action"])
+async def test_a_model_that_fails_to_load_never_replaces_the_working_one(failure: str) -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots)
+    await d.apply(promoted(store, model(1), 1))
+    bad = promoted(store, model(2), 2, tamper=failure == "tampered")
+    if failure == "missing":
+        del store.objects[bad.value["artifact_key"]]
+    if failure == "not_a_model":
+        store.objects[bad.value["artifact_key"]] = b"PK not a skops file"
+        bad.value["artifact_sha256"] = sha256_hex(b"PK not a skops file")
+    if failure == "unknown_action":
+        bad.value["action"] = "replace"
+    assert not await d.apply(bad)
+    assert slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]
+    status = producer.on(DEPLOYMENTS_STATUS)[-1]
+    assert status["status"] == "failed" and status["version"] == 2 and status["reason"]
+    assert d.history[-1]["status"] == "failed"
+
+
+async def test_shadow_loads_a_challenger_which_leaves_its_slot_when_promoted_and_rollback_is_reported() -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots)
+    await d.apply(promoted(store, model(1), 1))
+    await d.apply(promoted(store, model(2), 2, action="shadow"))
+    assert slots.challenger(MODEL_NAME).version == 2  # type: ignore[union-attr]
+    assert slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]
+    await d.apply(promoted(store, model(2), 2))
+    assert slots.challenger(MODEL_NAME) is None and slots.champion(MODEL_NAME).version == 2  # type: ignore[union-attr]
+    await d.apply(promoted(store, model(1), 1, action="rollback"))
+    assert slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]
+    assert [s["status"] for s in producer.on(DEPLOYMENTS_STATUS)] == ["loaded", "loaded", "loaded", "rolled_back"]
+    assert [s["slot"] for s in producer.on(DEPLOYMENTS_STATUS)] == [CHAMPION, CHALLENGER, CHAMPION, CHAMPION]
+
+
+async def test_shadow_can_be_switched_off() -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots, shadow=False)
+    assert not await d.apply(promoted(store, model(2), 2, action="shadow"))
+    assert slots.challenger(MODEL_NAME) is None and not producer.sent
+
+
+def test_the_startup_plan_keeps_the_latest_champion_first_and_the_live_challenger() -> None:
+    store = FakeStore()
+    history = [
+        promoted(store, model(1), 1),
+        promoted(store, model(2), 2, action="shadow"),
+        promoted(store, model(2), 2),
+        promoted(store, model(3), 3, action="shadow"),
+    ]
+    plan = plan_from_history(history)[MODEL_NAME]
+    assert [e.value["version"] for e in plan.champions] == [2, 1]
+    assert plan.challenger is not None and plan.challenger.value["version"] == 3
+    history.append(promoted(store, model(3), 3))
+    plan = plan_from_history(history)[MODEL_NAME]
+    assert [e.value["version"] for e in plan.champions] == [3, 2, 1] and plan.challenger is None
+
+
+async def test_startup_falls_back_to_the_previous_champion_when_the_latest_does_not_load() -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots)
+    await d.on_replayed([promoted(store, model(1), 1), promoted(store, model(2), 2, tamper=True)])
+    assert d.replayed and slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]
+    assert [(s["version"], s["status"]) for s in producer.on(DEPLOYMENTS_STATUS)] == [(2, "failed"), (1, "loaded")]
+    assert "start-up" in producer.on(DEPLOYMENTS_STATUS)[-1]["reason"]
+
+
+def vector_event(row: dict[str, Any], i: int) -> Event:
+    return Event("features.vectors", 0, i, None, synthetic.vector(row, i), b"", 1, 0)
+
+
+async def test_a_batch_is_scored_by_the_champion_and_the_challenger_in_shadow() -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots)
+    await d.apply(promoted(store, model(1), 1))
+    await d.apply(promoted(store, model(2), 2, action="shadow"))
+    rows = synthetic.generate(30, seed=3)[0]
+    events = [vector_event(r, i) for i, r in enumerate(rows)]
+    scorer = Scorer(slots=slots, producer=producer, model_name=MODEL_NAME)  # type: ignore[arg-type]
+    await scorer.score_batch(events)
+    made = producer.on(PREDICTIONS)
+    champion = [p for p in made if p["slot"] == CHAMPION]
+    shadow = [p for p in made if p["slot"] == CHALLENGER]
+    assert len(champion) == len(shadow) == 30
+    np.testing.assert_allclose([p["score"] for p in champion], model(1).scores(rows))
+    np.testing.assert_allclose([p["score"] for p in shadow], model(2).scores(rows))
+    assert all(p["shadow"] for p in shadow) and not any(p["shadow"] for p in champion)
+    first = champion[0]
+    assert first["source_event_id"] == events[0].value["source_event_id"]
+    assert first["causation_id"] == events[0].event_id and first["correlation_id"] == events[0].correlation_id
+    assert first["event_time"] == events[0].value["event_time"]
+
+
+async def test_vectors_are_not_scored_without_a_model_and_a_bad_vector_is_poison() -> None:
+    producer, slots = FakeProducer(), ModelSlots()
+    scorer = Scorer(slots=slots, producer=producer, model_name=MODEL_NAME)  # type: ignore[arg-type]
+    row = synthetic.generate(1, seed=3)[0][0]
+    await scorer.score_batch([vector_event(row, 0)])
+    assert not producer.sent
+    store = FakeStore()
+    await deployer(store, producer, slots).apply(promoted(store, model(1), 1))
+    bad = vector_event({**row, "age": "old"}, 1)
+    with pytest.raises(ValueError, match="age"):
+        await scorer.score_batch([vector_event(row, 0), bad])
+    assert not producer.on(PREDICTIONS)  # nothing of the failed batch was sent
+    with pytest.raises(PoisonRecord, match="age"):
+        await scorer.score_one(bad)

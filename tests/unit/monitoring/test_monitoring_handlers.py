@@ -1,0 +1,253 @@
+"""Monitoring's logic on synthetic streams, with an in-memory store and producer: a stationary
+stream raises nothing, a covariate shift raises one input-drift event naming the shifted feature,
+a concept change raises a performance-drift event, and episodes publish once."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+import pytest
+
+from driftline.catalog import DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.events import Event, envelope
+from driftline.project import DriftPolicy, load_project
+from driftline_monitoring.handlers import Monitoring
+from tests.unit.deployment import synthetic
+from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
+
+POLICY = load_project().drift  # the shipped example's policy: what the tests calibrate against
+
+
+@cache
+def model(seed: int = 1) -> TrainedModel:
+    return synthetic.train(seed=seed, n=3000, max_iter=40)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.summaries: list[dict[str, Any]] = []
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    async def save_summary(self, summary: dict[str, Any]) -> None:
+        self.summaries.append(summary)
+
+    async def open_episode(self, record: dict[str, Any], stored: dict[str, Any]) -> bool:
+        if any(r["model_name"] == record["model_name"] and r["resolved"] is None for r in self.reports.values()):
+            return False
+        self.reports[record["episode_id"]] = {**stored, "resolved": None, "published": False}
+        return True
+
+    async def open_episode_of(self, model_name: str) -> dict[str, Any] | None:
+        for r in self.reports.values():
+            if r["model_name"] == model_name and r["resolved"] is None:
+                return {**r, "model_version": r["model_version"], "record": r}
+        return None
+
+    async def unpublished(self) -> list[dict[str, Any]]:
+        return [{"episode_id": k, "record": r} for k, r in self.reports.items() if not r["published"]]
+
+    async def mark_published(self, episode_id: str) -> None:
+        self.reports[episode_id]["published"] = True
+
+    async def touch(self, episode_id: str) -> None:
+        pass
+
+    async def resolve(self, episode_id: str, resolution: str) -> None:
+        self.reports[episode_id]["resolved"] = resolution
+
+    async def resolve_open(self, model_name: str, resolution: str) -> list[str]:
+        done = [k for k, r in self.reports.items() if r["model_name"] == model_name and r["resolved"] is None]
+        for k in done:
+            self.reports[k]["resolved"] = resolution
+        return done
+
+    async def models(self) -> list[str]:
+        return sorted({r["model_name"] for r in self.reports.values()})
+
+
+class FakeProducer:
+    name = "monitoring"
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def envelope(self, **kwargs: Any) -> dict[str, Any]:
+        return envelope(self.name, **kwargs)
+
+    async def publish(self, topic: str, record: dict[str, Any]) -> None:
+        self.published.append((topic, record))
+
+    @property
+    def drifts(self) -> list[dict[str, Any]]:
+        return [r for t, r in self.published if t == DRIFT_DETECTED]
+
+
+class FakeArtifacts:
+    def __init__(self, docs: dict[str, Any]) -> None:
+        self.docs = docs
+
+    async def get_json(self, key: str, sha256: str) -> Any:
+        return json.loads(json.dumps(self.docs[key]))
+
+
+def ev(topic: str, value: dict[str, Any], offset: int = 0) -> Event:
+    return Event(topic, 0, offset, None, value, b"", 1, 0)
+
+
+async def monitoring_of(
+    m: TrainedModel, version: int = 1, policy: DriftPolicy = POLICY, store: FakeStore | None = None
+) -> tuple[Monitoring, FakeProducer, FakeStore]:
+    producer, store = FakeProducer(), store or FakeStore()
+    refs = {
+        "artifact_bucket": "b",
+        "artifact_key": "a",
+        "artifact_sha256": "x",
+        "metadata_key": f"meta-{version}",
+        "metadata_sha256": "y",
+    }
+    artifacts = FakeArtifacts({f"meta-{version}": m.metadata})
+    mon = Monitoring(policy=policy, producer=producer, store=store, artifacts=lambda bucket: artifacts)  # type: ignore[arg-type,return-value]
+    await mon.on_replayed([ev(MODELS_PROMOTED, synthetic.promotion(m, refs, version))])
+    return mon, producer, store
+
+
+async def stream(
+    mon: Monitoring,
+    m: TrainedModel,
+    rows: list[dict[str, float]],
+    labels: list[str] | None,
+    *,
+    start: int = 0,
+    version: int = 1,
+) -> int | None:
+    """Feed vectors, champion predictions and labels; the index of the first drift event, if any."""
+    producer: FakeProducer = mon.producer  # type: ignore[assignment]
+    before = len(producer.drifts)
+    first = None
+    scores = m.scores(rows)
+    for i, row in enumerate(rows):
+        vec = synthetic.vector(row, start + i)
+        await mon.handle(ev(FEATURES_VECTORS, vec))
+        await mon.handle(ev(PREDICTIONS, synthetic.prediction(vec, float(scores[i]), version)))
+        if labels is not None:
+            await mon.handle(ev(LABELS, synthetic.label(vec, labels[i])))
+        if first is None and len(producer.drifts) > before:
+            first = i
+    return first
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+async def test_a_stationary_stream_raises_no_drift(seed: int) -> None:
+    mon, producer, store = await monitoring_of(model())
+    rows, labels = synthetic.generate(3000, seed)
+    assert await stream(mon, model(), rows, labels) is None
+    assert producer.drifts == []
+    assert len(store.summaries) == (3000 - POLICY.min_window) // POLICY.check_every + 1
+    last = store.summaries[-1]
+    assert set(last["features"]) == set(synthetic.FEATURES) and not last["drifted"]
+    assert last["performance"]["labelled"] == POLICY.performance_window
+    assert last["score"]["window_size"] == POLICY.window
+
+
+async def test_a_covariate_shift_raises_one_input_drift_event_naming_the_feature() -> None:
+    mon, producer, store = await monitoring_of(model())
+    rows, labels = synthetic.generate(1500, 21)
+    assert await stream(mon, model(), rows, labels) is None
+    shifted, shifted_labels = synthetic.generate(1500, 22, salary_scale=1.6)
+    delay = await stream(mon, model(), shifted, shifted_labels, start=1500)
+    assert delay is not None and delay < POLICY.window
+    (drift,) = producer.drifts  # one episode, one event, although every later check drifts too
+    assert drift["kind"] == "input" and "salary" in drift["features"]
+    assert {"age", "car", "elevel", "zipcode", "loan", "hyears", "hvalue"}.isdisjoint(drift["features"])
+    assert drift["correlation_id"] == drift["event_id"] and drift["causation_id"] is None
+    assert drift["model_name"] == MODEL_NAME and drift["model_version"] == 1
+    assert drift["statistic"] > drift["threshold"] and drift["method"] in ("psi", "ks")
+    salary = [e for e in drift["evidence"] if e["feature"] == "salary"]
+    assert {e["method"] for e in salary} == {"psi", "ks"} and any(e["drifted"] for e in salary)
+    assert drift["window_size"] == POLICY.window
+    assert sum(s["drifted"] for s in store.summaries) > 5  # the later checks drifted: same episode
+    print(f"\ncovariate shift detected {delay} records after it started")
+
+
+async def test_a_concept_change_raises_a_performance_drift_event() -> None:
+    mon, producer, _ = await monitoring_of(model())
+    rows, labels = synthetic.generate(1200, 31)
+    assert await stream(mon, model(), rows, labels) is None
+    rows, labels = synthetic.generate(1500, 32, concept="b")  # same inputs, new labelling
+    delay = await stream(mon, model(), rows, labels, start=1200)
+    assert delay is not None
+    (drift,) = producer.drifts
+    assert drift["kind"] == "performance" and drift["features"] == []
+    assert drift["method"] in ("accuracy_drop", "page_hinkley")
+    assert {e["method"] for e in drift["evidence"]} == {"accuracy_drop", "page_hinkley"}
+    print(f"\nconcept change detected {delay} labelled predictions after it started ({drift['method']})")
+
+
+async def test_an_episode_resolves_after_clean_checks_and_a_new_drift_opens_a_new_one() -> None:
+    mon, producer, store = await monitoring_of(model())
+    await stream(mon, model(), *synthetic.generate(600, 41))
+    await stream(mon, model(), *synthetic.generate(900, 42, salary_scale=1.6), start=600)
+    assert len(producer.drifts) == 1
+    episode = producer.drifts[0]["episode_id"]
+    # Back to normal: once the window holds normal data again, three clean checks resolve it.
+    await stream(mon, model(), *synthetic.generate(1200, 43), start=1500)
+    assert store.reports[episode]["resolved"] == "back_to_normal" and len(producer.drifts) == 1
+    await stream(mon, model(), *synthetic.generate(900, 44, salary_scale=0.5), start=2700)
+    assert len(producer.drifts) == 2 and producer.drifts[1]["episode_id"] != episode
+
+
+async def test_a_new_champion_resets_the_windows_and_closes_the_episode() -> None:
+    mon, producer, store = await monitoring_of(model())
+    await stream(mon, model(), *synthetic.generate(600, 51))
+    await stream(mon, model(), *synthetic.generate(700, 52, salary_scale=1.6), start=600)
+    (first,) = producer.drifts
+    refs = {
+        "artifact_bucket": "b",
+        "artifact_key": "a",
+        "artifact_sha256": "x",
+        "metadata_key": "m2",
+        "metadata_sha256": "y",
+    }
+    mon.artifacts = lambda bucket: FakeArtifacts({"m2": model(2).metadata})  # type: ignore[assignment,return-value]
+    await mon.on_promoted(ev(MODELS_PROMOTED, synthetic.promotion(model(2), refs, 2)))
+    assert store.reports[first["episode_id"]]["resolved"] == "model_changed"
+    monitor = mon.monitors[MODEL_NAME]
+    assert monitor.reference.version == 2 and len(monitor.vectors) == 0
+    # Predictions of the old version are not the champion's any more.
+    rows = synthetic.generate(50, 53)[0]
+    await stream(mon, model(1), rows, None, start=2000, version=1)
+    assert len(monitor.scores) == 0 and len(monitor.vectors) == 50
+
+
+async def test_labels_join_predictions_in_either_order_and_only_once() -> None:
+    mon, _, _ = await monitoring_of(model())
+    monitor = mon.monitors[MODEL_NAME]
+    rows, _ = synthetic.generate(4, 61)
+    vecs = [synthetic.vector(r, i) for i, r in enumerate(rows)]
+    preds = [synthetic.prediction(v, 0.9, 1) for v in vecs]
+    shadow = synthetic.prediction(vecs[3], 0.9, 1, shadow=True)
+    await mon.handle(ev(LABELS, synthetic.label(vecs[0], "approve")))  # label first
+    await mon.handle(ev(PREDICTIONS, preds[0]))
+    await mon.handle(ev(PREDICTIONS, preds[1]))  # prediction first
+    await mon.handle(ev(LABELS, synthetic.label(vecs[1], "deny")))
+    await mon.handle(ev(PREDICTIONS, preds[1]))  # a replayed duplicate
+    await mon.handle(ev(LABELS, synthetic.label(vecs[1], "deny")))
+    await mon.handle(ev(PREDICTIONS, shadow))  # the challenger's: never joined
+    await mon.handle(ev(LABELS, synthetic.label(vecs[3], "approve")))
+    assert [c for _, c in monitor.performance.outcomes] == [True, False]
+
+
+async def test_a_restart_resends_an_unpublished_report_and_restores_the_open_episode() -> None:
+    mon, producer, store = await monitoring_of(model())
+    await stream(mon, model(), *synthetic.generate(600, 71))
+    await stream(mon, model(), *synthetic.generate(700, 72, salary_scale=1.6), start=600)
+    (drift,) = producer.drifts
+    store.reports[drift["episode_id"]]["published"] = False  # as if the process died before the ack
+    restarted, producer2, _ = await monitoring_of(model(), store=store)
+    (resent,) = producer2.drifts
+    assert resent["event_id"] == drift["event_id"]  # same id: consumers see one event
+    assert restarted.monitors[MODEL_NAME].episode is not None
+    await stream(restarted, model(), *synthetic.generate(700, 73, salary_scale=1.6), start=1300)
+    assert len(producer2.drifts) == 1  # the episode goes on: no new event
