@@ -14,6 +14,7 @@ import asyncpg
 
 from driftline.catalog import EVENTS_DLQ, LABELS
 from driftline.events import Event, envelope
+from driftline.history import topic_status
 from driftline.kafka import ConsumerRunner, EventProducer, PoisonRecord, TransientError
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from tests.support import ROOT, Namespace, TopicReader, eventually
@@ -71,6 +72,12 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_keeps_going(namespa
             assert handled == [good1["event_id"], good2["event_id"]]
 
         await eventually(both_good_handled)
+
+        async def committed_in_the_namespaced_group() -> None:
+            lag = {s.name: s.lag for s in await topic_status(namespace.stack)}[LABELS]
+            assert lag == {f"{namespace.prefix}poison-test": 0}
+
+        await eventually(committed_in_the_namespaced_group)
         letters = dlq.on(EVENTS_DLQ)
         assert [d["original"] for d in letters[:3]] == garbage
         assert {d["error_type"] for d in letters[:3]} == {"decode_error"}

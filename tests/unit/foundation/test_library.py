@@ -203,3 +203,28 @@ async def test_retry_transient_raises_a_bug_at_once() -> None:
 
     with pytest.raises(ValueError, match="bug"):
         await asyncio.wait_for(retry_transient(broken, what="t"), 1)
+
+
+# --- API factory ----------------------------------------------------------------------------------
+
+
+async def test_http_metrics_are_labelled_by_route_template_and_status() -> None:
+    import httpx
+
+    from driftline.api import create_app
+
+    app = create_app("metrics-test", title="t")
+
+    @app.get("/v1/things/{thing_id}")
+    async def thing(thing_id: int) -> dict[str, int]:
+        return {"id": thing_id}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.get("/v1/things/7")).json() == {"id": 7}
+        assert (await client.get("/v1/things/not-a-number")).status_code == 422
+        assert (await client.get("/no/such/route")).status_code == 404
+        text = (await client.get("/metrics")).text
+    lines = [line for line in text.splitlines() if line.startswith("driftline_http_requests_total{")]
+    assert any('route="/v1/things/{thing_id}"' in x and 'status="200"' in x and "metrics-test" in x for x in lines)
+    assert any('route="/v1/things/{thing_id}"' in x and 'status="422"' in x for x in lines)
+    assert any('route="unmatched"' in x and 'status="404"' in x for x in lines)

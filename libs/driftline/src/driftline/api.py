@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -21,6 +21,44 @@ HTTP_LATENCY = Histogram(
 )
 
 ReadinessCheck = Callable[[], Awaitable[Any]]
+
+
+class _MetricsMiddleware:
+    """Counts and times every HTTP request by route template, as a plain ASGI middleware
+    (Starlette's BaseHTTPMiddleware costs about half a millisecond per request)."""
+
+    def __init__(self, app: Any, service: str) -> None:
+        self.app = app
+        self.service = service
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_note_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")  # the router sets it on this scope
+            key = (route, scope["method"], status)
+            children = self._children.get(key)
+            if children is None:
+                children = (
+                    HTTP_REQUESTS.labels(self.service, route, scope["method"], str(status)),
+                    HTTP_LATENCY.labels(self.service, route, scope["method"]),
+                )
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
 
 
 def create_app(
@@ -39,19 +77,7 @@ def create_app(
     """
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
 
-    @app.middleware("http")
-    async def metrics_middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(service, path, request.method, str(status)).inc()
-            HTTP_LATENCY.labels(service, path, request.method).observe(time.perf_counter() - start)
+    app.add_middleware(_MetricsMiddleware, service=service)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

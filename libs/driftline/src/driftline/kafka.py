@@ -271,7 +271,7 @@ class ConsumerRunner:
         self._consumer = AIOKafkaConsumer(
             *(self.prefix + t for t in self.topics),
             bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
+            group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset,
             isolation_level="read_committed",
