@@ -119,7 +119,9 @@ def label_record(row: Row) -> dict[str, Any]:
     }
 
 
-def drift_record(*, episode_id: str, window_start: datetime, model_name: str | None = None) -> dict[str, Any]:
+def drift_record(
+    *, episode_id: str, window_start: datetime, model_name: str | None = None, onset: datetime | None = None
+) -> dict[str, Any]:
     return {
         **envelope("test-monitoring"),
         "episode_id": episode_id,
@@ -130,6 +132,7 @@ def drift_record(*, episode_id: str, window_start: datetime, model_name: str | N
         "window_start": window_start,
         "window_end": window_start + timedelta(minutes=10),
         "window_size": 600,
+        "onset": onset,
         "features": [],
         "model_name": model_name or PROJECT.model.name,
         "model_version": 1,
@@ -310,7 +313,8 @@ async def test_drift_events_within_the_cooldown_cause_one_run(
             url = training.url
             await wait_examples(client, url, 500)
             onset = rows[100].event_time
-            first = drift_record(episode_id="episode-1", window_start=onset)
+            # The window starts before the change; the onset estimate is where training starts.
+            first = drift_record(episode_id="episode-1", window_start=rows[50].event_time, onset=onset)
             second = drift_record(episode_id="episode-2", window_start=onset + timedelta(seconds=30))
             other = drift_record(episode_id="episode-x", window_start=onset, model_name="someone-elses-model")
             # The first episode is delivered twice; the second comes within the cooldown (60s).
@@ -339,7 +343,7 @@ async def test_drift_events_within_the_cooldown_cause_one_run(
             assert request.value["causation_id"] == first["event_id"]
             assert trained.value["causation_id"] == request.event_id
             assert trained.value["trigger"] == "drift" and trained.value["drift_episode_id"] == "episode-1"
-            # since_drift selection: only what came at or after the drift window's start.
+            # since_drift selection: only what came at or after the drift onset.
             assert trained.value["n_train"] + trained.value["n_holdout"] == 400
             runs = (await client.get(f"{url}/v1/runs")).json()["runs"]
             assert [r["run_id"] for r in runs] == [run_id]

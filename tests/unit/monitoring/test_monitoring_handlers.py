@@ -182,6 +182,7 @@ async def test_a_concept_change_raises_a_performance_drift_event() -> None:
     assert drift["kind"] == "performance" and drift["features"] == []
     assert drift["method"] in ("accuracy_drop", "page_hinkley")
     assert {e["method"] for e in drift["evidence"]} == {"accuracy_drop", "page_hinkley"}
+    assert drift["window_start"] <= drift["onset"] <= drift["window_end"]
     print(f"\nconcept change detected {delay} labelled predictions after it started ({drift['method']})")
 
 

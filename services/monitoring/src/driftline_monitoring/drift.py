@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -169,6 +169,7 @@ class Detection:
     window_start_ms: int
     window_end_ms: int
     window_size: int
+    onset_ms: int | None = None  # estimated start of the change, when the detector can tell
 
 
 def main_detection(
@@ -281,7 +282,28 @@ class PerformanceTracker:
         if not (acc_drifted or ph_drifted):
             return None
         window = (self.outcomes[0][0], self.outcomes[-1][0], len(self.outcomes))
-        return main_detection(PERFORMANCE, evidence, window, [])
+        detection = main_detection(PERFORMANCE, evidence, window, [])
+        return replace(detection, onset_ms=self.change_point_ms())
+
+    def change_point_ms(self, margin: int = 10) -> int:
+        """Event time where the error rate most likely changed within the window: the split that
+        maximises the Bernoulli log-likelihood of 'one rate before, another after' (O(window),
+        computed only when drift is reported)."""
+        times = [t for t, _ in self.outcomes]
+        errors = np.fromiter((0.0 if ok else 1.0 for _, ok in self.outcomes), dtype=np.float64)
+        n = errors.size
+        if n < 2 * margin + 1:
+            return times[0]
+        k = np.arange(margin, n - margin)
+        before = np.cumsum(errors)[k - 1]
+        after = errors.sum() - before
+
+        def loglik(hits: np.ndarray, count: np.ndarray) -> np.ndarray:
+            p = np.clip(hits / count, 1e-9, 1 - 1e-9)
+            return hits * np.log(p) + (count - hits) * np.log(1 - p)
+
+        score = loglik(before, k.astype(np.float64)) + loglik(after, (n - k).astype(np.float64))
+        return times[int(k[int(np.argmax(score))])]
 
     def summary(self, reset_alarm: bool = False) -> dict[str, Any]:
         drop = self.drop

@@ -265,13 +265,14 @@ class Monitoring:
             "window_start": as_utc(detection.window_start_ms),
             "window_end": as_utc(detection.window_end_ms),
             "window_size": detection.window_size,
+            "onset": as_utc(detection.onset_ms) if detection.onset_ms is not None else None,
             "features": detection.features,
             "model_name": name,
             "model_version": monitor.reference.version,
             "evidence": [e.as_record() for e in detection.evidence],
         }
         stored = {
-            k: epoch_ms(x) if k in ("event_time", "produced_at", "window_start", "window_end") else x
+            k: epoch_ms(x) if k in ("event_time", "produced_at", "window_start", "window_end", "onset") and x else x
             for k, x in record.items()
         }
         opened = await self._retry(lambda: self.store.open_episode(record, stored), "open episode")

@@ -258,6 +258,9 @@ class TrainingHandlers:
     async def on_drift(self, event: Event) -> None:
         v = event.value
         model, episode = v["model_name"], v["episode_id"]
+        # Train on what came after the change: its estimated onset when monitoring gives one
+        # (performance drift), else the start of the window that drifted.
+        onset = as_utc(v.get("onset") or v["window_start"])
         request_id = derived_event_id("drift-request", model, episode)
         record = request_record(
             request_id=request_id,
@@ -266,7 +269,7 @@ class TrainingHandlers:
             requested_by="training:drift-policy",
             cause=event,
             drift_episode_id=episode,
-            since=as_utc(v["window_start"]),
+            since=onset,
             producer=self.producer_name,
         )
         ignore = None
@@ -283,7 +286,7 @@ class TrainingHandlers:
             request=(TRAINING_REQUESTED, record),
             ignore_reason=ignore,
             correlation_id=event.correlation_id,
-            since=as_utc(v["window_start"]),
+            since=onset,
         )
         log.info(
             "drift_trigger_decided",
