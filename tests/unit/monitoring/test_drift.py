@@ -69,3 +69,17 @@ def test_the_page_plots_psi_per_feature_and_escapes_names() -> None:
     assert html.count("<svg") == 2 and "salary" in html and "&lt;age&gt;" in html and "<age>" not in html
     assert "stroke-dasharray" in html  # the threshold line
     assert "not enough checks" in render([("m", summaries[:1])], [], psi_threshold=0.25, accuracy_drop=0.12)
+
+
+def test_input_drift_watches_only_the_models_inputs() -> None:
+    from driftline_monitoring.drift import Reference
+
+    profiles = build_profiles(np.random.default_rng(0).normal(size=(100, 3)), ["a", "b", "windowed_count"])
+    metadata = {
+        "reference_profile": {"features": profiles, "score": None},
+        "feature_names": ["a", "b"],
+        "metrics": {"accuracy": 0.9},
+        "positive_class": "approve",
+    }
+    reference = Reference.from_metadata("m", 1, metadata, "e")
+    assert set(reference.profiles) == {"a", "b"}

@@ -63,10 +63,16 @@ class Reference:
         profile = metadata.get("reference_profile") or {}
         metrics = metadata.get("metrics") or {}
         accuracy = metrics.get("accuracy")
+        profiles = dict(profile.get("features") or {})
+        inputs = metadata.get("feature_names")
+        if inputs:
+            # Input drift is about the model's inputs: a vector's other features (say, a windowed
+            # count the model does not use) may move without the model caring.
+            profiles = {name: p for name, p in profiles.items() if name in set(inputs)}
         return cls(
             model_name=model_name,
             version=version,
-            profiles=dict(profile.get("features") or {}),
+            profiles=profiles,
             score_profile=profile.get("score"),
             accuracy=float(accuracy) if accuracy is not None else None,
             positive_class=str(metadata.get("positive_class") or ""),
