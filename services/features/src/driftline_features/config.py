@@ -1,0 +1,38 @@
+"""Settings of the features service (``DRIFTLINE_FEATURES_…``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from driftline.settings import ServiceSettings
+
+SERVICE = "features"
+
+
+class FeaturesSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_FEATURES_", extra="ignore")
+
+    port: int = 38102
+    batch_size: int = Field(500, ge=1, description="Most events computed, produced and stored together.")
+    batch_wait_s: float = Field(0.05, gt=0, description="How long a partial batch waits for more events.")
+    dedupe_keep: int = Field(
+        32, ge=0, description="Events per entity remembered beyond the window horizon, to recognise re-deliveries."
+    )
+    max_entity_events: int = Field(
+        10_000, ge=1, description="Cap on events remembered per entity (a runaway entity's windows become None)."
+    )
+    commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged offsets are committed.")
+    session_timeout_s: float = Field(30.0, gt=0, description="Kafka group session timeout (a dead worker's grace).")
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+    rebalance_timeout_s: float = Field(60.0, gt=0)
+    group_instance_id: str | None = Field(None, description="Static group membership id (restarts skip a rebalance).")
+    data_dir: Path | None = Field(None, description="faust's local directory (default: a temp dir per app id).")
+    store_pool_size: int = Field(4, ge=1)
+    history_retention_days: float = Field(
+        7.0, ge=0, description="Rows of features.vectors (every computed vector) older than this are pruned; 0 keeps."
+    )
+    faust_log_level: str | None = Field(None, description="Log level of faust, mode and aiokafka (default WARNING).")
+    drain_timeout_s: float = Field(20.0, gt=0, description="On SIGTERM, how long the current batch may take.")

@@ -1,0 +1,503 @@
+"""The features service's logic: raw events in, feature vectors out (Kafka and the online store).
+
+Plain async code with its dependencies passed in, so it runs with fakes in unit tests; the faust
+wiring (stream.py) only hands it batches of records and acknowledges them once this returns.
+
+One batch: decode each record (undecodable → events.dlq), compute its vector (raw and derived
+features from the payload, windowed features from the entity's state, which is updated), send
+the vectors, write them to the online store, and wait for the broker's acknowledgements. Only
+then does the caller acknowledge the records, so an offset is committed only after its effects
+are durable. A failed batch is simply run again: the entity state recognises events it already
+holds (by event id) and re-emits their stored values, so a retry, like a replay after a crash,
+is an upsert and never a double count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from aiokafka.structs import ConsumerRecord
+
+from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
+from driftline.events import as_utc, derived_event_id, epoch_ms
+from driftline.featuredefs import FeatureSet
+from driftline.kafka import Backoff, PoisonRecord, is_transient, retry_transient
+from driftline.logging import bind_event, get_logger
+from driftline.project import Project
+from driftline.serde import DecodeError
+from driftline_features import metrics
+from driftline_features.store import VectorRow
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One record of events.raw as the stream delivered it."""
+
+    topic: str  # physical topic name (with the namespace prefix)
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class EntityStates(Protocol):
+    """Per-entity window state (a faust table in the service; a dict in tests)."""
+
+    def get(self, entity_id: str) -> Mapping[str, Any] | None: ...
+
+    def put(self, partition: int, entity_id: str, state: dict[str, Any]) -> None: ...
+
+
+class Decoder(Protocol):
+    async def decode(self, data: bytes | None, topic: str | None = None) -> tuple[dict[str, Any], int]: ...
+
+
+class Producer(Protocol):
+    """The part of driftline.kafka.EventProducer used here."""
+
+    name: str
+
+    def envelope(self, **kwargs: Any) -> dict[str, Any]: ...
+
+    async def send(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> asyncio.Future[Any]: ...
+
+    async def dead_letter(
+        self,
+        *,
+        source: str,
+        reason: str,
+        error_type: str,
+        original: bytes,
+        record: ConsumerRecord[bytes, bytes] | None = None,
+        correlation_id: str | None = None,
+        attempts: int = 1,
+    ) -> asyncio.Future[Any]: ...
+
+
+class Store(Protocol):
+    async def write(self, rows: list[VectorRow]) -> None: ...
+
+    async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]: ...
+
+
+@dataclass
+class Computed:
+    """One event's vector, before it is sent and stored."""
+
+    vector: dict[str, Any]
+    row: VectorRow
+    late: bool
+    duplicate: bool
+    late_for: tuple[str, ...]
+    watermark_ms: int | None
+
+
+@dataclass
+class BatchResult:
+    computed: int = 0
+    duplicates: int = 0
+    late: int = 0
+    dead_lettered: int = 0
+
+
+@dataclass
+class Prepared:
+    """A batch computed and sent, not yet durable."""
+
+    records: list[SourceRecord]
+    rows: list[VectorRow] = field(default_factory=list)
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+    result: BatchResult = field(default_factory=BatchResult)
+
+
+class FeatureProcessor:
+    """Computes, publishes and stores the vectors of a batch of raw events."""
+
+    def __init__(
+        self,
+        *,
+        project: Project,
+        features: FeatureSet,
+        decoder: Decoder,
+        producer: Producer,
+        store: Store,
+        group: str,
+        max_attempts: int = 3,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.project = project
+        self.features = features
+        self.decoder = decoder
+        self.producer = producer
+        self.store = store
+        self.source = f"consumer:{group}"
+        self.max_attempts = max_attempts
+        self.stopping = stopping
+        self._function_errors_seen: dict[str, int] = {}
+
+    # -- the batch, with retries and poison isolation -------------------------------------------
+
+    async def handle(self, records: Sequence[SourceRecord], states: EntityStates) -> BatchResult:
+        """Process a batch until its effects are durable. Raises only when stopping mid-outage
+        (the records are then not acknowledged and will be processed again)."""
+        started = time.perf_counter()
+        backoff = Backoff()
+        while True:
+            try:
+                result = await self._process(records, states)
+                break
+            except Exception as exc:
+                if is_transient(exc):
+                    if self.stopping():
+                        raise
+                    delay = backoff.next_delay()
+                    log.warning("batch_transient_failure", error=repr(exc)[:300], retry_in_s=round(delay, 2))
+                    metrics.RETRIES.inc()
+                    await asyncio.sleep(delay)
+                    continue
+                log.warning("batch_failed_isolating", error=repr(exc)[:300], size=len(records))
+                result = await self._isolate(records, states)
+                break
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.observe_batch(result.computed + result.duplicates + result.dead_lettered)
+        self._report_function_errors()
+        return result
+
+    async def _isolate(self, records: Sequence[SourceRecord], states: EntityStates) -> BatchResult:
+        """Run the records one by one; one that keeps failing goes to the DLQ."""
+        total = BatchResult()
+        for rec in records:
+            attempts = 0
+            backoff = Backoff()
+            while True:
+                attempts += 1
+                try:
+                    one = await self._process([rec], states)
+                    break
+                except Exception as exc:
+                    if is_transient(exc):
+                        if self.stopping():
+                            raise
+                        attempts -= 1  # outages do not count against the record
+                    elif attempts >= self.max_attempts:
+                        log.error(
+                            "record_failed_dead_lettering",
+                            error=repr(exc)[:500],
+                            partition=rec.partition,
+                            offset=rec.offset,
+                        )
+                        await self._dead_letter_now(rec, f"handler error: {exc!r}", "handler_error", None, attempts)
+                        one = BatchResult(dead_lettered=1)
+                        break
+                    await asyncio.sleep(backoff.next_delay())
+            total.computed += one.computed
+            total.duplicates += one.duplicates
+            total.late += one.late
+            total.dead_lettered += one.dead_lettered
+        return total
+
+    # -- one pass over a batch -------------------------------------------------------------------
+
+    async def _process(self, records: Sequence[SourceRecord], states: EntityStates) -> BatchResult:
+        return await self._complete(await self._prepare(records, states))
+
+    async def _prepare(self, records: Sequence[SourceRecord], states: EntityStates) -> Prepared:
+        """Decode, compute (updating entity states) and send; nothing is durable yet."""
+        prepared = Prepared(records=list(records))
+        result = prepared.result
+        computed: list[Computed] = []
+        # One log context per batch (binding per record costs more than computing a vector);
+        # per-event log lines name their event explicitly.
+        if records:
+            bind_event(topic=EVENTS_RAW, event_id=None, correlation_id=None, batch=len(records))
+        for rec in records:
+            value: dict[str, Any] | None = None
+            try:
+                value, _ = await retry_transient(
+                    lambda rec=rec: self.decoder.decode(rec.value, EVENTS_RAW),
+                    what="decode",
+                    stopping=self.stopping,
+                )
+                computed.append(self.compute(rec, value, states))
+            except DecodeError as exc:
+                prepared.futures.append(await self._dead_letter(rec, str(exc), "decode_error", None, 1))
+                result.dead_lettered += 1
+            except PoisonRecord as exc:
+                prepared.futures.append(await self._dead_letter(rec, exc.reason, exc.error_type, _corr(value), 1))
+                result.dead_lettered += 1
+        await self._recognise_old_redeliveries(computed)
+        for c in computed:
+            prepared.futures.append(await self.producer.send(FEATURES_VECTORS, c.vector))
+            prepared.rows.append(c.row)
+            if c.duplicate:
+                result.duplicates += 1
+            else:
+                result.computed += 1
+                if c.late:
+                    result.late += 1
+                    log.info(
+                        "late_event",
+                        event_id=c.row.source_event_id,
+                        correlation_id=c.row.correlation_id,
+                        partition=c.row.source_partition,
+                        offset=c.row.source_offset,
+                        entity_id=c.row.entity_id,
+                        event_time=c.row.event_time.isoformat(),
+                        watermark_ms=c.watermark_ms,
+                        late_for=list(c.late_for),
+                    )
+        return prepared
+
+    async def _complete(self, prepared: Prepared) -> BatchResult:
+        """Make a prepared batch durable: the online-store write and the broker's acknowledgements."""
+        started = time.perf_counter()
+        await self.store.write(prepared.rows)
+        metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
+        if prepared.futures:
+            await asyncio.gather(*prepared.futures)
+        result = prepared.result
+        metrics.EVENTS.labels("computed").inc(result.computed)
+        metrics.EVENTS.labels("duplicate").inc(result.duplicates)
+        metrics.EVENTS.labels("dead_lettered").inc(result.dead_lettered)
+        metrics.LATE_EVENTS.inc(result.late)
+        return result
+
+    async def _recognise_old_redeliveries(self, computed: list[Computed]) -> None:
+        """A late event that its entity's state does not remember may be a re-delivery of an event
+        computed long ago (the state forgets beyond the window horizon and its last few events).
+        The online store remembers longer: if the vector is there, send exactly that again, so
+        an event id never carries two different vectors."""
+        candidates = [c for c in computed if c.late and not c.duplicate]
+        if not candidates:
+            return
+        known = await self.store.find([c.row.event_id for c in candidates])
+        for c in candidates:
+            hit = known.get(c.row.event_id)
+            if hit is None:
+                continue
+            features, late = hit
+            ordered = {name: features.get(name) for name in self.features.names}
+            c.vector["features"] = ordered
+            c.vector["late"] = late
+            c.row = replace(c.row, features=ordered, late=late)
+            c.late = late
+            c.duplicate = True
+
+    def compute(self, rec: SourceRecord, raw: dict[str, Any], states: EntityStates) -> Computed:
+        """The vector of one raw event; updates the entity's state."""
+        raw_id = str(raw["event_id"])
+        if raw.get("event_type") != self.project.event.type:
+            raise PoisonRecord(
+                f"event_type {raw.get('event_type')!r} is not the project's {self.project.event.type!r}",
+                "unknown_event_type",
+            )
+        entity_id = str(raw["entity_id"])
+        event_time = as_utc(raw["event_time"])
+        metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - event_time.timestamp()))
+        payload = raw.get("payload") or {}
+        row_features = self.features.row(payload)
+        windowed = None
+        if self.features.stateful:
+            new_state, windowed = self.features.apply(states.get(entity_id), raw_id, epoch_ms(event_time), row_features)
+            if new_state is not None:
+                states.put(rec.partition, entity_id, new_state)
+        features = self.features.vector(row_features, windowed)
+        version = self.features.version
+        vector_id = derived_event_id(raw_id, version)
+        late = bool(windowed and windowed.late)
+        vector = {
+            **self.producer.envelope(cause=raw, event_time=event_time, event_id=vector_id),
+            "source_event_id": raw_id,
+            "entity_id": entity_id,
+            "feature_set_version": version,
+            "features": features,
+            "late": late,
+        }
+        row = VectorRow(
+            event_id=vector_id,
+            source_event_id=raw_id,
+            entity_id=entity_id,
+            feature_set_version=version,
+            event_time=event_time,
+            features=features,
+            late=late,
+            correlation_id=vector["correlation_id"],
+            source_partition=rec.partition,
+            source_offset=rec.offset,
+        )
+        return Computed(
+            vector=vector,
+            row=row,
+            late=late,
+            duplicate=bool(windowed and windowed.duplicate),
+            late_for=windowed.late_for if windowed else (),
+            watermark_ms=windowed.watermark_ms if windowed else None,
+        )
+
+    # -- dead letters ----------------------------------------------------------------------------
+
+    async def _dead_letter(
+        self, rec: SourceRecord, reason: str, error_type: str, correlation_id: str | None, attempts: int
+    ) -> asyncio.Future[Any]:
+        log.warning(
+            "record_dead_lettered",
+            reason=reason[:300],
+            error_type=error_type,
+            partition=rec.partition,
+            offset=rec.offset,
+            correlation_id=correlation_id,
+        )
+        fut: asyncio.Future[Any] = await retry_transient(
+            lambda: self.producer.dead_letter(
+                source=self.source,
+                reason=reason,
+                error_type=error_type,
+                original=rec.value or b"",
+                record=_consumer_record(rec),
+                correlation_id=correlation_id,
+                attempts=attempts,
+            ),
+            what="dead letter",
+        )
+        return fut
+
+    async def _dead_letter_now(
+        self, rec: SourceRecord, reason: str, error_type: str, correlation_id: str | None, attempts: int
+    ) -> None:
+        """Dead-letter one record and wait for the broker's acknowledgement (outages retried)."""
+        backoff = Backoff()
+        while True:
+            try:
+                await (await self._dead_letter(rec, reason, error_type, correlation_id, attempts))
+                break
+            except Exception as exc:
+                if not is_transient(exc) or self.stopping():
+                    raise
+                await asyncio.sleep(backoff.next_delay())
+        metrics.EVENTS.labels("dead_lettered").inc()
+
+    def _report_function_errors(self) -> None:
+        for name, count in self.features.function_errors.items():
+            new = count - self._function_errors_seen.get(name, 0)
+            if new > 0:
+                metrics.FUNCTION_ERRORS.labels(name).inc(new)
+                log.warning("derived_function_failed", feature=name, failures=new)
+                self._function_errors_seen[name] = count
+
+
+class PartitionOffsets(Protocol):
+    """Next offset to process per source partition, once durable (a faust table in the service)."""
+
+    def get(self, partition: int) -> int | None: ...
+
+    def put(self, partition: int, next_offset: int) -> None: ...
+
+
+@dataclass
+class _Seeking:
+    target: int
+    since: float
+    attempts: int = 1
+
+
+class OffsetGuard:
+    """Admits records strictly in offset order per partition, from the next offset whose effect
+    is not yet durable, whatever the consumer delivers.
+
+    faust's consumer can, around a rebalance, skip records and still count them as done (it
+    acknowledges records of a stale generation and treats offsets it did not deliver as gaps in
+    the log), so its committed offsets alone cannot be trusted. The guard remembers, in a
+    changelogged table, the next offset to process per partition. A record below it is a replay
+    of durable work and is ignored; a record above it means records were skipped: the partition
+    is sought back and nothing after the hole is processed until the hole is filled. A hole that
+    stays (records really absent from the log, e.g. deleted by retention) is accepted after a few
+    seeks, and logged.
+    """
+
+    def __init__(self, offsets: PartitionOffsets, *, reseek_after_s: float = 5.0, max_attempts: int = 3) -> None:
+        self.offsets = offsets
+        self.reseek_after_s = reseek_after_s
+        self.max_attempts = max_attempts
+        self._seeking: dict[int, _Seeking] = {}
+        # Next offset to admit: ahead of the table while admitted batches are not yet durable.
+        self._next: dict[int, int | None] = {}
+
+    def reset(self) -> None:
+        """A new assignment: the consumer was sought to the committed offsets anyway."""
+        self._seeking.clear()
+        self._next.clear()
+
+    def admit(self, records: Sequence[SourceRecord], now: float) -> tuple[list[SourceRecord], dict[int, int]]:
+        """Records to process (in order), and the seeks to make (partition → offset)."""
+        admitted: list[SourceRecord] = []
+        seeks: dict[int, int] = {}
+        expected = self._next
+        for rec in records:
+            p, o = rec.partition, rec.offset
+            if p not in expected:
+                expected[p] = self.offsets.get(p)
+            seeking = self._seeking.get(p)
+            if seeking is not None:
+                if o == seeking.target:
+                    del self._seeking[p]
+                elif o < seeking.target:
+                    continue
+                elif now - seeking.since < self.reseek_after_s:
+                    continue  # records fetched before the seek, still in the buffers
+                elif seeking.attempts < self.max_attempts:
+                    seeking.attempts += 1
+                    seeking.since = now
+                    seeks[p] = seeking.target
+                    continue
+                else:
+                    del self._seeking[p]
+                    metrics.OFFSET_GAPS.inc()
+                    log.warning("offset_gap_accepted", partition=p, missing_from=seeking.target, missing_to=o - 1)
+            else:
+                nxt = expected[p]
+                if nxt is not None and o < nxt:
+                    continue  # already durable: a replay
+                if nxt is not None and o > nxt:
+                    self._seeking[p] = _Seeking(nxt, now)
+                    seeks[p] = nxt
+                    metrics.OFFSET_SEEKS.inc()
+                    log.warning("offset_hole_seeking_back", partition=p, expected=nxt, got=o)
+                    continue
+            admitted.append(rec)
+            expected[p] = o + 1
+        return admitted, seeks
+
+    def done(self, records: Sequence[SourceRecord]) -> None:
+        """The records' effects are durable: remember where each partition continues."""
+        last: dict[int, int] = {}
+        for rec in records:
+            last[rec.partition] = max(last.get(rec.partition, -1), rec.offset)
+        for p, o in last.items():
+            self.offsets.put(p, o + 1)
+
+
+def _corr(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None or value.get("correlation_id") is None else str(value["correlation_id"])
+
+
+def _consumer_record(rec: SourceRecord) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        timestamp=rec.timestamp_ms,
+        timestamp_type=0,
+        key=rec.key,
+        value=rec.value or b"",
+        checksum=None,
+        serialized_key_size=len(rec.key or b""),
+        serialized_value_size=len(rec.value or b""),
+        headers=(),
+    )

@@ -1,0 +1,137 @@
+"""The online store's SQL (schema ``features``): batched, idempotent writes and the latest-vector read.
+
+A batch is copied into a temporary staging table (COPY, the fastest path into PostgreSQL), then
+upserted in one transaction: into ``vectors`` keyed by the vector's event_id (a replay changes
+nothing), and into ``latest`` only where the vector is newer than the stored one by
+(event_time, source_offset), so an out-of-order vector never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+COLUMNS = (
+    "event_id",
+    "source_event_id",
+    "entity_id",
+    "feature_set_version",
+    "event_time",
+    "features",
+    "late",
+    "correlation_id",
+    "source_partition",
+    "source_offset",
+)
+_COLS = ", ".join(COLUMNS)
+
+_STAGE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS vector_stage (
+    event_id text, source_event_id text, entity_id text, feature_set_version text,
+    event_time timestamptz, features jsonb, late boolean, correlation_id text,
+    source_partition integer, source_offset bigint
+) ON COMMIT DELETE ROWS
+"""
+
+_INSERT_VECTORS = f"""
+INSERT INTO vectors ({_COLS})
+SELECT {_COLS} FROM vector_stage
+ON CONFLICT (event_id) DO NOTHING
+"""  # noqa: S608 - constant column list
+
+_UPSERT_LATEST = f"""
+INSERT INTO latest ({_COLS})
+SELECT DISTINCT ON (feature_set_version, entity_id) {_COLS}
+FROM vector_stage
+ORDER BY feature_set_version, entity_id, event_time DESC, source_offset DESC
+ON CONFLICT (feature_set_version, entity_id) DO UPDATE SET
+    event_id = EXCLUDED.event_id,
+    source_event_id = EXCLUDED.source_event_id,
+    event_time = EXCLUDED.event_time,
+    features = EXCLUDED.features,
+    late = EXCLUDED.late,
+    correlation_id = EXCLUDED.correlation_id,
+    source_partition = EXCLUDED.source_partition,
+    source_offset = EXCLUDED.source_offset,
+    updated_at = now()
+WHERE latest.event_id <> EXCLUDED.event_id
+  AND (EXCLUDED.event_time, EXCLUDED.source_offset) > (latest.event_time, latest.source_offset)
+"""  # noqa: S608 - constant column list
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRow:
+    event_id: str
+    source_event_id: str
+    entity_id: str
+    feature_set_version: str
+    event_time: datetime
+    features: dict[str, Any]
+    late: bool
+    correlation_id: str
+    source_partition: int
+    source_offset: int
+
+    def record(self) -> tuple[Any, ...]:
+        return (
+            self.event_id,
+            self.source_event_id,
+            self.entity_id,
+            self.feature_set_version,
+            self.event_time,
+            json.dumps(self.features),
+            self.late,
+            self.correlation_id,
+            self.source_partition,
+            self.source_offset,
+        )
+
+
+class OnlineStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def write(self, rows: list[VectorRow]) -> None:
+        """Write a batch in one transaction (idempotent: safe to repeat after a crash)."""
+        if not rows:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_STAGE)
+            await conn.copy_records_to_table("vector_stage", records=[r.record() for r in rows], columns=COLUMNS)
+            await conn.execute(_INSERT_VECTORS)
+            await conn.execute(_UPSERT_LATEST)
+
+    async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]:
+        """Stored vectors by event id: (features, late)."""
+        if not event_ids:
+            return {}
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT event_id, features, late FROM vectors WHERE event_id = ANY($1::text[])", event_ids
+            )
+        return {r["event_id"]: (json.loads(r["features"]), r["late"]) for r in rows}
+
+    async def latest(self, entity_id: str, feature_set_version: str) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_COLS}, updated_at FROM latest WHERE feature_set_version = $1 AND entity_id = $2",  # noqa: S608
+                feature_set_version,
+                entity_id,
+            )
+        if row is None:
+            return None
+        out = dict(row)
+        out["features"] = json.loads(out["features"])
+        return out
+
+    async def prune(self, older_than_days: float) -> int:
+        """Delete computed vectors written more than ``older_than_days`` ago (``latest`` is kept)."""
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(
+                "DELETE FROM vectors WHERE written_at < now() - make_interval(secs => $1)", older_than_days * 86400.0
+            )
+        return int(status.split()[-1])

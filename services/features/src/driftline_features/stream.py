@@ -1,0 +1,215 @@
+"""The faust side of the service: one ``faust.App`` (id = ``<topic prefix>features``) consuming
+events.raw as raw bytes, a table holding each entity's window state (changelog topic in Kafka,
+so a restarted or second worker recovers it), and one agent that hands batches to the
+:class:`~driftline_features.handlers.FeatureProcessor`.
+
+Acknowledgement discipline: the agent takes batches with ``noack_take`` and acknowledges a
+batch's events only after the processor returned, i.e. after the vectors were acknowledged by
+the broker and written to the online store. faust commits acknowledged offsets only, and flushes
+its producer (the table changelog) before each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.types import TP
+
+from driftline.catalog import EVENTS_RAW
+from driftline.kafka import retry_transient
+from driftline.logging import get_logger
+from driftline.settings import StackSettings
+from driftline_features import metrics
+from driftline_features.config import SERVICE, FeaturesSettings
+from driftline_features.handlers import FeatureProcessor, OffsetGuard, SourceRecord
+
+log = get_logger(__name__)
+
+STATE_TABLE = "entity-windows"
+OFFSETS_TABLE = "source-offsets"
+
+
+class TableStates:
+    """Entity states in a faust table; each change goes to the changelog partition of the
+    source record's partition (the table is co-partitioned with events.raw)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, entity_id: str) -> Mapping[str, Any] | None:
+        value: Mapping[str, Any] | None = self.table.get(entity_id)
+        return value
+
+    def put(self, partition: int, entity_id: str, state: dict[str, Any]) -> None:
+        # Explicit partition: the agent works on batches, outside faust's per-event context.
+        self.table.data[entity_id] = state
+        self.table.send_changelog(partition, entity_id, state)
+
+
+class TableOffsets:
+    """Next offset to process per source partition, in a faust table keyed by partition number
+    (each written to its own changelog partition, so it moves with the partition)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, partition: int) -> int | None:
+        value = self.table.get(str(partition))
+        return None if value is None else int(value)
+
+    def put(self, partition: int, next_offset: int) -> None:
+        self.table.data[str(partition)] = next_offset
+        self.table.send_changelog(partition, str(partition), next_offset)
+
+
+class StreamControl:
+    """Lets the lifespan stop the agent between batches and see whether it is healthy."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.finished = False
+        self.batches = 0
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking batches and wait (bounded) for the one in progress to finish."""
+        self.stopping = True
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout=timeout_s)
+        except TimeoutError:
+            log.warning("drain_timeout", timeout_s=timeout_s)
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    return [f"kafka://{hostport.strip()}" for hostport in bootstrap_servers.split(",") if hostport.strip()]
+
+
+async def source_layout(stack: StackSettings) -> tuple[int, int]:
+    """(partitions, replication factor) of events.raw: the state table's changelog mirrors them."""
+    topic = stack.topic_prefix + EVENTS_RAW
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers, client_id="driftline-features-admin")
+    await retry_transient(admin.start, what="kafka admin start")
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = described.get("partitions") or []
+    if described.get("error_code") or not partitions:
+        raise RuntimeError(f"topic {topic} does not exist: run `driftline stack init`")
+    return len(partitions), max(len(p.get("replicas") or [1]) for p in partitions)
+
+
+def build_stream(
+    settings: FeaturesSettings,
+    processor: FeatureProcessor,
+    *,
+    partitions: int,
+    replication_factor: int,
+) -> tuple[faust.App, StreamControl]:
+    stack = settings.stack
+    app_id = f"{stack.topic_prefix}{SERVICE}"
+    data_dir = settings.data_dir or Path(tempfile.gettempdir()) / "driftline-features" / re.sub(r"[^\w.-]", "_", app_id)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        app_id,
+        broker=broker_urls(stack.kafka_bootstrap_servers),
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        datadir=str(data_dir),
+        topic_partitions=partitions,
+        topic_replication_factor=replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_client_id=f"driftline-{SERVICE}",
+        broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        consumer_group_instance_id=settings.group_instance_id,
+        env={},  # configuration comes from pydantic-settings only, not faust's own env names
+    )
+    source = app.topic(stack.topic_prefix + EVENTS_RAW, key_serializer="raw", value_serializer="raw")
+    states = TableStates(app.Table(STATE_TABLE, default=None, partitions=partitions))
+    guard = OffsetGuard(TableOffsets(app.Table(OFFSETS_TABLE, default=None, partitions=partitions)))
+    control = StreamControl()
+    generation: list[int | None] = [None]
+
+    # faust.Stream; typed Any because noack_take yields events while its annotation says values.
+    async def compute_vectors(stream: Any) -> None:
+        try:
+            async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
+                if control.stopping:
+                    break  # not acknowledged: processed again by whoever owns the partitions next
+                control.idle.clear()
+                try:
+                    # Records taken before a rebalance belong to a stale generation: the new
+                    # assignment re-reads them from the committed offsets; never acknowledge them.
+                    current_generation = app.consumer_generation_id
+                    if generation[0] != current_generation:
+                        generation[0] = current_generation
+                        guard.reset()
+                    current = [ev for ev in events if ev.message.generation_id == current_generation]
+                    admitted, seeks = guard.admit([_source_record(ev) for ev in current], time.monotonic())
+                    for partition, offset in seeks.items():
+                        await app.consumer.seek(TP(source.get_topic_name(), partition), offset)
+                    try:
+                        if admitted:
+                            await processor.handle(admitted, states)
+                    except Exception as exc:  # only when stopping in the middle of an outage
+                        log.warning("batch_abandoned_on_stop", error=repr(exc)[:300], size=len(admitted))
+                        break
+                    # Durable now (vectors acknowledged, online store written): remember, then ack.
+                    guard.done(admitted)
+                    for ev in current:
+                        await stream.ack(ev)
+                    control.batches += 1
+                    _observe_lag(app, current)
+                finally:
+                    control.idle.set()
+        finally:
+            control.finished = True
+
+    app.agent(source, name="compute-vectors", concurrency=1)(compute_vectors)
+    return app, control
+
+
+def _source_record(event: Any) -> SourceRecord:
+    msg = event.message
+    return SourceRecord(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        timestamp_ms=int((msg.timestamp or 0) * 1000),
+    )
+
+
+def _observe_lag(app: faust.App, events: list[Any]) -> None:
+    last: dict[Any, int] = {}
+    for ev in events:
+        tp = ev.message.tp
+        last[tp] = max(last.get(tp, -1), ev.message.offset)
+    for tp, offset in last.items():
+        with contextlib.suppress(Exception):  # no fetch position yet: skip this time
+            highwater = app.consumer.highwater(tp)
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - offset - 1))
+
+
+async def readiness(app: faust.App, control: StreamControl) -> None:
+    if app.crashed or control.finished:
+        raise RuntimeError(f"stream stopped: {app.crash_reason!r}" if app.crashed else "stream agent stopped")
+    if not app.started:
+        raise RuntimeError("stream not started")

@@ -1,0 +1,167 @@
+"""A features worker killed (SIGKILL) mid-stream and restarted: every vector exactly once in the
+online store, the same values as an uninterrupted run, the window state recovered from Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
+from driftline.events import derived_event_id, envelope, epoch_ms
+from driftline.featuredefs import FeatureSet
+from driftline.kafka import EventProducer
+from driftline.project import load_project
+from driftline.serde import AvroSerde, SchemaRegistryClient
+from tests.support import Namespace, ServiceProcess, TopicReader, eventually
+
+T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+N_EVENTS = 1200
+N_ENTITIES = 30
+# A killed member keeps its partitions until its session times out: keep that short here.
+FAST_GROUP = {
+    "DRIFTLINE_FEATURES_SESSION_TIMEOUT_S": "8",
+    "DRIFTLINE_FEATURES_HEARTBEAT_INTERVAL_S": "1",
+    "DRIFTLINE_FEATURES_FAUST_LOG_LEVEL": "INFO",  # rebalances in the logs, for diagnosis
+}
+
+
+def stream_of_events(seed: int = 11) -> list[dict[str, Any]]:
+    """Loan applications of a few customers, 20 s apart in event time, with out-of-order events
+    (within the 5-minute lateness), very late ones (30 minutes back) and re-deliveries."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    used: set[tuple[str, datetime]] = set()
+    for i in range(N_EVENTS):
+        if events and rng.random() < 0.03:
+            events.append(events[rng.randrange(len(events))])  # a re-delivery: same record
+            continue
+        entity = f"cust-{rng.randrange(N_ENTITIES)}"
+        t = T0 + timedelta(seconds=20 * i)
+        roll = rng.random()
+        if roll < 0.10:
+            t -= timedelta(seconds=rng.randrange(1, 240))
+        elif roll < 0.13:
+            t -= timedelta(minutes=30)
+        while (entity, t) in used:  # distinct event times per entity: "latest" is unambiguous
+            t += timedelta(milliseconds=1)
+        used.add((entity, t))
+        payload = {
+            "customer_id": entity,
+            "salary": float(rng.randrange(20_000, 150_000)),
+            "commission": float(rng.choice([0, rng.randrange(10_000, 75_000)])),
+            "age": rng.randrange(20, 80),
+            "elevel": rng.randrange(5),
+            "car": rng.randrange(1, 21),
+            "zipcode": rng.randrange(9),
+            "hvalue": float(rng.randrange(50_000, 900_000)),
+            "hyears": rng.randrange(1, 31),
+            "loan": float(rng.randrange(0, 500_000)),
+        }
+        events.append(
+            {
+                **envelope("crash-test", event_time=t),
+                "event_type": "loan_application",
+                "entity_id": entity,
+                "payload": payload,
+                "source": "generator",
+            }
+        )
+    return events
+
+
+def uninterrupted_run(events: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """What one worker computes without interruption: features (and late flag) per raw event id,
+    and the latest source event per entity. Per-entity order is the produce order (one partition)."""
+    fs = FeatureSet(load_project().features)
+    states: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {}
+    latest: dict[str, tuple[int, str]] = {}
+    for ev in events:
+        row = fs.row(ev["payload"])
+        t = epoch_ms(ev["event_time"])
+        new, windowed = fs.apply(states.get(ev["entity_id"]), ev["event_id"], t, row)
+        if new is not None:
+            states[ev["entity_id"]] = new
+        out.setdefault(ev["event_id"], {"features": fs.vector(row, windowed), "late": windowed.late})
+        if ev["entity_id"] not in latest or t > latest[ev["entity_id"]][0]:
+            latest[ev["entity_id"]] = (t, ev["event_id"])
+    return out, {entity: eid for entity, (_, eid) in latest.items()}
+
+
+async def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(namespace: Namespace) -> None:
+    events = stream_of_events()
+    expected, expected_latest = uninterrupted_run(events)
+    assert sum(e["late"] for e in expected.values()) > 10  # the stream does exercise late events
+
+    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    producer = EventProducer(
+        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "crash-test"
+    )
+    await producer.start([EVENTS_RAW])
+    reader = await TopicReader(namespace, [FEATURES_VECTORS]).start()
+    first = ServiceProcess("driftline_features", namespace, env=FAST_GROUP).start("DRIFTLINE_FEATURES_")
+    second: ServiceProcess | None = None
+    conn = await asyncpg.connect(namespace.stack.postgres_dsn.get_secret_value())
+
+    async def produce_paced() -> None:
+        for i in range(0, len(events), 40):
+            await producer.publish_many([(EVENTS_RAW, ev) for ev in events[i : i + 40]])
+            await asyncio.sleep(0.25)
+
+    try:
+        await first.wait_ready(timeout_s=90)
+        producing = asyncio.create_task(produce_paced())
+        await reader.wait_for(lambda evs: len(evs) >= 300, timeout_s=120, what="a third of the vectors")
+        first.kill()
+        seen_at_kill = len({e.value["source_event_id"] for e in reader.events})
+        assert 0 < seen_at_kill < len(expected), "the kill must land in the middle of the stream"
+        await producing
+        second = ServiceProcess("driftline_features", namespace, env=FAST_GROUP).start("DRIFTLINE_FEATURES_")
+        await second.wait_ready(timeout_s=90)
+
+        async def all_stored() -> None:
+            n = await conn.fetchval("SELECT count(*) FROM features.vectors")
+            assert n == len(expected), f"{n} of {len(expected)} vectors stored"
+
+        await eventually(all_stored, timeout_s=180, interval_s=1)
+        await reader.wait_for(
+            lambda evs: {e.value["source_event_id"] for e in evs} >= set(expected),
+            timeout_s=60,
+            what="every vector on the topic",
+        )
+
+        # Online store: exactly one row per source event, with the uninterrupted run's values.
+        rows = await conn.fetch("SELECT event_id, source_event_id, features, late FROM features.vectors")
+        assert sorted(r["source_event_id"] for r in rows) == sorted(expected)
+        for r in rows:
+            want = expected[r["source_event_id"]]
+            assert r["event_id"] == derived_event_id(r["source_event_id"], "1")
+            assert orjson.loads(r["features"]) == want["features"], r["source_event_id"]
+            assert r["late"] == want["late"]
+        latest = await conn.fetch("SELECT entity_id, source_event_id FROM features.latest")
+        assert {r["entity_id"]: r["source_event_id"] for r in latest} == expected_latest
+
+        # The topic: every vector at least once; repeats (replays) carry the same values.
+        emitted: dict[str, list[dict[str, Any]]] = {}
+        for e in reader.events:
+            emitted.setdefault(e.value["source_event_id"], []).append(e.value)
+        assert set(emitted) == set(expected)
+        for source_id, copies in emitted.items():
+            for copy in copies:
+                assert copy["features"] == expected[source_id]["features"], source_id
+                assert copy["late"] == expected[source_id]["late"]
+        replayed = sum(len(c) for c in emitted.values()) - len(emitted)
+        print(f"killed after {seen_at_kill} vectors; {replayed} vectors re-emitted after the restart")
+    finally:
+        await conn.close()
+        await reader.stop()
+        await producer.stop()
+        await registry.close()
+        first.kill()
+        if second is not None:
+            assert second.stop() in (0, -15)

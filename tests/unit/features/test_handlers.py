@@ -1,0 +1,253 @@
+"""The features processor with fakes: vector contract, DLQ, retries and idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from driftline.catalog import EVENTS_DLQ, FEATURES_VECTORS
+from driftline.events import derived_event_id, envelope
+from driftline.featuredefs import FeatureSet
+from driftline.kafka import TransientError
+from driftline.project import load_project
+from driftline.serde import DecodeError
+from driftline_features.handlers import FeatureProcessor, SourceRecord
+from driftline_features.store import VectorRow
+
+PROJECT = load_project()
+T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
+
+
+def raw_event(entity: str, minute: int, loan: float, **overrides: Any) -> dict[str, Any]:
+    payload = {
+        "customer_id": entity,
+        "salary": 50_000.0,
+        "commission": 0.0,
+        "age": 40,
+        "elevel": 2,
+        "car": 3,
+        "zipcode": 4,
+        "hvalue": 100_000.0,
+        "hyears": 25,
+        "loan": loan,
+    }
+    return {
+        **envelope("ingestion", event_time=T0 + timedelta(minutes=minute)),
+        "event_type": "loan_application",
+        "entity_id": entity,
+        "payload": payload,
+        "source": "http",
+        **overrides,
+    }
+
+
+class FakeDecoder:
+    """Records are JSON of the decoded value (with the time as epoch ms); b"bad" does not decode."""
+
+    async def decode(self, data: bytes | None, topic: str | None = None) -> tuple[dict[str, Any], int]:
+        if not data or data == b"bad":
+            raise DecodeError("unknown magic byte")
+        value = json.loads(data)
+        value["event_time"] = datetime.fromtimestamp(value["event_time"] / 1000, UTC)
+        value["produced_at"] = datetime.fromtimestamp(value["produced_at"] / 1000, UTC)
+        return value, 1
+
+
+def encode(value: dict[str, Any]) -> bytes:
+    v = dict(value)
+    v["event_time"] = int(v["event_time"].timestamp() * 1000)
+    v["produced_at"] = int(v["produced_at"].timestamp() * 1000)
+    return json.dumps(v).encode()
+
+
+class FakeProducer:
+    name = "features"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def envelope(self, **kwargs: Any) -> dict[str, Any]:
+        return envelope(self.name, **kwargs)
+
+    async def send(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> asyncio.Future[Any]:
+        self.sent.append((topic, record))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    async def dead_letter(self, **kwargs: Any) -> asyncio.Future[Any]:
+        return await self.send(EVENTS_DLQ, {"source": kwargs["source"], **kwargs})
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        return [r for t, r in self.sent if t == topic]
+
+
+class FakeStore:
+    def __init__(self, fail_times: int = 0, error: Exception | None = None) -> None:
+        self.rows: dict[str, VectorRow] = {}
+        self.writes = 0
+        self.fail_times = fail_times
+        self.error = error or TransientError("postgres down")
+
+    async def write(self, rows: list[VectorRow]) -> None:
+        self.writes += 1
+        if self.fail_times:
+            self.fail_times -= 1
+            raise self.error
+        for r in rows:
+            self.rows.setdefault(r.event_id, r)
+
+    async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]:
+        return {e: (dict(self.rows[e].features), self.rows[e].late) for e in event_ids if e in self.rows}
+
+
+class DictStates:
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+        self.changelog: list[tuple[int, str]] = []
+
+    def get(self, entity_id: str) -> dict[str, Any] | None:
+        return self.data.get(entity_id)
+
+    def put(self, partition: int, entity_id: str, state: dict[str, Any]) -> None:
+        self.data[entity_id] = state
+        self.changelog.append((partition, entity_id))
+
+
+def processor(
+    store: FakeStore | None = None, producer: FakeProducer | None = None, keep_last: int = 32, **kw: Any
+) -> FeatureProcessor:
+    return FeatureProcessor(
+        project=PROJECT,
+        features=FeatureSet(PROJECT.features, keep_last=keep_last),
+        decoder=FakeDecoder(),
+        producer=producer or FakeProducer(),
+        store=store or FakeStore(),
+        group="t.features",
+        **kw,
+    )
+
+
+def records(*values: bytes, partition: int = 2, start: int = 0) -> list[SourceRecord]:
+    return [SourceRecord("t.events.raw", partition, start + i, b"k", v, 0) for i, v in enumerate(values)]
+
+
+@pytest.fixture(autouse=True)
+def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from driftline.kafka import Backoff
+
+    monkeypatch.setattr(Backoff, "next_delay", lambda self: 0.0)
+
+
+async def test_vector_follows_the_contract() -> None:
+    producer, store, states = FakeProducer(), FakeStore(), DictStates()
+    raw = raw_event("c1", 5, 1000.0)
+    await processor(store, producer).handle(records(encode(raw)), states)
+    (vector,) = producer.on(FEATURES_VECTORS)
+    assert vector["event_id"] == derived_event_id(raw["event_id"], "1")
+    assert vector["source_event_id"] == raw["event_id"]
+    assert vector["correlation_id"] == raw["correlation_id"]
+    assert vector["causation_id"] == raw["event_id"]
+    assert vector["event_time"] == raw["event_time"]
+    assert vector["entity_id"] == "c1" and vector["feature_set_version"] == "1" and vector["late"] is False
+    assert list(vector["features"]) == PROJECT.features.names
+    assert vector["features"]["income"] == 50_000.0 and vector["features"]["elevel"] == 2.0
+    assert vector["features"]["applications_1h"] == 1.0 and vector["features"]["loan_mean_1h"] == 1000.0
+    row = store.rows[vector["event_id"]]
+    assert (row.source_partition, row.source_offset, row.features) == (2, 0, vector["features"])
+    assert states.changelog == [(2, "c1")]  # state change sent to the source record's partition
+
+
+async def test_a_redelivered_event_is_reemitted_with_the_same_values_and_not_counted_twice() -> None:
+    producer, states = FakeProducer(), DictStates()
+    p = processor(producer=producer)
+    a, b = raw_event("c1", 5, 100.0), raw_event("c1", 10, 300.0)
+    await p.handle(records(encode(a), encode(b)), states)
+    await p.handle(records(encode(a), encode(raw_event("c1", 20, 500.0)), start=2), states)
+    vectors = producer.on(FEATURES_VECTORS)
+    assert vectors[2]["event_id"] == vectors[0]["event_id"]
+    assert vectors[2]["features"] == vectors[0]["features"]
+    assert vectors[3]["features"]["applications_1h"] == 3.0  # a, b and itself: a once
+    assert vectors[3]["features"]["loan_mean_1h"] == 300.0
+
+
+async def test_late_events_are_flagged_and_do_not_update_windows() -> None:
+    producer, states = FakeProducer(), DictStates()
+    p = processor(producer=producer)
+    await p.handle(records(*(encode(raw_event("c1", m, 100.0)) for m in (0, 50))), states)
+    await p.handle(records(encode(raw_event("c1", 40, 999.0)), start=2), states)  # 40 < 50 - 5: late
+    await p.handle(records(encode(raw_event("c1", 55, 100.0)), start=3), states)
+    late, after = producer.on(FEATURES_VECTORS)[2:]
+    assert late["late"] is True
+    assert late["features"]["loan_mean_1h"] == 100.0  # the window as it stood at 10:40, without itself
+    assert after["features"]["loan_mean_1h"] == 100.0 and after["features"]["applications_1h"] == 3.0
+
+
+async def test_poison_records_go_to_the_dlq_and_the_rest_is_processed() -> None:
+    producer, store = FakeProducer(), FakeStore()
+    other = raw_event("c2", 1, 1.0, event_type="something_else")
+    await processor(store, producer).handle(
+        records(b"bad", encode(other), encode(raw_event("c1", 1, 1.0))), DictStates()
+    )
+    dead = producer.on(EVENTS_DLQ)
+    assert [d["error_type"] for d in dead] == ["decode_error", "unknown_event_type"]
+    assert dead[0]["original"] == b"bad" and dead[0]["record"].offset == 0
+    assert dead[1]["correlation_id"] == other["correlation_id"]
+    assert len(producer.on(FEATURES_VECTORS)) == 1 and len(store.rows) == 1
+
+
+async def test_an_outage_retries_the_batch_without_double_counting() -> None:
+    producer, store, states = FakeProducer(), FakeStore(fail_times=2), DictStates()
+    evs = [raw_event("c1", m, 100.0 * (m + 1)) for m in range(3)]
+    await processor(store, producer).handle(records(*map(encode, evs)), states)
+    assert store.writes == 3
+    stored = sorted(store.rows.values(), key=lambda r: r.event_time)
+    assert [r.features["applications_1h"] for r in stored] == [1.0, 2.0, 3.0]
+    assert [r.features["loan_mean_1h"] for r in stored] == [100.0, 150.0, 200.0]
+    # Every attempt emitted the same vectors (downstream upserts them by event_id).
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for v in producer.on(FEATURES_VECTORS):
+        by_id.setdefault(v["event_id"], []).append(v["features"])
+    assert len(by_id) == 3 and all(len(v) == 3 and v[0] == v[1] == v[2] for v in by_id.values())
+
+
+async def test_stopping_during_an_outage_gives_up_without_acknowledging() -> None:
+    store = FakeStore(fail_times=1000)
+    with pytest.raises(TransientError):
+        await processor(store, stopping=lambda: True).handle(records(encode(raw_event("c1", 1, 1.0))), DictStates())
+
+
+async def test_a_record_that_keeps_failing_is_isolated_and_dead_lettered() -> None:
+    producer = FakeProducer()
+    p = processor(producer=producer)
+    fs = p.features
+    original_row = fs.row
+
+    def row(payload: Any) -> Any:
+        if payload.get("loan") == 13.0:
+            raise ValueError("bug for this payload")
+        return original_row(payload)
+
+    fs.row = row  # type: ignore[method-assign]
+    await p.handle(records(*(encode(raw_event("c1", m, float(m + 12))) for m in range(3))), DictStates())
+    (dead,) = producer.on(EVENTS_DLQ)
+    assert dead["error_type"] == "handler_error" and dead["record"].offset == 1
+    vectors = {v["event_id"]: v for v in producer.on(FEATURES_VECTORS)}
+    assert len(vectors) == 2
+
+
+async def test_a_redelivery_the_state_forgot_gets_the_stored_vector_again() -> None:
+    producer, store, states = FakeProducer(), FakeStore(), DictStates()
+    p = processor(store, producer, keep_last=0)
+    old = raw_event("c1", 0, 100.0)
+    await p.handle(records(encode(old), encode(raw_event("c1", 10, 300.0))), states)
+    await p.handle(records(encode(raw_event("c1", 300, 50.0)), start=2), states)  # hours later: "old" forgotten
+    await p.handle(records(encode(old), start=3), states)
+    first, *_, again = producer.on(FEATURES_VECTORS)
+    assert again["event_id"] == first["event_id"]
+    assert again["features"] == first["features"] and again["late"] is False
+    assert len(store.rows) == 3
