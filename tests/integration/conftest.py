@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+
 from driftline.settings import StackSettings, find_stack_env
 
 

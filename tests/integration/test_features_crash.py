@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import derived_event_id, envelope, epoch_ms
 from driftline.featuredefs import FeatureSet
+from driftline.history import partitions_of
 from driftline.kafka import EventProducer
 from driftline.project import load_project
 from driftline.serde import AvroSerde, SchemaRegistryClient
@@ -160,6 +164,109 @@ async def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothin
     finally:
         await conn.close()
         await reader.stop()
+        await producer.stop()
+        await registry.close()
+        first.kill()
+        if second is not None:
+            assert second.stop() in (0, -15)
+
+
+async def read_latest(namespace: Namespace, topic: str) -> dict[tuple[int, bytes], tuple[int, bytes]]:
+    """The last record per (partition, key) of a topic: (partition, key) → (offset, value)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=namespace.stack.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        tps = await partitions_of(consumer, [topic])
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        latest: dict[tuple[int, bytes], tuple[int, bytes]] = {}
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+        while await behind():
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for rec in records:
+                    latest[(rec.partition, rec.key or b"")] = (rec.offset, rec.value or b"")
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def test_progress_behind_the_committed_offsets_is_caught_up_by_seeking_back(namespace: Namespace) -> None:
+    """What a worker killed between an offset commit and its changelog write leaves behind: the
+    consumer group's committed offsets ahead of the worker's own record of durable progress.
+    The next worker must seek back and refill the hole even when every record after it is
+    already in the log (so nothing new arrives to prompt it), with the same values."""
+    events = stream_of_events(seed=5)[:600]
+    expected, _ = uninterrupted_run(events)
+    half = 300
+    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    producer = EventProducer(
+        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "hole-test"
+    )
+    await producer.start([EVENTS_RAW])
+    conn = await asyncpg.connect(namespace.stack.postgres_dsn.get_secret_value())
+    first = ServiceProcess("driftline_features", namespace, env=FAST_GROUP).start("DRIFTLINE_FEATURES_")
+    second: ServiceProcess | None = None
+
+    async def stored(n: int) -> None:
+        got = await conn.fetchval("SELECT count(*) FROM features.vectors")
+        assert got == n, f"{got} of {n} vectors stored"
+
+    try:
+        await first.wait_ready(timeout_s=90)
+        await producer.publish_many([(EVENTS_RAW, ev) for ev in events[:half]])
+        await eventually(lambda: stored(len({ev["event_id"] for ev in events[:half]})), timeout_s=120, interval_s=1)
+        assert first.stop() in (0, -15)  # graceful: offsets committed, changelogs written
+
+        # Move the durable-progress record back by up to 25 records per partition.
+        changelog = f"{namespace.prefix}features-source-offsets-changelog"
+        progress = await read_latest(namespace, changelog)
+        raw_producer = AIOKafkaProducer(bootstrap_servers=namespace.stack.kafka_bootstrap_servers, acks="all")
+        await raw_producer.start()
+        assert len(progress) == 4, "the worker records its progress per partition in the changelog"
+        resume: dict[int, int] = {}
+        for (partition, key), (_, value) in progress.items():
+            next_offset = int(orjson.loads(value))
+            resume[partition] = max(0, next_offset - 25)
+            await raw_producer.send_and_wait(changelog, orjson.dumps(resume[partition]), key=key, partition=partition)
+        await raw_producer.stop()
+        await conn.execute("DELETE FROM features.vectors")  # the hole's vectors must come again
+
+        # Everything after the hole is already in the log before the next worker starts.
+        await producer.publish_many([(EVENTS_RAW, ev) for ev in events[half:]])
+        raw = await TopicReader(namespace, [EVENTS_RAW]).start(from_beginning=True)
+        try:
+            await raw.wait_for(lambda evs: len(evs) >= len(events), timeout_s=30, what="the raw events")
+        finally:
+            await raw.stop()
+        to_compute = {e.value["event_id"] for e in raw.events if e.offset >= resume[e.partition]}
+        assert to_compute - {ev["event_id"] for ev in events[half:]}, "the hole holds records of the first half"
+
+        second = ServiceProcess("driftline_features", namespace, env=FAST_GROUP).start("DRIFTLINE_FEATURES_")
+        await second.wait_ready(timeout_s=90)
+
+        async def hole_refilled() -> None:
+            ids = {r["source_event_id"] for r in await conn.fetch("SELECT source_event_id FROM features.vectors")}
+            assert ids == to_compute, (
+                f"{len(ids & to_compute)} of {len(to_compute)} vectors, {len(ids - to_compute)} extra"
+            )
+
+        await eventually(hole_refilled, timeout_s=120, interval_s=1)
+        rows = await conn.fetch("SELECT source_event_id, features, late FROM features.vectors")
+        for r in rows:
+            assert orjson.loads(r["features"]) == expected[r["source_event_id"]]["features"], r["source_event_id"]
+            assert r["late"] == expected[r["source_event_id"]]["late"]
+        async with httpx.AsyncClient() as http:
+            metrics_text = (await http.get(f"{second.url}/metrics")).text
+        assert re.search(r"^driftline_features_offset_seeks_total [1-9]", metrics_text, re.M), "no seek back?"
+        assert re.search(r"^driftline_features_offset_gaps_total 0", metrics_text, re.M), "a hole was skipped"
+    finally:
+        await conn.close()
         await producer.stop()
         await registry.close()
         first.kill()

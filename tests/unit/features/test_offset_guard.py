@@ -72,3 +72,16 @@ def test_a_new_assignment_forgets_pending_seeks() -> None:
 def test_an_unknown_partition_starts_wherever_the_consumer_starts() -> None:
     admitted, seeks = OffsetGuard(Offsets()).admit(recs(2, 40, 41), now=0)
     assert offsets_of(admitted) == [(2, 40), (2, 41)] and seeks == {}
+
+
+def test_a_seek_is_repeated_on_time_even_when_no_record_arrives() -> None:
+    guard = OffsetGuard(Offsets(p0=100), reseek_after_s=5, max_attempts=3)
+    assert guard.admit(recs(0, 130), now=0) == ([], {0: 100})
+    assert guard.due_reseeks(now=4) == {}  # records fetched before the seek may still come
+    assert guard.due_reseeks(now=5) == {0: 100}
+    assert guard.due_reseeks(now=7) == {}
+    assert guard.due_reseeks(now=10) == {0: 100}
+    assert guard.due_reseeks(now=20) == {}  # attempts used up: the next record decides
+    admitted, _ = guard.admit(recs(0, 100, 101), now=21)
+    assert offsets_of(admitted) == [(0, 100), (0, 101)]
+    assert guard.due_reseeks(now=40) == {}

@@ -452,9 +452,7 @@ class OffsetGuard:
                 elif now - seeking.since < self.reseek_after_s:
                     continue  # records fetched before the seek, still in the buffers
                 elif seeking.attempts < self.max_attempts:
-                    seeking.attempts += 1
-                    seeking.since = now
-                    seeks[p] = seeking.target
+                    seeks[p] = self._reseek(p, seeking, now)
                     continue
                 else:
                     del self._seeking[p]
@@ -473,6 +471,23 @@ class OffsetGuard:
             admitted.append(rec)
             expected[p] = o + 1
         return admitted, seeks
+
+    def due_reseeks(self, now: float) -> dict[int, int]:
+        """Seeks to repeat now, whether or not records arrive: a seek can be undone by the
+        consumer's fetch loop (records it had fetched before the seek move its read position past
+        the target again, and then it drops the re-fetched ones), and with no new records after
+        the hole nothing else would notice."""
+        return {
+            p: self._reseek(p, seeking, now)
+            for p, seeking in list(self._seeking.items())
+            if now - seeking.since >= self.reseek_after_s and seeking.attempts < self.max_attempts
+        }
+
+    def _reseek(self, partition: int, seeking: _Seeking, now: float) -> int:
+        seeking.attempts += 1
+        seeking.since = now
+        log.warning("offset_hole_seeking_again", partition=partition, target=seeking.target, attempt=seeking.attempts)
+        return seeking.target
 
     def done(self, records: Sequence[SourceRecord]) -> None:
         """The records' effects are durable: remember where each partition continues."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import signal
 import tempfile
 import time
 from collections.abc import Mapping
@@ -38,12 +40,35 @@ STATE_TABLE = "entity-windows"
 OFFSETS_TABLE = "source-offsets"
 
 
+class ChangelogWrites:
+    """Changelog records sent but not yet acknowledged by the broker.
+
+    faust's own flush before a commit gives up on its send buffer after 0.1 s without a send, so
+    on a slow broker offsets can be committed while table changes are still only in memory; a
+    worker killed then loses state the commit counts as done. The agent therefore waits for its
+    changelog writes itself before it acknowledges a batch."""
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[Any]] = []
+
+    def add(self, fut: Any) -> None:
+        self.pending.append(fut)
+
+    async def wait(self) -> None:
+        """Until every pending write is acknowledged (bounded by the producer's delivery timeout;
+        a write that fails raises)."""
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+
 class TableStates:
     """Entity states in a faust table; each change goes to the changelog partition of the
     source record's partition (the table is co-partitioned with events.raw)."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, writes: ChangelogWrites) -> None:
         self.table = table
+        self.writes = writes
 
     def get(self, entity_id: str) -> Mapping[str, Any] | None:
         value: Mapping[str, Any] | None = self.table.get(entity_id)
@@ -52,15 +77,16 @@ class TableStates:
     def put(self, partition: int, entity_id: str, state: dict[str, Any]) -> None:
         # Explicit partition: the agent works on batches, outside faust's per-event context.
         self.table.data[entity_id] = state
-        self.table.send_changelog(partition, entity_id, state)
+        self.writes.add(self.table.send_changelog(partition, entity_id, state))
 
 
 class TableOffsets:
     """Next offset to process per source partition, in a faust table keyed by partition number
     (each written to its own changelog partition, so it moves with the partition)."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, writes: ChangelogWrites) -> None:
         self.table = table
+        self.writes = writes
 
     def get(self, partition: int) -> int | None:
         value = self.table.get(str(partition))
@@ -68,7 +94,7 @@ class TableOffsets:
 
     def put(self, partition: int, next_offset: int) -> None:
         self.table.data[str(partition)] = next_offset
-        self.table.send_changelog(partition, str(partition), next_offset)
+        self.writes.add(self.table.send_changelog(partition, str(partition), next_offset))
 
 
 class StreamControl:
@@ -140,10 +166,20 @@ def build_stream(
         env={},  # configuration comes from pydantic-settings only, not faust's own env names
     )
     source = app.topic(stack.topic_prefix + EVENTS_RAW, key_serializer="raw", value_serializer="raw")
-    states = TableStates(app.Table(STATE_TABLE, default=None, partitions=partitions))
-    guard = OffsetGuard(TableOffsets(app.Table(OFFSETS_TABLE, default=None, partitions=partitions)))
+    writes = ChangelogWrites()
+    states = TableStates(app.Table(STATE_TABLE, default=None, partitions=partitions), writes)
+    guard = OffsetGuard(TableOffsets(app.Table(OFFSETS_TABLE, default=None, partitions=partitions), writes))
     control = StreamControl()
     generation: list[int | None] = [None]
+
+    async def seek(seeks: Mapping[int, int]) -> None:
+        if seeks:
+            # On the consumer's own thread (a seek from this loop can race its fetcher).
+            await app.consumer.seek_wait({TP(source.get_topic_name(), p): o for p, o in seeks.items()})
+
+    @app.timer(interval=1.0)
+    async def repeat_due_seeks() -> None:
+        await seek(guard.due_reseeks(time.monotonic()))
 
     # faust.Stream; typed Any because noack_take yields events while its annotation says values.
     async def compute_vectors(stream: Any) -> None:
@@ -161,16 +197,21 @@ def build_stream(
                         guard.reset()
                     current = [ev for ev in events if ev.message.generation_id == current_generation]
                     admitted, seeks = guard.admit([_source_record(ev) for ev in current], time.monotonic())
-                    for partition, offset in seeks.items():
-                        await app.consumer.seek(TP(source.get_topic_name(), partition), offset)
+                    await seek(seeks)
                     try:
                         if admitted:
                             await processor.handle(admitted, states)
-                    except Exception as exc:  # only when stopping in the middle of an outage
-                        log.warning("batch_abandoned_on_stop", error=repr(exc)[:300], size=len(admitted))
+                        # Durable now (vectors acknowledged, online store written): remember
+                        # where each partition continues, and wait until the table changes and
+                        # that position are in the changelog; only then acknowledge.
+                        guard.done(admitted)
+                        await writes.wait()
+                    except Exception as exc:
+                        # Stopping in the middle of an outage, or a changelog write that failed:
+                        # nothing of the batch is acknowledged; whoever owns the partitions next
+                        # (this worker after a restart) recovers from the changelog and the guard.
+                        log.warning("batch_abandoned", error=repr(exc)[:300], size=len(admitted))
                         break
-                    # Durable now (vectors acknowledged, online store written): remember, then ack.
-                    guard.done(admitted)
                     for ev in current:
                         await stream.ack(ev)
                     control.batches += 1
@@ -179,6 +220,11 @@ def build_stream(
                     control.idle.set()
         finally:
             control.finished = True
+            if not control.stopping:
+                # The agent gave up (a changelog write failed): end the process, so that the
+                # process manager restarts it and the restart recovers from the changelog.
+                log.error("stream_agent_stopped_exiting")
+                os.kill(os.getpid(), signal.SIGTERM)
 
     app.agent(source, name="compute-vectors", concurrency=1)(compute_vectors)
     return app, control
