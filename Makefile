@@ -76,6 +76,10 @@ test-down: ## stop and wipe the kept test stack
 demo: up ## set up what is missing, start the stack and the services, run the closed loop and print its timeline
 	@$(CLI) demo
 
+bench: venv install ## the benchmarks in bench/, each next to a raw baseline (on the test stack)
+	@infra/with-test-stack.sh bash -c 'set -e; for b in ingest features training predict; do \
+	  echo "== bench/$$b.py"; $(PY) bench/$$b.py; done'
+
 services-up: venv ## run the six services with honcho against the local stack (waits until ready)
 	@infra/services.sh start
 
