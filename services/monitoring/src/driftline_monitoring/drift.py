@@ -4,8 +4,10 @@ Pure logic (no I/O) so it can be tested with plain data.
 
 * Input drift, per feature of the reference profile, over the last ``window`` feature vectors:
   PSI on the reference bins (every feature) and a two-sample KS test against the reference
-  sketch (numeric features). A feature drifted when PSI > ``psi_threshold`` or when the KS p-value
-  is below ``ks_p_value / m``, m being the number of numeric features tested (Bonferroni: the
+  sketch (numeric features). A feature drifted when its PSI is above both ``psi_threshold`` and
+  the PSI that sampling noise reaches at the test level for these sample sizes (see
+  :func:`psi_noise_bound`; it matters only for small references), or when the KS p-value is
+  below ``ks_p_value / m``, m being the number of numeric features tested (Bonferroni: the
   policy's ``ks_p_value`` is the false-alarm rate of one check across all features, not of each).
   The KS evidence reports the distance D and, as its threshold, the critical distance at that
   level for these sample sizes, so every piece of evidence reads "statistic > threshold".
@@ -107,6 +109,29 @@ def _finite(x: float) -> float:
 
 
 @lru_cache(maxsize=4096)
+def psi_noise_bound(level: float, bins: int, n: int, m: int) -> float:
+    """PSI that sampling noise alone exceeds with probability ``level``, for a reference of ``n``
+    and a window of ``m`` records over ``bins`` bins.
+
+    With no drift, PSI (a symmetric chi-square divergence) is approximately
+    (1/n + 1/m) times a chi-square variable with bins - 1 degrees of freedom. The conventional
+    PSI thresholds assume large samples on both sides; against a small reference (a model trained
+    on a few hundred examples after a drift has a holdout of a few dozen scores) noise alone
+    passes them, so a PSI counts as drift only above both the policy's threshold and this bound.
+    """
+    if n <= 0 or m <= 0 or bins < 2:
+        return 0.0
+    return float((1 / n + 1 / m) * stats.chi2.isf(level, bins - 1))
+
+
+def psi_threshold(policy: DriftPolicy, profile: Mapping[str, Any], m: int, level: float) -> float:
+    """The PSI above which a sample of ``m`` records drifted from ``profile`` (see above)."""
+    bins = len(profile.get("frequencies") or ()) + (1 if profile.get("kind") == "categorical" else 0)
+    n = int(profile.get("count") or 0)
+    return max(policy.psi_threshold, psi_noise_bound(level, bins, n, m))
+
+
+@lru_cache(maxsize=4096)
 def ks_critical_distance(p_threshold: float, n_eff: int) -> float:
     """KS distance whose p-value is ``p_threshold`` for an effective sample size ``n_eff``."""
     return float(stats.kstwo.isf(p_threshold, max(1, n_eff)))
@@ -126,8 +151,9 @@ def numeric_tests(
     d, p_value = ks(dict(profile), v)
     n, m = int(profile.get("count") or len(profile.get("sketch") or ())), int(v.size)
     n_eff = round(n * m / (n + m)) if n and m else 1
+    limit = psi_threshold(policy, profile, m, ks_level)
     return [
-        Evidence(feature, f"{prefix}psi", p, policy.psi_threshold, None, p > policy.psi_threshold),
+        Evidence(feature, f"{prefix}psi", p, limit, None, p > limit),
         Evidence(feature, f"{prefix}ks", d, ks_critical_distance(ks_level, n_eff), p_value, p_value < ks_level),
     ]
 
@@ -146,8 +172,10 @@ def input_tests(
                 continue  # no reference data for it
             out += numeric_tests(feature, profile, _as_floats(values), policy, ks_level)
         else:
-            p = psi(dict(profile), list(values))
-            out.append(Evidence(feature, "psi", p, policy.psi_threshold, None, p > policy.psi_threshold))
+            present = [x for x in values if x is not None]
+            p = psi(dict(profile), present)
+            limit = psi_threshold(policy, profile, len(present), ks_level)
+            out.append(Evidence(feature, "psi", p, limit, None, p > limit))
     return out
 
 

@@ -1,0 +1,58 @@
+"""PSI against a small reference: sampling noise alone must not read as drift, a real shift must."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from driftline.profiles import numeric_profile, psi
+from driftline.project import load_project
+from driftline_monitoring.drift import psi_noise_bound, score_tests
+
+POLICY = load_project().drift
+
+
+def scores(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
+    """Positive-class scores of a confident classifier: most near 0 or 1."""
+    positive = rng.random(n) < 0.45 + shift
+    return np.where(positive, rng.beta(8, 1, n), rng.beta(1, 8, n))
+
+
+def score_psi_alarm(profile: dict, window: np.ndarray) -> bool:
+    (psi_evidence,) = [e for e in score_tests(profile, window.tolist(), POLICY) if e.method == "score_psi"]
+    return psi_evidence.drifted
+
+
+def test_the_noise_bound_shrinks_with_the_samples() -> None:
+    assert (
+        psi_noise_bound(1e-4, 10, 75, 500) > psi_noise_bound(1e-4, 10, 300, 500) > psi_noise_bound(1e-4, 10, 5000, 500)
+    )
+    assert psi_noise_bound(1e-4, 10, 75, 500) > POLICY.psi_threshold > psi_noise_bound(1e-4, 10, 5000, 500)
+
+
+def test_a_stationary_window_against_a_small_reference_raises_no_psi_alarm() -> None:
+    rng = np.random.default_rng(3)
+    plain, alarms, trials = 0, 0, 200
+    for _ in range(trials):
+        # A holdout of 50 scores: a model retrained on the 200 examples seen since a drift.
+        profile = numeric_profile(scores(rng, 50))
+        window = scores(rng, POLICY.window)
+        plain += psi(profile, window.tolist()) > POLICY.psi_threshold
+        alarms += score_psi_alarm(profile, window)
+    # Noise alone passes the plain threshold in about one check in five (one every 100 records).
+    assert plain > trials // 10, "the scenario does exercise noise above the plain threshold"
+    assert alarms <= 1
+
+
+def test_a_real_shift_against_a_small_reference_still_alarms() -> None:
+    rng = np.random.default_rng(4)
+    hits = sum(
+        score_psi_alarm(numeric_profile(scores(rng, 75)), scores(rng, POLICY.window, shift=0.45)) for _ in range(50)
+    )
+    assert hits >= 45
+
+
+def test_a_large_reference_keeps_the_policy_threshold() -> None:
+    rng = np.random.default_rng(5)
+    profile = numeric_profile(scores(rng, 5000))
+    (e,) = [e for e in score_tests(profile, scores(rng, POLICY.window).tolist(), POLICY) if e.method == "score_psi"]
+    assert e.threshold == POLICY.psi_threshold and not e.drifted
