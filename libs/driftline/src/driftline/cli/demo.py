@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from driftline.cli._common import console, run, stack_script, stack_settings
+from driftline.cli._common import console, run, run_services_script, stack_script, stack_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -21,11 +20,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _services(action: str, env_file: Path | None = None) -> int:
-    script = stack_script().parent / "services.sh"
-    env = os.environ.copy()
-    if env_file is not None:
-        env["DRIFTLINE_SERVICES_ENV"] = str(env_file)
-    return subprocess.call([str(script), action], env=env)  # noqa: S603
+    return run_services_script(action, extra_env_file=env_file)
 
 
 def _pct(x: float | None) -> str:

@@ -65,10 +65,11 @@ def trace(
         table.add_row(_clock(at), f"{(at - start).total_seconds():.1f}", e.topic, describe(e))
     console.print(table)
     seen = {e.topic for e in events}
-    missing = [
-        t
-        for t in ("drift.detected", "training.requested", "models.trained", "models.promoted", "deployments.status")
-        if t not in seen
-    ]
+    # A chain starts at a drift event or at a request (API, CLI, ops); only a drift-started chain
+    # lacks something when it has no drift event.
+    steps = ["training.requested", "models.trained", "models.promoted", "deployments.status"]
+    if events[0].topic == "drift.detected":
+        steps.insert(0, "drift.detected")
+    missing = [t for t in steps if t not in seen]
     if missing and "models.rejected" not in seen and "training.failed" not in seen:
         console.print(f"[yellow]chain incomplete so far: no {', '.join(missing)}[/yellow]")

@@ -5,16 +5,20 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from driftline.cli._common import console, fail, run, run_stack_script, stack_settings
+from driftline.cli._common import console, fail, run, run_services_script, run_stack_script, stack_settings
 
 stack_app = typer.Typer(help="Local stack chores (topics, schemas, bucket).", no_args_is_help=True)
+services_app = typer.Typer(
+    help="The six services as one process set under honcho, against the local stack.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
     app.command("up", help="Start the local stack (Kafka, schema registry, PostgreSQL, MinIO) and initialise it.")(up)
-    app.command("down", help="Stop the local stack; leaves no process behind.")(down)
+    app.command("down", help="Stop the six services (if running) and the local stack; leaves no process behind.")(down)
     app.command("status", help="Show each component of the local stack.")(status)
     app.add_typer(stack_app, name="stack")
+    app.add_typer(services_app, name="services")
 
 
 def up() -> None:
@@ -25,7 +29,8 @@ def up() -> None:
 
 
 def down() -> None:
-    raise typer.Exit(run_stack_script("down"))
+    services_rc = run_services_script("stop")
+    raise typer.Exit(run_stack_script("down") or services_rc)
 
 
 def status() -> None:
@@ -47,3 +52,27 @@ def init() -> None:
     created = ", ".join(report.topics_created) or "none (all existed)"
     console.print(f"topics created: {created}")
     console.print(f"artifact bucket: {report.bucket}")
+
+
+@services_app.command("up")
+def services_up() -> None:
+    """Start the six services in the background and wait until each answers /readyz."""
+    raise typer.Exit(run_services_script("start"))
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop the six services (SIGTERM: each drains, commits and exits)."""
+    raise typer.Exit(run_services_script("stop"))
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Each service's readiness and address."""
+    raise typer.Exit(run_services_script("status"))
+
+
+@services_app.command("logs")
+def services_logs() -> None:
+    """Follow the services' collected logs (Ctrl-C to stop)."""
+    raise typer.Exit(run_services_script("logs"))

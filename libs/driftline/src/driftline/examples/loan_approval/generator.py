@@ -3,8 +3,10 @@
 Each application has salary, commission, age, education level, car, zip code, house value, years
 the house is owned and the loan amount; one of the ten classic Agrawal functions decides whether
 it is approved. The stream can switch function mid-stream (sudden or gradual concept drift) and
-shift its inputs (covariate drift); labels are released a configurable number of events later,
-as they would be in production.
+shift its inputs (covariate drift). Each item carries its ground truth; the closed-loop scenario
+(``scenario.py``) publishes it a configurable number of events later, as labels arrive in
+production. The stream is reproducible for a seed and a ``start`` time (by default three hours
+before now, so that the events look recent).
 
     stream = LoanStream(seed=7, function=2)
     stream.schedule_concept_drift(at=3000, function=7)            # sudden

@@ -61,7 +61,7 @@ class ScenarioConfig:
     rate: float = 300.0  # events per second
     batch: int = 50
     label_delay: int = 40  # a label is published this many events after its event
-    timeout_s: float = 900.0
+    timeout_s: float = 900.0  # the whole scenario; past it the summary says the loop did not close
     ingestion_url: str = "http://127.0.0.1:38101"
     training_url: str = "http://127.0.0.1:38103"
     token: str = LOCAL_API_TOKEN
@@ -253,7 +253,12 @@ class Scenario:
                 Publisher.http(cfg.ingestion_url, cfg.token, source="generator", batch_size=cfg.batch) as pub,
                 httpx.AsyncClient(timeout=30, headers=headers) as http,
             ):
-                await self._run(pub, http)
+                try:
+                    async with asyncio.timeout(cfg.timeout_s):
+                        await self._run(pub, http)
+                except TimeoutError as exc:
+                    # asyncio.timeout raises a bare TimeoutError; the phases' own carry their reason.
+                    raise TimeoutError(str(exc) or f"the scenario ran past its {cfg.timeout_s:.0f} s limit") from exc
         except TimeoutError as exc:
             self.summary.reason = str(exc)
         finally:
