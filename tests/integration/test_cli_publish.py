@@ -188,6 +188,27 @@ async def test_publish_labels_and_straight_to_kafka(service: tuple[Namespace, Se
         await reader.stop()
 
 
+async def test_when_publishing_stops_mid_file_the_summary_says_what_was_stored(
+    service: tuple[Namespace, ServiceProcess], tmp_path: Path
+) -> None:
+    ns, proc = service
+    rows: list[Any] = [{**LOAN, "customer_id": f"part-{i}"} for i in range(60)]
+    for i in range(20, 40):  # the second request of 20 rows is over the service's body limit: 413
+        rows[i] = {**LOAN, "customer_id": f"big-{i}-" + "x" * 60_000}
+    path = write_jsonl(tmp_path / "partial.jsonl", rows)
+    reader = await TopicReader(ns, [EVENTS_RAW]).start()
+    try:
+        done = await run_cli(ns, "publish", str(path), "--url", proc.url, "--batch-size", "20", "--no-progress")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "refused the request" in done.stderr
+        assert "accepted=40 duplicates=0 rejected=0" in done.stdout, done.stdout
+        assert "publishing stopped" in done.stdout
+        await read_to_end(reader)
+        assert len(reader.on(EVENTS_RAW)) == 40
+    finally:
+        await reader.stop()
+
+
 async def test_publish_to_a_service_that_is_not_there_exits_2(
     service: tuple[Namespace, ServiceProcess], tmp_path: Path
 ) -> None:

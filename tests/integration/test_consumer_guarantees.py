@@ -1,16 +1,21 @@
 """The consumer runner on the real stack: poison records go to the DLQ and the consumer keeps going;
 a consumer killed before committing gets the record again and the idempotent sink applies it once;
-outages are retried without skipping or dead-lettering the record."""
+outages are retried without skipping or dead-lettering the record; an output the broker does not
+acknowledge keeps the offset uncommitted until it is delivered."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from driftline.catalog import EVENTS_DLQ, LABELS
 from driftline.events import Event, envelope
@@ -180,5 +185,75 @@ async def test_a_consumer_killed_before_committing_gets_the_record_again_and_the
         restarted.terminate()
         restarted.wait(30)
         await conn.close()
+        await producer.stop()
+        await registry.close()
+
+
+async def test_an_output_the_broker_refuses_keeps_the_offset_uncommitted_until_it_is_delivered(
+    namespace: Namespace,
+) -> None:
+    """The broker refuses the handler's output (bigger than the topic's max.message.bytes): aiokafka's
+    flush() would return without an error; the runner must see the failed delivery, not commit, and
+    handle the batch again until the output is delivered (here: once the topic's limit is raised)."""
+    registry, serde, producer = await _clients(namespace)
+    out = f"{namespace.prefix}out-tiny"
+    group = f"{namespace.prefix}undelivered-test"
+    admin = AIOKafkaAdminClient(bootstrap_servers=namespace.stack.kafka_bootstrap_servers)
+    await admin.start()
+    await admin.create_topics([NewTopic(out, 1, 1, topic_configs={"max.message.bytes": "2048"})])
+    record = label()
+    await producer.publish(LABELS, record)
+    payload = os.urandom(8000)  # random: lz4 cannot shrink it under the limit
+    attempts = 0
+
+    async def handle(event: Event) -> None:
+        nonlocal attempts
+        attempts += 1
+        await producer.send_raw("out-tiny", payload, key=event.event_id.encode())  # acknowledged by the runner
+
+    runner = ConsumerRunner(
+        group_id="undelivered-test",
+        topics=[LABELS],
+        bootstrap_servers=namespace.stack.kafka_bootstrap_servers,
+        serde=serde,
+        producer=producer,
+        handler=handle,
+    )
+
+    async def committed() -> list[int]:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return [m.offset for tp, m in offsets.items() if tp.topic == namespace.prefix + LABELS and m.offset >= 0]
+
+    task = asyncio.create_task(runner.run())
+    try:
+
+        async def handled_again() -> None:
+            assert attempts >= 3
+
+        await eventually(handled_again, timeout_s=60)
+        assert await committed() == []  # refused output: nothing committed
+        assert not task.done()
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, out, configs={"max.message.bytes": "1048588"})]
+        )
+
+        async def committed_after_delivery() -> None:
+            assert await committed() == [1]
+
+        await eventually(committed_after_delivery, timeout_s=60)
+        reader = AIOKafkaConsumer(
+            out, bootstrap_servers=namespace.stack.kafka_bootstrap_servers, auto_offset_reset="earliest"
+        )
+        await reader.start()
+        try:
+            batch = await reader.getmany(timeout_ms=5000)
+            values = [r.value for recs in batch.values() for r in recs]
+        finally:
+            await reader.stop()
+        assert values and all(v == payload for v in values)
+    finally:
+        runner.stop()
+        await task
+        await admin.close()
         await producer.stop()
         await registry.close()

@@ -165,6 +165,23 @@ def test_no_tokens_outside_local_mode_refuses_to_start(monkeypatch: pytest.Monke
         TokenAuth.from_settings(stack, "t")
 
 
+def test_api_tokens_come_through_the_settings_layer_like_every_other_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("DRIFTLINE_API_TOKENS", raising=False)
+    stack_env = tmp_path / "stack.env"
+    stack_env.write_text("DRIFTLINE_API_TOKENS=alice=from-stack-env,ci=second\n")
+    monkeypatch.setenv("DRIFTLINE_STACK_ENV", str(stack_env))
+    stack = StackSettings()
+    assert "from-stack-env" not in repr(stack)  # a secret: never printed
+    auth = TokenAuth.from_settings(stack, "t")
+    assert auth._tokens == [("alice", b"from-stack-env"), ("ci", b"second")]
+    monkeypatch.setenv("DRIFTLINE_API_TOKENS", "bob=from-env")  # the environment wins, as for every setting
+    assert TokenAuth.from_settings(StackSettings(), "t")._tokens == [("bob", b"from-env")]
+    explicit = StackSettings(api_tokens="carol=given")
+    assert TokenAuth.from_settings(explicit, "t")._tokens == [("carol", b"given")]
+
+
 # --- retries ------------------------------------------------------------------------------------
 
 
@@ -228,3 +245,35 @@ async def test_http_metrics_are_labelled_by_route_template_and_status() -> None:
     assert any('route="/v1/things/{thing_id}"' in x and 'status="200"' in x and "metrics-test" in x for x in lines)
     assert any('route="/v1/things/{thing_id}"' in x and 'status="422"' in x for x in lines)
     assert any('route="unmatched"' in x and 'status="404"' in x for x in lines)
+
+
+# --- migrations -----------------------------------------------------------------------------------
+
+
+def test_migrations_are_ordered_by_their_number_not_by_their_name(tmp_path: Path) -> None:
+    from driftline.db import migration_files
+
+    for name in ("10_later.sql", "2_second.sql", "001_first.sql", "9_ninth.sql"):
+        (tmp_path / name).write_text("SELECT 1;")
+    assert [version for version, _ in migration_files(tmp_path)] == ["001_first", "2_second", "9_ninth", "10_later"]
+
+
+@pytest.mark.parametrize("names", [("001_a.sql", "1_b.sql"), ("002_x.sql", "002_y.sql")])
+def test_two_migrations_with_the_same_number_are_refused(tmp_path: Path, names: tuple[str, str]) -> None:
+    from driftline.db import migration_files
+
+    for name in names:
+        (tmp_path / name).write_text("SELECT 1;")
+    with pytest.raises(ValueError, match="same number"):
+        migration_files(tmp_path)
+
+
+def test_the_services_migrations_are_numbered_once_each() -> None:
+    from driftline.db import migration_files
+    from driftline.settings import repo_root
+
+    root = repo_root()
+    assert root is not None
+    for directory in root.glob("services/*/src/*/migrations"):
+        versions = [int(v.split("_", 1)[0]) for v, _ in migration_files(directory)]
+        assert versions == sorted(versions), directory

@@ -51,15 +51,25 @@ def harness() -> Iterator[tuple[Harness, TestClient]]:
         yield h, client
 
 
+ANSWER_KEYS = {"accepted", "duplicates", "rejected", "dead_lettered", "failed", "results", "errors", "error", "message"}
+
+
 def test_publishing_needs_a_bearer_token(harness: tuple[Harness, TestClient]) -> None:
     h, client = harness
     before = len(h.producer.sent), len(h.producer.dead)
     for path in ("/v1/events", "/v1/labels"):
         missing = client.post(path, json=loan_event())
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
-        assert missing.json()["detail"]["error"] == "unauthorized"
         wrong = client.post(path, json=loan_event(), headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 403
+        # The documented shape of every answer (README "Answers"), like any other refusal.
+        for answer, error in ((missing.json(), "unauthorized"), (wrong.json(), "forbidden")):
+            assert set(answer) == ANSWER_KEYS, answer
+            assert answer["error"] == error and answer["message"]
+            assert (answer["accepted"], answer["rejected"], answer["dead_lettered"], answer["results"]) == (0, 0, 0, [])
+            assert answer["errors"] == [
+                {"index": None, "field": None, "error_type": error, "reason": answer["message"]}
+            ]
     assert (len(h.producer.sent), len(h.producer.dead)) == before  # refused before the body is read
 
 
@@ -140,6 +150,30 @@ near_events = st.fixed_dictionaries(
 )
 
 
+_label_values = {
+    "event_id": st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper()),
+    "entity_id": st.text(min_size=1, max_size=12) | st.text(min_size=199, max_size=202),
+    "label": st.sampled_from(["approve", "deny"]) | st.sampled_from(["Approve", "", "maybe"]),
+}
+_label_options = {
+    "label_id": st.uuids().map(str) | field_values,
+    "event_time": st.datetimes().map(lambda d: d.isoformat())
+    | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
+    | st.integers()
+    | field_values,
+    "correlation_id": st.text(max_size=8) | field_values,
+}
+near_labels = (
+    # the three required fields present, each well-formed or not, the others optional
+    st.fixed_dictionaries(
+        {k: v | field_values for k, v in _label_values.items()},
+        optional={**_label_options, "extra": field_values},
+    )
+    # any of them missing
+    | st.fixed_dictionaries({}, optional={**_label_values, **_label_options, "extra": field_values})
+)
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value).encode()  # the stdlib writes any integer (and Infinity, which is not JSON)
 
@@ -150,15 +184,37 @@ bodies = (
     | st.lists(near_events | json_values, min_size=0, max_size=8).map(lambda xs: _dumps({"events": xs}))
     | st.binary(max_size=64)
 )
+label_bodies = (
+    near_labels.map(_dumps)
+    | st.lists(near_labels | json_values, min_size=0, max_size=8).map(lambda xs: _dumps({"labels": xs}))
+    | st.lists(near_labels, min_size=1, max_size=8).map(_dumps)
+    | st.lists(near_labels, min_size=1, max_size=3).map(lambda xs: _dumps({"labels": xs, "events": []}))
+)
+
+
+def _check_answer(client: TestClient, path: str, raw: bytes) -> dict[str, Any]:
+    r = client.post(path, content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code < 500, r.text
+    answer: dict[str, Any] = r.json()
+    assert {"accepted", "rejected", "errors", "results"} <= set(answer)
+    if r.status_code >= 400:
+        assert answer["errors"] and all(e["reason"] for e in answer["errors"])
+    return answer
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=bodies, path=st.sampled_from(["/v1/events", "/v1/labels"]))
 def test_random_json_never_gets_a_5xx(harness: tuple[Harness, TestClient], raw: bytes, path: str) -> None:
     _, client = harness
-    r = client.post(path, content=raw, headers={**AUTH, "Content-Type": "application/json"})
-    assert r.status_code < 500, r.text
-    answer = r.json()
-    assert {"accepted", "rejected", "errors", "results"} <= set(answer)
-    if r.status_code >= 400:
-        assert answer["errors"] and all(e["reason"] for e in answer["errors"])
+    _check_answer(client, path, raw)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=label_bodies)
+def test_random_labels_never_get_a_5xx(harness: tuple[Harness, TestClient], raw: bytes) -> None:
+    h, client = harness
+    before = len(h.producer.sent)
+    answer = _check_answer(client, "/v1/labels", raw)
+    stored = h.producer.sent[before:]
+    assert all(topic == "labels" for topic, _, _ in stored)  # the fake checked each against LabelRecorded
+    assert answer["accepted"] + answer["duplicates"] + answer["rejected"] + answer["failed"] >= len(stored)

@@ -242,3 +242,111 @@ async def test_a_producer_that_refuses_to_enqueue_frees_the_slots_and_ids() -> N
     reply = await handler.ingest("events", body(events))
     assert reply.status == 503 and reply.body["failed"] == 1
     assert handler.in_flight.count == 0 and len(handler.keys) == 0
+
+
+# --- the DLQ keeps the refused item's own bytes ------------------------------------------------------
+
+# A refused item written the way no JSON encoder would write it again: exponent, escapes, spacing.
+ODD_ITEM = (
+    b'{ "type" : "loan_application",\n  "payload": {"customer_id": "caf\\u00e9", "salary": 1.0e2,'
+    b' "commission": 0E0, "age": "forty", "elevel": 2, "car": 7, "zipcode": 3, "hvalue": 1.50000e5,'
+    b' "hyears": 12, "loan": 2.0E+4, "note": "tab\\there \\/ \\"q\\""} }'
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b'{"events": [' + orjson.dumps(loan_event()) + b" ,\n\t" + ODD_ITEM + b" ]}", "events"),
+        (b"[ " + ODD_ITEM + b"," + orjson.dumps(loan_event()) + b"]", "events"),
+        (b"  " + ODD_ITEM + b"\n", "events"),
+        (b'{ "labels" :[{"event_id": "\\u0030", "entity_id": "c\\u00e9", "label": "approve", "x": 1.0e2}]}', "labels"),
+    ],
+    ids=["batch", "bare-array", "one-event", "labels"],
+)
+async def test_a_refused_item_goes_to_the_dlq_byte_for_byte(raw: bytes, kind: Any) -> None:
+    producer = FakeProducer()
+    reply = await make(producer).ingest(kind, raw)
+    assert reply.status in (207, 422)
+    (dead,) = producer.dead
+    expected = ODD_ITEM if kind == "events" else raw[raw.index(b"[") + 1 : raw.rindex(b"]")]
+    assert dead["original"] == expected
+
+
+async def test_every_refused_item_of_a_batch_keeps_its_own_bytes_and_a_conflict_too() -> None:
+    producer = FakeProducer()
+    handler = make(producer)
+    first = loan_event()
+    assert (await handler.ingest("events", body([first]))).status == 200
+    conflict = b'{"type":"loan_application","event_id":"%s","payload":%s}' % (
+        first["event_id"].encode(),
+        orjson.dumps({**first["payload"], "salary": 1e3}).replace(b"1000.0", b"1e3"),
+    )
+    items = [b'"not an object \\u00e9"', b"[1, 2.50]", orjson.dumps(loan_event()), conflict, b"{}"]
+    reply = await handler.ingest("events", b"[" + b" , ".join(items) + b"]")
+    assert reply.status == 207 and reply.body["rejected"] == 4
+    assert [d["original"] for d in producer.dead] == [items[0], items[1], items[3], items[4]]
+
+
+# --- backpressure is bounded in bytes too ------------------------------------------------------------
+
+
+async def test_in_flight_is_bounded_in_bytes_as_well_as_records() -> None:
+    producer = FakeProducer(hold=True)
+    handler = make(producer, max_in_flight=1000, max_in_flight_bytes=60_000)
+
+    def big_batch() -> bytes:
+        return body([loan_event(customer_id="x" * 9_000) for _ in range(4)])  # ~37 kB, 4 records
+
+    big = big_batch()
+    assert len(big) > 30_000
+    holding = asyncio.create_task(handler.ingest("events", big))
+    await producer.wait_pending(4)
+    assert handler.in_flight.count == 4 and handler.in_flight.bytes >= len(big) - 4
+
+    refused = await handler.ingest("events", big_batch())  # 4 + 4 records is fine, 2 x 37 kB is not
+    assert refused.status == 503 and refused.body["error"] == "overloaded"
+    assert "bytes" in refused.body["message"]
+    assert len(producer.sent) == 4
+    small = asyncio.create_task(handler.ingest("events", body([loan_event()])))  # fits: sent, held
+    await producer.wait_pending(5)
+
+    producer.release()
+    assert (await holding).status == 200 and (await small).status == 200
+    await asyncio.sleep(0)
+    assert (handler.in_flight.count, handler.in_flight.bytes) == (0, 0)
+    producer.hold = False
+    assert (await handler.ingest("events", big_batch())).status == 200
+    assert (handler.in_flight.count, handler.in_flight.bytes) == (0, 0)
+
+
+async def test_bytes_of_refused_records_and_unsent_records_are_given_back() -> None:
+    producer = FakeProducer()
+    handler = make(producer, max_in_flight_bytes=50_000)
+
+    def mixed() -> bytes:
+        return body([loan_event(), loan_event(age="x" * 1000), loan_event()])
+
+    assert (await handler.ingest("events", mixed())).status == 207
+    assert (await handler.ingest("events", b"[1, ")).status == 400
+    await asyncio.sleep(0)
+    assert (handler.in_flight.count, handler.in_flight.bytes) == (0, 0)
+
+    async def broken_send(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("producer stopped")
+
+    producer.send = broken_send  # type: ignore[method-assign]
+    assert (await handler.ingest("events", mixed())).status == 503
+    await asyncio.sleep(0)
+    assert (handler.in_flight.count, handler.in_flight.bytes) == (0, 0)
+
+
+def test_the_bytes_bound_is_a_setting_that_fits_the_largest_body() -> None:
+    from pydantic import ValidationError
+
+    from driftline_ingestion.config import IngestionSettings
+
+    assert IngestionSettings().max_in_flight_bytes == 64 * 1024 * 1024
+    assert IngestionSettings(max_in_flight_bytes=2_000_000).max_in_flight_bytes == 2_000_000
+    with pytest.raises(ValidationError, match="max_in_flight_bytes"):
+        IngestionSettings(max_body_bytes=1_000_000, max_in_flight_bytes=500_000)

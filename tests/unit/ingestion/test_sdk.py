@@ -109,3 +109,34 @@ async def test_a_refused_token_and_an_exhausted_retry_raise() -> None:
     with pytest.raises(PublishError, match="retries exhausted"):
         await Publisher(transport).publish([loan_event()])
     assert len(calls) == 3
+
+
+async def test_a_failed_batch_carries_what_the_other_batches_stored() -> None:
+    """Retries exhausted for one batch: the error says what was stored before (and beside) it."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        events = orjson.loads(request.content)["events"]
+        if events[0]["payload"]["customer_id"] == "fail":  # this batch: stored in part, then no ack
+            results = [{"index": 0, "status": "accepted", "event_id": events[0]["event_id"]}]
+            results += [
+                {"index": i, "status": "failed", "event_id": e["event_id"]} for i, e in enumerate(events[1:], 1)
+            ]
+            body = {"accepted": 1, "failed": len(events) - 1, "results": results, "errors": [], "message": "no ack"}
+            return httpx.Response(503, headers={"Retry-After": "0"}, json=body)
+        results = [{"index": i, "status": "accepted", "event_id": e["event_id"]} for i, e in enumerate(events)]
+        results[1] = {"index": 1, "status": "rejected", "event_id": None}
+        errors = [{"index": 1, "field": "payload.age", "error_type": "wrong_type", "reason": "no"}]
+        body = {"accepted": len(events) - 1, "rejected": 1, "dead_lettered": 1, "results": results, "errors": errors}
+        return httpx.Response(207, json=body)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://x")
+    pub = Publisher(HttpTransport(client=client, max_retries=1), batch_size=10, concurrency=2)
+    events = [loan_event(customer_id="fail" if 10 <= i < 20 else f"c{i}") for i in range(30)]
+    with pytest.raises(PublishError, match="retries exhausted") as err:
+        await pub.publish(events)
+    partial = err.value.partial
+    assert partial is not None
+    assert (partial.accepted, partial.rejected, partial.dead_lettered) == (9 + 1 + 9, 2, 2)
+    assert [e["index"] for e in partial.errors] == [1, 21]  # indexes of the input, as in a result
+    assert len(partial.event_ids) == 30
+    assert partial.event_ids[10] == events[10]["event_id"] and partial.event_ids[11] is None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import orjson
 import pytest
 import yaml
 from fastavro.validation import validate
@@ -35,6 +36,7 @@ from driftline.validation import (
     SchemaNotSupported,
     Valid,
     Validator,
+    item_spans,
     parse_body,
     with_event_id,
 )
@@ -367,3 +369,45 @@ def test_any_python_value_is_answered_and_every_valid_record_encodes(item: Any) 
         fastavro.schemaless_writer(io.BytesIO(), parsed_schema("RawEvent"), out.record)
     else:
         assert out.problems and all(p.reason for p in out.problems) and isinstance(out.original, bytes)
+
+
+# --- property: the byte span of every item of a body is found, however the body is written ------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+_space = st.sampled_from(["", " ", "\n", "\t ", "\r\n  "])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    items=st.lists(_json, min_size=1, max_size=5),
+    shape=st.sampled_from(["array", "batch", "one"]),
+    ascii_only=st.booleans(),
+    indent=st.none() | st.integers(0, 3),
+    pad=_space,
+)
+def test_item_spans_find_each_item_of_a_body(
+    items: list[Any], shape: str, ascii_only: bool, indent: int | None, pad: str
+) -> None:
+    if shape == "one":
+        items = [{"x": items}]
+    doc: Any = {"events": items} if shape == "batch" else items[0] if shape == "one" else items
+    data = (pad + json.dumps(doc, ensure_ascii=ascii_only, indent=indent) + pad).encode()
+    parsed = parse_body(data, "events", max_batch=100)
+    spans = item_spans(data, "events")
+    if isinstance(parsed, Rejection):  # e.g. {"events": []}
+        return
+    assert spans is not None and len(spans) == len(parsed)
+    for (a, b), item in zip(spans, parsed, strict=True):
+        assert orjson.loads(data[a:b]) == item  # parsed as parse_body parses
+
+
+def test_item_spans_follow_parse_body_on_odd_objects() -> None:
+    # Another key beside "events": one record, not a batch; a repeated key: the last one counts.
+    assert item_spans(b'{"events": [1], "x": 2}', "events") == [(0, 23)]
+    assert item_spans(b'{"events": [1], "events": [ 22 ,3]}', "events") == [(28, 30), (32, 33)]
+    assert item_spans(b"\xff", "events") is None
+    assert item_spans(b"[" * 5000 + b"]" * 5000, "events") in (None, [(1, 9999)])

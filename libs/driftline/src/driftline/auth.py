@@ -1,6 +1,7 @@
 """Bearer-token auth for the write endpoints of every service.
 
-Tokens come from ``DRIFTLINE_API_TOKENS``: comma-separated ``actor=token`` pairs (a bare token
+Tokens come from the stack's settings (``StackSettings.api_tokens``: ``DRIFTLINE_API_TOKENS`` in
+the environment or the stack's ``stack.env``): comma-separated ``actor=token`` pairs (a bare token
 gets the actor name ``api``); the actor is what history records (who promoted, who rolled back).
 In local mode, when none are set,
 the well-known token ``driftline-local-token`` is accepted and a warning says so at start-up;
@@ -10,7 +11,6 @@ outside local mode a service refuses to start without tokens.
 from __future__ import annotations
 
 import hmac
-import os
 
 from fastapi import HTTPException, Request, status
 
@@ -32,7 +32,7 @@ class TokenAuth:
 
     @classmethod
     def from_settings(cls, stack: StackSettings, service: str) -> TokenAuth:
-        raw = os.environ.get("DRIFTLINE_API_TOKENS", "")
+        raw = stack.api_tokens.get_secret_value()
         tokens = [t.strip() for t in raw.split(",") if t.strip()]
         if not tokens:
             if not stack.local_mode:

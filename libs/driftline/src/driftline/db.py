@@ -1,7 +1,7 @@
 """PostgreSQL: an asyncpg pool per service and ordered SQL migrations per service schema.
 
 Each service owns one schema (``features``, ``training``…). Its migrations are the files
-``migrations/NNN_name.sql`` of the service, applied in order at start-up inside a transaction,
+``migrations/NNN_name.sql`` of the service, applied in the order of their numbers at start-up inside a transaction,
 under an advisory lock so two copies of a service starting together do not race, and recorded
 in ``<schema>.schema_migrations``. Every connection of the pool has ``search_path`` set to the
 service's schema.
@@ -51,13 +51,22 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
 
 
 def migration_files(directory: Path) -> list[tuple[str, Path]]:
-    files = []
-    for path in sorted(directory.glob("*.sql")):
+    """The migrations of ``directory`` as (version, path), in the order of their numbers.
+
+    By number, not by name: ``10_x.sql`` comes after ``9_y.sql`` even unpadded. Two files with the
+    same number (``001_a.sql`` and ``1_b.sql``) are refused, since their order would be a guess.
+    """
+    numbered: dict[int, Path] = {}
+    for path in directory.glob("*.sql"):
         m = _MIGRATION_FILE.match(path.name)
         if not m:
             raise ValueError(f"migration file {path.name} does not look like NNN_name.sql")
-        files.append((path.stem, path))
-    return files
+        number = int(m.group(1))
+        if number in numbered:
+            first, second = sorted((numbered[number].name, path.name))
+            raise ValueError(f"migration files {first} and {second} have the same number {number}")
+        numbered[number] = path
+    return [(numbered[n].stem, numbered[n]) for n in sorted(numbered)]
 
 
 async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> list[str]:

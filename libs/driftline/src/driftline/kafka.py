@@ -4,11 +4,15 @@ Producer: acks=all and idempotence always; batching via linger/batch size; ``sen
 ``publish`` waits for the broker's acknowledgement.
 
 Consumer runner: one consumer group; for every batch it decodes, calls the handler, waits for
-everything the handler produced to be acknowledged, and only then commits the offsets. A record
-that cannot be decoded, or that the handler refuses, is written to ``events.dlq`` with the reason
-and its original bytes, and the consumer moves on. An outage (broker, database, object store,
-registry) is retried with backoff and never skips a record. SIGTERM (via ``stop()``) finishes the
-current batch, commits, and leaves the group.
+everything produced for the batch to be acknowledged, and only then commits the offsets. What was
+produced for the batch is every ``send``/``send_raw``/``dead_letter`` made while the runner handles
+it (collected through a context variable, see :func:`collect_deliveries`); ``publish`` waits for
+its own acknowledgement and raises to its caller. If any of those deliveries failed, the offsets are
+not committed and the batch is handled again after a backoff, like any outage. A record that cannot
+be decoded, or that the handler refuses, is written to ``events.dlq`` with the reason and its
+original bytes, and the consumer moves on. An outage (broker, database, object store, registry) is
+retried with backoff and never skips a record. SIGTERM (via ``stop()``) finishes the current batch,
+commits, and leaves the group.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +44,11 @@ DEAD_LETTERED = Counter("driftline_dead_lettered_total", "Records sent to the DL
 HANDLER_RETRIES = Counter("driftline_handler_retries_total", "Transient failures retried", ["group"])
 BATCH_SECONDS = Histogram("driftline_consumer_batch_seconds", "Time to handle and commit a batch", ["group"])
 PRODUCED = Counter("driftline_produced_total", "Records produced", ["topic"])
+UNDELIVERED = Counter(
+    "driftline_consumer_undelivered_batches_total",
+    "Batches handled again because something produced for them was not acknowledged",
+    ["group"],
+)
 
 
 class PoisonRecord(Exception):
@@ -122,6 +133,50 @@ async def retry_transient(
             await asyncio.sleep(delay)
 
 
+class _Deliveries:
+    """The delivery futures of what was sent inside one :func:`collect_deliveries` block."""
+
+    __slots__ = ("futures", "open")
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Any]] = []
+        self.open = True
+
+
+_DELIVERIES: ContextVar[_Deliveries | None] = ContextVar("driftline_deliveries", default=None)
+
+
+@contextmanager
+def collect_deliveries() -> Iterator[list[asyncio.Future[Any]]]:
+    """Collect the futures of every ``EventProducer.send``/``send_raw`` made in this block.
+
+    Also from tasks started inside it (they copy the context); a send after the block ended is not
+    collected (so a long-lived task started from a handler cannot grow the list).
+    """
+    deliveries = _Deliveries()
+    token = _DELIVERIES.set(deliveries)
+    try:
+        yield deliveries.futures
+    finally:
+        deliveries.open = False
+        _DELIVERIES.reset(token)
+
+
+def _track(fut: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    deliveries = _DELIVERIES.get()
+    if deliveries is not None and deliveries.open:
+        deliveries.futures.append(fut)
+    return fut
+
+
+async def undelivered(futures: Sequence[asyncio.Future[Any]]) -> list[BaseException]:
+    """Wait for every delivery at once; the failures (empty when the broker acknowledged all)."""
+    if not futures:
+        return []
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    return [r for r in results if isinstance(r, BaseException)]
+
+
 def kafka_key(topic: Topic, record: dict[str, Any]) -> bytes | None:
     value = record.get(topic.key)
     return None if value is None else str(value).encode()
@@ -166,27 +221,35 @@ class EventProducer:
         """Envelope fields with this producer's name (see :func:`driftline.events.envelope`)."""
         return envelope(self.name, **kwargs)
 
-    async def send(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> asyncio.Future[Any]:
-        """Encode and enqueue; the returned future resolves when the broker acknowledged."""
+    async def _enqueue(self, topic: str, record: dict[str, Any], key: bytes | None) -> asyncio.Future[Any]:
         t = self.serde.topic(topic)
         value = self.serde.encode(topic, record)
-        fut = await self._producer.send(
+        fut: asyncio.Future[Any] = await self._producer.send(
             self.prefix + topic, value=value, key=key if key is not None else kafka_key(t, record)
         )
         PRODUCED.labels(topic).inc()
         return fut
 
+    async def send(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> asyncio.Future[Any]:
+        """Encode and enqueue; the returned future resolves when the broker acknowledged.
+
+        Inside a consumer runner's batch the future is also collected: the runner commits only
+        when it succeeded (see :func:`collect_deliveries`).
+        """
+        return _track(await self._enqueue(topic, record, key))
+
     async def send_raw(self, topic: str, value: bytes, *, key: bytes | None = None) -> asyncio.Future[Any]:
         """Enqueue bytes that are already encoded (DLQ replay, benchmarks); ``topic`` is logical."""
-        return await self._producer.send(self.prefix + topic, value=value, key=key)
+        fut: asyncio.Future[Any] = await self._producer.send(self.prefix + topic, value=value, key=key)
+        return _track(fut)
 
     async def publish(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> Any:
-        """Send one record and wait for the broker's acknowledgement (acks=all)."""
-        return await (await self.send(topic, record, key=key))
+        """Send one record and wait for the broker's acknowledgement (acks=all); a failure raises here."""
+        return await (await self._enqueue(topic, record, key))
 
     async def publish_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
-        """Send many records, then wait for all acknowledgements at once."""
-        futures = [await self.send(topic, record) for topic, record in items]
+        """Send many records, then wait for all acknowledgements at once; a failure raises here."""
+        futures = [await self._enqueue(topic, record, None) for topic, record in items]
         return list(await asyncio.gather(*futures))
 
     async def flush(self) -> None:
@@ -327,7 +390,44 @@ class ConsumerRunner:
     async def _handle_partition_batch(
         self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
     ) -> int | None:
-        """Handle records of one partition; returns the last offset whose effect is durable."""
+        """Handle records of one partition; returns the last offset whose effect is durable.
+
+        Durable includes Kafka's acknowledgement of everything produced for the batch (handler
+        outputs and dead letters). When one was not acknowledged, the whole batch is handled again
+        after a backoff (sinks are idempotent, as for a replay after a crash) and never skipped.
+        """
+        backoff = Backoff()
+        while True:
+            with collect_deliveries() as produced:
+                handled = await self._handle_records(records)
+            if handled is None:
+                return None  # stopping in the middle of retries: nothing committed, replayed later
+            failures = await undelivered(produced)
+            if not failures:
+                break
+            UNDELIVERED.labels(self.group_id).inc()
+            if self._stopping.is_set():
+                return None  # not committed: the batch is read again after the restart
+            delay = backoff.next_delay()
+            log.warning(
+                "batch_not_delivered_retrying",
+                group=self.group_id,
+                partition=tp.partition,
+                first_offset=records[0].offset,
+                last_offset=records[-1].offset,
+                undelivered=len(failures),
+                of=len(produced),
+                error=repr(failures[0])[:300],
+                retry_in_s=round(delay, 2),
+            )
+            await asyncio.sleep(delay)
+        self.processed += handled
+        CONSUMED.labels(self.group_id, tp.topic).inc(handled)
+        return records[-1].offset
+
+    async def _handle_records(self, records: list[ConsumerRecord[bytes, bytes]]) -> int | None:
+        """Decode and handle (dead-lettering what cannot be decoded); how many were decoded, or None
+        when stopping mid-way."""
         events: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
         for rec in records:
             try:
@@ -346,14 +446,9 @@ class ConsumerRunner:
                     Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp),
                 )
             )
-        if events:
-            handled = await self._handle_events(events)
-            if not handled:
-                return None  # stopping in the middle of retries: nothing committed, replayed later
-        await retry_transient(self.producer.flush, what="producer flush", stopping=self._stop_requested)
-        self.processed += len(events)
-        CONSUMED.labels(self.group_id, tp.topic).inc(len(events))
-        return records[-1].offset
+        if events and not await self._handle_events(events):
+            return None
+        return len(events)
 
     async def _handle_events(self, events: list[tuple[ConsumerRecord[bytes, bytes], Event]]) -> bool:
         if self.batch_handler is not None:
@@ -441,6 +536,7 @@ class ConsumerRunner:
     ) -> None:
         structlog.contextvars.bind_contextvars(topic=rec.topic, offset=rec.offset)
         log.warning("record_dead_lettered", reason=reason[:300], error_type=error_type)
+        # Enqueued only: the send is collected with the batch's, whose acknowledgements gate the commit.
         await retry_transient(
             lambda: self.producer.dead_letter(
                 source=f"consumer:{self.group_id}",

@@ -49,12 +49,19 @@ Progress = Callable[[int], None]
 
 
 class PublishError(Exception):
-    """A request the service refused as a whole (auth, limits) or could not be reached after retries."""
+    """A request the service refused as a whole (auth, limits) or could not be reached after retries.
 
-    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
+    Raised by ``Publisher.publish``, ``partial`` is what the call did store before it gave up (the
+    other batches, and what a failed batch's answer said was stored), indexed like a result.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, body: Any = None, partial: PublishResult | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.partial = partial
 
 
 @dataclass
@@ -217,9 +224,14 @@ class HttpTransport:
                 f"{body.get('message', '')}",
                 status=resp.status_code,
                 body=body,
+                partial=self._parse(body, start, count),  # what it did store (e.g. acknowledged in time)
             )
         if resp.status_code in (400, 413) and count > 1:
             raise PublishError(f"the service refused the request: {body.get('message')}", status=resp.status_code)
+        return self._parse(body, start, count)
+
+    @staticmethod
+    def _parse(body: dict[str, Any], start: int, count: int) -> PublishResult:
         errors = [{**e, "index": start + (e["index"] or 0)} for e in body.get("errors", [])]
         ids: list[str | None] = [None] * count
         for r in body.get("results", []):
@@ -438,6 +450,19 @@ class Publisher:
             return result
 
         total = PublishResult()
-        for part in await asyncio.gather(*(one(s, c) for s, c in chunks)):
-            total.add(part)
+        first_error: BaseException | None = None
+        # Every batch runs to its end, so that a failure can say what the others stored.
+        for (_, chunk), part in zip(
+            chunks, await asyncio.gather(*(one(s, c) for s, c in chunks), return_exceptions=True), strict=True
+        ):
+            if isinstance(part, BaseException):
+                first_error = first_error or part
+                stored = part.partial if isinstance(part, PublishError) else None
+                total.add(stored if stored is not None else PublishResult(event_ids=[None] * len(chunk)))
+            else:
+                total.add(part)
+        if first_error is not None:
+            if isinstance(first_error, PublishError):
+                first_error.partial = total
+            raise first_error
         return total

@@ -73,6 +73,11 @@ class StackSettings(BaseSettings):
     project_file: Path | None = Field(
         None, description="Project file (YAML); default: the shipped loan-approval example."
     )
+    api_tokens: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer tokens of the write endpoints: comma-separated `actor=token` pairs (a bare token "
+        "gets the actor `api`). Empty in local mode: the well-known local token is accepted.",
+    )
     log_level: str = "INFO"
     log_format: str = Field("json", description="json (default) or console for humans.")
 

@@ -135,7 +135,10 @@ class Valid:
 
 
 def original_bytes(item: Any) -> bytes:
-    """A refused item as JSON bytes for the DLQ (items of a parsed batch have no bytes of their own)."""
+    """A refused item as JSON bytes, for items that came without bytes (the SDK's direct-Kafka path).
+
+    Items of a request body get their exact bytes back with :func:`with_original_bytes`.
+    """
     try:
         return orjson.dumps(item, default=str)
     except TypeError:  # e.g. integers beyond 64 bits, which the stdlib encoder handles
@@ -632,6 +635,108 @@ def parse_body(data: bytes, kind: Kind, *, max_batch: int) -> list[Any] | Reject
         reason = f"{len(items)} records in one request; the limit is {max_batch}"
         return Rejection(None, [Problem(kind, BATCH_TOO_LARGE, reason)], data)
     return items
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, pos: int) -> int:
+    m = _WHITESPACE.match(text, pos)
+    return m.end() if m else pos
+
+
+def _array_spans(text: str, pos: int) -> list[tuple[int, int]] | None:
+    """Spans (character offsets) of the elements of the JSON array starting at ``text[pos]``."""
+    if text[pos : pos + 1] != "[":
+        return None
+    spans: list[tuple[int, int]] = []
+    pos = _skip(text, pos + 1)
+    if text[pos : pos + 1] == "]":
+        return spans
+    while True:
+        _, end = _DECODER.raw_decode(text, pos)
+        spans.append((pos, end))
+        pos = _skip(text, end)
+        sep = text[pos : pos + 1]
+        if sep == "]":
+            return spans
+        if sep != ",":
+            return None
+        pos = _skip(text, pos + 1)
+
+
+def item_spans(data: bytes, kind: Kind) -> list[tuple[int, int]] | None:
+    """Byte spans of the items :func:`parse_body` finds in ``data`` (None when they cannot be found).
+
+    Walks the top level only, with the stdlib decoder (it tells where each value ends); only the
+    error path pays for it, the fast path keeps orjson.
+    """
+    try:
+        text = data.decode("utf-8")
+        start = _skip(text, 0)
+        first = text[start : start + 1]
+        if first == "[":
+            spans = _array_spans(text, start)
+        elif first == "{":
+            spans = _object_items(text, start, kind)
+        else:
+            return None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if spans is None or text.isascii():
+        return spans
+    # Character offsets to byte offsets, in one pass (the text came from valid UTF-8: exact).
+    to_byte: dict[int, int] = {}
+    char = byte = 0
+    for c in sorted({c for span in spans for c in span}):
+        byte += len(text[char:c].encode())
+        char = c
+        to_byte[c] = byte
+    return [(to_byte[a], to_byte[b]) for a, b in spans]
+
+
+def _object_items(text: str, start: int, kind: Kind) -> list[tuple[int, int]] | None:
+    """The items of a body that is an object: ``{"<kind>": [...]}`` (its elements) or one record."""
+    keys: set[str] = set()
+    batch_at: int | None = None
+    pos = _skip(text, start + 1)
+    while text[pos : pos + 1] == '"':
+        key, pos = _DECODER.raw_decode(text, pos)
+        pos = _skip(text, pos)
+        if text[pos : pos + 1] != ":":
+            return None
+        pos = _skip(text, pos + 1)
+        keys.add(key)
+        if key == kind:
+            batch_at = pos  # a repeated key: the last one wins, as in orjson
+        _, pos = _DECODER.raw_decode(text, pos)
+        pos = _skip(text, pos)
+        if text[pos : pos + 1] != ",":
+            break
+        pos = _skip(text, pos + 1)
+    if text[pos : pos + 1] != "}":
+        return None
+    if keys == {kind} and batch_at is not None:
+        return _array_spans(text, batch_at)
+    return [(start, pos + 1)]
+
+
+def with_original_bytes(data: bytes, kind: Kind, rejections: Sequence[Rejection]) -> None:
+    """Give each refused item of a request body its exact bytes in ``data`` (the DLQ keeps them).
+
+    Only a one-record body or a batch of several; a body that is refused as a whole already
+    carries itself. Where the spans cannot be found, the re-encoded item stays.
+    """
+    if not any(r.index is not None for r in rejections):
+        return
+    spans = item_spans(data, kind)
+    if spans is None:
+        return
+    for r in rejections:
+        if r.index is not None and 0 <= r.index < len(spans):
+            a, b = spans[r.index]
+            r.original = data[a:b]
 
 
 def with_event_id(item: Any) -> Any:

@@ -11,14 +11,14 @@ from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 
 from driftline.api import ReadinessCheck, create_app
 from driftline.project import project_from_settings
 from driftline.sdk import SOURCE_HEADER
 from driftline.validation import Kind, Validator
 from driftline_ingestion.config import IngestionSettings
-from driftline_ingestion.handlers import IngestHandler, body_too_large
+from driftline_ingestion.handlers import IngestHandler, Reply, body_too_large, nothing_stored
 
 SERVICE = "ingestion"
 DLQ_PREFIX_BYTES = 64 * 1024  # what the DLQ keeps of a body over the limit
@@ -78,8 +78,8 @@ def _responses() -> dict[int | str, dict[str, Any]]:
         200: {"description": "Every record stored (or recognised as a duplicate)", "content": content},
         207: {"description": "Some records stored, some refused (see errors)", "content": content},
         400: {"description": "Body is not JSON or not an event/batch", "content": content},
-        401: {"description": "No bearer token"},
-        403: {"description": "Token not accepted"},
+        401: {"description": "No bearer token", "content": content},
+        403: {"description": "Token not accepted", "content": content},
         413: {"description": "Body or batch over the limit", "content": content},
         422: {"description": "Every record refused (see errors)", "content": content},
         503: {"description": "Overloaded or not acknowledged in time: retry after Retry-After", "content": content},
@@ -153,9 +153,26 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, bool, int | No
     return bytes(buf), too_large, declared if declared is not None else (total if too_large else None)
 
 
+class TokenRefused(Exception):
+    """No token or a wrong one: answered in the shape of every ingestion answer (not FastAPI's ``detail``)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.body["message"])
+        self.reply = reply
+
+
 async def require_token(request: Request) -> str:
     """The bearer-token check (401/403); the lifespan puts a TokenAuth on the app."""
-    actor: str = await request.app.state.auth(request)
+    try:
+        actor: str = await request.app.state.auth(request)
+    except HTTPException as exc:
+        detail: dict[str, Any] = exc.detail if isinstance(exc.detail, dict) else {}
+        error = str(detail.get("error") or ("unauthorized" if exc.status_code == 401 else "forbidden"))
+        message = str(detail.get("reason") or exc.detail)
+        problem = {"index": None, "field": None, "error_type": error, "reason": message}
+        raise TokenRefused(
+            nothing_stored(exc.status_code, error, message, errors=[problem], headers=dict(exc.headers or {}))
+        ) from None
     return actor
 
 
@@ -189,6 +206,12 @@ def build_app(
         readiness=readiness,
     )
     app.state.checks = checks  # the lifespan puts the runtime's readiness checks here
+
+    async def token_refused(request: Request, exc: Exception) -> Response:
+        reply = exc.reply if isinstance(exc, TokenRefused) else nothing_stored(401, "unauthorized", str(exc))
+        return _json(reply.status, reply.body, reply.headers)
+
+    app.add_exception_handler(TokenRefused, token_refused)
 
     async def publish(request: Request, kind: Kind) -> Response:
         handler: IngestHandler = request.app.state.handler

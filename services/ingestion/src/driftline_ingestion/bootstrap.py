@@ -33,6 +33,7 @@ async def bootstrap(settings: IngestionSettings, validator: Validator) -> tuple[
         IdempotencyKeys(settings.dedupe_horizon_s, settings.dedupe_max_keys),
         max_batch=settings.max_batch,
         max_in_flight=settings.max_in_flight,
+        max_in_flight_bytes=settings.max_in_flight_bytes,
         ack_timeout_s=settings.ack_timeout_s,
         retry_after_s=settings.retry_after_s,
     )
@@ -55,6 +56,7 @@ def ingestion_lifespan(
             topic_prefix=settings.stack.topic_prefix,
             max_batch=settings.max_batch,
             max_in_flight=settings.max_in_flight,
+            max_in_flight_bytes=settings.max_in_flight_bytes,
         )
         try:
             yield

@@ -25,6 +25,12 @@ class IngestionSettings(ServiceSettings):
     max_in_flight: int = Field(
         20_000, ge=1, description="Records sent to Kafka and not yet acknowledged; above it requests get 503."
     )
+    max_in_flight_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Request bytes of the records sent to Kafka and not yet acknowledged; above it requests get "
+        "503 (bounds memory whatever the records' size).",
+    )
     retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers.")
     ack_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the broker's acknowledgement (503 after).")
     linger_ms: int = Field(5, ge=0, description="Producer batching delay.")
@@ -34,4 +40,6 @@ class IngestionSettings(ServiceSettings):
     def _batch_fits_in_flight(self) -> Self:
         if self.max_batch > self.max_in_flight:
             raise ValueError("max_batch must not exceed max_in_flight (such a batch could never be sent)")
+        if self.max_body_bytes > self.max_in_flight_bytes:
+            raise ValueError("max_body_bytes must not exceed max_in_flight_bytes (such a body could never be sent)")
         return self

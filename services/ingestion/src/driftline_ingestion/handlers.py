@@ -2,8 +2,9 @@
 
 A request is answered only when Kafka acknowledged every record it accepted (acks=all), so a 2xx
 means stored. Refused records go to ``events.dlq`` with the reason and the original bytes. When
-more than ``max_in_flight`` records wait for the broker, a request is answered 503 with
-``Retry-After`` before anything of it is sent (no unbounded buffer); when the broker does not
+more than ``max_in_flight`` records, or more than ``max_in_flight_bytes`` bytes of them, wait for
+the broker, a request is answered 503 with ``Retry-After`` before anything of it is sent (no
+unbounded buffer: memory is bounded whatever the records' size); when the broker does not
 acknowledge in ``ack_timeout_s``, the answer is 503 too and the client retries with the same ids,
 which the idempotency keys recognise.
 """
@@ -31,6 +32,7 @@ from driftline.validation import (
     Validator,
     original_bytes,
     parse_body,
+    with_original_bytes,
 )
 from driftline_ingestion.store import IdempotencyKeys, Seen
 
@@ -47,6 +49,9 @@ OVERLOADED = Counter(
     "driftline_ingestion_overloaded_total", "Requests answered 503 because too much was in flight", ["kind"]
 )
 IN_FLIGHT = Gauge("driftline_ingestion_in_flight_records", "Records sent to Kafka and not yet acknowledged")
+IN_FLIGHT_BYTES = Gauge(
+    "driftline_ingestion_in_flight_bytes", "Request bytes of the records sent to Kafka and not yet acknowledged"
+)
 LATENCY = Histogram(
     "driftline_ingestion_request_seconds",
     "From a request's arrival to its answer (after the broker's acknowledgement)",
@@ -74,23 +79,56 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def nothing_stored(
+    status: int,
+    error: str,
+    message: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """An answer for a request of which nothing was stored, in the shape of every answer."""
+    body: dict[str, Any] = {
+        "accepted": 0,
+        "duplicates": 0,
+        "rejected": 0,
+        "dead_lettered": 0,
+        "failed": 0,
+        "results": [],
+        "errors": errors or [],
+        "error": error,
+        "message": message,
+    }
+    return Reply(status, body, headers or {})
+
+
 class InFlight:
-    """Counts records sent and not yet acknowledged; refuses to go over the limit."""
+    """Counts records sent and not yet acknowledged, and their bytes; refuses to go over either limit.
 
-    def __init__(self, limit: int) -> None:
+    A record's bytes are its share of the request body (a refused record: its own bytes, which the
+    DLQ record carries), so the bound holds the memory of what waits, whatever the records' size.
+    """
+
+    def __init__(self, limit: int, limit_bytes: int = 64 * 1024 * 1024) -> None:
         self.limit = limit
+        self.limit_bytes = limit_bytes
         self.count = 0
+        self.bytes = 0
 
-    def try_acquire(self, n: int) -> bool:
-        if self.count + n > self.limit:
-            return False
+    def try_acquire(self, n: int, nbytes: int = 0) -> bool:
+        if self.count + n > self.limit or (self.bytes + nbytes > self.limit_bytes and self.bytes > 0):
+            return False  # (a request alone over the byte limit still goes when nothing else waits)
         self.count += n
+        self.bytes += nbytes
         IN_FLIGHT.set(self.count)
+        IN_FLIGHT_BYTES.set(self.bytes)
         return True
 
-    def release(self, n: int = 1) -> None:
+    def release(self, n: int = 1, nbytes: int = 0) -> None:
         self.count -= n
+        self.bytes -= nbytes
         IN_FLIGHT.set(self.count)
+        IN_FLIGHT_BYTES.set(self.bytes)
 
 
 class IngestHandler:
@@ -102,6 +140,7 @@ class IngestHandler:
         *,
         max_batch: int = 1000,
         max_in_flight: int = 20_000,
+        max_in_flight_bytes: int = 64 * 1024 * 1024,
         ack_timeout_s: float = 30.0,
         retry_after_s: int = 1,
     ) -> None:
@@ -109,7 +148,7 @@ class IngestHandler:
         self.validator = validator
         self.keys = keys
         self.max_batch = max_batch
-        self.in_flight = InFlight(max_in_flight)
+        self.in_flight = InFlight(max_in_flight, max_in_flight_bytes)
         self.ack_timeout_s = ack_timeout_s
         self.retry_after_s = retry_after_s
 
@@ -121,13 +160,14 @@ class IngestHandler:
             if isinstance(parsed, Rejection):
                 status = 413 if parsed.error_type == BATCH_TOO_LARGE else 400
                 return await self.refuse(kind, parsed, status)
-            return await self._ingest_items(kind, parsed, source)
+            return await self._ingest_items(kind, parsed, source, body)
         finally:
             LATENCY.labels(kind).observe(time.perf_counter() - started)
 
     async def refuse(self, kind: Kind, rejection: Rejection, status: int) -> Reply:
         """A request refused as a whole (not JSON, too large…): one DLQ record with the body, then 4xx."""
-        if not self.in_flight.try_acquire(1):
+        weight = len(rejection.original)
+        if not self.in_flight.try_acquire(1, weight):
             return self._overloaded(kind)
         REJECTED.labels(kind, rejection.error_type).inc()
         log.info("request_refused", kind=kind, error_type=rejection.error_type, reason=rejection.reason[:300])
@@ -136,51 +176,31 @@ class IngestHandler:
         try:
             async with asyncio.timeout(self.ack_timeout_s):
                 fut = await dead_letter(self.producer, rejection, f"http:/v1/{kind}")
-                fut.add_done_callback(self._dlq_settled)
+                fut.add_done_callback(partial(self._dlq_settled, weight))
                 await asyncio.wait([fut])
         except Exception as exc:  # the refusal stands even when the DLQ cannot be written
             log.error("dead_letter_failed", kind=kind, error=repr(exc)[:300])
         finally:
             if fut is None:
-                self.in_flight.release(1)
+                self.in_flight.release(1, weight)
         if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
             dead_lettered = 1
             DEAD_LETTERED.labels(kind).inc()
-        return Reply(
-            status,
-            {
-                "error": rejection.error_type,
-                "message": rejection.reason,
-                "accepted": 0,
-                "duplicates": 0,
-                "rejected": 1,
-                "dead_lettered": dead_lettered,
-                "failed": 0,
-                "results": [],
-                "errors": rejection.errors(),
-            },
-        )
+        reply = nothing_stored(status, rejection.error_type, rejection.reason, errors=rejection.errors())
+        reply.body |= {"rejected": 1, "dead_lettered": dead_lettered}
+        return reply
 
     def _overloaded(self, kind: Kind) -> Reply:
         OVERLOADED.labels(kind).inc()
-        return Reply(
+        return nothing_stored(
             503,
-            {
-                "error": "overloaded",
-                "message": f"more than {self.in_flight.limit} records are waiting for Kafka; retry after "
-                f"{self.retry_after_s}s with the same event ids",
-                "accepted": 0,
-                "duplicates": 0,
-                "rejected": 0,
-                "dead_lettered": 0,
-                "failed": 0,
-                "results": [],
-                "errors": [],
-            },
-            {"Retry-After": str(self.retry_after_s)},
+            "overloaded",
+            f"more than {self.in_flight.limit} records or {self.in_flight.limit_bytes} bytes are waiting for "
+            f"Kafka; retry after {self.retry_after_s}s with the same event ids",
+            headers={"Retry-After": str(self.retry_after_s)},
         )
 
-    async def _ingest_items(self, kind: Kind, items: list[Any], source: str) -> Reply:
+    async def _ingest_items(self, kind: Kind, items: list[Any], source: str, body: bytes) -> Reply:
         valid, rejected = self.validator.validate(kind, items, producer=self.producer.name, source=source)
 
         # Which ids were accepted before (or earlier in this request), and which are new.
@@ -209,8 +229,13 @@ class IngestHandler:
             else:
                 repeats.append((v, seen))
         rejected.sort(key=lambda r: r.index or 0)
+        if rejected:  # the DLQ keeps each refused item's own bytes (the error path alone pays for it)
+            with_original_bytes(body, kind, rejected)
 
-        if not self.in_flight.try_acquire(len(fresh) + len(rejected)):
+        # Bytes held until acknowledged: a record's share of the body; a refused one, its own bytes.
+        share = max(1, len(body) // max(1, len(items)))
+        rejected_bytes = [len(r.original) for r in rejected]
+        if not self.in_flight.try_acquire(len(fresh) + len(rejected), share * len(fresh) + sum(rejected_bytes)):
             return self._overloaded(kind)
         loop = asyncio.get_running_loop()
         entries = [self.keys.reserve(v.topic, v.event_id, fp, loop.create_future()) for v, fp in fresh]
@@ -223,11 +248,11 @@ class IngestHandler:
                 try:
                     for (v, _), entry in zip(fresh, entries, strict=True):
                         kfut = await self.producer.send(v.topic, v.record, key=v.key)
-                        kfut.add_done_callback(partial(self._settled, entry))
+                        kfut.add_done_callback(partial(self._settled, entry, share))
                         sent += 1
-                    for r in rejected:
+                    for r, weight in zip(rejected, rejected_bytes, strict=True):
                         dfut = await dead_letter(self.producer, r, where)
-                        dfut.add_done_callback(self._dlq_settled)
+                        dfut.add_done_callback(partial(self._dlq_settled, weight))
                         dlq_futures.append(dfut)
                 except Exception as exc:  # the producer refused to enqueue (stopping, metadata timeout)
                     log.error("produce_failed", kind=kind, error=repr(exc)[:300])
@@ -245,7 +270,10 @@ class IngestHandler:
                 self.keys.forget(entry)
                 if not entry.acked.done():
                     entry.acked.set_result(False)
-            self.in_flight.release(len(entries) - sent + len(rejected) - len(dlq_futures))
+            self.in_flight.release(
+                len(entries) - sent + len(rejected) - len(dlq_futures),
+                share * (len(entries) - sent) + sum(rejected_bytes[len(dlq_futures) :]),
+            )
 
         return self._answer(kind, valid, rejected, fresh, entries, repeats, dlq_futures)
 
@@ -305,8 +333,8 @@ class IngestHandler:
         body |= {"error": rejected[0].error_type, "message": rejected[0].reason}
         return Reply(422, body)
 
-    def _settled(self, entry: Seen, kfut: asyncio.Future[Any]) -> None:
-        self.in_flight.release(1)
+    def _settled(self, entry: Seen, nbytes: int, kfut: asyncio.Future[Any]) -> None:
+        self.in_flight.release(1, nbytes)
         error = None if kfut.cancelled() else kfut.exception()
         ok = not kfut.cancelled() and error is None
         if not ok:
@@ -315,8 +343,8 @@ class IngestHandler:
         if not entry.acked.done():
             entry.acked.set_result(ok)
 
-    def _dlq_settled(self, fut: asyncio.Future[Any]) -> None:
-        self.in_flight.release(1)
+    def _dlq_settled(self, nbytes: int, fut: asyncio.Future[Any]) -> None:
+        self.in_flight.release(1, nbytes)
         if not fut.cancelled() and fut.exception() is not None:
             log.error("dead_letter_not_acknowledged", error=repr(fut.exception())[:300])
 

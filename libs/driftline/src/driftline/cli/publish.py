@@ -9,7 +9,8 @@ column per field (values converted to the fields' types), with optional ``event_
 A row without an ``event_id`` gets one derived from the file name, the line number and the line,
 so publishing the same file again is recognised as a retry (``--fresh-ids`` to turn that off).
 The exit code is 1 when a row was refused (each refused row is also in events.dlq), 2 when the
-file could not be published.
+file could not be published; when publishing stops mid-file, the summary of what was stored until
+then is printed first.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ class Summary:
     result: PublishResult = field(default_factory=PublishResult)
     lines: list[int] = field(default_factory=list)  # line of each published row, by index
     rows: int = 0
+
+
+class Stopped(Exception):
+    """Publishing gave up mid-file; ``summary`` is what was done until then."""
+
+    def __init__(self, error: PublishError, summary: Summary, first_line: int | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.summary = summary
+        self.first_line = first_line  # first line of the batch that failed
 
 
 def _fmt(path: Path, forced: FileFormat | None) -> FileFormat:
@@ -186,17 +197,23 @@ async def _publish(
             async def flush() -> None:
                 items = [r for r in chunk if r.unparseable is None]
                 kind = "labels" if labels else "events"
-                if items:
-                    if kind == "labels":
-                        part = await publisher.publish_labels([r.item for r in items], on_progress=advance)
-                    else:
-                        part = await publisher.publish([r.item for r in items], on_progress=advance)
-                    _add(summary, part, [r.line for r in items])
-                for r in chunk:
-                    if r.unparseable is not None:
-                        part = await publisher.reject_unparseable(r.unparseable, r.reason, kind=kind)
-                        _add(summary, part, [r.line])
-                        advance(1)
+                try:
+                    if items:
+                        if kind == "labels":
+                            part = await publisher.publish_labels([r.item for r in items], on_progress=advance)
+                        else:
+                            part = await publisher.publish([r.item for r in items], on_progress=advance)
+                        _add(summary, part, [r.line for r in items])
+                        items = []
+                    for r in chunk:
+                        if r.unparseable is not None:
+                            part = await publisher.reject_unparseable(r.unparseable, r.reason, kind=kind)
+                            _add(summary, part, [r.line])
+                            advance(1)
+                except PublishError as exc:
+                    if items and exc.partial is not None:  # what the other batches of this chunk stored
+                        _add(summary, exc.partial, [r.line for r in items])
+                    raise Stopped(exc, summary, chunk[0].line if chunk else None) from exc
                 chunk.clear()
 
             for row in reader.rows():
@@ -286,6 +303,18 @@ def publish(
                 show_progress=not no_progress,
             )
         )
+    except Stopped as exc:  # what was done until then, then why it stopped
+        _report(exc.summary, show_errors)
+        where = f" at the batch from line {exc.first_line}" if exc.first_line is not None else ""
+        again = (
+            "publishing the file again sends new copies (--fresh-ids)"
+            if fresh_ids
+            else "publishing the file again is safe (rows keep their ids: stored ones come back as duplicates)"
+        )
+        console.print(
+            f"publishing stopped{where}: the counts above are what was stored until then; {again}", highlight=False
+        )
+        raise fail(str(exc.error), 2) from exc
     except PublishError as exc:
         raise fail(str(exc), 2) from exc
     except (OSError, UnicodeDecodeError) as exc:
