@@ -58,8 +58,8 @@ SECRET_SETTINGS = {
     "DRIFTLINE_MINIO_SECRET_KEY",
     "DRIFTLINE_API_TOKENS",
 }
-# Read by the library outside StackSettings (auth.py, catalog.py).
-EXTRA_SETTINGS = {"DRIFTLINE_API_TOKENS", "DRIFTLINE_SCHEMAS_DIR"}
+# Read by the library outside StackSettings (catalog.py).
+EXTRA_SETTINGS = {"DRIFTLINE_SCHEMAS_DIR"}
 SECRETISH_NAME = re.compile(r"(DSN|SECRET|TOKEN|PASSWORD|ACCESS_KEY)", re.IGNORECASE)
 URL_WITH_CREDENTIALS = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 

@@ -84,16 +84,20 @@ class TopicFollower:
             reason = str(exc)
             log.warning("undecodable_record_skipped", topic=rec.topic, offset=rec.offset, error=reason, live=live)
             if live:
-                await retry_transient(
-                    lambda: self.producer.dead_letter(
+
+                async def dead_letter() -> None:
+                    # A follower has no offsets to hold back, so it waits for the DLQ's
+                    # acknowledgement itself (undecodable records are rare).
+                    delivered = await self.producer.dead_letter(
                         source=f"follower:{self.name}",
                         reason=reason,
                         error_type="decode_error",
                         original=rec.value or b"",
                         record=rec,
-                    ),
-                    what="dead letter",
-                )
+                    )
+                    await delivered
+
+                await retry_transient(dead_letter, what="dead letter", stopping=self._stopping.is_set)
             return None
         return Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp)
 
