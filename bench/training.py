@@ -83,12 +83,13 @@ async def main(n_examples: int, repeat: int) -> None:
         )
 
         # Warm-up run (imports, first connections); it also becomes the champion, so the timed runs
-        # include the champion's download, SHA-256 check, safe load and evaluation, as in production.
+        # include the champion's metadata and model downloads, SHA-256 checks, safe load and
+        # evaluation on the holdout examples after its training data, as in production.
         first = await h.run(request_event(0, project.model.name), derived_event_id("run", "bench-warmup"))
         rec = first.record
         await service.store.set_champion(
             Champion(project.model.name, 1, rec["run_id"], rec["artifact_bucket"], rec["artifact_key"],
-                     rec["artifact_sha256"], rec["feature_names"]),
+                     rec["artifact_sha256"], rec["feature_names"], rec["metadata_key"], rec["metadata_sha256"]),
             promoted_event_id="bench", action="promote",
         )  # fmt: skip
 

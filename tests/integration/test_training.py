@@ -251,8 +251,11 @@ async def test_a_training_request_produces_a_verified_artifact_and_a_models_trai
             assert trained.correlation_id == first["correlation_id"] == request_event.correlation_id
             assert v["causation_id"] == request_event.event_id
             assert v["run_id"] == derived_event_id("run", first["request_id"])
-            assert v["artifact_key"] == f"models/{PROJECT.model.name}/{v['run_id']}/model.skops"
-            assert v["metadata_key"] == f"models/{PROJECT.model.name}/{v['run_id']}/metadata.json"
+            # Content-addressed keys: an announced object is never replaced by other bytes.
+            assert v["artifact_key"] == f"models/{PROJECT.model.name}/{v['run_id']}/model-{v['artifact_sha256']}.skops"
+            assert (
+                v["metadata_key"] == f"models/{PROJECT.model.name}/{v['run_id']}/metadata-{v['metadata_sha256']}.json"
+            )
             assert (v["n_train"], v["n_holdout"]) == (450, 150)
             assert v["metrics"]["accuracy"] > 0.85 and set(v["metrics"]) == {"accuracy", "f1", "roc_auc", "log_loss"}
             assert v["champion_version"] is None and v["champion_metrics"] is None
@@ -279,7 +282,7 @@ async def test_a_training_request_produces_a_verified_artifact_and_a_models_trai
             assert sum(score["frequencies"]) == pytest.approx(1.0)
 
             run = (await client.get(f"{url}/v1/runs/{first['run_id']}")).json()
-            assert run["status"] == "succeeded" and run["metrics"] == v["metrics"]
+            assert run["status"] == "succeeded" and run["metrics"] == v["metrics"] and run["attempts"] == 1
             assert (await client.get(f"{url}/v1/runs/{first['request_id']}")).json()["run_id"] == first["run_id"]
             failed_run = (await client.get(f"{url}/v1/runs/{failing['run_id']}")).json()
             assert failed_run["status"] == "failed" and failed_run["error_type"] == "too_few_examples"
@@ -392,5 +395,46 @@ async def test_a_drift_run_that_lacked_labels_is_asked_again_once_they_arrive(
             assert 300 == PROJECT.training.min_examples <= trained.value["n_train"] + trained.value["n_holdout"] <= 400
             (trigger,) = (await client.get(f"{url}/v1/triggers")).json()["triggers"]
             assert (trigger["waiting"], trigger["attempts"]) == (False, 2)
+    finally:
+        await reader.stop()
+
+
+async def test_a_drift_run_that_fails_does_not_use_up_the_cooldown(
+    namespace: Namespace, producer: EventProducer, training: ServiceProcess
+) -> None:
+    """Two drift episodes within the cooldown: the first one's run fails (after its onset every
+    label is 'deny', one class only); the second one is then trained rather than lost."""
+    start = datetime.now(UTC) - timedelta(hours=2)
+    mixed = loan_rows(200, start=start, seed=4)
+    one_class = [
+        Row(r.raw_event_id, r.entity_id, r.event_time, r.features, "deny")
+        for r in loan_rows(400, start=start + timedelta(seconds=200), seed=5)
+    ]
+    rows = mixed + one_class
+    reader = await TopicReader(namespace, [TRAINING_REQUESTED, MODELS_TRAINED, TRAINING_FAILED]).start()
+    try:
+        await feed(producer, rows)
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = training.url
+            await wait_examples(client, url, 600)
+            failing = drift_record(episode_id="episode-a", window_start=one_class[0].event_time)
+            later = drift_record(episode_id="episode-b", window_start=rows[0].event_time)
+            # Both at once: episode-b is decided while episode-a's run is still pending.
+            await producer.publish_many([(DRIFT_DETECTED, failing), (DRIFT_DETECTED, later)])
+
+            def in_chain(evs: list[Event], record: dict[str, Any]) -> list[Event]:
+                return [e for e in evs if e.correlation_id == record["event_id"]]
+
+            await reader.wait_for(
+                lambda evs: any(e.topic == MODELS_TRAINED for e in in_chain(evs, later)),
+                timeout_s=240,
+                what="episode-b trained after episode-a's run failed",
+            )
+            (failed,) = [e for e in in_chain(reader.events, failing) if e.topic == TRAINING_FAILED]
+            assert failed.value["error_type"] == "single_class"
+            (trained,) = [e for e in in_chain(reader.events, later) if e.topic == MODELS_TRAINED]
+            assert trained.value["drift_episode_id"] == "episode-b"
+            triggers = {t["episode_id"]: t for t in (await client.get(f"{url}/v1/triggers")).json()["triggers"]}
+            assert triggers["episode-a"]["decision"] == triggers["episode-b"]["decision"] == "requested"
     finally:
         await reader.stop()

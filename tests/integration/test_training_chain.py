@@ -107,11 +107,19 @@ async def test_training_and_registry_close_the_loop(
             trained_2 = await wait_result(reader, worse["run_id"])
             assert trained_2.topic == MODELS_TRAINED, trained_2.value
             assert trained_2.value["champion_version"] == 1
+            # v1 trained on the oldest 450 examples: both are scored on the 150 after those only.
+            assert (trained_2.value["n_holdout"], trained_2.value["n_comparison"]) == (540, 150)
             champion_accuracy = trained_2.value["champion_metrics"]["accuracy"]
-            assert trained_2.value["metrics"]["accuracy"] < champion_accuracy
+            candidate_accuracy = trained_2.value["comparison_metrics"]["accuracy"]
+            assert candidate_accuracy < champion_accuracy
             rejected_2 = await decision_for(reader, worse["run_id"])
             assert rejected_2.topic == MODELS_REJECTED
-            assert (rejected_2.value["version"], rejected_2.value["champion_value"]) == (2, champion_accuracy)
+            r2 = rejected_2.value
+            assert (r2["version"], r2["candidate_value"], r2["champion_value"]) == (
+                2,
+                candidate_accuracy,
+                champion_accuracy,
+            )
 
             # 3. The concept drifts; a drift event makes training retrain on what came after the
             #    onset, and the new model beats v1 on that holdout: promoted, one chain throughout.
@@ -132,6 +140,7 @@ async def test_training_and_registry_close_the_loop(
             assert promoted_3.value["causation_id"] == trained_3.event_id
             assert trained_3.value["n_train"] + trained_3.value["n_holdout"] == 600
             assert trained_3.value["champion_version"] == 1
+            assert trained_3.value["n_comparison"] == trained_3.value["n_holdout"]  # all after v1's data
             assert trained_3.value["metrics"]["accuracy"] > 0.85 > trained_3.value["champion_metrics"]["accuracy"]
             p3 = promoted_3.value
             assert (p3["version"], p3["previous_version"], p3["drift_episode_id"]) == (3, 1, "episode-1")

@@ -93,3 +93,38 @@ def test_rollback_goes_to_the_previous_champion_and_skips_rolled_back_versions()
     assert rollback_target([1], current=1, excluded=set()) is None
     # A rolled-back version promoted again is a champion like any other.
     assert rollback_target([1, 2, 1, 2], current=2, excluded=set()) == 1
+
+
+def test_the_comparison_with_the_champion_uses_the_candidates_metrics_on_the_same_examples() -> None:
+    # On its whole holdout the candidate looks better, but on the examples the champion was
+    # scored on (those after the champion's training data) it is worse: rejected.
+    d = decide(
+        POLICY,
+        metrics={"accuracy": 0.9},
+        champion_version=3,
+        evaluated_against=3,
+        champion_metrics={"accuracy": 0.85},
+        comparison_metrics={"accuracy": 0.8},
+    )
+    assert not d.promote and (d.candidate_value, d.champion_value) == (0.8, 0.85)
+    better = decide(
+        POLICY,
+        metrics={"accuracy": 0.75},
+        champion_version=3,
+        evaluated_against=3,
+        champion_metrics={"accuracy": 0.8},
+        comparison_metrics={"accuracy": 0.9},
+    )
+    assert better.promote and better.candidate_value == 0.9
+
+
+def test_the_floor_applies_to_the_whole_holdout() -> None:
+    d = decide(
+        POLICY,
+        metrics={"accuracy": 0.65},
+        champion_version=3,
+        evaluated_against=3,
+        champion_metrics={"accuracy": 0.5},
+        comparison_metrics={"accuracy": 0.95},
+    )
+    assert not d.promote and "below the floor" in d.reason

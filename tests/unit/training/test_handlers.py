@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from driftline.artifacts import ArtifactStore
+from driftline.artifacts import ArtifactStore, sha256_hex
 from driftline.catalog import LABELS, MODELS_PROMOTED, TRAINING_FAILED, TRAINING_REQUESTED
 from driftline.events import Event, derived_event_id, envelope
 from driftline.kafka import PoisonRecord
+from driftline.models import build_estimator, dump_model, load_model
 from driftline.project import load_project
+from driftline_training import pipeline
 from driftline_training.handlers import TrainingHandlers, request_record
 from driftline_training.pipeline import Example
 from driftline_training.store import Champion, cooldown_decision
@@ -34,8 +39,10 @@ class FakeStore:
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         return self.runs.get(run_id)
 
-    async def start_run(self, **fields: Any) -> None:
-        self.runs[fields["run_id"]] = {**fields, "status": "running"}
+    async def start_run(self, **fields: Any) -> int:
+        attempts = self.runs.get(fields["run_id"], {}).get("attempts", 0) + 1
+        self.runs[fields["run_id"]] = {**fields, "status": "running", "attempts": attempts}
+        return int(attempts)
 
     async def finish_run(self, run_id: str, *, status: str, topic: str, record: dict[str, Any], **fields: Any) -> None:
         self.runs[run_id].update(status=status, result_event_id=record["event_id"], **fields)
@@ -56,6 +63,11 @@ class FakeStore:
 
     async def save_examples(self, vectors: list[Any], labels: list[Any]) -> None:
         pass
+
+    revived: list[str] = field(default_factory=list)
+
+    async def revive_suppressed(self, failed_trigger_id: str, cooldown_s: float, make_request: Any) -> None:
+        self.revived.append(failed_trigger_id)
 
 
 @dataclass
@@ -78,25 +90,27 @@ def request_event(**parameters: str) -> Event:
     return event(TRAINING_REQUESTED, record)
 
 
-def handlers(store: FakeStore, artifacts: Any = None, timeout_s: float = 60) -> TrainingHandlers:
+def handlers(store: FakeStore, artifacts: Any = None, timeout_s: float = 60, **options: Any) -> TrainingHandlers:
     return TrainingHandlers(
         project=PROJECT,
         store=store,  # type: ignore[arg-type]
         artifacts=artifacts,
         outbox=FakeOutbox(),  # type: ignore[arg-type]
         object_store_timeout_s=timeout_s,
+        **{"retry_backoff_s": 0.01, **options},
     )
 
 
 async def test_an_unreachable_object_store_fails_the_run_after_its_retries() -> None:
     store = FakeStore(examples=examples(400))
     unreachable = ArtifactStore("127.0.0.1:9", "user", "password", "bucket")
-    h = handlers(store, unreachable, timeout_s=1.0)
+    h = handlers(store, unreachable, timeout_s=0.5, run_attempts=2)
     req = request_event()
     await h.on_request(req)
     ((run_id, status, topic, record, _),) = store.finished
     assert (status, topic) == ("failed", TRAINING_FAILED)
     assert record["error_type"] == "object_store_unavailable" and record["retryable"] is True
+    assert "after 2 attempts" in record["reason"] and store.runs[run_id]["attempts"] == 2
     assert record["run_id"] == run_id == derived_event_id("run", "req-1")
     assert record["correlation_id"] == req.correlation_id and record["causation_id"] == req.event_id
     assert h.outbox.published == [[record["event_id"]]]  # type: ignore[attr-defined]
@@ -243,3 +257,166 @@ async def test_the_first_model_is_requested_once_enough_labelled_examples_exist(
     assert (record["reason"], record["since"], record["drift_episode_id"]) == ("initial", None, None)
     assert record["correlation_id"] == record["event_id"]  # a new chain
     assert h.outbox.published == [[record["event_id"]]]  # type: ignore[attr-defined]
+
+
+# -- attempts, retries and the run's time limit ------------------------------------------------
+
+
+class FlakyArtifacts(RecordingArtifacts):
+    """The object store is down for the first ``failures`` uploads."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def put(self, key: str, data: bytes, content_type: str = "") -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise TimeoutError("object store down")
+        return await super().put(key, data, content_type)
+
+
+async def test_an_object_store_outage_is_retried_with_a_new_attempt_and_the_run_succeeds() -> None:
+    store = FakeStore(examples=examples(400))
+    artifacts = FlakyArtifacts(failures=1)
+    await handlers(store, artifacts, run_attempts=3).on_request(request_event(selection="recent"))
+    ((run_id, status, topic, record, _),) = store.finished
+    assert (status, topic) == ("succeeded", "models.trained")
+    assert store.runs[run_id]["attempts"] == 2
+    assert set(artifacts.objects) == {record["artifact_key"], record["metadata_key"]}
+
+
+async def test_a_failure_that_needs_new_data_is_not_retried_in_place() -> None:
+    store = FakeStore(examples=examples(100))
+    await handlers(store, run_attempts=3).on_request(request_event(selection="recent"))
+    ((run_id, status, _, record, _),) = store.finished
+    assert status == "failed" and record["error_type"] == "too_few_examples"
+    assert store.runs[run_id]["attempts"] == 1
+
+
+@dataclass
+class SlowStore(FakeStore):
+    async def select_examples(self, *args: Any, since: datetime | None, limit: int) -> list[Example]:
+        await asyncio.sleep(5)
+        return await super().select_examples(*args, since=since, limit=limit)
+
+
+async def test_a_run_longer_than_max_run_seconds_fails_with_run_timeout() -> None:
+    store = SlowStore(examples=examples(400))
+    started = time.perf_counter()
+    await handlers(store, RecordingArtifacts(), max_run_seconds=0.3).on_request(request_event())
+    assert time.perf_counter() - started < 3
+    ((_, status, topic, record, _),) = store.finished
+    assert (status, topic, record["error_type"]) == ("failed", TRAINING_FAILED, "run_timeout")
+    assert "max_run_seconds" in record["reason"]
+
+
+async def test_two_attempts_of_one_run_never_overwrite_each_others_artifact() -> None:
+    # Attempt 1 is still running when a redelivery starts attempt 2 on more examples; both
+    # upload. Each announced digest must still match the object under its key.
+    store = FakeStore(examples=examples(400))
+    artifacts = RecordingArtifacts()
+    h = handlers(store, artifacts)
+    req = request_event(selection="recent")
+    run_id = derived_event_id("run", "req-1")
+    first = await h.run(req, run_id, attempt=1)
+    store.examples = examples(500)
+    second = await h.run(req, run_id, attempt=2)
+    assert first.record["artifact_sha256"] != second.record["artifact_sha256"]
+    for outcome in (first, second):
+        r = outcome.record
+        assert sha256_hex(artifacts.objects[r["artifact_key"]]) == r["artifact_sha256"]
+        assert sha256_hex(artifacts.objects[r["metadata_key"]]) == r["metadata_sha256"]
+        assert r["artifact_sha256"] in r["artifact_key"]
+    assert len(artifacts.objects) == 4
+
+
+async def test_a_drift_run_that_failed_for_good_lets_a_suppressed_drift_be_requested() -> None:
+    store = FakeStore(examples=examples(400, label="deny"))
+    record = request_record(
+        request_id="drift-req",
+        model_name=PROJECT.model.name,
+        reason="drift",
+        requested_by="training:drift-policy",
+        drift_episode_id="episode-1",
+    )
+    await handlers(store).on_request(event(TRAINING_REQUESTED, record))
+    ((_, status, _, failed, _),) = store.finished
+    assert status == "failed" and failed["error_type"] == "single_class"
+    assert store.revived == [f"drift:{PROJECT.model.name}:episode-1"]
+
+
+# -- the champion is compared on examples it did not train on ----------------------------------
+
+
+class ChampionArtifacts(RecordingArtifacts):
+    async def get(self, key: str, sha256: str) -> bytes:
+        from driftline.artifacts import ArtifactIntegrityError
+
+        data = self.objects[key]
+        if sha256_hex(data) != sha256:
+            raise ArtifactIntegrityError(f"{key}: SHA-256 mismatch")
+        return data
+
+    async def get_json(self, key: str, sha256: str) -> Any:
+        return json.loads(await self.get(key, sha256))
+
+
+async def _champion(artifacts: ChampionArtifacts, trained_on: list[Example], *, metadata: bool = True) -> Champion:
+    model = build_estimator(PROJECT.model, seed=1)
+    model.fit(pipeline.feature_matrix(trained_on, PROJECT.model_features), [e.label for e in trained_on])
+    art = await artifacts.put("champion/model.skops", dump_model(model))
+    if not metadata:
+        return Champion(PROJECT.model.name, 1, "run-1", "bucket", art.key, art.sha256, PROJECT.model_features)
+    doc = {"selection": {"train_end": trained_on[-1].event_time.isoformat()}}
+    meta = await artifacts.put_json("champion/metadata.json", doc)
+    return Champion(
+        PROJECT.model.name, 1, "run-1", "bucket", art.key, art.sha256, PROJECT.model_features, meta.key, meta.sha256
+    )
+
+
+async def test_the_champion_is_scored_only_on_holdout_examples_after_its_training_data() -> None:
+    data = examples(400)  # the candidate trains on the oldest 300, holds out the newest 100
+    artifacts = ChampionArtifacts()
+    champion = await _champion(artifacts, data[:350])  # it trained on half of that holdout
+    store = FakeStore(examples=data, champion=champion)
+    outcome = await handlers(store, artifacts, min_comparison_examples=20).run(
+        request_event(selection="recent"), "run-2"
+    )
+    r = outcome.record
+    unseen = data[350:]
+    assert r["n_holdout"] == 100 and r["n_comparison"] == 50 and r["champion_version"] == 1
+    champion_model = load_model(artifacts.objects[champion.artifact_key])
+    positive = PROJECT.label.positive_class
+    expected = pipeline.evaluate_on_holdout(champion_model, unseen, champion.feature_names, positive)
+    assert r["champion_metrics"] == expected
+    assert r["comparison_metrics"] == pipeline.evaluate_on_holdout(
+        outcome.result.model, unseen, outcome.result.feature_names, positive
+    )
+    metadata = json.loads(artifacts.objects[r["metadata_key"]])
+    assert metadata["comparison"]["n_holdout_excluded"] == 50
+    assert metadata["comparison"]["champion_train_end"] == data[349].event_time.isoformat()
+
+
+async def test_too_few_unseen_holdout_examples_means_no_comparison_with_the_reason() -> None:
+    data = examples(400)
+    artifacts = ChampionArtifacts()
+    champion = await _champion(artifacts, data[:390])
+    store = FakeStore(examples=data, champion=champion)
+    outcome = await handlers(store, artifacts, min_comparison_examples=20).run(
+        request_event(selection="recent"), "run-2"
+    )
+    r = outcome.record
+    assert r["champion_metrics"] is None and r["champion_version"] is None and r["comparison_metrics"] is None
+    metadata = json.loads(artifacts.objects[r["metadata_key"]])
+    assert "only 10 of the 100 holdout examples" in metadata["champion_evaluation_error"]
+
+
+async def test_a_champion_without_recorded_training_data_is_scored_on_the_whole_holdout() -> None:
+    data = examples(400)
+    artifacts = ChampionArtifacts()
+    champion = await _champion(artifacts, data[:300], metadata=False)
+    store = FakeStore(examples=data, champion=champion)
+    r = (await handlers(store, artifacts).run(request_event(selection="recent"), "run-2")).record
+    assert r["n_comparison"] == 100 and r["comparison_metrics"] == r["metrics"]
+    assert r["champion_metrics"] is not None

@@ -2,7 +2,9 @@
 
 Writers record the digest next to the key (in the event that announces the artifact); readers
 give that digest back and get the bytes only when they match, so a tampered or truncated object
-is refused before anything is loaded from it.
+is refused before anything is loaded from it. Training writes models and metadata under keys
+that contain their SHA-256 (content-addressed), so an object, once announced, is never replaced
+by different bytes: two attempts of the same run write two objects.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class ArtifactRef:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def json_bytes(doc: Any) -> bytes:
+    """A JSON document as the bytes :meth:`ArtifactStore.put_json` stores (sorted keys), e.g. to
+    compute its digest first and store it under a content-addressed key."""
+    return json.dumps(doc, sort_keys=True, default=str).encode()
 
 
 class ArtifactStore:
@@ -83,7 +91,7 @@ class ArtifactStore:
         return ArtifactRef(self.bucket, key, digest, len(data))
 
     async def put_json(self, key: str, doc: Any) -> ArtifactRef:
-        return await self.put(key, json.dumps(doc, sort_keys=True, default=str).encode(), "application/json")
+        return await self.put(key, json_bytes(doc), "application/json")
 
     async def get_unverified(self, key: str) -> bytes:
         def get() -> bytes:

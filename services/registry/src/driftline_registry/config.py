@@ -14,6 +14,8 @@ class RegistrySettings(ServiceSettings):
     port: int = 38104
     group_id: str = Field(
         "registry",
-        description="Consumer group; a new one replays models.trained from the beginning (rebuilds the registry).",
+        description="Consumer group; a new one replays models.trained from the beginning, which with an "
+        "empty schema rebuilds the registry (decisions, manual ones included, come from models.promoted "
+        "and models.rejected, read back at every start).",
     )
     outbox_interval_s: float = Field(5.0, description="How often unpublished events are re-sent after a crash.")

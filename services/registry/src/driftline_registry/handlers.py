@@ -2,19 +2,31 @@
 manual promote / shadow / rollback actions. Every change of champion or challenger is stored with
 its history row and the event that announces it in one transaction (outbox), then published.
 
-Replaying ``models.trained`` is idempotent: a run that already has a version finds it (and its
-decision, whose event id derives from the model and version) and emits nothing new, unless the
-announcement never went out (a crash between commit and publish), in which case it goes out now.
+The log is the registry's memory. Besides ``models.trained`` it reads its own decision topics
+(``models.promoted``, ``models.rejected``) back, from the beginning at every start and before it
+consumes anything else (:meth:`RegistryHandlers.on_decision`). So:
+
+* a registry rebuilt from the log (empty schema, new consumer group) restores every decision,
+  manual ones (promote, shadow, rollback, with actor and reason) included, in the order they
+  were made: a decision waits until its version is registered from ``models.trained``;
+* a version whose policy decision is already on the log (its event id derives from the model and
+  version) takes that decision instead of deciding again, and nothing is re-announced;
+* replaying ``models.trained`` is idempotent: a run that already has a version finds it and emits
+  nothing new, unless the announcement never went out (a crash between commit and publish), in
+  which case it goes out now.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from driftline.catalog import MODELS_PROMOTED, MODELS_REJECTED
-from driftline.events import Event, as_utc, derived_event_id, envelope
+from driftline.events import Event, as_utc, derived_event_id, envelope, epoch_ms
+from driftline.kafka import is_transient, retry_transient
 from driftline.logging import get_logger
 from driftline.outbox import Outbox, stage
 from driftline.project import PromotionPolicy
@@ -25,6 +37,7 @@ log = get_logger(__name__)
 
 SERVICE = "registry"
 POLICY_ACTOR = "policy"
+COMPARISON_FIELDS = ("metric", "candidate_value", "champion_value", "margin", "floor")
 
 
 class NotFound(Exception):
@@ -57,7 +70,10 @@ def promoted_record(
     previous_version: int | None,
     reason: str,
     actor: str,
+    decision: Decision | None = None,
 ) -> dict[str, Any]:
+    """A ModelPromoted record; a policy promotion carries its comparison (``decision``)."""
+    comparison: dict[str, Any] = decision.comparison() if decision else {}
     return {
         **envelope_fields,
         "model_name": version["model_name"],
@@ -75,7 +91,26 @@ def promoted_record(
         "actor": actor,
         "metrics": dict(version["metrics"]),
         "drift_episode_id": version.get("drift_episode_id"),
+        **{k: comparison.get(k) for k in COMPARISON_FIELDS},
     }
+
+
+def rejected_record(version: dict[str, Any], *, envelope_fields: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """A ModelRejected record; ``candidate_value`` is null when the candidate lacks the metric."""
+    return {
+        **envelope_fields,
+        "model_name": version["model_name"],
+        "version": version["version"],
+        "run_id": version["run_id"],
+        "reason": decision.reason,
+        **decision.comparison(),
+    }
+
+
+def _wire_time(value: datetime) -> datetime:
+    """A new record's time as its event will carry it (milliseconds), so that a history row
+    rebuilt from the topic is the row written when the decision was made."""
+    return as_utc(epoch_ms(value))
 
 
 @dataclass
@@ -91,6 +126,7 @@ class RegistryHandlers:
     async def on_trained(self, event: Event) -> None:
         v = event.value
         name, run_id = v["model_name"], v["run_id"]
+        pending: list[str] = []
         async with self.store.locked_model(name, create=True) as (conn, model):
             existing = await self.store.version_by_run(conn, run_id)
             if existing is not None:
@@ -98,33 +134,45 @@ class RegistryHandlers:
                 pending = [promotion_event_id(name, version), rejection_event_id(name, version)]
                 log.info("model_already_registered", run_id=run_id, version=version)
             else:
-                version = await self.store.next_version(conn, name)
-                decision = decide(
-                    self.policy,
-                    metrics=v["metrics"],
-                    champion_version=model["champion_version"],
-                    evaluated_against=v.get("champion_version"),
-                    champion_metrics=v.get("champion_metrics"),
-                )
-                await self._register(conn, event, version, decision, model)
-                pending = [promotion_event_id(name, version) if decision.promote else rejection_event_id(name, version)]
-                log.info(
-                    "model_registered",
-                    run_id=run_id,
-                    version=version,
-                    promoted=decision.promote,
-                    reason=decision.reason,
-                )
+                version = await self.store.logged_version(conn, name, run_id)
+                if version is None or await self.store.version(conn, name, version) is not None:
+                    version = await self.store.next_version(conn, name, run_id)
+                row = await self._register(conn, event, version)
+                policy_ids = [promotion_event_id(name, version), rejection_event_id(name, version)]
+                if await self.store.logged(conn, policy_ids):
+                    # Its decision is on the log already (a rebuild): take it, announce nothing.
+                    log.info("model_registered_from_log", run_id=run_id, version=version)
+                else:
+                    decision = decide(
+                        self.policy,
+                        metrics=v["metrics"],
+                        champion_version=model["champion_version"],
+                        evaluated_against=v.get("champion_version"),
+                        champion_metrics=v.get("champion_metrics"),
+                        comparison_metrics=v.get("comparison_metrics"),
+                    )
+                    record, topic = self._policy_record(event, row, decision, model["champion_version"])
+                    await stage(conn, topic, record)
+                    await self._transition(conn, record, topic)
+                    pending = [record["event_id"]]
+                    log.info(
+                        "model_registered",
+                        run_id=run_id,
+                        version=version,
+                        promoted=decision.promote,
+                        reason=decision.reason,
+                    )
+                await self._apply_log(conn, name)
         await self.outbox.publish(pending)
 
-    async def _register(self, conn: Conn, event: Event, version: int, decision: Decision, model: Any) -> None:
+    async def _register(self, conn: Conn, event: Event, version: int) -> dict[str, Any]:
         v = event.value
         name = v["model_name"]
         row = {
             "model_name": name,
             "version": version,
             "run_id": v["run_id"],
-            "stage": "champion" if decision.promote else "rejected",
+            "stage": "candidate",
             "trained_event_id": event.event_id,
             "correlation_id": event.correlation_id,
             "artifact_bucket": v["artifact_bucket"],
@@ -134,6 +182,8 @@ class RegistryHandlers:
             "metadata_sha256": v["metadata_sha256"],
             "metrics": dict(v["metrics"]),
             "champion_metrics": v.get("champion_metrics"),
+            "comparison_metrics": v.get("comparison_metrics"),
+            "n_comparison": v.get("n_comparison"),
             "evaluated_against": v.get("champion_version"),
             "dataset_fingerprint": v["dataset_fingerprint"],
             "holdout_fingerprint": v["holdout_fingerprint"],
@@ -159,46 +209,106 @@ class RegistryHandlers:
             reason=f"run {v['run_id']} ({v['trigger']})",
             details={"run_id": v["run_id"], "metrics": v["metrics"], "drift_episode_id": v.get("drift_episode_id")},
             correlation_id=event.correlation_id,
+            at=as_utc(v["event_time"]),
         )
-        previous = model["champion_version"]
+        return row
+
+    def _policy_record(
+        self, event: Event, row: dict[str, Any], decision: Decision, champion: int | None
+    ) -> tuple[dict[str, Any], str]:
+        name, version = row["model_name"], row["version"]
         if decision.promote:
             record = promoted_record(
                 row,
                 envelope_fields=envelope(self.producer_name, cause=event, event_id=promotion_event_id(name, version)),
                 action="promote",
-                previous_version=previous,
+                previous_version=champion,
                 reason=decision.reason,
                 actor=POLICY_ACTOR,
+                decision=decision,
             )
-            await self._crown(conn, model, version, retire_as="archived")
-            topic, action = MODELS_PROMOTED, "promote"
+            return record, MODELS_PROMOTED
+        envelope_fields = envelope(self.producer_name, cause=event, event_id=rejection_event_id(name, version))
+        return rejected_record(row, envelope_fields=envelope_fields, decision=decision), MODELS_REJECTED
+
+    # -- state changes (new decisions and decisions read back from the log) ---------------------
+
+    async def _transition(self, conn: Conn, record: dict[str, Any], topic: str, *, at: datetime | None = None) -> bool:
+        """Apply a decision record (once: False when its history row exists) with its history row.
+
+        ``at``: the decision's time as read from its topic; None for a decision made now.
+        """
+        name, version = record["model_name"], int(record["version"])
+        model = await self.store.model_row(conn, name)
+        if topic == MODELS_REJECTED:
+            action, previous, actor = "reject", model["champion_version"], POLICY_ACTOR
         else:
-            record = {
-                **envelope(self.producer_name, cause=event, event_id=rejection_event_id(name, version)),
-                "model_name": name,
-                "version": version,
-                "run_id": v["run_id"],
-                "reason": decision.reason,
-                "metric": decision.metric,
-                "candidate_value": decision.candidate_value if decision.candidate_value is not None else 0.0,
-                "champion_value": decision.champion_value,
-                "margin": decision.margin,
-                "floor": decision.floor,
-            }
-            topic, action = MODELS_REJECTED, "reject"
-        await self.store.add_history(
+            action, previous, actor = record["action"], record.get("previous_version"), record["actor"]
+        details = {k: record.get(k) for k in COMPARISON_FIELDS} if record.get("metric") is not None else {}
+        new = await self.store.add_history(
             conn,
-            event_id=record["event_id"],
+            event_id=str(record["event_id"]),
             model_name=name,
             version=version,
             action=action,
-            actor=POLICY_ACTOR,
-            reason=decision.reason,
+            actor=actor,
+            reason=record["reason"],
             previous_version=previous,
-            details=decision.comparison(),
-            correlation_id=event.correlation_id,
+            details=details,
+            correlation_id=record["correlation_id"],
+            at=at or _wire_time(record["event_time"]),
         )
-        await stage(conn, topic, record)
+        if not new:
+            return False
+        if action == "reject":
+            await self.store.set_stage(conn, name, version, "rejected")
+        elif action == "shadow":
+            await self.store.set_roles(conn, name, champion=model["champion_version"], challenger=version)
+        else:
+            await self._crown(conn, model, version, retire_as="rolled_back" if action == "rollback" else "archived")
+        return True
+
+    async def _apply_log(self, conn: Conn, name: str) -> int:
+        """Apply logged decisions not applied here yet, in the order they were made, up to the
+        first one whose version is not registered yet (it waits for models.trained)."""
+        pending = await self.store.pending_decisions(conn, name)
+        if not pending:
+            return 0
+        registered = await self.store.registered_versions(conn, name)
+        applied = 0
+        for entry in pending:
+            if entry["version"] not in registered:
+                break
+            await self._transition(conn, entry["record"], entry["topic"], at=entry["event_time"])
+            await self.store.mark_applied(conn, entry["event_id"])
+            applied += 1
+        if applied:
+            log.info("logged_decisions_applied", model_name=name, applied=applied, waiting=len(pending) - applied)
+        return applied
+
+    # -- models.promoted / models.rejected (read back) ---------------------------------------------
+
+    async def on_decision(self, event: Event) -> None:
+        """A decision on the registry's own topics: remember it, apply it if it is new here."""
+        v = event.value
+        name = v["model_name"]
+        action = "reject" if event.topic == MODELS_REJECTED else v["action"]
+        async with self.store.locked_model(name, create=True) as (conn, _):
+            new = await self.store.log_decision(conn, event, action=action)
+            await self.store.mark_published(conn, event.event_id)
+            if new:
+                await self._apply_log(conn, name)
+
+    async def on_decisions_replayed(self, events: Sequence[Event]) -> None:
+        """The decision topics from the beginning (at start-up, before anything else is consumed)."""
+        for event in events:
+            try:
+                await retry_transient(lambda event=event: self.on_decision(event), what="decision log")
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error("decision_not_restored", event_id=event.event_id, error=repr(exc)[:500])
+        log.info("decision_log_replayed", records=len(events))
 
     # -- deployments.status ------------------------------------------------------------------
 
@@ -242,8 +352,7 @@ class RegistryHandlers:
                 reason=reason or f"promoted by {actor}",
                 actor=actor,
             )
-            await self._crown(conn, model, version, retire_as="archived")
-            await self._announce(conn, record, "promote", previous)
+            await self._announce(conn, record)
         return await self._publish(record)
 
     async def shadow(self, name: str, version: int, *, actor: str, reason: str | None) -> ActionResult:
@@ -254,17 +363,15 @@ class RegistryHandlers:
                 raise Conflict(f"{name} v{version} is the champion; a challenger must be another version")
             if model["challenger_version"] == version:
                 raise Conflict(f"{name} v{version} is already the challenger")
-            previous = model["challenger_version"]
             record = promoted_record(
                 target,
                 envelope_fields=envelope(self.producer_name),
                 action="shadow",
-                previous_version=previous,
+                previous_version=model["challenger_version"],
                 reason=reason or f"shadow deployment asked by {actor}",
                 actor=actor,
             )
-            await self.store.set_roles(conn, name, champion=model["champion_version"], challenger=version)
-            await self._announce(conn, record, "shadow", previous)
+            await self._announce(conn, record)
         return await self._publish(record)
 
     async def rollback(
@@ -296,14 +403,13 @@ class RegistryHandlers:
                 reason=reason or f"rolled back from v{current} by {actor}",
                 actor=actor,
             )
-            await self._crown(conn, model, to_version, retire_as="rolled_back")
-            await self._announce(conn, record, "rollback", current)
+            await self._announce(conn, record)
         return await self._publish(record)
 
     async def _crown(self, conn: Conn, model: Any, version: int, *, retire_as: str) -> None:
         """Make ``version`` the champion; the previous champion, if any, moves to stage ``retire_as``."""
         name, previous, challenger = model["name"], model["champion_version"], model["challenger_version"]
-        if previous is not None:
+        if previous is not None and previous != version:
             await self.store.set_stage(conn, name, previous, retire_as)
         await self.store.set_stage(conn, name, version, "champion")
         await self.store.set_roles(
@@ -318,18 +424,8 @@ class RegistryHandlers:
             raise NotFound(f"{name} has no version {version}")
         return target
 
-    async def _announce(self, conn: Conn, record: dict[str, Any], action: str, previous: int | None) -> None:
-        await self.store.add_history(
-            conn,
-            event_id=record["event_id"],
-            model_name=record["model_name"],
-            version=record["version"],
-            action=action,
-            actor=record["actor"],
-            reason=record["reason"],
-            previous_version=previous,
-            correlation_id=record["correlation_id"],
-        )
+    async def _announce(self, conn: Conn, record: dict[str, Any]) -> None:
+        await self._transition(conn, record, MODELS_PROMOTED)
         await stage(conn, MODELS_PROMOTED, record)
 
     async def _publish(self, record: dict[str, Any]) -> ActionResult:

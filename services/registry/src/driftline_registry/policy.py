@@ -3,8 +3,10 @@
 Promotion (from the project file: metric, margin, floor): a candidate must reach the floor on
 its holdout; the first model of a name is promoted when it does; after that a candidate is
 promoted only if it beats the champion **on the same holdout** (the run evaluated the current
-champion on it) by at least the margin. A candidate that did not compare itself with the current
-champion is rejected: there is no fair comparison to decide on.
+champion on it) by at least the margin. The comparison uses the candidate's metrics on the very
+examples the champion was scored on (``comparison_metrics``: the holdout examples after the end
+of the champion's training data), not its whole holdout. A candidate that did not compare itself
+with the current champion is rejected: there is no fair comparison to decide on.
 """
 
 from __future__ import annotations
@@ -51,8 +53,13 @@ def decide(
     champion_version: int | None,
     evaluated_against: int | None,
     champion_metrics: Mapping[str, float] | None,
+    comparison_metrics: Mapping[str, float] | None = None,
 ) -> Decision:
-    """Promote or reject a candidate with ``metrics`` given the registry's current champion."""
+    """Promote or reject a candidate with ``metrics`` given the registry's current champion.
+
+    ``comparison_metrics`` are the candidate's metrics on the examples ``champion_metrics`` come
+    from; None (runs that compared on the whole holdout) means ``metrics``.
+    """
     metric, margin, floor = policy.metric, policy.margin, policy.floor
     lower = metric in LOWER_IS_BETTER
 
@@ -76,12 +83,15 @@ def decide(
             "no comparison on the same holdout",
             candidate,
         )
-    improvement = (champion - candidate) if lower else (candidate - champion)
-    verdict = f"{metric} {_fmt(candidate)} vs champion v{champion_version}'s {_fmt(champion)} on the same holdout"
+    contender = (metrics if comparison_metrics is None else comparison_metrics).get(metric)
+    if contender is None:
+        return result(False, f"the candidate has no {metric} on the examples the champion was scored on", None)
+    improvement = (champion - contender) if lower else (contender - champion)
+    verdict = f"{metric} {_fmt(contender)} vs champion v{champion_version}'s {_fmt(champion)} on the same holdout"
     if improvement > 0 and improvement >= margin - _TOLERANCE:
-        return result(True, f"{verdict}: better by {_fmt(improvement)} (margin {_fmt(margin)})", candidate, champion)
+        return result(True, f"{verdict}: better by {_fmt(improvement)} (margin {_fmt(margin)})", contender, champion)
     return result(
-        False, f"{verdict}: does not beat it by the margin {_fmt(margin)} ({_fmt(improvement)})", candidate, champion
+        False, f"{verdict}: does not beat it by the margin {_fmt(margin)} ({_fmt(improvement)})", contender, champion
     )
 
 

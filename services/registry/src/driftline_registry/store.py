@@ -1,4 +1,5 @@
-"""The registry's SQL (schema ``registry``): models, versions, stage history."""
+"""The registry's SQL (schema ``registry``): models, versions, stage history, and the decision log
+(what is on models.promoted / models.rejected)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ from typing import Any
 
 import asyncpg
 
+from driftline.events import Event
+from driftline.outbox import record_to_json
+
 VERSION_COLUMNS = (
     "model_name, version, run_id, stage, trained_event_id, correlation_id, artifact_bucket, artifact_key, "
     "artifact_sha256, metadata_key, metadata_sha256, metrics, champion_metrics, evaluated_against, "
     "dataset_fingerprint, holdout_fingerprint, feature_set_version, feature_names, params, n_train, n_holdout, "
-    "duration_s, trigger, drift_episode_id, training_request_id, trained_at, registered_at"
+    "duration_s, trigger, drift_episode_id, training_request_id, trained_at, registered_at, comparison_metrics, "
+    "n_comparison"
 )
 # An asyncpg connection or the pool's proxy of one (the stubs type them apart).
 Conn = Any
 
-_VERSION_JSON = ("metrics", "champion_metrics", "feature_names", "params")
+_VERSION_JSON = ("metrics", "champion_metrics", "feature_names", "params", "comparison_metrics")
 
 
 def _version(row: asyncpg.Record) -> dict[str, Any]:
@@ -71,10 +76,94 @@ class RegistryStore:
         return _version(row) if row else None
 
     @staticmethod
-    async def next_version(conn: Conn, name: str) -> int:
-        return int(
-            await conn.fetchval("SELECT coalesce(max(version), 0) + 1 FROM versions WHERE model_name = $1", name)
+    async def next_version(conn: Conn, name: str, run_id: str) -> int:
+        """The next version number, skipping numbers the decision log gives other runs."""
+        latest = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM versions WHERE model_name = $1", name))
+        claimed = {
+            int(r["version"])
+            for r in await conn.fetch(
+                "SELECT DISTINCT version FROM decisions WHERE model_name = $1 AND run_id <> $2 AND version > $3",
+                name,
+                run_id,
+                latest,
+            )
+        }
+        version = latest + 1
+        while version in claimed:
+            version += 1
+        return version
+
+    @staticmethod
+    async def model_row(conn: Conn, name: str) -> Any:
+        return await conn.fetchrow(
+            "SELECT name, champion_version, challenger_version FROM models WHERE name = $1", name
         )
+
+    @staticmethod
+    async def registered_versions(conn: Conn, name: str) -> set[int]:
+        rows = await conn.fetch("SELECT version FROM versions WHERE model_name = $1", name)
+        return {int(r["version"]) for r in rows}
+
+    # -- the decision log (models.promoted / models.rejected read back) ------------------------
+
+    @staticmethod
+    async def log_decision(conn: Conn, event: Event, *, action: str) -> bool:
+        """Remember a decision seen on its topic; False when it was known. It counts as applied
+        when its history row exists (the registry made it here, or applied it already)."""
+        v = event.value
+        status = await conn.execute(
+            "INSERT INTO decisions (event_id, topic, model_name, version, run_id, action, actor, event_time, "
+            "kafka_partition, kafka_offset, record, applied) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, "
+            "EXISTS (SELECT 1 FROM history WHERE event_id = $1)) ON CONFLICT (event_id) DO NOTHING",
+            event.event_id,
+            event.topic,
+            v["model_name"],
+            int(v["version"]),
+            v["run_id"],
+            action,
+            v.get("actor", "policy"),
+            v["event_time"],
+            event.partition,
+            event.offset,
+            record_to_json(v),
+        )
+        return bool(status.endswith(" 1"))
+
+    @staticmethod
+    async def mark_published(conn: Conn, event_id: str) -> None:
+        """The event is on its topic: the outbox relay need not send it (again)."""
+        await conn.execute(
+            "UPDATE outbox SET published_at = now() WHERE event_id = $1 AND published_at IS NULL", event_id
+        )
+
+    @staticmethod
+    async def logged_version(conn: Conn, name: str, run_id: str) -> int | None:
+        """The version number the decision log gives a run (a rebuild keeps the numbers)."""
+        value = await conn.fetchval(
+            "SELECT version FROM decisions WHERE model_name = $1 AND run_id = $2 ORDER BY event_time LIMIT 1",
+            name,
+            run_id,
+        )
+        return None if value is None else int(value)
+
+    @staticmethod
+    async def logged(conn: Conn, event_ids: list[str]) -> bool:
+        return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM decisions WHERE event_id = ANY($1))", event_ids))
+
+    @staticmethod
+    async def pending_decisions(conn: Conn, name: str) -> list[dict[str, Any]]:
+        """Logged decisions not yet applied here, in the order the registry made them."""
+        rows = await conn.fetch(
+            "SELECT event_id, topic, version, event_time, record FROM decisions WHERE model_name = $1 AND NOT applied "
+            "ORDER BY event_time, topic, kafka_partition, kafka_offset",
+            name,
+        )
+        return [{**dict(r), "record": json.loads(r["record"])} for r in rows]
+
+    @staticmethod
+    async def mark_applied(conn: Conn, event_id: str) -> None:
+        await conn.execute("UPDATE decisions SET applied = true WHERE event_id = $1", event_id)
 
     @staticmethod
     async def insert_version(conn: Conn, row: dict[str, Any]) -> None:
@@ -181,7 +270,7 @@ class RegistryStore:
         rows = await self.pool.fetch(
             "SELECT id, event_id, model_name, version, action, previous_version, actor, reason, details, "
             "correlation_id, at FROM history WHERE model_name = $1 AND ($2::int IS NULL OR version = $2) "
-            "ORDER BY id DESC LIMIT $3",
+            "ORDER BY at DESC, id DESC LIMIT $3",
             name,
             version,
             limit,

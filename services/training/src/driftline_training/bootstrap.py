@@ -71,6 +71,10 @@ async def start(settings: TrainingSettings, *, consumers: bool = True) -> Traini
         outbox=outbox,
         producer_name=rt.producer.name,
         object_store_timeout_s=settings.object_store_timeout_s,
+        max_run_seconds=settings.max_run_seconds,
+        run_attempts=settings.run_attempts,
+        retry_backoff_s=settings.retry_backoff_s,
+        min_comparison_examples=settings.min_comparison_examples,
     )
     service = TrainingService(rt, store, outbox, handlers)
     if not consumers:

@@ -2,12 +2,16 @@
 
 * ``features.vectors`` + ``labels`` → labelled examples (upserts; joined by the raw event id).
 * ``drift.detected`` → at most one ``training.requested`` per drift episode, none within the
-  cooldown of the previous drift-triggered request (decisions kept in PostgreSQL).
+  cooldown of another drift-triggered request whose run has not failed (decisions kept in
+  PostgreSQL); when a run fails for good, a drift its cooldown suppressed is requested after all.
 * ``models.promoted`` → the champion each run compares itself with.
 * ``training.requested`` → a run: select, split by time, fit, evaluate candidate and champion on
   the same holdout, write the skops model and its metadata to the object store, announce
   ``models.trained`` (or ``training.failed``). ``run_id`` derives from the request id, so a
-  re-delivered request finds its run instead of fitting again.
+  re-delivered request finds its run instead of fitting again. A run is bounded by
+  ``max_run_seconds``; an object-store outage is retried (new attempts after a pause) within it.
+  Artifacts are content-addressed (the key names the SHA-256), so two attempts of one run never
+  overwrite each other's file and an announced digest always matches its object.
 """
 
 from __future__ import annotations
@@ -21,14 +25,14 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 from minio.error import S3Error
 
-from driftline.artifacts import ArtifactIntegrityError, ArtifactNotFound, ArtifactStore
+from driftline.artifacts import ArtifactIntegrityError, ArtifactNotFound, ArtifactStore, json_bytes, sha256_hex
 from driftline.catalog import FEATURES_VECTORS, LABELS, MODELS_TRAINED, TRAINING_FAILED, TRAINING_REQUESTED
 from driftline.events import Event, as_utc, derived_event_id, envelope, epoch_ms, now_utc
 from driftline.kafka import PoisonRecord, is_transient
@@ -38,7 +42,7 @@ from driftline.outbox import Outbox
 from driftline.project import Project, TrainingPolicy
 from driftline.settings import repo_root
 from driftline_training import pipeline
-from driftline_training.pipeline import FitResult, TrainingFailure
+from driftline_training.pipeline import RETRIED_IN_PLACE, FitResult, TrainingFailure
 from driftline_training.store import Champion, LabelRow, TrainingStore, VectorRow, request_event_id_of
 
 log = get_logger(__name__)
@@ -89,9 +93,13 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def artifact_keys(model_name: str, run_id: str) -> tuple[str, str]:
-    base = f"models/{model_name}/{run_id}"
-    return f"{base}/model.skops", f"{base}/metadata.json"
+def model_key(model_name: str, run_id: str, sha256: str) -> str:
+    """Content-addressed: an object is only ever written with the bytes its key names."""
+    return f"models/{model_name}/{run_id}/model-{sha256}.skops"
+
+
+def metadata_key(model_name: str, run_id: str, sha256: str) -> str:
+    return f"models/{model_name}/{run_id}/metadata-{sha256}.json"
 
 
 def request_record(
@@ -146,6 +154,10 @@ class TrainingHandlers:
     outbox: Outbox
     producer_name: str = SERVICE
     object_store_timeout_s: float = 60.0
+    max_run_seconds: float = 1800.0
+    run_attempts: int = 3
+    retry_backoff_s: float = 15.0
+    min_comparison_examples: int = 50
     _initial_done: bool = field(default=False, init=False)
 
     # -- examples ------------------------------------------------------------------------------
@@ -197,15 +209,8 @@ class TrainingHandlers:
             if labelled < policy.min_examples:
                 continue
             attempt = t["attempts"] + 1
-            record = request_record(
-                request_id=derived_event_id("drift-request", t["model_name"], t["episode_id"], attempt),
-                model_name=t["model_name"],
-                reason="drift",
-                requested_by="training:drift-policy",
-                cause={"event_id": t["source_event_id"], "correlation_id": t["correlation_id"]},
-                drift_episode_id=t["episode_id"],
-                since=t["since"],
-                producer=self.producer_name,
+            record = self._trigger_request(
+                t, derived_event_id("drift-request", t["model_name"], t["episode_id"], attempt)
             )
             if await self.store.retry_trigger(t["trigger_id"], TRAINING_REQUESTED, record):
                 await self.outbox.publish([record["event_id"]])
@@ -216,6 +221,19 @@ class TrainingHandlers:
                     labelled=labelled,
                     request_id=record["request_id"],
                 )
+
+    def _trigger_request(self, t: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+        """A drift request for a stored trigger, in its drift event's chain (same cause and correlation)."""
+        return request_record(
+            request_id=request_id,
+            model_name=t["model_name"],
+            reason="drift",
+            requested_by="training:drift-policy",
+            cause={"event_id": t["source_event_id"], "correlation_id": t["correlation_id"]},
+            drift_episode_id=t["episode_id"],
+            since=t["since"],
+            producer=self.producer_name,
+        )
 
     async def maybe_request_initial(self) -> None:
         """The policy's ``initial_training_after``: request the first model once enough examples exist."""
@@ -313,6 +331,8 @@ class TrainingHandlers:
             v["artifact_key"],
             v["artifact_sha256"],
             list(v["feature_names"]),
+            v.get("metadata_key"),
+            v.get("metadata_sha256"),
         )
         await self.store.set_champion(champion, promoted_event_id=event.event_id, action=v["action"])
         log.info("champion_changed", model_name=champion.model_name, version=champion.version, action=v["action"])
@@ -320,7 +340,13 @@ class TrainingHandlers:
     # -- runs -----------------------------------------------------------------------------------
 
     async def on_request(self, event: Event) -> None:
-        """Run a training request once; a failing run becomes training.failed, never a stuck consumer."""
+        """Run a training request once; a failing run becomes training.failed, never a stuck consumer.
+
+        The whole handling, retries included, is bounded by ``max_run_seconds``: past it the run
+        fails with ``run_timeout`` (a fit in progress cannot be interrupted; it finishes in the
+        background and its result is dropped). A failure in RETRIED_IN_PLACE (an object-store
+        outage) is tried again after a pause that doubles, at most ``run_attempts`` times in all.
+        """
         v = event.value
         request_id = v["request_id"]
         run_id = derived_event_id("run", request_id)
@@ -328,33 +354,76 @@ class TrainingHandlers:
         if existing is not None and existing["status"] != "running":
             # Already done: only make sure its announcement went out (a crash may have cut it off).
             await self.outbox.publish([existing["result_event_id"]])
-            log.info("training_request_already_handled", run_id=run_id, status=existing["status"])
+            log.info("training_run_already_handled", run_id=run_id, status=existing["status"])
             return
-        await self.store.start_run(
-            run_id=run_id,
-            request_id=request_id,
-            request_event_id=event.event_id,
-            model_name=v["model_name"],
-            reason=v["reason"],
-            requested_by=v["requested_by"],
-            trigger="drift" if v["reason"] == "drift" else "request",
-            drift_episode_id=v.get("drift_episode_id"),
-            correlation_id=event.correlation_id,
-            parameters=dict(v.get("parameters") or {}),
-        )
-        log.info("training_run_started", run_id=run_id, request_id=request_id, reason=v["reason"])
         started = time.perf_counter()
-        try:
-            outcome = await self.run(event, run_id, started=started)
-        except TrainingFailure as failure:
+        deadline = started + self.max_run_seconds
+        tries = 0
+        while True:
+            tries += 1
+            attempt = await self.store.start_run(
+                run_id=run_id,
+                request_id=request_id,
+                request_event_id=event.event_id,
+                model_name=v["model_name"],
+                reason=v["reason"],
+                requested_by=v["requested_by"],
+                trigger="drift" if v["reason"] == "drift" else "request",
+                drift_episode_id=v.get("drift_episode_id"),
+                correlation_id=event.correlation_id,
+                parameters=dict(v.get("parameters") or {}),
+            )
+            log.info("training_run_started", run_id=run_id, request_id=request_id, reason=v["reason"], attempt=attempt)
+            failure = await self._attempt(event, run_id, started=started, deadline=deadline, attempt=attempt)
+            if isinstance(failure, RunOutcome):
+                await self._succeed(run_id, failure)
+                return
+            delay = self.retry_backoff_s * 2 ** (tries - 1)
+            if (
+                failure.error_type in RETRIED_IN_PLACE
+                and tries < self.run_attempts
+                and time.perf_counter() + delay < deadline
+            ):
+                log.warning(
+                    "training_run_retrying",
+                    run_id=run_id,
+                    error_type=failure.error_type,
+                    reason=failure.reason,
+                    attempt=tries,
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if failure.error_type in RETRIED_IN_PLACE and tries > 1:
+                failure = TrainingFailure(
+                    failure.error_type, f"{failure.reason} (after {tries} attempts)", retryable=failure.retryable
+                )
             await self._fail(event, run_id, failure, started)
             return
+
+    async def _attempt(
+        self, event: Event, run_id: str, *, started: float, deadline: float, attempt: int
+    ) -> RunOutcome | TrainingFailure:
+        """One attempt of a run, within the run's deadline: its outcome, or why it failed."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.perf_counter())) as budget:
+                return await self.run(event, run_id, started=started, attempt=attempt)
+        except TrainingFailure as failure:
+            return failure
+        except TimeoutError:
+            if budget.expired():
+                return TrainingFailure(
+                    "run_timeout",
+                    f"the run did not finish within max_run_seconds ({self.max_run_seconds:g}s)",
+                )
+            raise  # a timeout inside the run: an outage, retried by the runner
         except Exception as exc:
             if is_transient(exc):
                 raise  # an outage (PostgreSQL…): the runner retries the request, the run restarts
             log.exception("training_run_crashed", run_id=run_id)
-            await self._fail(event, run_id, TrainingFailure("internal_error", f"{exc!r}"[:2000]), started)
-            return
+            return TrainingFailure("internal_error", f"{exc!r}"[:2000])
+
+    async def _succeed(self, run_id: str, outcome: RunOutcome) -> None:
         await self.store.finish_run(
             run_id, status="succeeded", topic=MODELS_TRAINED, record=outcome.record, **outcome.fields
         )
@@ -380,26 +449,46 @@ class TrainingHandlers:
             "drift_episode_id": v.get("drift_episode_id"),
             "retryable": failure.retryable,
         }
-        wait_trigger = None
-        if v["reason"] == "drift" and failure.error_type == "too_few_examples" and v.get("drift_episode_id"):
-            wait_trigger = f"drift:{v['model_name']}:{v['drift_episode_id']}"
+        drift_trigger = None
+        if v["reason"] == "drift" and v.get("drift_episode_id"):
+            drift_trigger = f"drift:{v['model_name']}:{v['drift_episode_id']}"
         await self.store.finish_run(
             run_id,
             status="failed",
             topic=TRAINING_FAILED,
             record=record,
-            wait_trigger=wait_trigger,
+            wait_trigger=drift_trigger if failure.error_type == "too_few_examples" else None,
             error_type=failure.error_type,
             error_reason=failure.reason,
             duration_s=time.perf_counter() - started,
         )
         await self.outbox.publish([record["event_id"]])
         log.warning("training_run_failed", run_id=run_id, error_type=failure.error_type, reason=failure.reason)
+        if drift_trigger is not None:
+            await self.revive_suppressed(drift_trigger)
 
-    async def _object_store(self, op: Awaitable[T], what: str) -> T:
+    async def revive_suppressed(self, failed_trigger_id: str) -> None:
+        """A failed drift run does not use up the cooldown: request a drift it suppressed."""
+
+        def make_request(t: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            # The request the drift event would have made had it not been suppressed.
+            request_id = derived_event_id("drift-request", t["model_name"], t["episode_id"])
+            return TRAINING_REQUESTED, self._trigger_request(t, request_id)
+
+        decision = await self.store.revive_suppressed(failed_trigger_id, self.project.training.cooldown_s, make_request)
+        if decision is not None and decision.request_event_id:
+            await self.outbox.publish([decision.request_event_id])
+            log.info(
+                "drift_training_requested_after_failure",
+                trigger_id=decision.trigger_id,
+                failed_trigger_id=failed_trigger_id,
+                request_id=decision.request_id,
+            )
+
+    async def _object_store(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """An object-store call, retried (by the store) for at most ``object_store_timeout_s``."""
         try:
-            return await asyncio.wait_for(op, self.object_store_timeout_s)
+            return await asyncio.wait_for(op(), self.object_store_timeout_s)
         except TimeoutError:
             raise TrainingFailure(
                 "object_store_unavailable",
@@ -419,7 +508,7 @@ class TrainingHandlers:
         )
         return examples, since
 
-    async def run(self, event: Event, run_id: str, *, started: float | None = None) -> RunOutcome:
+    async def run(self, event: Event, run_id: str, *, started: float | None = None, attempt: int = 1) -> RunOutcome:
         """One training run, up to the stored artifacts; returns the ModelTrained record to announce."""
         started = time.perf_counter() if started is None else started
         v = event.value
@@ -446,19 +535,23 @@ class TrainingHandlers:
 
         t = time.perf_counter()
         champion = await self.store.get_champion(model_name)
-        champion_metrics, champion_error = None, None
+        comparison = ChampionComparison()
         if champion is not None:
-            champion_metrics, champion_error = await self._evaluate_champion(champion, result)
+            comparison = await self._evaluate_champion(champion, result)
         timings["champion_s"] = time.perf_counter() - t
 
-        artifact_key, metadata_key = artifact_keys(model_name, run_id)
         t = time.perf_counter()
-        model_ref = await self._object_store(self.artifacts.put(artifact_key, result.model_bytes), "the model upload")
+        model_sha = sha256_hex(result.model_bytes)
+        artifact_key = model_key(model_name, run_id, model_sha)
+        model_ref = await self._object_store(
+            lambda: self.artifacts.put(artifact_key, result.model_bytes), "the model upload"
+        )
         timings["upload_s"] = time.perf_counter() - t
         duration_s = time.perf_counter() - started
-        champion_version = champion.version if champion is not None and champion_metrics is not None else None
+        champion_version = comparison.version if comparison.champion_metrics is not None else None
         metadata = {
             "run_id": run_id,
+            "attempt": attempt,
             "model_name": model_name,
             "created_at": now_utc().isoformat(),
             "estimator": project.model.estimator,
@@ -470,8 +563,9 @@ class TrainingHandlers:
             "positive_class": project.label.positive_class,
             "metrics": result.metrics,
             "champion_version": champion_version,
-            "champion_metrics": champion_metrics,
-            "champion_evaluation_error": champion_error,
+            "champion_metrics": comparison.champion_metrics,
+            "champion_evaluation_error": comparison.error,
+            "comparison": comparison.describe(len(result.holdout)),
             "dataset_fingerprint": result.dataset_fingerprint,
             "holdout_fingerprint": result.holdout_fingerprint,
             "n_train": len(result.train),
@@ -502,7 +596,11 @@ class TrainingHandlers:
             "reference_profile": result.reference_profile,
         }
         t = time.perf_counter()
-        metadata_ref = await self._object_store(self.artifacts.put_json(metadata_key, metadata), "the metadata upload")
+        metadata_bytes = json_bytes(metadata)
+        meta_key = metadata_key(model_name, run_id, sha256_hex(metadata_bytes))
+        metadata_ref = await self._object_store(
+            lambda: self.artifacts.put(meta_key, metadata_bytes, "application/json"), "the metadata upload"
+        )
         timings["upload_s"] += time.perf_counter() - t
         record = {
             **envelope(self.producer_name, cause=event, event_id=derived_event_id("model-trained", run_id)),
@@ -511,11 +609,13 @@ class TrainingHandlers:
             "artifact_bucket": model_ref.bucket,
             "artifact_key": artifact_key,
             "artifact_sha256": model_ref.sha256,
-            "metadata_key": metadata_key,
+            "metadata_key": meta_key,
             "metadata_sha256": metadata_ref.sha256,
             "metrics": result.metrics,
-            "champion_metrics": champion_metrics,
+            "champion_metrics": comparison.champion_metrics,
             "champion_version": champion_version,
+            "comparison_metrics": comparison.candidate_metrics,
+            "n_comparison": comparison.n_examples if comparison.champion_metrics is not None else None,
             "dataset_fingerprint": result.dataset_fingerprint,
             "holdout_fingerprint": result.holdout_fingerprint,
             "feature_set_version": project.features.version,
@@ -531,48 +631,111 @@ class TrainingHandlers:
         fields = {
             "metrics": result.metrics,
             "champion_version": champion_version,
-            "champion_metrics": champion_metrics,
+            "champion_metrics": comparison.champion_metrics,
+            "comparison_metrics": comparison.candidate_metrics,
+            "n_comparison": record["n_comparison"],
             "n_train": len(result.train),
             "n_holdout": len(result.holdout),
             "dataset_fingerprint": result.dataset_fingerprint,
             "holdout_fingerprint": result.holdout_fingerprint,
             "artifact_key": artifact_key,
             "artifact_sha256": model_ref.sha256,
-            "metadata_key": metadata_key,
+            "metadata_key": meta_key,
             "metadata_sha256": metadata_ref.sha256,
             "duration_s": duration_s,
         }
         return RunOutcome(record, fields, result, timings)
 
-    async def _evaluate_champion(
-        self, champion: Champion, result: FitResult
-    ) -> tuple[dict[str, float] | None, str | None]:
-        """The champion's metrics on this run's holdout, or why it could not be evaluated.
+    async def _evaluate_champion(self, champion: Champion, result: FitResult) -> ChampionComparison:
+        """The champion and the candidate on the same examples, or why the champion could not be evaluated.
 
-        Its artifact is verified (SHA-256) and loaded under the trusted-types policy; a tampered or
-        unsafe file is refused, and the run says so (the registry then cannot promote on a
-        comparison that did not happen).
+        The examples are the holdout's part after the end of the champion's training data (from
+        its metadata), so a champion is never scored on examples it was fitted on; when fewer
+        than ``min_comparison_examples`` remain, there is no fair comparison and the run says
+        so. Its artifact is verified (SHA-256) and loaded under the trusted-types list; a
+        tampered or unsafe file is refused, and the run says so (the registry then cannot
+        promote on a comparison that did not happen).
         """
         positive = self.project.label.positive_class
+        comparison = ChampionComparison(version=champion.version, n_examples=len(result.holdout))
         try:
+            comparison.train_end = await self._champion_train_end(champion)
+            examples = pipeline.comparison_set(result.holdout, comparison.train_end)
+            comparison.n_examples = len(examples)
+            if len(examples) < self.min_comparison_examples:
+                end = comparison.train_end.isoformat() if comparison.train_end else "?"
+                raise _NoComparison(
+                    f"only {len(examples)} of the {len(result.holdout)} holdout examples come after the end of "
+                    f"champion v{champion.version}'s training data ({end}); a fair comparison needs at least "
+                    f"{self.min_comparison_examples}"
+                )
             data = await self._object_store(
-                self.artifacts.get(champion.artifact_key, champion.artifact_sha256),
+                lambda: self.artifacts.get(champion.artifact_key, champion.artifact_sha256),
                 f"the download of champion v{champion.version}",
             )
             model = await asyncio.to_thread(load_model, data)
-            metrics = await asyncio.to_thread(
-                pipeline.evaluate_on_holdout, model, result.holdout, champion.feature_names, positive
+            comparison.champion_metrics = await asyncio.to_thread(
+                pipeline.evaluate_on_holdout, model, examples, champion.feature_names, positive
             )
-            return metrics, None
+            comparison.candidate_metrics = (
+                dict(result.metrics)
+                if len(examples) == len(result.holdout)
+                else await asyncio.to_thread(
+                    pipeline.evaluate_on_holdout, result.model, examples, result.feature_names, positive
+                )
+            )
+            return comparison
         except TrainingFailure as failure:
             if failure.error_type == "object_store_unavailable":
                 raise
             error = failure.reason
-        except (ArtifactIntegrityError, ArtifactNotFound, UnsafeArtifactError) as exc:
+        except (ArtifactIntegrityError, ArtifactNotFound, UnsafeArtifactError, _NoComparison) as exc:
             error = str(exc)
         except Exception as exc:
             if is_transient(exc):
                 raise
             error = f"champion v{champion.version} could not be evaluated: {exc!r}"[:1000]
         log.warning("champion_not_evaluated", champion_version=champion.version, error=error)
-        return None, error
+        comparison.champion_metrics = comparison.candidate_metrics = None
+        comparison.error = error
+        return comparison
+
+    async def _champion_train_end(self, champion: Champion) -> datetime | None:
+        """The end of the champion's training data, from its (verified) metadata; None if unrecorded."""
+        if not champion.metadata_key or not champion.metadata_sha256:
+            return None  # announced before promotions carried it to training: the whole holdout
+        key, sha = champion.metadata_key, champion.metadata_sha256
+        metadata = await self._object_store(
+            lambda: self.artifacts.get_json(key, sha), f"the metadata of champion v{champion.version}"
+        )
+        end = (metadata.get("selection") or {}).get("train_end") if isinstance(metadata, dict) else None
+        return as_utc(datetime.fromisoformat(end)) if isinstance(end, str) else None
+
+
+class _NoComparison(Exception):
+    """The champion cannot be compared fairly on this holdout."""
+
+
+@dataclass
+class ChampionComparison:
+    """The champion against the candidate on the holdout examples the champion did not train on."""
+
+    version: int | None = None
+    train_end: datetime | None = None  # end of the champion's training data (None: unknown)
+    n_examples: int = 0
+    champion_metrics: dict[str, float] | None = None
+    candidate_metrics: dict[str, float] | None = None
+    error: str | None = None
+
+    def describe(self, n_holdout: int) -> dict[str, Any] | None:
+        if self.version is None:
+            return None
+        return {
+            "champion_version": self.version,
+            "champion_train_end": self.train_end.isoformat() if self.train_end else None,
+            "n_examples": self.n_examples,
+            "n_holdout_excluded": n_holdout - self.n_examples,
+            "candidate_metrics": self.candidate_metrics,
+            "champion_metrics": self.champion_metrics,
+            "error": self.error,
+        }

@@ -20,12 +20,22 @@ import numpy as np
 from pydantic import ValidationError
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
-from driftline.models import build_estimator, dump_model, positive_scores, to_matrix
+from driftline.models import (
+    UnsafeArtifactError,
+    build_estimator,
+    dump_model,
+    positive_scores,
+    to_matrix,
+    trusted_types_for,
+)
 from driftline.profiles import build_profiles, numeric_profile
 from driftline.project import Project, TrainingPolicy
 
 # Policy values a training request may override (TrainingRequested.parameters).
 OVERRIDABLE = ("min_examples", "max_examples", "holdout_fraction", "selection", "seed")
+# Failures worth another attempt of the same run after a pause (an outage of a dependency).
+# Other retryable failures (too few examples, one class) need new data, not a pause.
+RETRIED_IN_PLACE = frozenset({"object_store_unavailable"})
 
 
 class TrainingFailure(Exception):
@@ -186,7 +196,10 @@ def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -
     names = project.model_features
     x_train = feature_matrix(train, names)
     x_holdout = feature_matrix(holdout, names)
-    model = build_estimator(project.model, seed=policy.seed)
+    try:
+        model = build_estimator(project.model, seed=policy.seed)
+    except ValueError as exc:
+        raise TrainingFailure("unsupported_estimator", str(exc)) from None
     started = time.perf_counter()
     try:
         model.fit(x_train, np.asarray(y_train))
@@ -210,6 +223,11 @@ def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -
 
     started = time.perf_counter()
     model_bytes = dump_model(model)
+    try:
+        # Never announce a file that nobody could load: check it against the trusted-types list now.
+        trusted_types_for(model_bytes)
+    except UnsafeArtifactError as exc:
+        raise TrainingFailure("unsafe_model", f"the fitted {project.model.estimator} cannot be stored: {exc}") from None
     timings["dump_s"] = time.perf_counter() - started
 
     params = jsonable_params(model)
@@ -235,6 +253,17 @@ def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -
         fit_seconds=fit_seconds,
         timings=timings,
     )
+
+
+def comparison_set(holdout: Sequence[Example], champion_train_end: datetime | None) -> list[Example]:
+    """The holdout examples a champion did not train on: those after the end of its training data.
+
+    ``champion_train_end`` is the event time of the champion's last training example (its
+    metadata's ``selection.train_end``); None (unknown) keeps the whole holdout.
+    """
+    if champion_train_end is None:
+        return list(holdout)
+    return [e for e in holdout if e.event_time > champion_train_end]
 
 
 def evaluate_on_holdout(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,6 +43,10 @@ class Champion:
     artifact_key: str
     artifact_sha256: str
     feature_names: list[str]
+    # The champion's metadata document (from models.promoted): it records the end of the
+    # champion's training data, so a run compares on holdout examples the champion never saw.
+    metadata_key: str | None = None
+    metadata_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +72,9 @@ RUN_COLUMNS = (
     "run_id, request_id, request_event_id, model_name, status, reason, requested_by, trigger, drift_episode_id, "
     "correlation_id, parameters, started_at, finished_at, duration_s, metrics, champion_version, champion_metrics, "
     "n_train, n_holdout, dataset_fingerprint, holdout_fingerprint, artifact_key, artifact_sha256, metadata_key, "
-    "metadata_sha256, error_type, error_reason, result_event_id"
+    "metadata_sha256, error_type, error_reason, result_event_id, attempts, comparison_metrics, n_comparison"
 )
-_JSON_COLUMNS = ("parameters", "metrics", "champion_metrics")
+_JSON_COLUMNS = ("parameters", "metrics", "champion_metrics", "comparison_metrics")
 
 
 def run_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -185,13 +189,7 @@ class TrainingStore:
             if ignore_reason is not None:
                 decision, reason = "ignored", ignore_reason
             else:
-                last = await conn.fetchval(
-                    "SELECT event_time FROM triggers WHERE model_name = $1 AND kind = $2 AND decision = 'requested' "
-                    "ORDER BY abs(extract(epoch FROM (event_time - $3::timestamptz))) LIMIT 1",
-                    model_name,
-                    kind,
-                    event_time,
-                )
+                last = await _nearest_live_request(conn, model_name, kind, event_time)
                 decision, reason = cooldown_decision(last, event_time, cooldown_s)
             request_id = request_event_id = None
             if decision == "requested" and request is not None:
@@ -215,6 +213,61 @@ class TrainingStore:
                 since,
             )
             return TriggerDecision(trigger_id, decision, reason, request_id, request_event_id, new=True)
+
+    async def revive_suppressed(
+        self,
+        failed_trigger_id: str,
+        cooldown_s: float,
+        make_request: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]],
+    ) -> TriggerDecision | None:
+        """After the final failure of a trigger's run, request a run for a drift it suppressed.
+
+        A drift that came within the cooldown of ``failed_trigger_id`` while that run was pending
+        was decided ``cooldown``; now that the run failed (and will not be asked again) it would
+        be lost. The most recent such trigger is re-decided, unless another run that has not
+        failed lies within its cooldown. ``make_request`` builds the (topic, record) to stage
+        from the trigger's row. Returns the new decision, or None.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            failed = await conn.fetchrow(
+                "SELECT model_name, kind, event_time, waiting FROM triggers WHERE trigger_id = $1", failed_trigger_id
+            )
+            if failed is None or failed["waiting"]:
+                return None  # a waiting trigger will be asked again: it still stands for the episode
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('training-trigger:' || $1))", failed["model_name"]
+            )
+            row = await conn.fetchrow(
+                "SELECT trigger_id, model_name, episode_id, source_event_id, correlation_id, since, event_time "
+                "FROM triggers WHERE model_name = $1 AND kind = $2 AND decision = 'cooldown' "
+                "AND abs(extract(epoch FROM (event_time - $3::timestamptz))) < $4 "
+                "ORDER BY event_time DESC, decided_at DESC LIMIT 1",
+                failed["model_name"],
+                failed["kind"],
+                failed["event_time"],
+                cooldown_s,
+            )
+            if row is None:
+                return None
+            last = await _nearest_live_request(conn, row["model_name"], failed["kind"], row["event_time"])
+            decision, _ = cooldown_decision(last, row["event_time"], cooldown_s)
+            if decision != "requested":
+                return None
+            topic, record = make_request(dict(row))
+            reason = f"the run requested for {failed_trigger_id} failed; no other run lies within the cooldown"
+            status = await conn.execute(
+                "UPDATE triggers SET decision = 'requested', reason = $2, request_id = $3 "
+                "WHERE trigger_id = $1 AND decision = 'cooldown'",
+                row["trigger_id"],
+                reason,
+                record["request_id"],
+            )
+            if not status.endswith(" 1"):
+                return None
+            await outbox.stage(conn, topic, record)
+            return TriggerDecision(
+                row["trigger_id"], "requested", reason, record["request_id"], record["event_id"], new=True
+            )
 
     async def waiting_triggers(self) -> list[dict[str, Any]]:
         """Drift triggers whose run lacked labelled examples: asked again once they exist."""
@@ -295,13 +348,19 @@ class TrainingStore:
         drift_episode_id: str | None,
         correlation_id: str,
         parameters: dict[str, str],
-    ) -> None:
-        """Record a run as running (again, after a crash in the middle of it)."""
-        await self.pool.execute(
+    ) -> int:
+        """Record an attempt of a run as running (again, after a crash or an outage); returns its number.
+
+        A second attempt may start while an earlier one still runs elsewhere (a redelivery after a
+        rebalance): that is safe, since artifacts are stored under content-addressed keys and only
+        the first attempt to finish announces its outcome (:meth:`finish_run`).
+        """
+        attempts = await self.pool.fetchval(
             "INSERT INTO runs (run_id, request_id, request_event_id, model_name, status, reason, requested_by, "
-            "trigger, drift_episode_id, correlation_id, parameters) "
-            "VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10::jsonb) "
-            "ON CONFLICT (run_id) DO UPDATE SET started_at = now() WHERE runs.status = 'running'",
+            "trigger, drift_episode_id, correlation_id, parameters, attempts) "
+            "VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10::jsonb, 1) "
+            "ON CONFLICT (run_id) DO UPDATE SET started_at = now(), attempts = runs.attempts + 1 "
+            "WHERE runs.status = 'running' RETURNING attempts",
             run_id,
             request_id,
             request_event_id,
@@ -313,6 +372,7 @@ class TrainingStore:
             correlation_id,
             json.dumps(parameters),
         )
+        return int(attempts or 0)
 
     async def finish_run(
         self,
@@ -357,11 +417,13 @@ class TrainingStore:
     async def set_champion(self, champion: Champion, *, promoted_event_id: str, action: str) -> None:
         await self.pool.execute(
             "INSERT INTO champions (model_name, version, run_id, artifact_bucket, artifact_key, artifact_sha256, "
-            "feature_names, promoted_event_id, action) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9) "
+            "feature_names, promoted_event_id, action, metadata_key, metadata_sha256) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11) "
             "ON CONFLICT (model_name) DO UPDATE SET version = EXCLUDED.version, run_id = EXCLUDED.run_id, "
             "artifact_bucket = EXCLUDED.artifact_bucket, artifact_key = EXCLUDED.artifact_key, "
             "artifact_sha256 = EXCLUDED.artifact_sha256, feature_names = EXCLUDED.feature_names, "
-            "promoted_event_id = EXCLUDED.promoted_event_id, action = EXCLUDED.action, updated_at = now()",
+            "promoted_event_id = EXCLUDED.promoted_event_id, action = EXCLUDED.action, "
+            "metadata_key = EXCLUDED.metadata_key, metadata_sha256 = EXCLUDED.metadata_sha256, updated_at = now()",
             champion.model_name,
             champion.version,
             champion.run_id,
@@ -371,12 +433,14 @@ class TrainingStore:
             json.dumps(champion.feature_names),
             promoted_event_id,
             action,
+            champion.metadata_key,
+            champion.metadata_sha256,
         )
 
     async def get_champion(self, model_name: str) -> Champion | None:
         row = await self.pool.fetchrow(
-            "SELECT model_name, version, run_id, artifact_bucket, artifact_key, artifact_sha256, feature_names "
-            "FROM champions WHERE model_name = $1",
+            "SELECT model_name, version, run_id, artifact_bucket, artifact_key, artifact_sha256, feature_names, "
+            "metadata_key, metadata_sha256 FROM champions WHERE model_name = $1",
             model_name,
         )
         if row is None:
@@ -389,6 +453,8 @@ class TrainingStore:
             row["artifact_key"],
             row["artifact_sha256"],
             json.loads(row["feature_names"]),
+            row["metadata_key"],
+            row["metadata_sha256"],
         )
 
     async def list_champions(self) -> list[dict[str, Any]]:
@@ -397,6 +463,24 @@ class TrainingStore:
             "FROM champions ORDER BY model_name"
         )
         return [dict(r) for r in rows]
+
+
+async def _nearest_live_request(conn: Any, model_name: str, kind: str, event_time: datetime) -> datetime | None:
+    """Event time of the requested trigger nearest to ``event_time`` whose run has not failed for good.
+
+    A trigger counts while its run is pending, running or succeeded, and while it waits to be
+    asked again (labels lag); a run that failed does not use up the cooldown of other drifts.
+    """
+    value: datetime | None = await conn.fetchval(
+        "SELECT t.event_time FROM triggers t WHERE t.model_name = $1 AND t.kind = $2 AND t.decision = 'requested' "
+        "AND (t.waiting OR NOT EXISTS "
+        "(SELECT 1 FROM runs r WHERE r.request_id = t.request_id AND r.status = 'failed')) "
+        "ORDER BY abs(extract(epoch FROM (t.event_time - $3::timestamptz))) LIMIT 1",
+        model_name,
+        kind,
+        event_time,
+    )
+    return value
 
 
 def cooldown_decision(last_requested: datetime | None, event_time: datetime, cooldown_s: float) -> tuple[str, str]:
