@@ -1,10 +1,12 @@
 """A schema change must stay BACKWARD compatible with the schema's previous version.
 
 The previous version comes from git: the committed version when the working tree changed the
-file, otherwise the version before the last commit that changed it. Compatibility is checked the
-way a consumer experiences it: records written with the old schema must be readable with the new
-one (Avro schema resolution). The registry applies the same rule when `driftline stack init`
-registers a schema (tests/integration/test_stack_components.py).
+file, otherwise the version before the last commit that changed it. Compatibility is checked
+twice: by Apache Avro's reader/writer compatibility checker (every rule of schema resolution,
+deterministically), and the way a consumer experiences it: records written with the old schema
+must decode with the new one under fastavro, the library the services read with. The registry
+applies the same rule when `driftline stack init` registers a schema
+(tests/integration/test_stack_components.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import avro.schema
 import fastavro
 import pytest
+from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from fastavro.utils import generate_many
 
 from driftline.catalog import schemas_dir
@@ -46,6 +50,11 @@ def previous_version(path: Path) -> dict[str, Any] | None:
 
 def incompatibility(old: dict[str, Any], new: dict[str, Any], samples: int = 60) -> str | None:
     """Why data written with ``old`` cannot be read with ``new`` (None when it can)."""
+    result = ReaderWriterCompatibilityChecker().get_compatibility(
+        reader=avro.schema.parse(json.dumps(new)), writer=avro.schema.parse(json.dumps(old))
+    )
+    if result.compatibility is not SchemaCompatibilityType.compatible:
+        return f"{sorted(map(str, result.incompatibilities))} at {sorted(result.locations)}: {sorted(result.messages)}"
     writer = fastavro.parse_schema(old)
     reader = fastavro.parse_schema(new)
     for record in generate_many(writer, samples):
@@ -90,3 +99,14 @@ def test_the_check_accepts_a_new_field_with_default_and_a_removed_field() -> Non
     new["fields"].append({"name": "confidence", "type": ["null", "double"], "default": None})
     new["fields"] = [f for f in new["fields"] if f["name"] != "source"]
     assert incompatibility(old, new) is None
+
+
+def test_the_check_catches_a_removed_enum_symbol() -> None:
+    old = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": "s", "type": {"type": "enum", "name": "S", "symbols": [f"S{i}" for i in range(40)]}}],
+    }
+    new = copy.deepcopy(old)
+    new["fields"][0]["type"]["symbols"] = new["fields"][0]["type"]["symbols"][:-1]
+    assert incompatibility(old, new) is not None
