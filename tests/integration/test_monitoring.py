@@ -1,6 +1,7 @@
 """The monitoring service on the real stack: a stationary stream raises no drift; a covariate
 shift raises exactly one drift.detected naming the shifted feature (also across a restart of the
-service), which a new champion closes; a label-driven accuracy drop is detected."""
+service); a promotion that deployment refuses leaves it open, a new champion seen serving closes
+it; a label-driven accuracy drop is detected."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import httpx
 import pytest
 
 from driftline.artifacts import ArtifactStore
-from driftline.catalog import DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.events import envelope
 from driftline.kafka import EventProducer
 from driftline.project import load_project
 from driftline.serde import AvroSerde, SchemaRegistryClient
@@ -53,6 +55,20 @@ class World:
             await self.producer.publish_many(batch)
         self.sent += len(rows)
 
+    async def deployment_status(self, promotion: dict[str, Any], status: str) -> None:
+        """What a deployment instance reports about a promotion, as deployment would."""
+        record = {
+            **envelope("test-deployment", cause=promotion),
+            "model_name": promotion["model_name"],
+            "version": promotion["version"],
+            "slot": "champion",
+            "status": status,
+            "reason": f"test: {status}",
+            "instance_id": "test-deployment-1",
+            "load_seconds": None,
+        }
+        await self.producer.publish(DEPLOYMENTS_STATUS, record)
+
 
 @pytest.fixture
 async def world(namespace: Namespace) -> AsyncIterator[World]:
@@ -60,7 +76,7 @@ async def world(namespace: Namespace) -> AsyncIterator[World]:
     producer = EventProducer(
         namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "test"
     )
-    await producer.start([MODELS_PROMOTED, FEATURES_VECTORS, PREDICTIONS, LABELS])
+    await producer.start([MODELS_PROMOTED, FEATURES_VECTORS, PREDICTIONS, LABELS, DEPLOYMENTS_STATUS])
     drift = await TopicReader(namespace, [DRIFT_DETECTED]).start()
     yield World(namespace, producer, ArtifactStore.from_settings(namespace.stack), drift)
     await drift.stop()
@@ -168,8 +184,19 @@ async def test_a_shift_raises_exactly_one_drift_event_naming_the_feature_until_a
             assert report["episode_id"] == d["episode_id"] and report["resolved_at"] is None
             assert report["published_at"] is not None and "salary" in report["features"]
 
-            # A new champion: the episode closes and the windows start again against its reference.
-            await synthetic.publish_promotion(world.producer, world.store, model(2), 2)
+            # A promotion deployment refuses (say, a tampered artifact): v1 serves on, so its
+            # predictions still count and the episode stays open.
+            v2 = await synthetic.publish_promotion(world.producer, world.store, model(2), 2)
+            await world.deployment_status(v2, "failed")
+            await world.send(model(1), *synthetic.generate(200, seed=204, salary_scale=1.6))
+            state = await processed(svc, 1100, 1100, version=1)
+            assert state["episode"]["episode_id"] == d["episode_id"]
+            (r,) = (await http.get(f"{svc.url}/v1/reports")).json()["reports"]
+            assert r["resolved_at"] is None
+
+            # v2 is then deployed (its predictions arrive): the episode closes and the windows
+            # start again against its reference.
+            await world.send(model(2), *synthetic.generate(50, seed=205), version=2)
 
             async def closed() -> None:
                 (r,) = (await http.get(f"{svc.url}/v1/reports")).json()["reports"]

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from driftline.artifacts import ArtifactIntegrityError, ArtifactNotFound, sha256_hex
 from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, PREDICTIONS
 from driftline.events import Event, derived_event_id, envelope
 from driftline.kafka import PoisonRecord
-from driftline_deployment.handlers import CHALLENGER, CHAMPION, Deployer, ModelSlots, Scorer, plan_from_history
+from driftline.models import to_matrix
+from driftline_deployment.handlers import (
+    CHALLENGER,
+    CHAMPION,
+    Deployer,
+    ModelSlots,
+    ProcessLoader,
+    Scorer,
+    plan_from_history,
+)
 from tests.unit.deployment import synthetic
 from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
 
@@ -139,8 +153,17 @@ async def test_shadow_loads_a_challenger_which_leaves_its_slot_when_promoted_and
     assert slots.challenger(MODEL_NAME) is None and slots.champion(MODEL_NAME).version == 2  # type: ignore[union-attr]
     await d.apply(promoted(store, model(1), 1, action="rollback"))
     assert slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]
-    assert [s["status"] for s in producer.on(DEPLOYMENTS_STATUS)] == ["loaded", "loaded", "loaded", "rolled_back"]
-    assert [s["slot"] for s in producer.on(DEPLOYMENTS_STATUS)] == [CHAMPION, CHALLENGER, CHAMPION, CHAMPION]
+    assert [s["status"] for s in producer.on(DEPLOYMENTS_STATUS)] == [
+        "loaded",
+        "loaded",
+        "loaded",
+        "unloaded",
+        "rolled_back",
+    ]
+    slots_reported = [s["slot"] for s in producer.on(DEPLOYMENTS_STATUS)]
+    assert slots_reported == [CHAMPION, CHALLENGER, CHAMPION, CHALLENGER, CHAMPION]
+    unloaded = producer.on(DEPLOYMENTS_STATUS)[3]
+    assert unloaded["version"] == 2 and "became the champion" in unloaded["reason"]
 
 
 async def test_shadow_can_be_switched_off() -> None:
@@ -160,10 +183,17 @@ def test_the_startup_plan_keeps_the_latest_champion_first_and_the_live_challenge
     ]
     plan = plan_from_history(history)[MODEL_NAME]
     assert [e.value["version"] for e in plan.champions] == [2, 1]
-    assert plan.challenger is not None and plan.challenger.value["version"] == 3
+    challenger = plan.challenger_beside(plan.champions[0])
+    assert challenger is not None and challenger.value["version"] == 3
     history.append(promoted(store, model(3), 3))
     plan = plan_from_history(history)[MODEL_NAME]
-    assert [e.value["version"] for e in plan.champions] == [3, 2, 1] and plan.challenger is None
+    assert [e.value["version"] for e in plan.champions] == [3, 2, 1]
+    assert plan.challenger_beside(plan.champions[0]) is None  # promoted
+    history += [promoted(store, model(4), 4, action="shadow"), promoted(store, model(5), 5)]
+    plan = plan_from_history(history)[MODEL_NAME]
+    assert plan.challenger_beside(plan.champions[0]) is None  # superseded by v5
+    # Were v5 not to load, v3 would serve, and the v4 challenger promoted after it with it.
+    assert plan.challenger_beside(plan.champions[1]) is not None
 
 
 async def test_startup_falls_back_to_the_previous_champion_when_the_latest_does_not_load() -> None:
@@ -215,3 +245,106 @@ async def test_vectors_are_not_scored_without_a_model_and_a_bad_vector_is_poison
     assert not producer.on(PREDICTIONS)  # nothing of the failed batch was sent
     with pytest.raises(PoisonRecord, match="age"):
         await scorer.score_one(bad)
+
+
+@pytest.mark.parametrize("action", ["promote", "rollback"])
+async def test_a_new_champion_clears_the_challenger_it_supersedes_live_and_at_start_up(action: str) -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots)
+    history = [promoted(store, model(1), 1), promoted(store, model(2), 2, action="shadow")]
+    for event in history:
+        await d.apply(event)
+    assert slots.challenger(MODEL_NAME).version == 2  # type: ignore[union-attr]
+    history.append(promoted(store, model(3), 3, action=action))
+    await d.apply(history[-1])
+    assert slots.champion(MODEL_NAME).version == 3 and slots.challenger(MODEL_NAME) is None  # type: ignore[union-attr]
+    unloaded = producer.on(DEPLOYMENTS_STATUS)[-1]
+    assert (unloaded["slot"], unloaded["status"], unloaded["version"]) == (CHALLENGER, "unloaded", 2)
+    assert "superseded" in unloaded["reason"] and unloaded["causation_id"] == history[-1].event_id
+    # No scoring by the stale challenger.
+    scorer = Scorer(slots=slots, producer=producer, model_name=MODEL_NAME)  # type: ignore[arg-type]
+    await scorer.score_batch([vector_event(synthetic.generate(1, seed=3)[0][0], 0)])
+    assert [p["slot"] for p in producer.on(PREDICTIONS)] == [CHAMPION]
+    # A restarted instance ends up the same.
+    restarted = ModelSlots()
+    await deployer(store, FakeProducer(), restarted).on_replayed(history)
+    assert restarted.champion(MODEL_NAME).version == 3 and restarted.challenger(MODEL_NAME) is None  # type: ignore[union-attr]
+    # A later shadow promotion fills the slot again.
+    await d.apply(promoted(store, model(4), 4, action="shadow"))
+    assert slots.challenger(MODEL_NAME).version == 4  # type: ignore[union-attr]
+
+
+async def test_a_champion_that_fails_to_load_leaves_the_challenger_live_and_at_start_up() -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots)
+    history = [
+        promoted(store, model(1), 1),
+        promoted(store, model(2), 2, action="shadow"),
+        promoted(store, model(3), 3, tamper=True),
+    ]
+    for event in history:
+        await d.apply(event)
+    assert slots.champion(MODEL_NAME).version == 1 and slots.challenger(MODEL_NAME).version == 2  # type: ignore[union-attr]
+    assert "unloaded" not in [s["status"] for s in producer.on(DEPLOYMENTS_STATUS)]
+    restarted = ModelSlots()
+    await deployer(store, FakeProducer(), restarted).on_replayed(history)
+    assert restarted.champion(MODEL_NAME).version == 1 and restarted.challenger(MODEL_NAME).version == 2  # type: ignore[union-attr]
+
+
+class BrokenEstimator:
+    """A challenger whose predict fails (a bug in it, a version mismatch of its library, ...)."""
+
+    classes_ = np.array(["deny", "approve"])
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("challenger exploded")
+
+
+async def test_a_failing_challenger_never_affects_the_champions_predictions() -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots)
+    await d.apply(promoted(store, model(1), 1))
+    await d.apply(promoted(store, model(2), 2, action="shadow"))
+    challenger = slots.challenger(MODEL_NAME)
+    assert challenger is not None
+    slots.install(replace(challenger, estimator=BrokenEstimator()))
+    labels = {"model": MODEL_NAME, "version": "2"}
+    errors = REGISTRY.get_sample_value("driftline_deployment_shadow_errors_total", labels)
+    rows = synthetic.generate(20, seed=3)[0]
+    events = [vector_event(r, i) for i, r in enumerate(rows)]
+    scorer = Scorer(slots=slots, producer=producer, model_name=MODEL_NAME)  # type: ignore[arg-type]
+    await scorer.score_batch(events)  # no exception: the batch is not failed
+    await scorer.score_one(vector_event(rows[0], 99))  # no PoisonRecord: nothing goes to the DLQ
+    made = producer.on(PREDICTIONS)
+    assert [p["slot"] for p in made] == [CHAMPION] * 21
+    np.testing.assert_allclose([p["score"] for p in made[:20]], model(1).scores(rows))
+    after = REGISTRY.get_sample_value("driftline_deployment_shadow_errors_total", labels)
+    assert (after or 0) - (errors or 0) == 2
+
+
+async def test_the_process_loader_loads_in_a_child_and_reports_its_errors() -> None:
+    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    loader = ProcessLoader()
+    try:
+        d = deployer(store, producer, slots, loader=loader)
+        assert await d.apply(promoted(store, model(1), 1))
+        champion = slots.champion(MODEL_NAME)
+        assert champion is not None
+        rows = synthetic.generate(5, seed=3)[0]
+        np.testing.assert_allclose(champion.predict(to_matrix(rows, synthetic.FEATURES))[0], model(1).scores(rows))
+        bad = promoted(store, model(2), 2)
+        store.objects[bad.value["artifact_key"]] = b"PK not a skops file"
+        bad.value["artifact_sha256"] = sha256_hex(b"PK not a skops file")
+        assert not await d.apply(bad)
+        assert slots.champion(MODEL_NAME) is champion
+        assert producer.on(DEPLOYMENTS_STATUS)[-1]["status"] == "failed"
+        # The child dies (say, a crash on a hostile file): that load fails, the next one gets a new child.
+        child = await asyncio.get_running_loop().run_in_executor(loader._executor(), os.getpid)
+        assert child != os.getpid()
+        os.kill(child, signal.SIGKILL)
+        assert not await d.apply(promoted(store, model(3), 3))
+        assert "loader process died" in producer.on(DEPLOYMENTS_STATUS)[-1]["reason"]
+        assert await d.apply(promoted(store, model(3), 3))
+        assert slots.champion(MODEL_NAME).version == 3  # type: ignore[union-attr]
+    finally:
+        loader.close()

@@ -5,14 +5,16 @@ a concept change raises a performance-drift event, and episodes publish once."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from functools import cache
 from typing import Any
 
 import pytest
 
-from driftline.catalog import DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
 from driftline.events import Event, envelope
 from driftline.project import DriftPolicy, load_project
+from driftline_monitoring.drift import PerformanceTracker
 from driftline_monitoring.handlers import Monitoring
 from tests.unit.deployment import synthetic
 from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
@@ -29,6 +31,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.summaries: list[dict[str, Any]] = []
         self.reports: dict[str, dict[str, Any]] = {}
+        self.touches = 0
 
     async def save_summary(self, summary: dict[str, Any]) -> None:
         self.summaries.append(summary)
@@ -51,8 +54,9 @@ class FakeStore:
     async def mark_published(self, episode_id: str) -> None:
         self.reports[episode_id]["published"] = True
 
-    async def touch(self, episode_id: str) -> None:
-        pass
+    async def touch(self, episode_id: str, seen_at: datetime | None = None) -> None:
+        self.touches += 1
+        self.reports[episode_id]["last_seen_at"] = seen_at
 
     async def resolve(self, episode_id: str, resolution: str) -> None:
         self.reports[episode_id]["resolved"] = resolution
@@ -96,10 +100,12 @@ def ev(topic: str, value: dict[str, Any], offset: int = 0) -> Event:
     return Event(topic, 0, offset, None, value, b"", 1, 0)
 
 
-async def monitoring_of(
-    m: TrainedModel, version: int = 1, policy: DriftPolicy = POLICY, store: FakeStore | None = None
-) -> tuple[Monitoring, FakeProducer, FakeStore]:
-    producer, store = FakeProducer(), store or FakeStore()
+ARTIFACTS = FakeArtifacts({})  # metadata documents by key, shared by every Monitoring of a test
+
+
+def promotion(m: TrainedModel, version: int, action: str = "promote") -> Event:
+    """A models.promoted record of ``m`` as ``version``, its metadata document in ARTIFACTS."""
+    ARTIFACTS.docs[f"meta-{version}"] = m.metadata
     refs = {
         "artifact_bucket": "b",
         "artifact_key": "a",
@@ -107,9 +113,34 @@ async def monitoring_of(
         "metadata_key": f"meta-{version}",
         "metadata_sha256": "y",
     }
-    artifacts = FakeArtifacts({f"meta-{version}": m.metadata})
-    mon = Monitoring(policy=policy, producer=producer, store=store, artifacts=lambda bucket: artifacts)  # type: ignore[arg-type,return-value]
-    await mon.on_replayed([ev(MODELS_PROMOTED, synthetic.promotion(m, refs, version))])
+    return ev(MODELS_PROMOTED, synthetic.promotion(m, refs, version, action=action))
+
+
+def deployment_status(promoted: Event, status: str, slot: str = "champion") -> Event:
+    """What a deployment instance reports about a promotion (deployments.status)."""
+    value = {
+        **envelope("test-deployment", cause=promoted),
+        "model_name": promoted.value["model_name"],
+        "version": promoted.value["version"],
+        "slot": slot,
+        "status": status,
+        "reason": f"test {status}",
+        "instance_id": "d-1",
+        "load_seconds": 0.1,
+    }
+    return ev(DEPLOYMENTS_STATUS, value)
+
+
+async def monitoring_of(
+    m: TrainedModel,
+    version: int = 1,
+    policy: DriftPolicy = POLICY,
+    store: FakeStore | None = None,
+    history: list[Event] | None = None,
+) -> tuple[Monitoring, FakeProducer, FakeStore]:
+    producer, store = FakeProducer(), store or FakeStore()
+    mon = Monitoring(policy=policy, producer=producer, store=store, artifacts=lambda bucket: ARTIFACTS)  # type: ignore[arg-type,return-value]
+    await mon.on_replayed(history if history is not None else [promotion(m, version)])
     return mon, producer, store
 
 
@@ -199,27 +230,106 @@ async def test_an_episode_resolves_after_clean_checks_and_a_new_drift_opens_a_ne
     assert len(producer.drifts) == 2 and producer.drifts[1]["episode_id"] != episode
 
 
-async def test_a_new_champion_resets_the_windows_and_closes_the_episode() -> None:
+@pytest.mark.parametrize("evidence", ["prediction", "deployment_status"])
+async def test_a_new_champion_seen_serving_resets_the_windows_and_closes_the_episode(evidence: str) -> None:
     mon, producer, store = await monitoring_of(model())
     await stream(mon, model(), *synthetic.generate(600, 51))
     await stream(mon, model(), *synthetic.generate(700, 52, salary_scale=1.6), start=600)
     (first,) = producer.drifts
-    refs = {
-        "artifact_bucket": "b",
-        "artifact_key": "a",
-        "artifact_sha256": "x",
-        "metadata_key": "m2",
-        "metadata_sha256": "y",
-    }
-    mon.artifacts = lambda bucket: FakeArtifacts({"m2": model(2).metadata})  # type: ignore[assignment,return-value]
-    await mon.on_promoted(ev(MODELS_PROMOTED, synthetic.promotion(model(2), refs, 2)))
+    v2 = promotion(model(2), 2)
+    await mon.on_followed(v2)
+    # Announced, not yet serving: the monitor and the episode stay.
+    assert mon.monitors[MODEL_NAME].reference.version == 1
+    assert store.reports[first["episode_id"]]["resolved"] is None
+    rows = synthetic.generate(50, 53)[0]
+    if evidence == "prediction":  # the first champion prediction of v2 (deployment swapped)
+        await stream(mon, model(2), rows[:1], None, start=2000, version=2)
+    else:
+        await mon.on_followed(deployment_status(v2, "loaded"))
     assert store.reports[first["episode_id"]]["resolved"] == "model_changed"
     monitor = mon.monitors[MODEL_NAME]
-    assert monitor.reference.version == 2 and len(monitor.vectors) == 0
-    # Predictions of the old version are not the champion's any more.
-    rows = synthetic.generate(50, 53)[0]
-    await stream(mon, model(1), rows, None, start=2000, version=1)
-    assert len(monitor.scores) == 0 and len(monitor.vectors) == 50
+    assert monitor.reference.version == 2 and len(monitor.vectors) <= 1
+    assert len(monitor.scores) == (1 if evidence == "prediction" else 0)  # that prediction counts, for v2
+    # Predictions of the old version (in flight at the swap) are not the champion's any more.
+    before = len(monitor.scores)
+    await stream(mon, model(1), rows[1:], None, start=2001, version=1)
+    assert mon.monitors[MODEL_NAME] is monitor and len(monitor.scores) == before
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_a_refused_promotion_leaves_the_monitor_and_its_episode_as_they_are(restart: bool) -> None:
+    v1 = promotion(model(), 1)
+    mon, producer, store = await monitoring_of(model(), history=[v1, deployment_status(v1, "loaded")])
+    await stream(mon, model(), *synthetic.generate(600, 81))
+    await stream(mon, model(), *synthetic.generate(700, 82, salary_scale=1.6), start=600)
+    (drift,) = producer.drifts
+    monitor = mon.monitors[MODEL_NAME]
+    # v2 is promoted, but deployment refuses it (say its artifact fails the digest): v1 serves on.
+    v2 = promotion(model(2), 2)
+    refused = deployment_status(v2, "failed")
+    if restart:  # the same, seen by an instance starting after it happened
+        mon, producer, _ = await monitoring_of(
+            model(), store=store, history=[v1, deployment_status(v1, "loaded"), v2, refused]
+        )
+        monitor = mon.monitors[MODEL_NAME]
+    else:
+        await mon.on_followed(v2)
+        await mon.on_followed(refused)
+    assert mon.monitors[MODEL_NAME] is monitor and monitor.reference.version == 1
+    assert mon.state()[0]["pending_versions"] == [2]
+    assert store.reports[drift["episode_id"]]["resolved"] is None
+    assert monitor.episode is not None and monitor.episode.episode_id == drift["episode_id"]
+    # The predictions of the model actually serving still count, and the drift goes on in the same episode.
+    scores, seen = len(monitor.scores), monitor.records_seen
+    await stream(mon, model(), *synthetic.generate(300, 83, salary_scale=1.6), start=1300)
+    assert len(monitor.scores) == min(POLICY.window, scores + 300) and monitor.records_seen == seen + 300
+    assert monitor.performance.total > 0 and producer.drifts == ([] if restart else [drift])
+    assert store.reports[drift["episode_id"]]["resolved"] is None
+
+
+async def test_a_deployment_status_read_before_its_promotion_still_switches() -> None:
+    mon, _, _ = await monitoring_of(model())
+    v2 = promotion(model(2), 2)
+    await mon.on_followed(deployment_status(v2, "loaded"))  # two topics: no order between them
+    assert mon.monitors[MODEL_NAME].reference.version == 1
+    await mon.on_followed(v2)
+    assert mon.monitors[MODEL_NAME].reference.version == 2
+
+
+async def test_at_start_up_the_monitor_follows_the_latest_serving_status() -> None:
+    v1, v2, v3 = promotion(model(), 1), promotion(model(2), 2), promotion(model(), 3, action="rollback")
+    history = [v1, deployment_status(v1, "loaded"), v2, deployment_status(v2, "loaded"), v3]
+    mon, _, _ = await monitoring_of(model(), history=history)
+    assert mon.monitors[MODEL_NAME].reference.version == 2  # v3 announced, not (yet) served
+    mon, _, _ = await monitoring_of(model(), history=[*history, deployment_status(v3, "rolled_back")])
+    assert mon.monitors[MODEL_NAME].reference.version == 3
+    mon, _, _ = await monitoring_of(model(), history=[v1, v2])  # deployment never reported: the latest
+    assert mon.monitors[MODEL_NAME].reference.version == 2
+
+
+async def test_an_open_performance_episode_costs_o_features_per_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    onsets = 0
+    change_point_ms = PerformanceTracker.change_point_ms
+
+    def counted(self: PerformanceTracker, margin: int = 10) -> int:
+        nonlocal onsets
+        onsets += 1
+        return change_point_ms(self, margin)
+
+    monkeypatch.setattr(PerformanceTracker, "change_point_ms", counted)
+    mon, producer, store = await monitoring_of(model())
+    await stream(mon, model(), *synthetic.generate(1200, 31))
+    rows, labels = synthetic.generate(1500, 32, concept="b")
+    await stream(mon, model(), rows, labels, start=1200)
+    (drift,) = producer.drifts
+    assert drift["kind"] == "performance" and drift["onset"] is not None
+    drifted_labels = mon.monitors[MODEL_NAME].performance.total  # most of the 1500 labels after the change
+    assert onsets == 1  # the onset of the one published detection, not one per label while drifted
+    # The open episode is refreshed in the database at most once per check (and per touch_every_s),
+    # not at every label: 1500 vectors are 15 checks.
+    checks = 1500 // POLICY.check_every + 1
+    assert 1 <= store.touches <= checks, (store.touches, drifted_labels)
+    assert store.reports[drift["episode_id"]]["last_seen_at"] is not None
 
 
 async def test_labels_join_predictions_in_either_order_and_only_once() -> None:

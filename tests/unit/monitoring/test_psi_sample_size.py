@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from driftline.profiles import numeric_profile, psi
+from driftline.profiles import build_profiles, numeric_profile, psi
 from driftline.project import load_project
-from driftline_monitoring.drift import psi_noise_bound, score_tests
+from driftline_monitoring.drift import input_tests, psi_noise_bound, psi_threshold, score_tests
 
 POLICY = load_project().drift
 
@@ -56,3 +56,43 @@ def test_a_large_reference_keeps_the_policy_threshold() -> None:
     profile = numeric_profile(scores(rng, 5000))
     (e,) = [e for e in score_tests(profile, scores(rng, POLICY.window).tolist(), POLICY) if e.method == "score_psi"]
     assert e.threshold == POLICY.psi_threshold and not e.drifted
+
+
+def small_reference_with_categoricals(rng: np.random.Generator) -> tuple[dict, dict[str, list]]:
+    """Two numeric and three categorical features against a reference of 60 records (noise bound
+    above the policy threshold), and a stationary window with some missing categories."""
+    n, m = 60, POLICY.window
+    reference = np.column_stack([rng.normal(size=n), rng.normal(size=n), *(rng.integers(0, 5, n) for _ in range(3))])
+    names = ["a", "b", "c1", "c2", "c3"]
+    profiles = build_profiles(reference.astype(float), names, categorical=names[2:])
+    window: dict[str, list] = {"a": list(rng.normal(size=m)), "b": list(rng.normal(size=m))}
+    for name in names[2:]:
+        values: list = [float(x) for x in rng.integers(0, 5, m)]
+        for i in range(0, m, 4):  # a quarter missing: NaN (a float column) or None
+            values[i] = float("nan") if i % 8 else None
+        window[name] = values
+    return profiles, window
+
+
+def test_the_psi_noise_bound_uses_the_level_of_every_feature_psi_tests() -> None:
+    profiles, window = small_reference_with_categoricals(np.random.default_rng(6))
+    level = POLICY.ks_p_value / 5  # PSI runs on all five features, not only the two numeric ones
+    for e in input_tests(profiles, window, POLICY):
+        if e.method != "psi":
+            continue
+        values = window[e.feature]
+        m = sum(v is not None and not (isinstance(v, float) and np.isnan(v)) for v in values)  # as psi() counts
+        assert m < len(values) if e.feature.startswith("c") else m == len(values)
+        assert e.threshold == psi_threshold(POLICY, profiles[e.feature], m, level) > POLICY.psi_threshold
+    ks = [e for e in input_tests(profiles, window, POLICY) if e.method == "ks"]
+    assert [e.feature for e in ks] == ["a", "b"]  # KS runs on the numeric features, at their own level
+    assert all(e.drifted == (e.p_value is not None and e.p_value < POLICY.ks_p_value / 2) for e in ks)
+
+
+def test_small_references_with_categoricals_raise_no_false_psi_alarm() -> None:
+    rng = np.random.default_rng(7)
+    alarms = sum(
+        any(e.drifted for e in input_tests(*small_reference_with_categoricals(rng), POLICY) if e.method == "psi")
+        for _ in range(100)
+    )
+    assert alarms <= 1

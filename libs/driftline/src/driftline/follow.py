@@ -54,6 +54,9 @@ class TopicFollower:
             bootstrap_servers=bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
+            # The reset that assign() starts races seek_to_beginning(); with the default ("latest")
+            # it can win and the replay then starts at the end and misses the history.
+            auto_offset_reset="earliest",
             isolation_level="read_committed",
             client_id=f"driftline-{name}-follower",
         )

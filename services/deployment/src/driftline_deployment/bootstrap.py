@@ -18,7 +18,7 @@ from driftline.project import project_from_settings
 from driftline.runtime import Runtime
 from driftline_deployment import api
 from driftline_deployment.config import DeploymentSettings
-from driftline_deployment.handlers import Deployer, ModelSlots, Scorer
+from driftline_deployment.handlers import Deployer, ModelLoader, ModelSlots, ProcessLoader, Scorer, ThreadLoader
 
 log = get_logger(__name__)
 
@@ -36,6 +36,7 @@ class DeploymentService:
         self.follower: TopicFollower | None = None
         self._follower_task: asyncio.Task[None] | None = None
         self._stores: dict[str, ArtifactStore] = {}
+        self.loader: ModelLoader = ProcessLoader() if settings.load_in_process else ThreadLoader()
 
     def _store(self, bucket: str) -> ArtifactStore:
         """The artifact store of a bucket (promotions name theirs)."""
@@ -52,6 +53,8 @@ class DeploymentService:
             SERVICE, self.settings.stack, produces=[PREDICTIONS, DEPLOYMENTS_STATUS], artifacts=True
         )
         self.runtime = rt
+        if isinstance(self.loader, ProcessLoader):
+            self.loader.start()
         self.deployer = Deployer(
             slots=self.slots,
             producer=rt.producer,
@@ -60,6 +63,7 @@ class DeploymentService:
             default_positive_class=self.project.label.positive_class,
             shadow=self.settings.shadow,
             fallback_depth=self.settings.fallback_depth,
+            loader=self.loader,
         )
         scorer = Scorer(slots=self.slots, producer=rt.producer, model_name=self.model_name, shadow=self.settings.shadow)
         rt.add_consumer(
@@ -91,8 +95,11 @@ class DeploymentService:
             self.follower.stop()
         if self._follower_task is not None:
             await asyncio.gather(self._follower_task, return_exceptions=True)
-        if self.runtime is not None:
-            await self.runtime.stop()
+        try:
+            if self.runtime is not None:
+                await self.runtime.stop()
+        finally:
+            await asyncio.to_thread(self.loader.close)
 
     def readiness(self) -> dict[str, ReadinessCheck]:
         checks: dict[str, ReadinessCheck] = dict(self.runtime.readiness()) if self.runtime else {}

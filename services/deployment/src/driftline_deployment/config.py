@@ -25,6 +25,11 @@ class DeploymentSettings(ServiceSettings):
         description="OpenMP threads per prediction (OMP_NUM_THREADS unless already set; 0: the runtime's default). "
         "Small batches are dominated by thread start-up and spin-waits, badly so on a busy host.",
     )
+    load_in_process: bool = Field(
+        True,
+        description="Load models in a child process, so a swap never makes requests wait for the GIL "
+        "(false: in a worker thread of the service).",
+    )
     fallback_depth: int = Field(
         5, ge=1, description="At start-up, how many earlier champions to try when the latest one does not load."
     )

@@ -4,8 +4,16 @@ swap them when ``models.promoted`` says so, and score feature vectors with them.
 Swapping: a new :class:`LoadedModel` is built completely off to the side (download, SHA-256
 check, skops load under the trusted-types policy, a warm-up prediction) and only then does one
 dictionary entry point at it. A request or a consumer batch takes its model reference once and
-finishes on it, so nothing waits for a swap and nothing fails because of one. A model that fails
-any step is reported as ``failed`` on ``deployments.status`` and the one serving keeps serving.
+finishes on it, so nothing fails because of a swap. Nothing waits for one either: the skops load
+is pure-Python work that holds the GIL for most of its duration (~0.3 s for 300 trees), and a
+thread doing it makes every request on the event loop queue for the GIL (scikit-learn releases
+and re-takes it once per tree), so :class:`ProcessLoader` loads in a child process and hands back
+the loaded estimator. A model that fails any step is reported as ``failed`` on
+``deployments.status`` and the one serving keeps serving.
+
+Challenger: a new champion empties the challenger slot, whether the challenger is the version
+promoted or is superseded by another one (it was shadowing the champion it was meant to beat);
+the emptied slot is reported as ``unloaded``. A later ``shadow`` promotion fills it again.
 
 Predicted class: for a binary model, the positive class when its score (probability) is at
 least 0.5, the other class otherwise; for more classes, the most probable class.
@@ -14,12 +22,18 @@ least 0.5, the other class otherwise; for more classes, the most probable class.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import pickle
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -41,6 +55,11 @@ MODEL_LOADS = Counter("driftline_deployment_model_loads_total", "Model loads by 
 MODEL_VERSION = Gauge("driftline_deployment_model_version", "Version loaded per model and slot", ["model", "slot"])
 PREDICTIONS_MADE = Counter("driftline_deployment_predictions_total", "Predictions", ["source", "slot"])
 UNSCORED = Counter("driftline_deployment_unscored_total", "Feature vectors received while no model was loaded")
+SHADOW_ERRORS = Counter(
+    "driftline_deployment_shadow_errors_total",
+    "Consumer batches the challenger failed to score (the champion's predictions are unaffected)",
+    ["model", "version"],
+)
 SCORE_SECONDS = Histogram(
     "driftline_deployment_score_seconds",
     "Time in the model per scoring call",
@@ -121,16 +140,19 @@ class ModelSlots:
     def challenger(self, model_name: str) -> LoadedModel | None:
         return self._challengers.get(model_name)
 
-    def install(self, model: LoadedModel) -> None:
+    def install(self, model: LoadedModel) -> LoadedModel | None:
+        """Put ``model`` in its slot. A new champion empties the challenger slot (the challenger
+        was promoted, or it was shadowing a champion that is gone); the challenger removed, if any."""
+        retired = None
         if model.slot == CHAMPION:
             self._champions[model.model_name] = model
-            challenger = self._challengers.get(model.model_name)
-            if challenger is not None and challenger.version == model.version:
-                del self._challengers[model.model_name]  # the challenger became the champion
+            retired = self._challengers.pop(model.model_name, None)
+            if retired is not None:
                 MODEL_VERSION.remove(model.model_name, CHALLENGER)
         else:
             self._challengers[model.model_name] = model
         MODEL_VERSION.labels(model.model_name, model.slot).set(model.version)
+        return retired
 
     def models(self) -> list[str]:
         return sorted(set(self._champions) | set(self._challengers))
@@ -138,24 +160,39 @@ class ModelSlots:
 
 @dataclass
 class StartupPlan:
-    """What to load for one model after replaying models.promoted: champions newest first."""
+    """What to load for one model after replaying models.promoted: champions newest first, and
+    the latest challenger (``shadow``), which serves only beside a champion promoted before it."""
 
     champions: list[Event] = field(default_factory=list)
     challenger: Event | None = None
+    order: dict[str, int] = field(default_factory=dict)  # event id → position in models.promoted
+
+    def challenger_beside(self, champion: Event | None) -> Event | None:
+        """The challenger to load beside ``champion`` (the champion that loaded, None if none did):
+        the same as live, where installing a champion empties the challenger slot."""
+        challenger = self.challenger
+        if challenger is None:
+            return None
+        if champion is None:
+            return challenger
+        if self.order[challenger.event_id] < self.order[champion.event_id]:
+            return None  # superseded (or promoted) by this champion
+        if challenger.value["version"] == champion.value["version"]:
+            return None
+        return challenger
 
 
 def plan_from_history(history: Sequence[Event]) -> dict[str, StartupPlan]:
     """The latest champion (with earlier ones to fall back on) and challenger of every model."""
     plans: dict[str, StartupPlan] = {}
-    for event in history:
+    for position, event in enumerate(history):
         value = event.value
         plan = plans.setdefault(value["model_name"], StartupPlan())
+        plan.order[event.event_id] = position
         if value["action"] == "shadow":
             plan.challenger = event
         elif value["action"] in ("promote", "rollback"):
             plan.champions.append(event)
-            if plan.challenger is not None and plan.challenger.value["version"] == value["version"]:
-                plan.challenger = None
     for plan in plans.values():
         plan.champions.reverse()
     return plans
@@ -177,6 +214,93 @@ def _load_and_warm(data: bytes, feature_names: Sequence[str], positive_class: st
     return estimator
 
 
+class ModelLoader(Protocol):
+    """Turns verified artifact bytes into a warmed-up estimator, off the event loop."""
+
+    async def load(self, data: bytes, feature_names: Sequence[str], positive_class: str) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadLoader:
+    """Loads in a worker thread of this process. Simple, but the load holds the GIL for most of
+    its duration, so requests served meanwhile wait (see the module doc): for tests and tools."""
+
+    async def load(self, data: bytes, feature_names: Sequence[str], positive_class: str) -> Any:
+        return await asyncio.to_thread(_load_and_warm, data, feature_names, positive_class)
+
+    def close(self) -> None:
+        pass
+
+
+def _loader_process_started(parent_pid: int) -> None:
+    # The child's CPU time goes to loads, the parent's to requests: on a small host, serving wins.
+    os.nice(19)
+
+    def exit_with_the_parent() -> None:  # even a parent killed with SIGKILL leaves no child behind
+        while os.getppid() == parent_pid:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_the_parent, name="loader-parent-watch", daemon=True).start()
+
+
+def _load_in_child(data: bytes, feature_names: Sequence[str], positive_class: str) -> bytes:
+    """In the loader process: the trusted-types load and the warm-up; the estimator, pickled.
+
+    The pickle never touches the object store: it is made here, from an estimator that skops
+    built from trusted types only, and read once by the parent over the pool's pipe.
+    """
+    return pickle.dumps(_load_and_warm(data, feature_names, positive_class), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unpickle_and_warm(blob: bytes, n_features: int, positive_class: str) -> Any:
+    estimator = pickle.loads(blob)  # noqa: S301 - made by our loader process (see _load_in_child)
+    positive_scores(estimator, np.zeros((1, n_features)), positive_class)  # first-call costs, not on a request
+    return estimator
+
+
+class ProcessLoader:
+    """Loads in one long-lived child process (spawned: the service has threads), so the skops load
+    competes with serving for a CPU core, never for the GIL. Receiving the estimator costs the
+    parent a few milliseconds of unpickling in a thread. A child that dies (a crash on a hostile
+    file) fails that load only; the next load starts a new child."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_loader_process_started,
+                initargs=(os.getpid(),),
+            )
+        return self._pool
+
+    def start(self) -> None:
+        """Start the child now (imports take seconds), rather than at the first promotion."""
+        self._executor().submit(os.getpid)
+
+    async def load(self, data: bytes, feature_names: Sequence[str], positive_class: str) -> Any:
+        pool = self._executor()
+        try:
+            blob = await asyncio.get_running_loop().run_in_executor(
+                pool, _load_in_child, data, tuple(feature_names), positive_class
+            )
+        except BrokenProcessPool as exc:
+            self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise LoadError(f"the model loader process died while loading this model ({exc})") from exc
+        return await asyncio.to_thread(_unpickle_and_warm, blob, len(feature_names), positive_class)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 class Deployer:
     """Applies models.promoted: loads, verifies, warms up, swaps, and reports on deployments.status."""
 
@@ -190,6 +314,7 @@ class Deployer:
         default_positive_class: str,
         shadow: bool = True,
         fallback_depth: int = 5,
+        loader: ModelLoader | None = None,
     ) -> None:
         self.slots = slots
         self.producer = producer
@@ -198,22 +323,26 @@ class Deployer:
         self.default_positive_class = default_positive_class
         self.shadow = shadow
         self.fallback_depth = fallback_depth
+        self.loader: ModelLoader = loader or ThreadLoader()
         self.history: deque[dict[str, Any]] = deque(maxlen=50)  # recent status changes, newest last
         self.replayed = False
 
     async def on_replayed(self, history: list[Event]) -> None:
         """Start-up: load the latest champion (earlier ones if it fails) and challenger per model."""
         for model_name, plan in plan_from_history(history).items():
+            serving = None
             for event in plan.champions[: self.fallback_depth]:
                 if await self.apply(event, startup=True):
+                    serving = event
                     break
             else:
                 if plan.champions:
                     log.error(
                         "no_champion_loadable", model=model_name, tried=min(len(plan.champions), self.fallback_depth)
                     )
-            if plan.challenger is not None:
-                await self.apply(plan.challenger, startup=True)
+            challenger = plan.challenger_beside(serving)
+            if challenger is not None:
+                await self.apply(challenger, startup=True)
         self.replayed = True
 
     async def on_event(self, event: Event) -> None:
@@ -241,7 +370,7 @@ class Deployer:
             log.error("model_load_failed", model=value["model_name"], version=value["version"], reason=reason[:500])
             await self._report(event, slot, "failed", reason, time.perf_counter() - start)
             return False
-        self.slots.install(model)
+        retired = self.slots.install(model)
         status = "rolled_back" if action == "rollback" else "loaded"
         MODEL_LOADS.labels(slot, status).inc()
         why = "rebuilt from models.promoted at start-up; " if startup else ""
@@ -249,6 +378,17 @@ class Deployer:
         await self._report(
             event, slot, status, f"{why}{action} v{model.version}: {value['reason']}", model.load_seconds
         )
+        if retired is not None:
+            became = "became the champion" if retired.version == model.version else "was superseded"
+            log.info("challenger_unloaded", model=model.model_name, version=retired.version, champion=model.version)
+            await self._report(
+                event,
+                CHALLENGER,
+                "unloaded",
+                f"challenger v{retired.version} {became}: {action} v{model.version} to champion",
+                None,
+                version=retired.version,
+            )
         return True
 
     async def _load(self, event: Event, slot: str) -> LoadedModel:
@@ -261,7 +401,7 @@ class Deployer:
         if not feature_names:
             raise LoadError("the promotion names no features")
         positive = str(metadata.get("positive_class") or self.default_positive_class)
-        estimator = await asyncio.to_thread(_load_and_warm, data, feature_names, positive)
+        estimator = await self.loader.load(data, feature_names, positive)
         return LoadedModel(
             model_name=value["model_name"],
             version=int(value["version"]),
@@ -282,7 +422,10 @@ class Deployer:
             load_seconds=time.perf_counter() - start,
         )
 
-    async def _report(self, event: Event, slot: str, status: str, reason: str, seconds: float | None) -> None:
+    async def _report(
+        self, event: Event, slot: str, status: str, reason: str, seconds: float | None, *, version: int | None = None
+    ) -> None:
+        """One deployments.status record caused by ``event``, about its version (or ``version``)."""
         value = event.value
         record = {
             **self.producer.envelope(
@@ -290,7 +433,7 @@ class Deployer:
                 event_id=derived_event_id("deployment-status", event.event_id, self.instance_id, slot, status),
             ),
             "model_name": value["model_name"],
-            "version": int(value["version"]),
+            "version": int(value["version"]) if version is None else version,
             "slot": slot,
             "status": status,
             "reason": reason[:2000],
@@ -321,26 +464,47 @@ class Scorer:
         self.shadow = shadow
 
     async def score_batch(self, events: list[Event]) -> None:
-        """Batch handler: a row that is not a valid vector fails the batch (the runner then isolates it)."""
+        """Batch handler: a row the champion cannot score fails the batch (the runner then isolates
+        it). The challenger is scored after the champion's predictions are sent, and nothing it
+        does (an error in its input conversion or its predict) reaches the champion's path: it is
+        counted (``driftline_deployment_shadow_errors_total``), logged, and its batch is skipped."""
         champion = self.slots.champion(self.model_name)
         if champion is None:
             UNSCORED.inc(len(events))
             log.debug("no_model_loaded_vectors_unscored", count=len(events))
             return
         challenger = self.slots.challenger(self.model_name) if self.shadow else None
-        models = [m for m in (champion, challenger) if m is not None]
         features = [e.value["features"] for e in events]
-        # Validate every row for every model before anything is sent.
-        matrices = [to_matrix(features, m.feature_names) for m in models]
-        for model, x in zip(models, matrices, strict=True):
-            scores, classes, seconds = await asyncio.to_thread(model.timed_predict, x)
-            SCORE_SECONDS.labels("stream").observe(seconds)
-            per_record_ms = seconds * 1000 / len(events)
-            for event, score, predicted in zip(events, scores, classes, strict=True):
-                await self.producer.send(
-                    PREDICTIONS, self._record(event, model, float(score), predicted, per_record_ms)
-                )
-            PREDICTIONS_MADE.labels("stream", model.slot).inc(len(events))
+        x = to_matrix(features, champion.feature_names)  # every row valid before anything is sent
+        await self._score(events, champion, await asyncio.to_thread(champion.timed_predict, x))
+        if challenger is None:
+            return
+        try:
+            shadow_x = to_matrix(features, challenger.feature_names)
+            result = await asyncio.to_thread(challenger.timed_predict, shadow_x)
+            if not len(result[0]) == len(result[1]) == len(events):
+                raise ValueError(f"{len(result[0])} scores for {len(events)} vectors")
+        except Exception as exc:
+            SHADOW_ERRORS.labels(challenger.model_name, str(challenger.version)).inc()
+            log.warning(
+                "shadow_scoring_failed",
+                model=challenger.model_name,
+                version=challenger.version,
+                records=len(events),
+                error=f"{type(exc).__name__}: {exc}"[:500],
+            )
+            return
+        await self._score(events, challenger, result)
+
+    async def _score(
+        self, events: list[Event], model: LoadedModel, result: tuple[np.ndarray, list[str], float]
+    ) -> None:
+        scores, classes, seconds = result
+        SCORE_SECONDS.labels("stream").observe(seconds)
+        per_record_ms = seconds * 1000 / len(events)
+        for event, score, predicted in zip(events, scores, classes, strict=True):
+            await self.producer.send(PREDICTIONS, self._record(event, model, float(score), predicted, per_record_ms))
+        PREDICTIONS_MADE.labels("stream", model.slot).inc(len(events))
 
     async def score_one(self, event: Event) -> None:
         """Per-record handler (used to isolate a bad record): invalid vectors go to the DLQ."""

@@ -1,5 +1,5 @@
 """Wiring of the monitoring service: runtime (PostgreSQL schema ``monitoring``), the champion
-follower, the consumer group, and the HTTP app."""
+follower (models.promoted and deployments.status), the consumer group, and the HTTP app."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from fastapi import FastAPI
 
 from driftline.api import ReadinessCheck, create_app
 from driftline.artifacts import ArtifactStore
-from driftline.catalog import DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.catalog import (
+    DEPLOYMENTS_STATUS,
+    DRIFT_DETECTED,
+    FEATURES_VECTORS,
+    LABELS,
+    MODELS_PROMOTED,
+    PREDICTIONS,
+)
 from driftline.events import Event
 from driftline.follow import TopicFollower
 from driftline.project import project_from_settings
@@ -66,6 +73,7 @@ class MonitoringService:
             artifacts=self._artifacts,
             resolve_after=self.settings.resolve_after,
             join_capacity=self.settings.join_capacity,
+            touch_every_s=self.settings.touch_every_s,
         )
         rt.add_consumer(
             topics=[FEATURES_VECTORS, PREDICTIONS, LABELS],
@@ -77,14 +85,15 @@ class MonitoringService:
         )
         self.follower = TopicFollower(
             name=SERVICE,
-            topics=[MODELS_PROMOTED],
+            # What is promoted, and what deployment then serves (a refused promotion changes nothing).
+            topics=[MODELS_PROMOTED, DEPLOYMENTS_STATUS],
             bootstrap_servers=self.settings.stack.kafka_bootstrap_servers,
             serde=rt.serde,
             producer=rt.producer,
             on_replayed=self._replayed,
-            on_event=self.monitoring.on_promoted,
+            on_event=self.monitoring.on_followed,
         )
-        self._follower_task = asyncio.create_task(self.follower.run(), name="follower:models.promoted")
+        self._follower_task = asyncio.create_task(self.follower.run(), name="follower:models")
 
     async def _replayed(self, history: list[Event]) -> None:
         assert self.monitoring is not None and self.runtime is not None
@@ -106,9 +115,9 @@ class MonitoringService:
         async def replayed() -> None:
             task = self._follower_task
             if task is None or task.done():
-                raise RuntimeError("the models.promoted follower is not running")
+                raise RuntimeError("the models.promoted / deployments.status follower is not running")
             if self.follower is None or not self.follower.caught_up.is_set():
-                raise RuntimeError("models.promoted not replayed yet")
+                raise RuntimeError("models.promoted and deployments.status not replayed yet")
 
         checks["models_replayed"] = replayed
         return checks

@@ -21,4 +21,9 @@ class MonitoringSettings(ServiceSettings):
         50_000, ge=100, description="Predictions (per model) and labels kept waiting for their other half."
     )
     max_records: int = Field(500, ge=1, description="Most records handled per consumer batch.")
+    touch_every_s: float = Field(
+        5.0,
+        ge=0,
+        description="An open episode's last detection time is written at most this often (and at each check).",
+    )
     page_checks: int = Field(120, ge=10, description="Checks plotted per model on the HTML page.")

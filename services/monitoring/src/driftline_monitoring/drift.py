@@ -5,13 +5,15 @@ Pure logic (no I/O) so it can be tested with plain data.
 * Input drift, per feature of the reference profile, over the last ``window`` feature vectors:
   PSI on the reference bins (every feature) and a two-sample KS test against the reference
   sketch (numeric features). A feature drifted when its PSI is above both ``psi_threshold`` and
-  the PSI that sampling noise reaches at the test level for these sample sizes (see
+  the PSI that sampling noise reaches at level ``ks_p_value / m_psi`` for these sample sizes (see
   :func:`psi_noise_bound`; it matters only for small references), or when the KS p-value is
-  below ``ks_p_value / m``, m being the number of numeric features tested (Bonferroni: the
-  policy's ``ks_p_value`` is the false-alarm rate of one check across all features, not of each).
-  The KS evidence reports the distance D and, as its threshold, the critical distance at that
-  level for these sample sizes, so every piece of evidence reads "statistic > threshold".
-  Input drift is raised when at least ``min_drifted_features`` features drifted.
+  below ``ks_p_value / m_ks``; m_psi and m_ks are the numbers of features each test runs on
+  (PSI: every feature with reference data, categoricals included; KS: the numeric ones).
+  Bonferroni: the policy's ``ks_p_value`` is the false-alarm rate of one check across all
+  features, not of each. The KS evidence reports the distance D and, as its threshold, the
+  critical distance at that level for these sample sizes, so every piece of evidence reads
+  "statistic > threshold". Input drift is raised when at least ``min_drifted_features``
+  features drifted.
 * Prediction drift: the same two tests on the champion's positive-class scores against the
   reference score profile (methods ``score_psi`` and ``score_ks``).
 * Performance drift, on champion predictions joined with labels: rolling accuracy over the last
@@ -23,7 +25,10 @@ Pure logic (no I/O) so it can be tested with plain data.
   Page-Hinkley as the early detector of a real change without letting noise through.
 * Tests run every ``check_every`` vectors once the window holds ``min_window`` of them;
   performance is checked at every outcome. Cost per record: O(features) to update the windows,
-  plus one check (O(window x features)) every ``check_every`` records. Memory: the windows.
+  plus one check (O(window x features)) every ``check_every`` records. The change-point estimate
+  of a performance drift (O(performance_window)) is computed only for the detection that is
+  published (:meth:`ModelMonitor.with_onset`), not at every outcome of an open episode. Memory:
+  the windows.
 * Episodes: the first detection opens an episode and is the only one published; while it is
   open, further detections (any kind) only refresh it. It resolves after ``resolve_after``
   consecutive clean checks, or when the model changes (a new monitor is built).
@@ -35,6 +40,7 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -42,7 +48,8 @@ import numpy as np
 from river.drift import PageHinkley
 from scipy import stats
 
-from driftline.profiles import ks, psi
+from driftline.events import now_utc
+from driftline.profiles import category_key, ks, psi
 from driftline.project import DriftPolicy
 
 INPUT, PREDICTION, PERFORMANCE = "input", "prediction", "performance"
@@ -144,37 +151,46 @@ def numeric_tests(
     policy: DriftPolicy,
     ks_level: float,
     prefix: str = "",
+    psi_level: float | None = None,
 ) -> list[Evidence]:
-    """PSI and KS of a numeric sample against its reference profile."""
+    """PSI and KS of a numeric sample against its reference profile, KS at ``ks_level`` and the
+    PSI noise bound at ``psi_level`` (default: the same level)."""
     v = values[~np.isnan(values)]
     p = psi(dict(profile), v)
     d, p_value = ks(dict(profile), v)
     n, m = int(profile.get("count") or len(profile.get("sketch") or ())), int(v.size)
     n_eff = round(n * m / (n + m)) if n and m else 1
-    limit = psi_threshold(policy, profile, m, ks_level)
+    limit = psi_threshold(policy, profile, m, ks_level if psi_level is None else psi_level)
     return [
         Evidence(feature, f"{prefix}psi", p, limit, None, p > limit),
         Evidence(feature, f"{prefix}ks", d, ks_critical_distance(ks_level, n_eff), p_value, p_value < ks_level),
     ]
 
 
+def tested_features(profiles: Mapping[str, Mapping[str, Any]], features: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The features PSI runs on (every one with reference frequencies) and those KS runs on (the
+    numeric ones among them): the m of each test's Bonferroni level."""
+    psi_tested = [f for f in features if profiles[f].get("frequencies")]
+    return psi_tested, [f for f in psi_tested if profiles[f].get("kind") == "numeric"]
+
+
 def input_tests(
     profiles: Mapping[str, Mapping[str, Any]], columns: Mapping[str, Sequence[Any]], policy: DriftPolicy
 ) -> list[Evidence]:
     """Every feature of the window against the reference profile (see the module doc)."""
-    numeric = [f for f in columns if profiles[f].get("kind") == "numeric"]
-    ks_level = policy.ks_p_value / max(1, len(numeric))
+    psi_tested, ks_tested = tested_features(profiles, list(columns))
+    ks_level = policy.ks_p_value / max(1, len(ks_tested))
+    psi_level = policy.ks_p_value / max(1, len(psi_tested))
     out: list[Evidence] = []
-    for feature, values in columns.items():
-        profile = profiles[feature]
+    for feature in psi_tested:
+        profile, values = profiles[feature], columns[feature]
         if profile.get("kind") == "numeric":
-            if not profile.get("frequencies"):
-                continue  # no reference data for it
-            out += numeric_tests(feature, profile, _as_floats(values), policy, ks_level)
+            out += numeric_tests(feature, profile, _as_floats(values), policy, ks_level, psi_level=psi_level)
         else:
-            present = [x for x in values if x is not None]
-            p = psi(dict(profile), present)
-            limit = psi_threshold(policy, profile, len(present), ks_level)
+            # The records PSI counts: None and NaN are missing values, not a category.
+            m = sum(category_key(x) is not None for x in values)
+            p = psi(dict(profile), values)
+            limit = psi_threshold(policy, profile, m, psi_level)
             out.append(Evidence(feature, "psi", p, limit, None, p > limit))
     return out
 
@@ -316,13 +332,12 @@ class PerformanceTracker:
         if not (acc_drifted or ph_drifted):
             return None
         window = (self.outcomes[0][0], self.outcomes[-1][0], len(self.outcomes))
-        detection = main_detection(PERFORMANCE, evidence, window, [])
-        return replace(detection, onset_ms=self.change_point_ms())
+        return main_detection(PERFORMANCE, evidence, window, [])  # its onset only if it is reported
 
     def change_point_ms(self, margin: int = 10) -> int:
         """Event time where the error rate most likely changed within the window: the split that
-        maximises the Bernoulli log-likelihood of 'one rate before, another after' (O(window),
-        computed only when drift is reported)."""
+        maximises the Bernoulli log-likelihood of 'one rate before, another after' (O(window):
+        computed only for a detection that is reported, see :meth:`ModelMonitor.with_onset`)."""
         times = [t for t, _ in self.outcomes]
         errors = np.fromiter((0.0 if ok else 1.0 for _, ok in self.outcomes), dtype=np.float64)
         n = errors.size
@@ -361,6 +376,11 @@ class Episode:
     episode_id: str
     kind: str
     clean_checks: int = 0
+    seen_at: datetime | None = None  # last detection not yet written to the report (last_seen_at)
+    written_at: float = -math.inf  # time.monotonic() of the last write of last_seen_at
+
+    def seen(self) -> None:
+        self.seen_at = now_utc()
 
 
 @dataclass
@@ -447,6 +467,13 @@ class ModelMonitor:
         return result
 
     # -- episodes --------------------------------------------------------------------------------
+
+    def with_onset(self, detection: Detection) -> Detection:
+        """The detection with its estimated onset, for the one detection that is published. Call it
+        before the windows change (synchronously after the detection): it reads the outcome window."""
+        if detection.kind == PERFORMANCE and detection.onset_ms is None:
+            return replace(detection, onset_ms=self.performance.change_point_ms())
+        return detection
 
     def should_open(self, detection: Detection) -> bool:
         """A detection opens an episode only when none is open; otherwise it keeps it open."""

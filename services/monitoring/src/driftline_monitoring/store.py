@@ -93,8 +93,13 @@ class MonitoringStore:
     async def mark_published(self, episode_id: str) -> None:
         await self.pool.execute("UPDATE drift_reports SET published_at = now() WHERE episode_id = $1", episode_id)
 
-    async def touch(self, episode_id: str) -> None:
-        await self.pool.execute("UPDATE drift_reports SET last_seen_at = now() WHERE episode_id = $1", episode_id)
+    async def touch(self, episode_id: str, seen_at: datetime) -> None:
+        """The episode was detected again at ``seen_at`` (written in batches, see Monitoring._touch)."""
+        await self.pool.execute(
+            "UPDATE drift_reports SET last_seen_at = GREATEST(last_seen_at, $2) WHERE episode_id = $1",
+            episode_id,
+            seen_at,
+        )
 
     async def resolve(self, episode_id: str, resolution: str) -> None:
         await self.pool.execute(
