@@ -208,6 +208,13 @@ async def test_the_registry_promotes_rejects_rolls_back_and_rebuilds_from_the_lo
             assert out.exit_code == 0 and "rollback" in out.output and "canary" in out.output, out.output
             out = CliRunner().invoke(cli, ["models", "rollback", "nope", "--url", registry.url])
             assert out.exit_code == 1 and "404" in out.output
+            # A new champion empties the challenger slot, as deployment empties its own.
+            r = await client.post(f"/v1/models/{MODEL}/versions/2/promote", headers=AUTH)
+            assert r.status_code == 200 and r.json()["previous_version"] == 3
+            promoted_id = r.json()["event_id"]
+            await reader.wait_for(lambda evs: any(e.event_id == promoted_id for e in evs), what="promotion of v2")
+            model = (await client.get(f"/v1/models/{MODEL}")).json()
+            assert (model["champion_version"], model["challenger_version"]) == (2, None)
             after_manual_actions = await registry_state(client)
     finally:
         registry.stop()
@@ -232,20 +239,22 @@ async def test_the_registry_promotes_rejects_rolls_back_and_rebuilds_from_the_lo
                 return state
 
             state = await eventually(rebuilt_state, timeout_s=60)
-            # v5 was rolled back and v3 promoted by hand: v5 does not return to service.
-            assert [(m["champion_version"], m["challenger_version"]) for m in state["models"]] == [(3, 5)]
+            # v5 was rolled back, v3 then v2 promoted by hand: v5 does not return to service.
+            assert [(m["champion_version"], m["challenger_version"]) for m in state["models"]] == [(2, None)]
             assert [v["stage"] for v in state["versions"]] == [
-                "rejected", "archived", "champion", "rejected", "rolled_back", "rejected",
+                "rejected", "champion", "archived", "rejected", "rolled_back", "rejected",
             ]  # fmt: skip
             manual = [(h["action"], h["version"], h["actor"]) for h in state["history"] if h["actor"] == "local"]
-            assert manual == [("rollback", 2, "local"), ("promote", 3, "local"), ("shadow", 5, "local")]
+            assert manual == [
+                ("rollback", 2, "local"), ("promote", 3, "local"), ("shadow", 5, "local"), ("promote", 2, "local"),
+            ]  # fmt: skip
 
             # Nothing was announced again: the next run's decision is the only new event.
             after = trained_record(0.7)
             await producer.publish(MODELS_TRAINED, after)
             decided = await wait_decision(reader, after["run_id"])
             assert decided.topic == MODELS_REJECTED and decided.value["version"] == 7
-            assert "champion is v3" in decided.value["reason"]
+            assert "champion is v2" in decided.value["reason"]
             new_decisions = [e for e in reader.events[seen:] if e.topic in (MODELS_PROMOTED, MODELS_REJECTED)]
             assert [e.event_id for e in new_decisions] == [decided.event_id]
     finally:

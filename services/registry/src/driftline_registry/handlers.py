@@ -407,14 +407,16 @@ class RegistryHandlers:
         return await self._publish(record)
 
     async def _crown(self, conn: Conn, model: Any, version: int, *, retire_as: str) -> None:
-        """Make ``version`` the champion; the previous champion, if any, moves to stage ``retire_as``."""
-        name, previous, challenger = model["name"], model["champion_version"], model["challenger_version"]
+        """Make ``version`` the champion; the previous champion, if any, moves to stage ``retire_as``.
+
+        The challenger slot empties, as deployment's does: a challenger shadowed the champion it
+        was meant to beat (a later ``shadow`` fills the slot again).
+        """
+        name, previous = model["name"], model["champion_version"]
         if previous is not None and previous != version:
             await self.store.set_stage(conn, name, previous, retire_as)
         await self.store.set_stage(conn, name, version, "champion")
-        await self.store.set_roles(
-            conn, name, champion=version, challenger=None if challenger == version else challenger
-        )
+        await self.store.set_roles(conn, name, champion=version, challenger=None)
 
     async def _target(self, conn: Conn, model: Any, name: str, version: int) -> dict[str, Any]:
         if model is None:
