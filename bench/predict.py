@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 def bare_app(model_file: str, positive: str) -> Any:
     """The baseline: parse, build the row, predict_proba, answer."""
     import numpy as np
+    import orjson
 
     from driftline.models import load_model
     from tests.unit.deployment.synthetic import FEATURES
@@ -44,16 +45,18 @@ def bare_app(model_file: str, positive: str) -> Any:
     app = FastAPI()
 
     @app.post("/v1/predict")
-    async def predict(request: Request) -> dict[str, Any]:
-        body = await request.json()
+    async def predict(request: Request) -> Response:
+        # The least a Python model server does: orjson in and out, no response model, no encoder.
+        body = orjson.loads(await request.body())
         rows = body["instances"] if "instances" in body else [body["features"]]
         x = np.asarray([[row[f] for f in FEATURES] for row in rows], dtype=np.float64)
         scores = model.predict_proba(x)[:, pos]
-        return {
+        answer = {
             "predictions": [
                 {"score": float(s), "predicted_class": positive if s >= 0.5 else classes[1 - pos]} for s in scores
             ]
         }
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     return app
 
