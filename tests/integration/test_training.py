@@ -6,6 +6,7 @@ features service needed); labels follow a simple rule of the features so a model
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -354,7 +355,7 @@ async def test_drift_events_within_the_cooldown_cause_one_run(
         await reader.stop()
 
 
-async def test_a_drift_run_that_lacked_labels_is_asked_again_once_they_arrive(
+async def test_a_drift_that_comes_before_its_labels_waits_for_them_then_trains(
     namespace: Namespace, producer: EventProducer, training: ServiceProcess
 ) -> None:
     start = datetime.now(UTC) - timedelta(hours=2)
@@ -374,27 +375,34 @@ async def test_a_drift_run_that_lacked_labels_is_asked_again_once_they_arrive(
             def in_chain(evs: list[Event]) -> list[Event]:
                 return [e for e in evs if e.correlation_id == drift["event_id"]]
 
-            await reader.wait_for(lambda evs: any(e.topic == TRAINING_FAILED for e in in_chain(evs)), what="failure")
-            (failed,) = [e for e in in_chain(reader.events) if e.topic == TRAINING_FAILED]
-            assert failed.value["error_type"] == "too_few_examples" and failed.value["retryable"] is True
-            (trigger,) = (await client.get(f"{url}/v1/triggers")).json()["triggers"]
-            assert (trigger["decision"], trigger["waiting"], trigger["attempts"]) == ("requested", True, 1)
+            async def waiting() -> dict[str, Any]:
+                triggers = (await client.get(f"{url}/v1/triggers")).json()["triggers"]
+                assert len(triggers) == 1, triggers
+                (trigger,) = triggers
+                assert (trigger["decision"], trigger["waiting"], trigger["attempts"]) == ("requested", True, 0)
+                return dict(trigger)
 
-            # The missing labels arrive: training asks again, in the same chain, and trains.
+            await eventually(waiting, timeout_s=60)
+            # No run that can only fail: nothing is requested while the labels are missing.
+            await asyncio.sleep(3)
+            await reader.poll(1.0)
+            assert in_chain(reader.events) == []
+
+            # The missing labels arrive: the request goes out, in the drift's chain, and trains.
             await producer.publish_many([(LABELS, label_record(r)) for r in rows[200:]])
             await reader.wait_for(
-                lambda evs: any(e.topic == MODELS_TRAINED for e in in_chain(evs)), timeout_s=240, what="retrained"
+                lambda evs: any(e.topic == MODELS_TRAINED for e in in_chain(evs)), timeout_s=240, what="trained"
             )
             chain = in_chain(reader.events)
-            assert [e.topic for e in chain] == [TRAINING_REQUESTED, TRAINING_FAILED, TRAINING_REQUESTED, MODELS_TRAINED]
-            first_request, _, second_request, trained = chain
-            assert second_request.value["request_id"] != first_request.value["request_id"]
-            assert second_request.value["causation_id"] == drift["event_id"]
-            assert second_request.value["drift_episode_id"] == "episode-lag"
+            assert [e.topic for e in chain] == [TRAINING_REQUESTED, MODELS_TRAINED]
+            request, trained = chain
+            assert request.value["causation_id"] == drift["event_id"]
+            assert request.value["drift_episode_id"] == "episode-lag"
+            assert request.value["since"] == epoch_ms(onset)
             # It asks as soon as the policy's minimum of labelled examples since the onset exists.
             assert 300 == PROJECT.training.min_examples <= trained.value["n_train"] + trained.value["n_holdout"] <= 400
             (trigger,) = (await client.get(f"{url}/v1/triggers")).json()["triggers"]
-            assert (trigger["waiting"], trigger["attempts"]) == (False, 2)
+            assert (trigger["waiting"], trigger["attempts"]) == (False, 1)
     finally:
         await reader.stop()
 

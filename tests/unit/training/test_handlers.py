@@ -346,6 +346,57 @@ async def test_a_drift_run_that_failed_for_good_lets_a_suppressed_drift_be_reque
     assert store.revived == [f"drift:{PROJECT.model.name}:episode-1"]
 
 
+# -- a drift that comes before its labels waits for them ----------------------------------------
+
+
+@dataclass
+class DriftStore(FakeStore):
+    labelled_since: int = 0
+    decided: list[dict[str, Any]] = field(default_factory=list)
+    counted_since: list[datetime | None] = field(default_factory=list)
+
+    async def count_labelled(self, _fsv: str, _classes: Any, since: datetime | None) -> int:
+        self.counted_since.append(since)
+        return self.labelled_since
+
+    async def decide_trigger(self, **kwargs: Any) -> Any:
+        from driftline_training.store import TriggerDecision
+
+        self.decided.append(kwargs)
+        if kwargs["defer"]:
+            return TriggerDecision(kwargs["trigger_id"], "requested", "waiting", None, None, True)
+        _, record = kwargs["request"]
+        return TriggerDecision(kwargs["trigger_id"], "requested", "", record["request_id"], record["event_id"], True)
+
+
+def drift_event(onset: datetime) -> Event:
+    value = {
+        **envelope("monitoring"),
+        "model_name": PROJECT.model.name,
+        "episode_id": "episode-1",
+        "onset": onset,
+        "window_start": onset - timedelta(minutes=5),
+    }
+    return event("drift.detected", value)
+
+
+@pytest.mark.parametrize(
+    ("labelled", "waits"), [(PROJECT.training.min_examples - 1, True), (PROJECT.training.min_examples, False)]
+)
+async def test_a_drift_requests_a_run_only_once_enough_examples_since_its_onset_are_labelled(
+    labelled: int, waits: bool
+) -> None:
+    onset = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    store = DriftStore(labelled_since=labelled)
+    h = handlers(store)
+    await h.on_drift(drift_event(onset))
+    assert store.counted_since == [onset]  # since_drift: the examples after the onset
+    ((decision,),) = [store.decided]
+    assert decision["defer"] is waits and decision["since"] == onset
+    published = h.outbox.published  # type: ignore[attr-defined]
+    assert published == ([] if waits else [[decision["request"][1]["event_id"]]])
+
+
 # -- the champion is compared on examples it did not train on ----------------------------------
 
 

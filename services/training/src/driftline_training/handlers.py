@@ -194,7 +194,7 @@ class TrainingHandlers:
         await self.maybe_request_initial()
 
     async def retry_waiting_triggers(self) -> None:
-        """Ask again for drift runs that failed for lack of labelled examples, once they exist.
+        """Ask for drift runs that waited, or failed, for lack of labelled examples, once they exist.
 
         Labels often lag the events: a drift episode must not be lost because its run came too
         early. The new request stays in the drift event's chain (same cause and correlation).
@@ -293,6 +293,18 @@ class TrainingHandlers:
         ignore = None
         if model != self.project.model.name:
             ignore = f"model {model!r} is not this project's model ({self.project.model.name!r})"
+        # Labels lag the events: right after a drift, few of the examples since its onset may be
+        # labelled yet. Then the trigger waits (holding the cooldown) and the request goes out
+        # once the policy's minimum exists (retry_waiting_triggers), rather than a run that can
+        # only fail for want of examples.
+        policy = self.project.training
+        labelled = None
+        if ignore is None:
+            labelled = await self.store.count_labelled(
+                self.project.features.version,
+                self.project.label.classes,
+                onset if policy.selection == "since_drift" else None,
+            )
         decision = await self.store.decide_trigger(
             trigger_id=f"drift:{model}:{episode}",
             kind="drift",
@@ -305,6 +317,7 @@ class TrainingHandlers:
             ignore_reason=ignore,
             correlation_id=event.correlation_id,
             since=onset,
+            defer=labelled is not None and labelled < policy.min_examples,
         )
         log.info(
             "drift_trigger_decided",
@@ -312,6 +325,7 @@ class TrainingHandlers:
             decision=decision.decision,
             reason=decision.reason,
             request_id=decision.request_id,
+            labelled_since_onset=labelled,
             first_delivery=decision.new,
         )
         if decision.request_event_id:

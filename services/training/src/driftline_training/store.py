@@ -169,10 +169,13 @@ class TrainingStore:
         ignore_reason: str | None = None,
         correlation_id: str | None = None,
         since: datetime | None = None,
+        defer: bool = False,
     ) -> TriggerDecision:
         """Decide once per trigger, under a per-model lock: request a run, or not (cooldown).
 
-        ``request`` is the (topic, record) to stage when the decision is to request a run. A
+        ``request`` is the (topic, record) to stage when the decision is to request a run. With
+        ``defer`` a requested trigger stages nothing yet: it waits (holding the cooldown) until
+        enough labelled examples exist, and :meth:`retry_trigger` then stages its request. A
         trigger seen before returns its stored decision (``new`` False).
         """
         async with self.pool.acquire() as conn, conn.transaction():
@@ -192,14 +195,17 @@ class TrainingStore:
                 last = await _nearest_live_request(conn, model_name, kind, event_time)
                 decision, reason = cooldown_decision(last, event_time, cooldown_s)
             request_id = request_event_id = None
-            if decision == "requested" and request is not None:
+            waiting = decision == "requested" and defer
+            if waiting:
+                reason = f"{reason}; waiting for labelled examples"
+            elif decision == "requested" and request is not None:
                 topic, record = request
                 request_id, request_event_id = record["request_id"], record["event_id"]
                 await outbox.stage(conn, topic, record)
             await conn.execute(
                 "INSERT INTO triggers (trigger_id, kind, model_name, source_event_id, episode_id, event_time, "
-                "decision, reason, request_id, correlation_id, since) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "decision, reason, request_id, correlation_id, since, waiting, attempts) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 trigger_id,
                 kind,
                 model_name,
@@ -211,6 +217,8 @@ class TrainingStore:
                 request_id,
                 correlation_id,
                 since,
+                waiting,
+                0 if waiting else 1,  # requests made so far
             )
             return TriggerDecision(trigger_id, decision, reason, request_id, request_event_id, new=True)
 
