@@ -13,9 +13,12 @@ warn() { printf 'driftline-stack: WARNING: %s\n' "$*" >&2; }
 die() { printf 'driftline-stack: ERROR: %s\n' "$*" >&2; exit 1; }
 
 port_free() { # true when nothing listens on 127.0.0.1:$1 and we may bind it
+  # SO_REUSEADDR, as the servers set it: connections of a stopped server still in TIME_WAIT do
+  # not make the port taken; a live listener still does.
   python3 - "$1" <<'PY'
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
