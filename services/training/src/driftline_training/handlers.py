@@ -388,10 +388,11 @@ class TrainingHandlers:
                 parameters=dict(v.get("parameters") or {}),
             )
             log.info("training_run_started", run_id=run_id, request_id=request_id, reason=v["reason"], attempt=attempt)
-            failure = await self._attempt(event, run_id, started=started, deadline=deadline, attempt=attempt)
-            if isinstance(failure, RunOutcome):
-                await self._succeed(run_id, failure)
+            result = await self._attempt(event, run_id, started=started, deadline=deadline, attempt=attempt)
+            if isinstance(result, RunOutcome):
+                await self._succeed(run_id, result)
                 return
+            failure = result
             delay = self.retry_backoff_s * 2 ** (tries - 1)
             if (
                 failure.error_type in RETRIED_IN_PLACE

@@ -19,10 +19,6 @@ def register(app: typer.Typer) -> None:
     )(demo)
 
 
-def _services(action: str, env_file: Path | None = None) -> int:
-    return run_services_script(action, extra_env_file=env_file)
-
-
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -49,8 +45,8 @@ def demo(
         f"DRIFTLINE_POSTGRES_DSN={stack.postgres_dsn.get_secret_value()}\n"
         f"DRIFTLINE_ARTIFACT_BUCKET={stack.artifact_bucket}\n"
     )
-    _services("stop")
-    if _services("start", env_file) != 0:
+    run_services_script("stop")
+    if run_services_script("start", extra_env_file=env_file) != 0:
         raise typer.Exit(1)
 
     cfg = ScenarioConfig(
@@ -93,7 +89,7 @@ def demo(
     out.write_text(json.dumps(summary.as_dict(), indent=2, default=str))
     console.print(f"summary written to {out}")
     if not keep_services:
-        _services("stop")
+        run_services_script("stop")
     else:
         console.print("the services keep running: `make services-down` stops them, `make down` stops everything")
     if not summary.closed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
 from rich.table import Table
 
@@ -54,25 +56,18 @@ def init() -> None:
     console.print(f"artifact bucket: {report.bucket}")
 
 
-@services_app.command("up")
-def services_up() -> None:
-    """Start the six services in the background and wait until each answers /readyz."""
-    raise typer.Exit(run_services_script("start"))
+def _services_command(action: str) -> Callable[[], None]:
+    def command() -> None:
+        raise typer.Exit(run_services_script(action))
+
+    return command
 
 
-@services_app.command("down")
-def services_down() -> None:
-    """Stop the six services (SIGTERM: each drains, commits and exits)."""
-    raise typer.Exit(run_services_script("stop"))
-
-
-@services_app.command("status")
-def services_status() -> None:
-    """Each service's readiness and address."""
-    raise typer.Exit(run_services_script("status"))
-
-
-@services_app.command("logs")
-def services_logs() -> None:
-    """Follow the services' collected logs (Ctrl-C to stop)."""
-    raise typer.Exit(run_services_script("logs"))
+# driftline services <name> → infra/services.sh <action>
+for _name, _action, _help in (
+    ("up", "start", "Start the six services in the background and wait until each answers /readyz."),
+    ("down", "stop", "Stop the six services (SIGTERM: each drains, commits and exits)."),
+    ("status", "status", "Each service's readiness and address."),
+    ("logs", "logs", "Follow the services' collected logs (Ctrl-C to stop)."),
+):
+    services_app.command(_name, help=_help)(_services_command(_action))
