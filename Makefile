@@ -42,8 +42,8 @@ fmt: venv ## format the code with ruff
 	@.venv/bin/ruff check --fix-only . >/dev/null || true
 	@.venv/bin/ruff format .
 
-typecheck: venv ## mypy on the library and the services
-	@.venv/bin/mypy libs/driftline/src services/*/src
+typecheck: venv ## mypy on the libraries and the services
+	@.venv/bin/mypy libs/*/src services/*/src
 
 lock: ## re-resolve dependencies and rewrite requirements.lock
 	@UV=$$(infra/venv.sh --uv) && UV_CACHE_DIR=$${DRIFTLINE_CACHE_DIR:-$$HOME/.cache/driftline}/uv-cache \

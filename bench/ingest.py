@@ -2,7 +2,7 @@
 
     (a) a bare aiokafka producer, same settings as the platform's (acks=all, idempotence, lz4,
         linger 5 ms, 256 KiB batches): records built beforehand, timed = Avro encoding + send + acks
-    (b) the SDK's direct-Kafka path (driftline.sdk.Publisher.kafka): validation, envelope, encoding,
+    (b) the SDK's direct-Kafka path (driftline_sdk.Publisher.kafka): validation, envelope, encoding,
         send, acks — from the JSON-shaped events a client has
     (c) the HTTP batch endpoint of a real ingestion service process (started here on a free port,
         in a fresh namespace of the stack): client-side JSON is serialised beforehand
@@ -38,12 +38,12 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaProducer  # noqa: E402
 
 from driftline.catalog import EVENTS_RAW, parsed_schema  # noqa: E402
-from driftline.examples.loan_approval.generator import LoanStream  # noqa: E402
 from driftline.project import load_project  # noqa: E402
-from driftline.sdk import Publisher  # noqa: E402
 from driftline.serde import AvroSerde, SchemaRegistryClient  # noqa: E402
 from driftline.settings import LOCAL_API_TOKEN, StackSettings  # noqa: E402
 from driftline.validation import Valid, Validator  # noqa: E402
+from driftline_cli.examples.loan_approval.generator import LoanStream  # noqa: E402
+from driftline_sdk import Publisher  # noqa: E402
 from tests.support import Namespace, ServiceProcess, create_namespace, drop_namespace  # noqa: E402
 
 # The platform producer's settings (driftline.kafka.EventProducer defaults).

@@ -36,7 +36,7 @@ def bare_app(model_file: str, positive: str) -> Any:
     import numpy as np
     import orjson
 
-    from driftline.models import load_model
+    from driftline_ml.models import load_model
     from tests.unit.deployment.synthetic import FEATURES
 
     model = load_model(Path(model_file).read_bytes())

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from driftline.events import Event, derived_event_id  # noqa: E402
-from driftline.models import build_estimator  # noqa: E402
 from driftline.settings import StackSettings  # noqa: E402
+from driftline_ml.models import build_estimator  # noqa: E402
 from driftline_training import pipeline  # noqa: E402
 from driftline_training.bootstrap import start  # noqa: E402
 from driftline_training.config import TrainingSettings  # noqa: E402

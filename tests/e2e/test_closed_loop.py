@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from driftline.examples.loan_approval.scenario import Scenario, ScenarioConfig
 from driftline.history import CHAIN_TOPICS, chain, read_topics
+from driftline_cli.examples.loan_approval.scenario import Scenario, ScenarioConfig
 from tests.support import ROOT, Namespace, ServiceProcess
 
 SERVICES = ("ingestion", "features", "training", "registry", "deployment", "monitoring")

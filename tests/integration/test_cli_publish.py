@@ -55,7 +55,7 @@ def cli(ns: Namespace, *args: str, env: dict[str, str] | None = None) -> subproc
     environment = {**ns.env(), "COLUMNS": "200", **(env or {})}
     environment.pop("DRIFTLINE_API_TOKEN", None)
     return subprocess.run(
-        [sys.executable, "-m", "driftline.cli.main", *args],
+        [sys.executable, "-m", "driftline_cli.main", *args],
         env=environment,
         cwd=ROOT,
         capture_output=True,

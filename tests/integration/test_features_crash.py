@@ -16,11 +16,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import derived_event_id, envelope, epoch_ms
-from driftline.featuredefs import FeatureSet
 from driftline.history import partitions_of
 from driftline.kafka import EventProducer
 from driftline.project import load_project
 from driftline.serde import AvroSerde, SchemaRegistryClient
+from driftline_ml.featuredefs import FeatureSet
 from tests.support import Namespace, ServiceProcess, TopicReader, eventually
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)

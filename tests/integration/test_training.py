@@ -28,10 +28,10 @@ from driftline.catalog import (
 )
 from driftline.events import Event, derived_event_id, envelope, epoch_ms, new_event_id
 from driftline.kafka import EventProducer
-from driftline.models import load_model, to_matrix
 from driftline.project import load_project
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import LOCAL_API_TOKEN
+from driftline_ml.models import load_model, to_matrix
 from tests.support import Namespace, ServiceProcess, TopicReader, eventually
 
 AUTH = {"Authorization": f"Bearer {LOCAL_API_TOKEN}"}

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from driftline.catalog import Catalog
+from driftline.project import EXAMPLE_PROJECT
 from driftline.settings import LOCAL_API_TOKEN, LOCAL_MINIO_SECRET, LOCAL_POSTGRES_PASSWORD, StackSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +82,26 @@ def discover_services() -> list[str]:
 
 
 SERVICES = discover_services()
+
+
+def workspace_libraries(pyproject: Path) -> set[str]:
+    """libs/<dir> a package needs: the workspace libraries it names in its dependencies, transitively."""
+    lib_dirs = {
+        tomllib.loads(p.read_text())["project"]["name"]: p.parent
+        for p in sorted((ROOT / "libs").glob("*/pyproject.toml"))
+    }
+    needed: set[str] = set()
+    todo = [pyproject]
+    while todo:
+        deps = tomllib.loads(todo.pop().read_text())["project"].get("dependencies", [])
+        for dep in deps:
+            name = re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0]
+            if name in lib_dirs and f"libs/{lib_dirs[name].name}" not in needed:
+                needed.add(f"libs/{lib_dirs[name].name}")
+                todo.append(lib_dirs[name] / "pyproject.toml")
+    return needed
+
+
 TOPICS = list(Catalog.load(ROOT / "schemas" / "topics.yaml"))
 
 
@@ -322,12 +343,16 @@ def test_each_service_has_its_own_final_stage(service: str) -> None:
     health = parsed.effective(service, "HEALTHCHECK")
     assert health is not None and f":{CONTAINER_PORT}/healthz" in health.args, f"{service}: no /healthz healthcheck"
 
-    # Its code: its own service and the library, no other service.
+    # Its code: its own service and the libraries its pyproject names (the core one at least), no
+    # other service and no other library.
     copied = {src for stage in parsed.closure(service) for src in copy_sources(stage)}
     assert f"services/{service}" in copied, f"{service}: services/{service} is never copied into its build"
     others = {f"services/{other}" for other in SERVICES if other != service}
     assert not copied & others, f"{service}: its image is built with {sorted(copied & others)}"
-    assert "libs/driftline" in copied and "requirements.lock" in copied
+    assert "requirements.lock" in copied
+    libs = workspace_libraries(ROOT / "services" / service / "pyproject.toml")
+    assert "libs/driftline" in libs, f"{service}: its pyproject does not depend on the core library"
+    assert {c for c in copied if c.startswith("libs/")} == libs, f"{service}: built with {sorted(copied)}, needs {libs}"
 
 
 def test_the_cli_stage_runs_the_driftline_cli() -> None:
@@ -335,6 +360,12 @@ def test_the_cli_stage_runs_the_driftline_cli() -> None:
     assert CLI_TARGET in parsed.stages
     entrypoint = parsed.effective(CLI_TARGET, "ENTRYPOINT")
     assert entrypoint is not None and entrypoint.json_args() == ["driftline"]
+    copied = {src for stage in parsed.closure(CLI_TARGET) for src in copy_sources(stage)}
+    libs = workspace_libraries(ROOT / "libs" / "driftline-cli" / "pyproject.toml") | {"libs/driftline-cli"}
+    assert {c for c in copied if c.startswith("libs/")} == libs, f"cli: built with {sorted(copied)}, needs {libs}"
+    assert not any(c.startswith("services/") for c in copied), f"cli: built with {sorted(copied)}"
+    user = parsed.effective(CLI_TARGET, "USER")
+    assert user is not None and user.args.split(":")[0] not in ("root", "0"), "cli: runs as root"
 
 
 def copy_sources(stage: Stage) -> list[str]:
@@ -421,8 +452,10 @@ def test_the_build_context_leaves_out_local_state() -> None:
         assert ignored(path), f"{path} would be sent to the builder"
     for path in ["services/training/src/driftline_training/__pycache__/x.pyc", "libs/driftline/dist/x.whl"]:
         assert ignored(path), path
-    for path in ["requirements.lock", "schemas/topics.yaml", "libs/driftline/pyproject.toml"]:
+    for path in ["requirements.lock", "schemas/topics.yaml"]:
         assert not ignored(path), path
+    for lib in sorted((ROOT / "libs").glob("*/pyproject.toml")):
+        assert not ignored(str(lib.relative_to(ROOT))), lib
     for service in SERVICES:
         assert not ignored(f"services/{service}/pyproject.toml"), service
 
@@ -708,6 +741,14 @@ def test_compose_runs_every_service_and_the_init_job() -> None:
         assert any(p.endswith(f":{CONTAINER_PORT}") for p in spec["ports"]), f"compose {service}: port"
         assert spec["depends_on"]["stack-init"]["condition"] == "service_completed_successfully"
         assert f":{CONTAINER_PORT}/readyz" in " ".join(spec["healthcheck"]["test"]), f"compose {service}: healthcheck"
+
+
+def test_compose_mounts_the_shipped_example_project_by_default() -> None:
+    source = compose()["x-driftline-project"]["source"]
+    default = re.fullmatch(r"\$\{DRIFTLINE_PROJECT_FILE_ON_HOST:-(.+)\}", source)
+    assert default, f"compose: project file source {source!r} has no default"
+    assert EXAMPLE_PROJECT is not None
+    assert (COMPOSE.parent / default.group(1)).resolve() == EXAMPLE_PROJECT.resolve()
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from driftline.artifacts import ArtifactStore
 from driftline.catalog import FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
 from driftline.events import derived_event_id, envelope
 from driftline.kafka import EventProducer
-from driftline.models import dump_model, positive_scores, to_matrix
-from driftline.profiles import build_profiles, numeric_profile
+from driftline_ml.models import dump_model, positive_scores, to_matrix
+from driftline_ml.profiles import build_profiles, numeric_profile
 
 MODEL_NAME = "loan-approval"
 FEATURES = [

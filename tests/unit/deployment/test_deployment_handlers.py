@@ -18,7 +18,6 @@ from driftline.artifacts import ArtifactIntegrityError, ArtifactNotFound, sha256
 from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, PREDICTIONS
 from driftline.events import Event, derived_event_id, envelope
 from driftline.kafka import PoisonRecord
-from driftline.models import to_matrix
 from driftline_deployment.handlers import (
     CHALLENGER,
     CHAMPION,
@@ -28,6 +27,7 @@ from driftline_deployment.handlers import (
     Scorer,
     plan_from_history,
 )
+from driftline_ml.models import to_matrix
 from tests.unit.deployment import synthetic
 from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
 

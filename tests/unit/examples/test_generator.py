@@ -7,9 +7,9 @@ from statistics import mean
 
 import pytest
 
-from driftline.examples.loan_approval.generator import APPROVE, FUNCTIONS, LoanStream
 from driftline.project import load_project
 from driftline.validation import Valid, Validator
+from driftline_cli.examples.loan_approval.generator import APPROVE, FUNCTIONS, LoanStream
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 

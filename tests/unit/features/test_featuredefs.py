@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftline.featuredefs import (
+from driftline.project import FeatureSpec, load_project
+from driftline_ml.featuredefs import (
     Expression,
     FeatureDefinitionError,
     FeatureSet,
@@ -17,7 +18,6 @@ from driftline.featuredefs import (
     aggregate,
     load_function,
 )
-from driftline.project import FeatureSpec, load_project
 
 MIN = 60_000
 T0 = 1_735_725_600_000  # 2025-01-01T10:00:00Z, aligned on the hour

@@ -11,12 +11,12 @@ import pytest
 
 from driftline.catalog import EVENTS_DLQ, FEATURES_VECTORS
 from driftline.events import derived_event_id, envelope
-from driftline.featuredefs import FeatureSet
 from driftline.kafka import TransientError
 from driftline.project import load_project
 from driftline.serde import DecodeError
 from driftline_features.handlers import FeatureProcessor, SourceRecord
 from driftline_features.store import VectorRow
+from driftline_ml.featuredefs import FeatureSet
 
 PROJECT = load_project()
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)

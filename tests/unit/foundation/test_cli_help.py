@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from typer.testing import CliRunner
 
-from driftline.cli.main import app
+from driftline_cli.main import app
 
 ISSUE_COMMANDS = {
     ("up",), ("down",), ("status",), ("publish",), ("topics",), ("retrain",), ("trace",), ("demo",),

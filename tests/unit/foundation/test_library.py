@@ -13,11 +13,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from driftline import models, profiles
 from driftline.auth import TokenAuth
 from driftline.kafka import Backoff, PoisonRecord, TransientError, is_transient, retry_transient
 from driftline.project import EXAMPLE_PROJECT, load_project, parse_duration
 from driftline.settings import StackSettings
+from driftline_ml import models, profiles
 
 # --- project file -------------------------------------------------------------------------------
 

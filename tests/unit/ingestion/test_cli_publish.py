@@ -10,11 +10,11 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from driftline.cli import publish as publish_cli
-from driftline.cli.main import app
 from driftline.project import load_project
-from driftline.sdk import Publisher, PublishError, PublishResult
 from driftline.validation import Kind, Validator
+from driftline_cli import publish as publish_cli
+from driftline_cli.main import app
+from driftline_sdk import Publisher, PublishError, PublishResult
 from tests.unit.ingestion.fakes import loan_event
 
 

@@ -13,12 +13,12 @@ from fastapi import FastAPI
 
 from driftline.auth import TokenAuth
 from driftline.project import load_project
-from driftline.sdk import HttpTransport, Publisher, PublishError
 from driftline.validation import Validator
 from driftline_ingestion.api import build_app
 from driftline_ingestion.config import IngestionSettings
 from driftline_ingestion.handlers import IngestHandler
 from driftline_ingestion.store import IdempotencyKeys
+from driftline_sdk import HttpTransport, Publisher, PublishError
 from tests.unit.ingestion.fakes import LOAN, FakeProducer, loan_event
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from driftline.profiles import build_profiles
 from driftline.project import load_project
+from driftline_ml.profiles import build_profiles
 from driftline_monitoring.drift import PerformanceTracker, input_tests
 from driftline_monitoring.page import render
 

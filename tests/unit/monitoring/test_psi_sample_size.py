@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from driftline.profiles import build_profiles, numeric_profile, psi
 from driftline.project import load_project
+from driftline_ml.profiles import build_profiles, numeric_profile, psi
 from driftline_monitoring.drift import input_tests, psi_noise_bound, psi_threshold, score_tests
 
 POLICY = load_project().drift

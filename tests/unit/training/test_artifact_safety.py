@@ -9,7 +9,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from driftline.models import (
+from driftline.project import ModelSpec, load_project
+from driftline_ml.models import (
     SUPPORTED_ESTIMATORS,
     TRUSTED_TYPES,
     UnsafeArtifactError,
@@ -17,7 +18,6 @@ from driftline.models import (
     dump_model,
     load_model,
 )
-from driftline.project import ModelSpec, load_project
 
 
 def _evil(x: object) -> object:  # stands for any function an attacker would reference

@@ -15,8 +15,8 @@ from driftline.artifacts import ArtifactStore, sha256_hex
 from driftline.catalog import LABELS, MODELS_PROMOTED, TRAINING_FAILED, TRAINING_REQUESTED
 from driftline.events import Event, derived_event_id, envelope
 from driftline.kafka import PoisonRecord
-from driftline.models import build_estimator, dump_model, load_model
 from driftline.project import load_project
+from driftline_ml.models import build_estimator, dump_model, load_model
 from driftline_training import pipeline
 from driftline_training.handlers import TrainingHandlers, request_record
 from driftline_training.pipeline import Example

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from driftline.models import build_estimator, load_model
 from driftline.project import TrainingPolicy, load_project
+from driftline_ml.models import build_estimator, load_model
 from driftline_training import pipeline
 from driftline_training.pipeline import Example, TrainingFailure
 

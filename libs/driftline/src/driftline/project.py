@@ -5,8 +5,9 @@ It names the event type and its Avro payload schema, the entity key, the label, 
 training, drift and promotion policies. A feature is defined here once; features computes it,
 training fits on it, deployment scores it and monitoring watches it.
 
-The shipped example is ``driftline/examples/loan_approval/project.yaml``; point
-``DRIFTLINE_PROJECT_FILE`` at another file to run a different project.
+The shipped example is ``examples/loan_approval/project.yaml`` in the checkout (its payload schema
+is ``schemas/events/LoanApplication.avsc``); point ``DRIFTLINE_PROJECT_FILE`` at another file to
+run a different project. An installed image has no checkout, so it must name its project file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-EXAMPLE_PROJECT = Path(__file__).parent / "examples" / "loan_approval" / "project.yaml"
+from driftline.settings import repo_root
+
+_ROOT = repo_root()
+# The default project file; None outside a checkout.
+EXAMPLE_PROJECT = _ROOT / "examples" / "loan_approval" / "project.yaml" if _ROOT is not None else None
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -202,8 +207,10 @@ class Project(_Model):
 
 
 def load_project(path: Path | str | None = None) -> Project:
-    """Load and validate a project file (default: the shipped loan-approval example)."""
+    """Load and validate a project file (default: the shipped loan-approval example of the checkout)."""
     p = Path(path) if path else EXAMPLE_PROJECT
+    if p is None:
+        raise FileNotFoundError("no project file: set DRIFTLINE_PROJECT_FILE (the shipped example is in the checkout)")
     with p.open() as f:
         doc = yaml.safe_load(f)
     return Project.model_validate({**doc, "path": p})

@@ -71,7 +71,7 @@ class StackSettings(BaseSettings):
         "(which suits a one-broker local stack); e.g. 3 on a production cluster.",
     )
     project_file: Path | None = Field(
-        None, description="Project file (YAML); default: the shipped loan-approval example."
+        None, description="Project file (YAML); default: examples/loan_approval/project.yaml of the checkout."
     )
     api_tokens: SecretStr = Field(
         SecretStr(""),

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
-from driftline.models import to_matrix
 from driftline_deployment.handlers import PREDICTIONS_MADE, SCORE_SECONDS, LoadedModel
+from driftline_ml.models import to_matrix
 
 if TYPE_CHECKING:
     from driftline_deployment.bootstrap import DeploymentService

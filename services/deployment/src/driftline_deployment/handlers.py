@@ -43,7 +43,7 @@ from driftline.catalog import DEPLOYMENTS_STATUS, PREDICTIONS
 from driftline.events import Event, derived_event_id, now_utc
 from driftline.kafka import EventProducer, PoisonRecord, is_transient
 from driftline.logging import get_logger
-from driftline.models import load_model, positive_scores, to_matrix
+from driftline_ml.models import load_model, positive_scores, to_matrix
 
 log = get_logger(__name__)
 

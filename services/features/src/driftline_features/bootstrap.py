@@ -16,7 +16,6 @@ from faust.contrib.asgi import faust_app_running
 
 from driftline.api import ReadinessCheck, create_app
 from driftline.catalog import FEATURES_VECTORS
-from driftline.featuredefs import FeatureSet
 from driftline.logging import get_logger
 from driftline.project import project_from_settings
 from driftline.runtime import Runtime
@@ -24,6 +23,7 @@ from driftline_features import api, stream
 from driftline_features.config import SERVICE, FeaturesSettings
 from driftline_features.handlers import FeatureProcessor
 from driftline_features.store import OnlineStore
+from driftline_ml.featuredefs import FeatureSet
 
 log = get_logger(__name__)
 

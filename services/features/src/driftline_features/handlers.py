@@ -24,13 +24,13 @@ from aiokafka.structs import ConsumerRecord
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import as_utc, derived_event_id, epoch_ms
-from driftline.featuredefs import FeatureSet
 from driftline.kafka import Backoff, PoisonRecord, is_transient, retry_transient
 from driftline.logging import bind_event, get_logger
 from driftline.project import Project
 from driftline.serde import DecodeError
 from driftline_features import metrics
 from driftline_features.store import VectorRow
+from driftline_ml.featuredefs import FeatureSet
 
 log = get_logger(__name__)
 

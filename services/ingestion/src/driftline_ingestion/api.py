@@ -15,10 +15,10 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 
 from driftline.api import ReadinessCheck, create_app
 from driftline.project import project_from_settings
-from driftline.sdk import SOURCE_HEADER
 from driftline.validation import Kind, Validator
 from driftline_ingestion.config import IngestionSettings
 from driftline_ingestion.handlers import IngestHandler, Reply, body_too_large, nothing_stored
+from driftline_sdk import SOURCE_HEADER
 
 SERVICE = "ingestion"
 DLQ_PREFIX_BYTES = 64 * 1024  # what the DLQ keeps of a body over the limit

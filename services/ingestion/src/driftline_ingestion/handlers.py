@@ -20,7 +20,6 @@ from typing import Any, Protocol
 from prometheus_client import Counter, Gauge, Histogram
 
 from driftline.logging import get_logger
-from driftline.sdk import dead_letter
 from driftline.validation import (
     BATCH_TOO_LARGE,
     BODY_TOO_LARGE,
@@ -35,6 +34,7 @@ from driftline.validation import (
     with_original_bytes,
 )
 from driftline_ingestion.store import IdempotencyKeys, Seen
+from driftline_sdk import dead_letter
 
 log = get_logger(__name__)
 

@@ -49,8 +49,8 @@ from river.drift import PageHinkley
 from scipy import stats
 
 from driftline.events import now_utc
-from driftline.profiles import category_key, ks, psi
 from driftline.project import DriftPolicy
+from driftline_ml.profiles import category_key, ks, psi
 
 INPUT, PREDICTION, PERFORMANCE = "input", "prediction", "performance"
 

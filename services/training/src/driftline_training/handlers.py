@@ -37,10 +37,10 @@ from driftline.catalog import FEATURES_VECTORS, LABELS, MODELS_TRAINED, TRAINING
 from driftline.events import Event, as_utc, derived_event_id, envelope, epoch_ms, now_utc
 from driftline.kafka import PoisonRecord, is_transient
 from driftline.logging import get_logger
-from driftline.models import UnsafeArtifactError, load_model
 from driftline.outbox import Outbox
 from driftline.project import Project, TrainingPolicy
 from driftline.settings import repo_root
+from driftline_ml.models import UnsafeArtifactError, load_model
 from driftline_training import pipeline
 from driftline_training.pipeline import RETRIED_IN_PLACE, FitResult, TrainingFailure
 from driftline_training.store import Champion, LabelRow, TrainingStore, VectorRow, request_event_id_of

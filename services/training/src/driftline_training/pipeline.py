@@ -20,7 +20,8 @@ import numpy as np
 from pydantic import ValidationError
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
-from driftline.models import (
+from driftline.project import Project, TrainingPolicy
+from driftline_ml.models import (
     UnsafeArtifactError,
     build_estimator,
     dump_model,
@@ -28,8 +29,7 @@ from driftline.models import (
     to_matrix,
     trusted_types_for,
 )
-from driftline.profiles import build_profiles, numeric_profile
-from driftline.project import Project, TrainingPolicy
+from driftline_ml.profiles import build_profiles, numeric_profile
 
 # Policy values a training request may override (TrainingRequested.parameters).
 OVERRIDABLE = ("min_examples", "max_examples", "holdout_fraction", "selection", "seed")

@@ -25,13 +25,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.table import Table
 
 from driftline.catalog import EVENTS_DLQ, EVENTS_RAW, LABELS
-from driftline.cli._common import console, err_console, fail, run, stack_settings
 from driftline.events import derived_event_id
 from driftline.kafka import EventProducer
 from driftline.project import project_from_settings
 from driftline.serde import AvroSerde, DecodeError, SchemaRegistryClient
 from driftline.settings import StackSettings
 from driftline.validation import Kind, Rejection, Valid, Validator, parse_body
+from driftline_cli._common import console, err_console, fail, run, stack_settings
 
 dlq_app = typer.Typer(help="Inspect and replay the dead-letter topic (events.dlq).", no_args_is_help=True)
 REPLAY_SOURCE = "dlq-replay"

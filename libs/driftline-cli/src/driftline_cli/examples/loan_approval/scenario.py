@@ -31,11 +31,11 @@ from driftline.catalog import (
     TRAINING_REQUESTED,
 )
 from driftline.events import Event
-from driftline.examples.loan_approval.generator import Item, LoanStream
 from driftline.history import describe, partitions_of
-from driftline.sdk import Publisher
 from driftline.serde import AvroSerde, DecodeError, SchemaRegistryClient
 from driftline.settings import LOCAL_API_TOKEN, StackSettings
+from driftline_cli.examples.loan_approval.generator import Item, LoanStream
+from driftline_sdk import Publisher
 
 WATCHED = (
     PREDICTIONS,

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from driftline.cli._common import console, run, run_services_script, stack_script, stack_settings
+from driftline_cli._common import console, run, run_services_script, stack_script, stack_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -30,9 +30,9 @@ def demo(
     keep_services: bool = typer.Option(True, help="Leave the six services running afterwards."),
 ) -> None:
     """Each run gets its own topics (prefix), database and bucket, so runs never mix."""
-    from driftline.examples.loan_approval.scenario import Scenario, ScenarioConfig
     from driftline.history import CHAIN_TOPICS, chain, describe, read_topics
     from driftline.stack import init_isolated
+    from driftline_cli.examples.loan_approval.scenario import Scenario, ScenarioConfig
 
     base = stack_settings()
     name = f"demo-{time.strftime('%m%d-%H%M%S')}"

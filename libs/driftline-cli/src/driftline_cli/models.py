@@ -9,8 +9,8 @@ import httpx
 import typer
 from rich.table import Table
 
-from driftline.cli._common import console, fail
 from driftline.settings import LOCAL_API_TOKEN
+from driftline_cli._common import console, fail
 
 DEFAULT_TRAINING_URL = "http://127.0.0.1:38103"
 DEFAULT_REGISTRY_URL = "http://127.0.0.1:38104"

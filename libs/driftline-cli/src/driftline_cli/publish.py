@@ -29,11 +29,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from driftline.cli._common import console, err_console, fail, run, stack_settings
 from driftline.events import derived_event_id
-from driftline.sdk import DEFAULT_URL, Publisher, PublishError, PublishResult
 from driftline.settings import LOCAL_API_TOKEN
 from driftline.validation import PayloadSchema
+from driftline_cli._common import console, err_console, fail, run, stack_settings
+from driftline_sdk import DEFAULT_URL, Publisher, PublishError, PublishResult
 
 ENVELOPE_COLUMNS = ("event_id", "event_time", "correlation_id")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from driftline.cli import demo, dlq, inspect, models, publish, stack
+from driftline_cli import demo, dlq, inspect, models, publish, stack
 
 app = typer.Typer(
     name="driftline",

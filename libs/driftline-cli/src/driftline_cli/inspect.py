@@ -7,7 +7,7 @@ from datetime import datetime
 import typer
 from rich.table import Table
 
-from driftline.cli._common import console, fail, run, stack_settings
+from driftline_cli._common import console, fail, run, stack_settings
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import typer
 from rich.table import Table
 
-from driftline.cli._common import console, fail, run, run_services_script, run_stack_script, stack_settings
+from driftline_cli._common import console, fail, run, run_services_script, run_stack_script, stack_settings
 
 stack_app = typer.Typer(help="Local stack chores (topics, schemas, bucket).", no_args_is_help=True)
 services_app = typer.Typer(
