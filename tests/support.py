@@ -24,7 +24,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from driftline.events import Event
-from driftline.history import partitions_of
+from driftline.kafka import partitions_of
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings
 from driftline.stack import drop_isolated_database, init_isolated
@@ -87,7 +87,7 @@ class TopicReader:
 
     async def start(self, from_beginning: bool = False) -> TopicReader:
         await self.consumer.start()
-        tps = await partitions_of(self.consumer, [self.ns.prefix + t for t in self.topics])
+        tps = await partitions_of(self.ns.stack.kafka_bootstrap_servers, [self.ns.prefix + t for t in self.topics])
         self.consumer.assign(tps)
         if from_beginning:
             await self.consumer.seek_to_beginning(*tps)

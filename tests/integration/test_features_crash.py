@@ -16,8 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import derived_event_id, envelope, epoch_ms
-from driftline.history import partitions_of
-from driftline.kafka import EventProducer
+from driftline.kafka import EventProducer, partitions_of
 from driftline.project import load_project
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline_ml.featuredefs import FeatureSet
@@ -178,7 +177,7 @@ async def read_latest(namespace: Namespace, topic: str) -> dict[tuple[int, bytes
     )
     await consumer.start()
     try:
-        tps = await partitions_of(consumer, [topic])
+        tps = await partitions_of(namespace.stack.kafka_bootstrap_servers, [topic])
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

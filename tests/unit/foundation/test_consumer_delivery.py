@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from driftline import kafka
 from driftline.catalog import EVENTS_DLQ, LABELS, default_catalog
-from driftline.events import Event
+from driftline.events import Event, envelope
 from driftline.kafka import ConsumerRunner, EventProducer, PoisonRecord, collect_deliveries
 from driftline.serde import DecodeError
 
@@ -36,6 +36,9 @@ class FakeSerde:
 
     def topic(self, name: str) -> Any:
         return default_catalog()[name]
+
+    def topic_or_none(self, name: str) -> Any:
+        return default_catalog().get(name)
 
     def encode(self, topic: str, record: dict[str, Any]) -> bytes:
         return orjson.dumps(record, default=str)
@@ -110,7 +113,13 @@ def consumer_record(offset: int, value: dict[str, Any]) -> ConsumerRecord[bytes,
 
 
 def label(event_id: str) -> dict[str, Any]:
-    return {"event_id": event_id, "correlation_id": event_id, "label": "approve"}
+    return {
+        **envelope("test", event_id=event_id),
+        "labelled_event_id": "e",
+        "entity_id": "c",
+        "label": "approve",
+        "source": "http",
+    }
 
 
 def _producer(

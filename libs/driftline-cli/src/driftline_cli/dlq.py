@@ -26,7 +26,7 @@ from rich.table import Table
 
 from driftline.catalog import EVENTS_DLQ, EVENTS_RAW, LABELS
 from driftline.events import derived_event_id
-from driftline.kafka import EventProducer
+from driftline.kafka import EventProducer, partitions_of
 from driftline.project import project_from_settings
 from driftline.serde import AvroSerde, DecodeError, SchemaRegistryClient
 from driftline.settings import StackSettings
@@ -72,11 +72,7 @@ async def read_dlq(stack: StackSettings, *, timeout_s: float = 60.0) -> tuple[li
     undecodable = 0
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:  # metadata of topics nobody subscribed to yet
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await partitions_of(stack.kafka_bootstrap_servers, [topic])
         if not tps:
             return [], 0
         consumer.assign(tps)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypedDict, TypeVar
 
 # Namespace for ids derived from other ids (uuid5): the same input always yields the same id,
 # which is what makes a recomputation after a crash an upsert rather than a duplicate.
@@ -32,21 +32,33 @@ def derived_event_id(*parts: object) -> str:
     return str(uuid.uuid5(_DERIVED_NS, "|".join(str(p) for p in parts)))
 
 
+class Envelope(TypedDict):
+    """The fields every record starts with; spread into a record class: ``ModelTrained(**env, ...)``."""
+
+    event_id: str
+    event_time: datetime
+    produced_at: datetime
+    producer: str
+    correlation_id: str
+    causation_id: str | None
+
+
 def envelope(
     producer: str,
     *,
-    cause: Mapping[str, Any] | Event | None = None,
+    cause: object = None,
     correlation_id: str | None = None,
     event_time: datetime | None = None,
     event_id: str | None = None,
-) -> dict[str, Any]:
-    """Envelope fields for a new event; ``cause`` is the event (or record) that caused it."""
+) -> Envelope:
+    """Envelope fields for a new event; ``cause`` is the event that caused it: a typed record, an
+    :class:`Event`, or a record dict."""
     eid = event_id or new_event_id()
-    cause_value = cause.value if isinstance(cause, Event) else cause
     causation_id = None
-    if cause_value is not None:
-        causation_id = str(cause_value["event_id"])
-        correlation_id = correlation_id or str(cause_value["correlation_id"])
+    if cause is not None:
+        cause_id, cause_correlation = _chain_of(cause)
+        causation_id = cause_id
+        correlation_id = correlation_id or cause_correlation
     now = now_utc()
     return {
         "event_id": eid,
@@ -56,6 +68,15 @@ def envelope(
         "correlation_id": correlation_id or eid,
         "causation_id": causation_id,
     }
+
+
+def _chain_of(cause: object) -> tuple[str, str]:
+    """(event_id, correlation_id) of a cause given as a record, an Event or a dict."""
+    if isinstance(cause, Event):
+        cause = cause.record if cause.record is not None else cause.value
+    if isinstance(cause, Mapping):
+        return str(cause["event_id"]), str(cause["correlation_id"])
+    return str(getattr(cause, "event_id")), str(getattr(cause, "correlation_id"))  # noqa: B009
 
 
 def as_utc(value: datetime | int | float) -> datetime:
@@ -69,9 +90,17 @@ def epoch_ms(value: datetime) -> int:
     return int(as_utc(value).timestamp() * 1000)
 
 
+R = TypeVar("R", covariant=True)
+
+
 @dataclass(frozen=True, slots=True)
-class Event:
-    """A decoded record as a consumer sees it."""
+class Event(Generic[R]):
+    """A consumed record: where it was read and its typed ``record`` (see :mod:`driftline.records`).
+
+    ``value`` is the decoded dict as fastavro returned it, for generic tools (trace, DLQ replay);
+    handlers take ``record``. Built without ``record``, the record is made from ``value`` with
+    the record type the catalog names for the topic.
+    """
 
     topic: str
     partition: int
@@ -81,6 +110,11 @@ class Event:
     raw: bytes
     schema_id: int
     timestamp_ms: int
+    record: R = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.record is None:
+            object.__setattr__(self, "record", record_of(self.topic, self.value))
 
     @property
     def event_id(self) -> str:
@@ -90,5 +124,16 @@ class Event:
     def correlation_id(self) -> str:
         return str(self.value["correlation_id"])
 
-    def __getitem__(self, name: str) -> Any:
-        return self.value[name]
+
+def record_of(topic: str, value: Mapping[str, Any], record_name: str | None = None) -> Any:
+    """The typed record of a decoded value on ``topic`` (None for a topic outside the catalog)."""
+    from driftline.catalog import default_catalog  # the catalog reads schemas/ on first use
+    from driftline.records import RECORD_TYPES
+
+    if record_name is None:
+        t = default_catalog().get(topic)
+        if t is None:
+            return None
+        record_name = t.record
+    cls = RECORD_TYPES.get(record_name)
+    return None if cls is None else cls.from_avro(value)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from driftline.events import Event
-from driftline.kafka import EventProducer, retry_transient
+from driftline.kafka import EventProducer, decoded_event, partitions_of, retry_transient
 from driftline.logging import bind_event, get_logger
 from driftline.serde import AvroSerde, DecodeError
 
@@ -48,6 +48,7 @@ class TopicFollower:
         self.on_replayed = on_replayed
         self.on_event = on_event
         self.poll_timeout_ms = poll_timeout_ms
+        self.bootstrap_servers = bootstrap_servers
         self.caught_up = asyncio.Event()
         self._stopping = asyncio.Event()
         self._consumer = AIOKafkaConsumer(
@@ -65,16 +66,11 @@ class TopicFollower:
         self._stopping.set()
 
     async def _partitions(self) -> list[TopicPartition]:
-        tps: list[TopicPartition] = []
-        for topic in self.topics:
-            physical = self.prefix + topic
-            parts = self._consumer.partitions_for_topic(physical)
-            if not parts:
-                await self._consumer._client.force_metadata_update()
-                parts = self._consumer.partitions_for_topic(physical)
-            if not parts:
-                raise ConnectionError(f"topic {physical} has no known partitions yet")
-            tps += [TopicPartition(physical, p) for p in sorted(parts)]
+        physical = [self.prefix + topic for topic in self.topics]
+        tps = await partitions_of(self.bootstrap_servers, physical)
+        missing = sorted(set(physical) - {tp.topic for tp in tps})
+        if missing:
+            raise ConnectionError(f"topic {', '.join(missing)} has no known partitions yet")
         return tps
 
     async def _decode(self, rec: ConsumerRecord[bytes, bytes], *, live: bool) -> Event | None:
@@ -83,6 +79,7 @@ class TopicFollower:
             value, schema_id = await retry_transient(
                 lambda: self.serde.decode(rec.value, topic), what="decode", stopping=self._stopping.is_set
             )
+            return decoded_event(rec, topic, value, schema_id, self.serde)
         except DecodeError as exc:
             reason = str(exc)
             log.warning("undecodable_record_skipped", topic=rec.topic, offset=rec.offset, error=reason, live=live)
@@ -102,7 +99,6 @@ class TopicFollower:
 
                 await retry_transient(dead_letter, what="dead letter", stopping=self._stopping.is_set)
             return None
-        return Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp)
 
     async def run(self) -> None:
         await retry_transient(self._consumer.start, what=f"{self.name} follower start")

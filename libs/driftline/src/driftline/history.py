@@ -26,6 +26,7 @@ from driftline.catalog import (
     default_catalog,
 )
 from driftline.events import Event
+from driftline.kafka import partitions_of
 from driftline.serde import AvroSerde, DecodeError, SchemaRegistryClient
 from driftline.settings import StackSettings
 
@@ -40,13 +41,6 @@ CHAIN_TOPICS = (
 )
 
 
-async def partitions_of(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
-    """Partitions of each topic. aiokafka only caches metadata of subscribed topics, so a consumer
-    with manual assignment refreshes the cluster metadata first (there is no public call for it)."""
-    await consumer._client.force_metadata_update()
-    return [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-
-
 async def read_topics(stack: StackSettings, topics: Sequence[str], *, timeout_s: float = 30) -> list[Event]:
     """Every record of ``topics`` from the beginning up to their current end, decoded."""
     registry = SchemaRegistryClient(stack.schema_registry_url)
@@ -57,7 +51,7 @@ async def read_topics(stack: StackSettings, topics: Sequence[str], *, timeout_s:
     events: list[Event] = []
     await consumer.start()
     try:
-        tps = await partitions_of(consumer, [stack.topic_prefix + t for t in topics])
+        tps = await partitions_of(stack.kafka_bootstrap_servers, [stack.topic_prefix + t for t in topics])
         if not tps:
             return []
         consumer.assign(tps)
@@ -158,7 +152,7 @@ async def topic_status(stack: StackSettings) -> list[TopicStatus]:
     await consumer.start()
     try:
         names = [stack.topic_prefix + t.name for t in default_catalog()]
-        all_tps = await partitions_of(consumer, names)
+        all_tps = await partitions_of(stack.kafka_bootstrap_servers, names)
         tps: dict[str, list[TopicPartition]] = {n: [tp for tp in all_tps if tp.topic == n] for n in names}
         end = await consumer.end_offsets(all_tps) if all_tps else {}
         groups: list[Any] = await admin.list_consumer_groups()

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -33,8 +33,9 @@ from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError,
 from prometheus_client import Counter, Histogram
 
 from driftline.catalog import EVENTS_DLQ, Catalog, Topic
-from driftline.events import Event, envelope
+from driftline.events import Envelope, Event, envelope, record_of
 from driftline.logging import bind_event, get_logger
+from driftline.records import DeadLetter, Record
 from driftline.serde import AvroSerde, DecodeError, RegistryError
 
 log = get_logger(__name__)
@@ -182,6 +183,19 @@ def kafka_key(topic: Topic, record: dict[str, Any]) -> bytes | None:
     return None if value is None else str(value).encode()
 
 
+Outgoing: TypeAlias = Record | dict[str, Any]
+"""What a producer sends: a typed record (services) or a record dict (tools, tests)."""
+
+
+def to_wire(topic: Topic, record: Outgoing) -> dict[str, Any]:
+    """The dict fastavro writes; a typed record must be the topic's record type."""
+    if isinstance(record, dict):
+        return record
+    if topic.record != record.RECORD:
+        raise TypeError(f"topic {topic.name} carries {topic.record}, not {record.RECORD}")
+    return record.to_avro()
+
+
 class EventProducer:
     """The typed producer: records are checked against their topic's schema when encoded."""
 
@@ -217,20 +231,21 @@ class EventProducer:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    def envelope(self, **kwargs: Any) -> dict[str, Any]:
+    def envelope(self, **kwargs: Any) -> Envelope:
         """Envelope fields with this producer's name (see :func:`driftline.events.envelope`)."""
         return envelope(self.name, **kwargs)
 
-    async def _enqueue(self, topic: str, record: dict[str, Any], key: bytes | None) -> asyncio.Future[Any]:
+    async def _enqueue(self, topic: str, record: Outgoing, key: bytes | None) -> asyncio.Future[Any]:
         t = self.serde.topic(topic)
-        value = self.serde.encode(topic, record)
+        wire = to_wire(t, record)
+        value = self.serde.encode(topic, wire)
         fut: asyncio.Future[Any] = await self._producer.send(
-            self.prefix + topic, value=value, key=key if key is not None else kafka_key(t, record)
+            self.prefix + topic, value=value, key=key if key is not None else kafka_key(t, wire)
         )
         PRODUCED.labels(topic).inc()
         return fut
 
-    async def send(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> asyncio.Future[Any]:
+    async def send(self, topic: str, record: Outgoing, *, key: bytes | None = None) -> asyncio.Future[Any]:
         """Encode and enqueue; the returned future resolves when the broker acknowledged.
 
         Inside a consumer runner's batch the future is also collected: the runner commits only
@@ -243,11 +258,11 @@ class EventProducer:
         fut: asyncio.Future[Any] = await self._producer.send(self.prefix + topic, value=value, key=key)
         return _track(fut)
 
-    async def publish(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> Any:
+    async def publish(self, topic: str, record: Outgoing, *, key: bytes | None = None) -> Any:
         """Send one record and wait for the broker's acknowledgement (acks=all); a failure raises here."""
         return await (await self._enqueue(topic, record, key))
 
-    async def publish_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
+    async def publish_many(self, items: Sequence[tuple[str, Outgoing]]) -> list[Any]:
         """Send many records, then wait for all acknowledgements at once; a failure raises here."""
         futures = [await self._enqueue(topic, record, None) for topic, record in items]
         return list(await asyncio.gather(*futures))
@@ -268,18 +283,18 @@ class EventProducer:
     ) -> asyncio.Future[Any]:
         """Enqueue a DeadLetter record for refused input."""
         DEAD_LETTERED.labels(source, error_type).inc()
-        dlq = {
+        dlq = DeadLetter(
             **self.envelope(correlation_id=correlation_id),
-            "source": source,
-            "reason": reason[:4000],
-            "error_type": error_type,
-            "original": original,
-            "original_topic": record.topic if record else None,
-            "original_partition": record.partition if record else None,
-            "original_offset": record.offset if record else None,
-            "original_key": record.key if record else None,
-            "attempts": attempts,
-        }
+            source=source,
+            reason=reason[:4000],
+            error_type=error_type,
+            original=original,
+            original_topic=record.topic if record else None,
+            original_partition=record.partition if record else None,
+            original_offset=record.offset if record else None,
+            original_key=record.key if record else None,
+            attempts=attempts,
+        )
         return await self.send(EVENTS_DLQ, dlq)
 
     async def ping(self) -> None:
@@ -289,8 +304,37 @@ class EventProducer:
             raise KafkaConnectionError("no broker known")
 
 
-Handler = Callable[[Event], Awaitable[None]]
-BatchHandler = Callable[[list[Event]], Awaitable[None]]
+Handler = Callable[[Event[Any]], Awaitable[None]]
+BatchHandler = Callable[[list[Event[Any]]], Awaitable[None]]
+RecordHandler = Callable[[Any], Awaitable[None]]
+"""A handler of one typed record (``async def on_model_trained(e: ModelTrained) -> None``)."""
+Routes = Mapping[str, RecordHandler]
+"""Topic → the handler of its records: how a service says which handler takes which topic."""
+
+
+def dispatch(routes: Routes) -> Handler:
+    """One event handler that calls the route of the event's topic with its typed record."""
+    table = dict(routes)
+
+    async def handle(event: Event[Any]) -> None:
+        fn = table.get(event.topic)
+        if fn is None:
+            raise PoisonRecord(f"no handler for topic {event.topic}", "no_route")
+        await fn(event.record)
+
+    return handle
+
+
+def decoded_event(
+    rec: ConsumerRecord[bytes, bytes], topic: str, value: dict[str, Any], schema_id: int, serde: AvroSerde
+) -> Event[Any]:
+    """The Event of a decoded consumer record (topic without the prefix), its typed record included."""
+    t = serde.topic_or_none(topic)
+    try:
+        record = record_of(topic, value, t.record if t is not None else None)
+    except (KeyError, TypeError) as exc:
+        raise DecodeError(f"record does not fit {t.record if t else topic}: missing or wrong field {exc}") from exc
+    return Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp, record)
 
 
 class ConsumerRunner:
@@ -437,15 +481,11 @@ class ConsumerRunner:
                     what="decode",
                     stopping=self._stop_requested,
                 )
+                event = decoded_event(rec, topic, value, schema_id, self.serde)
             except DecodeError as exc:
                 await self._dead_letter(rec, str(exc), "decode_error", None, 1)
                 continue
-            events.append(
-                (
-                    rec,
-                    Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp),
-                )
-            )
+            events.append((rec, event))
         if events and not await self._handle_events(events):
             return None
         return len(events)
@@ -549,6 +589,20 @@ class ConsumerRunner:
             ),
             what="dead letter",
         )
+
+
+async def partitions_of(bootstrap_servers: str, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of each (physical) topic, from the cluster's metadata (the admin client's
+    public describe call: a consumer only caches metadata of topics it subscribed to). A topic
+    the cluster does not know has no partitions here."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="driftline-metadata")
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    found = {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described if not d["error_code"]}
+    return [TopicPartition(t, p) for t in topics for p in found.get(t, [])]
 
 
 async def ensure_topics(

@@ -37,6 +37,16 @@ class Runtime:
     artifacts: ArtifactStore | None = None
     runners: list[ConsumerRunner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _buckets: dict[str, ArtifactStore] = field(default_factory=dict)
+
+    def artifacts_for(self, bucket: str) -> ArtifactStore:
+        """The artifact store of a bucket: records name the bucket of the object they refer to."""
+        if self.artifacts is not None and bucket == self.artifacts.bucket:
+            return self.artifacts
+        if bucket not in self._buckets:
+            stack = self.stack.model_copy(update={"artifact_bucket": bucket})
+            self._buckets[bucket] = ArtifactStore.from_settings(stack)
+        return self._buckets[bucket]
 
     @classmethod
     async def start(

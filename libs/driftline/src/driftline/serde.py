@@ -133,6 +133,9 @@ class AvroSerde:
     def topic(self, name: str) -> Topic:
         return self._extra.get(name) or self.catalog[name]
 
+    def topic_or_none(self, name: str) -> Topic | None:
+        return self._extra.get(name) or self.catalog.get(name)
+
     async def prepare(self, *topics: str) -> None:
         """Resolve the writer schema id of each topic (registering it when allowed)."""
         for name in topics:

@@ -31,7 +31,8 @@ from driftline.catalog import (
     TRAINING_REQUESTED,
 )
 from driftline.events import Event
-from driftline.history import describe, partitions_of
+from driftline.history import describe
+from driftline.kafka import partitions_of
 from driftline.serde import AvroSerde, DecodeError, SchemaRegistryClient
 from driftline.settings import LOCAL_API_TOKEN, StackSettings
 from driftline_cli.examples.loan_approval.generator import Item, LoanStream
@@ -109,7 +110,7 @@ class Watcher:
 
     async def start(self) -> None:
         await self.consumer.start()
-        tps = await partitions_of(self.consumer, [self.stack.topic_prefix + t for t in WATCHED])
+        tps = await partitions_of(self.stack.kafka_bootstrap_servers, [self.stack.topic_prefix + t for t in WATCHED])
         self.consumer.assign(tps)
         await self.consumer.seek_to_end(*tps)
         for tp in tps:
