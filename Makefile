@@ -42,8 +42,9 @@ fmt: venv ## format the code with ruff
 	@.venv/bin/ruff check --fix-only . >/dev/null || true
 	@.venv/bin/ruff format .
 
-typecheck: venv ## mypy on the libraries and the services
-	@.venv/bin/mypy libs/*/src services/*/src
+typecheck: venv ## mypy on the libraries, and --strict on the services (and what they import)
+	@.venv/bin/mypy libs/*/src
+	@.venv/bin/mypy --strict services/*/src
 
 lock: ## re-resolve dependencies and rewrite requirements.lock
 	@UV=$$(infra/venv.sh --uv) && UV_CACHE_DIR=$${DRIFTLINE_CACHE_DIR:-$$HOME/.cache/driftline}/uv-cache \

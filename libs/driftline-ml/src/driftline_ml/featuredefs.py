@@ -280,7 +280,8 @@ def _ms(duration: str | None, default_ms: int | None = None) -> int:
     if duration is None:
         assert default_ms is not None
         return default_ms
-    return round(parse_duration(duration) * 1000)
+    ms: int = round(parse_duration(duration) * 1000)
+    return ms
 
 
 @dataclass(frozen=True, slots=True)

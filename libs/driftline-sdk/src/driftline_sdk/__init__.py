@@ -347,7 +347,8 @@ class KafkaTransport:
         return PublishResult(rejected=1, dead_lettered=1, errors=rejection.errors(), event_ids=[None])
 
     async def schemas(self) -> dict[str, Any]:
-        return self.validator.describe()
+        described: dict[str, Any] = self.validator.describe()
+        return described
 
 
 # --- the publisher -----------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def schemas_dir() -> Path:
     root = repo_root()
     if root is None:
         raise RuntimeError("schemas/ not found: set DRIFTLINE_SCHEMAS_DIR")
-    return root / "schemas"
+    schemas: Path = root / "schemas"
+    return schemas
 
 
 @dataclass(frozen=True)

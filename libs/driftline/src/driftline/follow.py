@@ -71,7 +71,7 @@ class TopicFollower:
         missing = sorted(set(physical) - {tp.topic for tp in tps})
         if missing:
             raise ConnectionError(f"topic {', '.join(missing)} has no known partitions yet")
-        return tps
+        return list(tps)
 
     async def _decode(self, rec: ConsumerRecord[bytes, bytes], *, live: bool) -> Event | None:
         topic = rec.topic[len(self.prefix) :]

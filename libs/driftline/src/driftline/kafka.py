@@ -193,7 +193,8 @@ def to_wire(topic: Topic, record: Outgoing) -> dict[str, Any]:
         return record
     if topic.record != record.RECORD:
         raise TypeError(f"topic {topic.name} carries {topic.record}, not {record.RECORD}")
-    return record.to_avro()
+    wire: dict[str, Any] = record.to_avro()
+    return wire
 
 
 class EventProducer:
@@ -467,7 +468,8 @@ class ConsumerRunner:
             await asyncio.sleep(delay)
         self.processed += handled
         CONSUMED.labels(self.group_id, tp.topic).inc(handled)
-        return records[-1].offset
+        last: int = records[-1].offset
+        return last
 
     async def _handle_records(self, records: list[ConsumerRecord[bytes, bytes]]) -> int | None:
         """Decode and handle (dead-lettering what cannot be decoded); how many were decoded, or None

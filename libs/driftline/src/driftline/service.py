@@ -244,7 +244,7 @@ def build_app(service: Service[S, D], settings: S) -> FastAPI:
         running = holder.get("running")
         return {"startup": _starting} if running is None else running.readiness()
 
-    app = create_app(
+    app: FastAPI = create_app(
         service.name,
         title=service.title,
         description=service.description,

@@ -385,7 +385,8 @@ def find_event_schema(name: str, project_path: Path | None = None) -> dict[str, 
         candidates += [here / f"{name}.avsc", here / "schemas" / f"{name}.avsc"]
     for path in candidates:
         if path.is_file():
-            return load_schema_json(path.stem, path.parent)
+            schema: dict[str, Any] = load_schema_json(path.stem, path.parent)
+            return schema
     raise FileNotFoundError(f"event schema {name!r} not found in: {', '.join(map(str, candidates))}")
 
 
