@@ -19,6 +19,7 @@ from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTO
 from driftline.events import envelope
 from driftline.kafka import EventProducer
 from driftline.project import load_project
+from driftline.records import DeploymentStatusChanged, DriftDetected
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from tests.support import Namespace, ServiceProcess, TopicReader, eventually
 from tests.unit.deployment import synthetic
@@ -57,16 +58,16 @@ class World:
 
     async def deployment_status(self, promotion: dict[str, Any], status: str) -> None:
         """What a deployment instance reports about a promotion, as deployment would."""
-        record = {
+        record = DeploymentStatusChanged(
             **envelope("test-deployment", cause=promotion),
-            "model_name": promotion["model_name"],
-            "version": promotion["version"],
-            "slot": "champion",
-            "status": status,
-            "reason": f"test: {status}",
-            "instance_id": "test-deployment-1",
-            "load_seconds": None,
-        }
+            model_name=promotion["model_name"],
+            version=promotion["version"],
+            slot="champion",
+            status=status,
+            reason=f"test: {status}",
+            instance_id="test-deployment-1",
+            load_seconds=None,
+        )
         await self.producer.publish(DEPLOYMENTS_STATUS, record)
 
 
@@ -165,23 +166,23 @@ async def test_a_shift_raises_exactly_one_drift_event_naming_the_feature_until_a
         await processed(svc, 900, 900)
         await world.drift.poll(2.0)
         (drift,) = world.drift.on(DRIFT_DETECTED)
-        d = drift.value
-        assert d["kind"] == "input" and "salary" in d["features"]
-        assert {"age", "car", "elevel", "zipcode", "loan", "hyears", "hvalue"}.isdisjoint(d["features"])
-        assert d["correlation_id"] == d["event_id"] and d["causation_id"] is None
-        assert (d["model_name"], d["model_version"]) == (MODEL_NAME, 1)
-        assert d["statistic"] > d["threshold"] and d["window_size"] == POLICY.window
-        assert d["window_start"] < d["window_end"]
-        assert any(e["feature"] == "salary" and e["drifted"] for e in d["evidence"])
-        delay = records_after(d["window_end"], 1500)
+        d: DriftDetected = drift.record
+        assert d.kind == "input" and "salary" in d.features
+        assert {"age", "car", "elevel", "zipcode", "loan", "hyears", "hvalue"}.isdisjoint(d.features)
+        assert d.correlation_id == d.event_id and d.causation_id is None
+        assert (d.model_name, d.model_version) == (MODEL_NAME, 1)
+        assert d.statistic > d.threshold and d.window_size == POLICY.window
+        assert d.window_start < d.window_end
+        assert any(e.feature == "salary" and e.drifted for e in d.evidence)
+        delay = records_after(d.window_end, 1500)
         assert 0 < delay <= POLICY.window
         print(f"\ncovariate shift (salary x1.6) detected about {delay} records after it started")
 
         state = await drift_state(svc)
-        assert state["episode"]["episode_id"] == d["episode_id"]
+        assert state["episode"]["episode_id"] == d.episode_id
         async with httpx.AsyncClient(timeout=30) as http:
             (report,) = (await http.get(f"{svc.url}/v1/reports", params={"model": MODEL_NAME})).json()["reports"]
-            assert report["episode_id"] == d["episode_id"] and report["resolved_at"] is None
+            assert report["episode_id"] == d.episode_id and report["resolved_at"] is None
             assert report["published_at"] is not None and "salary" in report["features"]
 
             # A promotion deployment refuses (say, a tampered artifact): v1 serves on, so its
@@ -190,7 +191,7 @@ async def test_a_shift_raises_exactly_one_drift_event_naming_the_feature_until_a
             await world.deployment_status(v2, "failed")
             await world.send(model(1), *synthetic.generate(200, seed=204, salary_scale=1.6))
             state = await processed(svc, 1100, 1100, version=1)
-            assert state["episode"]["episode_id"] == d["episode_id"]
+            assert state["episode"]["episode_id"] == d.episode_id
             (r,) = (await http.get(f"{svc.url}/v1/reports")).json()["reports"]
             assert r["resolved_at"] is None
 
@@ -224,13 +225,13 @@ async def test_a_label_driven_accuracy_drop_is_detected(world: World) -> None:
         state = await processed(svc, 2700, 2700)
         await world.drift.poll(1.0)
         (drift,) = world.drift.on(DRIFT_DETECTED)
-        d = drift.value
-        assert d["kind"] == "performance" and d["method"] in ("accuracy_drop", "page_hinkley")
-        assert d["features"] == [] and d["statistic"] > d["threshold"]
-        assert {e["method"] for e in d["evidence"]} == {"accuracy_drop", "page_hinkley"}
+        d: DriftDetected = drift.record
+        assert d.kind == "performance" and d.method in ("accuracy_drop", "page_hinkley")
+        assert d.features == () and d.statistic > d.threshold
+        assert {e.method for e in d.evidence} == {"accuracy_drop", "page_hinkley"}
         assert state["performance"]["accuracy"] < model(1).accuracy - POLICY.accuracy_drop
-        delay = records_after(d["window_end"], 1200)
+        delay = records_after(d.window_end, 1200)
         assert 0 < delay <= 1500
-        print(f"\naccuracy drop detected about {delay} labelled predictions after the concept changed ({d['method']})")
+        print(f"\naccuracy drop detected about {delay} labelled predictions after the concept changed ({d.method})")
     finally:
         svc.stop()

@@ -15,18 +15,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from driftline.artifacts import ArtifactIntegrityError, ArtifactNotFound, sha256_hex
-from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, PREDICTIONS
-from driftline.events import Event, derived_event_id, envelope
+from driftline.catalog import DEPLOYMENTS_STATUS, FEATURES_VECTORS, MODELS_PROMOTED, PREDICTIONS
+from driftline.events import Envelope, Event, derived_event_id, envelope
 from driftline.kafka import PoisonRecord
-from driftline_deployment.handlers import (
-    CHALLENGER,
-    CHAMPION,
-    Deployer,
-    ModelSlots,
-    ProcessLoader,
-    Scorer,
-    plan_from_history,
-)
+from driftline.records import FeatureVectorComputed, ModelPromoted, Record
+from driftline_deployment.handlers import Deployer, Scorer
+from driftline_deployment.loader import ProcessLoader
+from driftline_deployment.policy import CHALLENGER, CHAMPION, plan_from_history
+from driftline_deployment.slots import ModelSlots
 from driftline_ml.models import to_matrix
 from tests.unit.deployment import synthetic
 from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
@@ -63,22 +59,33 @@ class FakeProducer:
     name = "deployment"
 
     def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.sent: list[tuple[str, Record]] = []
 
-    def envelope(self, **kwargs: Any) -> dict[str, Any]:
+    def envelope(self, **kwargs: Any) -> Envelope:
         return envelope(self.name, **kwargs)
 
-    async def send(self, topic: str, record: dict[str, Any]) -> None:
+    async def send(self, topic: str, record: Record) -> None:
         self.sent.append((topic, record))
 
-    async def publish(self, topic: str, record: dict[str, Any]) -> None:
+    async def publish(self, topic: str, record: Record) -> None:
         self.sent.append((topic, record))
 
-    def on(self, topic: str) -> list[dict[str, Any]]:
+    def on(self, topic: str) -> list[Any]:
         return [r for t, r in self.sent if t == topic]
 
 
-def promoted(store: FakeStore, m: TrainedModel, version: int, action: str = "promote", tamper: bool = False) -> Event:
+def event(topic: str, record: Record, offset: int) -> Event[Any]:
+    """The Event a consumer or the follower hands over for ``record``."""
+    return Event(topic, 0, offset, None, record.to_avro(), b"", 1, 0, record)
+
+
+def replay(history: list[ModelPromoted]) -> list[Event[ModelPromoted]]:
+    return [event(MODELS_PROMOTED, p, i) for i, p in enumerate(history)]
+
+
+def promoted(
+    store: FakeStore, m: TrainedModel, version: int, action: str = "promote", tamper: bool = False
+) -> ModelPromoted:
     base = f"models/{MODEL_NAME}/{m.run_id}"
     art = store.put(f"{base}/model.skops", m.artifact)
     meta = store.put(f"{base}/metadata.json", json.dumps(m.metadata).encode())
@@ -91,8 +98,7 @@ def promoted(store: FakeStore, m: TrainedModel, version: int, action: str = "pro
         "metadata_key": meta["key"],
         "metadata_sha256": meta["sha256"],
     }
-    value = synthetic.promotion(m, refs, version, action=action)
-    return Event(MODELS_PROMOTED, 0, version, None, value, b"", 1, 0)
+    return ModelPromoted.from_avro(synthetic.promotion(m, refs, version, action=action))
 
 
 def deployer(store: FakeStore, producer: FakeProducer, slots: ModelSlots, **kw: Any) -> Deployer:
@@ -114,9 +120,9 @@ async def test_a_promotion_loads_swaps_and_reports_with_the_promotion_as_cause()
     champion = slots.champion(MODEL_NAME)
     assert champion is not None and champion.version == 1 and champion.slot == CHAMPION
     (status,) = producer.on(DEPLOYMENTS_STATUS)
-    assert status["status"] == "loaded" and status["causation_id"] == event.event_id
-    assert status["correlation_id"] == event.correlation_id and status["instance_id"] == "i-1"
-    assert status["event_id"] == derived_event_id("deployment-status", event.event_id, "i-1", CHAMPION, "loaded")
+    assert status.status == "loaded" and status.causation_id == event.event_id
+    assert status.correlation_id == event.correlation_id and status.instance_id == "i-1"
+    assert status.event_id == derived_event_id("deployment-status", event.event_id, "i-1", CHAMPION, "loaded")
     x = np.zeros((2, len(champion.feature_names)))
     scores, classes = champion.predict(x)
     assert list(classes) == ["approve" if s >= 0.5 else "deny" for s in scores]
@@ -129,17 +135,17 @@ async def test_a_model_that_fails_to_load_never_replaces_the_working_one(failure
     await d.apply(promoted(store, model(1), 1))
     bad = promoted(store, model(2), 2, tamper=failure == "tampered")
     if failure == "missing":
-        del store.objects[bad.value["artifact_key"]]
+        del store.objects[bad.artifact_key]
     if failure == "not_a_model":
-        store.objects[bad.value["artifact_key"]] = b"PK not a skops file"
-        bad.value["artifact_sha256"] = sha256_hex(b"PK not a skops file")
+        store.objects[bad.artifact_key] = b"PK not a skops file"
+        bad = replace(bad, artifact_sha256=sha256_hex(b"PK not a skops file"))
     if failure == "unknown_action":
-        bad.value["action"] = "replace"
+        bad = replace(bad, action="replace")
     assert not await d.apply(bad)
     assert slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]
     status = producer.on(DEPLOYMENTS_STATUS)[-1]
-    assert status["status"] == "failed" and status["version"] == 2 and status["reason"]
-    assert d.history[-1]["status"] == "failed"
+    assert status.status == "failed" and status.version == 2 and status.reason
+    assert d.history[-1].status == "failed"
 
 
 async def test_shadow_loads_a_challenger_which_leaves_its_slot_when_promoted_and_rollback_is_reported() -> None:
@@ -153,17 +159,17 @@ async def test_shadow_loads_a_challenger_which_leaves_its_slot_when_promoted_and
     assert slots.challenger(MODEL_NAME) is None and slots.champion(MODEL_NAME).version == 2  # type: ignore[union-attr]
     await d.apply(promoted(store, model(1), 1, action="rollback"))
     assert slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]
-    assert [s["status"] for s in producer.on(DEPLOYMENTS_STATUS)] == [
+    assert [s.status for s in producer.on(DEPLOYMENTS_STATUS)] == [
         "loaded",
         "loaded",
         "loaded",
         "unloaded",
         "rolled_back",
     ]
-    slots_reported = [s["slot"] for s in producer.on(DEPLOYMENTS_STATUS)]
+    slots_reported = [s.slot for s in producer.on(DEPLOYMENTS_STATUS)]
     assert slots_reported == [CHAMPION, CHALLENGER, CHAMPION, CHALLENGER, CHAMPION]
     unloaded = producer.on(DEPLOYMENTS_STATUS)[3]
-    assert unloaded["version"] == 2 and "became the champion" in unloaded["reason"]
+    assert unloaded.version == 2 and "became the champion" in unloaded.reason
 
 
 async def test_shadow_can_be_switched_off() -> None:
@@ -182,12 +188,12 @@ def test_the_startup_plan_keeps_the_latest_champion_first_and_the_live_challenge
         promoted(store, model(3), 3, action="shadow"),
     ]
     plan = plan_from_history(history)[MODEL_NAME]
-    assert [e.value["version"] for e in plan.champions] == [2, 1]
+    assert [p.version for p in plan.champions] == [2, 1]
     challenger = plan.challenger_beside(plan.champions[0])
-    assert challenger is not None and challenger.value["version"] == 3
+    assert challenger is not None and challenger.version == 3
     history.append(promoted(store, model(3), 3))
     plan = plan_from_history(history)[MODEL_NAME]
-    assert [e.value["version"] for e in plan.champions] == [3, 2, 1]
+    assert [p.version for p in plan.champions] == [3, 2, 1]
     assert plan.challenger_beside(plan.champions[0]) is None  # promoted
     history += [promoted(store, model(4), 4, action="shadow"), promoted(store, model(5), 5)]
     plan = plan_from_history(history)[MODEL_NAME]
@@ -199,14 +205,14 @@ def test_the_startup_plan_keeps_the_latest_champion_first_and_the_live_challenge
 async def test_startup_falls_back_to_the_previous_champion_when_the_latest_does_not_load() -> None:
     store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots)
-    await d.on_replayed([promoted(store, model(1), 1), promoted(store, model(2), 2, tamper=True)])
+    await d.on_replayed(replay([promoted(store, model(1), 1), promoted(store, model(2), 2, tamper=True)]))
     assert d.replayed and slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]
-    assert [(s["version"], s["status"]) for s in producer.on(DEPLOYMENTS_STATUS)] == [(2, "failed"), (1, "loaded")]
-    assert "start-up" in producer.on(DEPLOYMENTS_STATUS)[-1]["reason"]
+    assert [(s.version, s.status) for s in producer.on(DEPLOYMENTS_STATUS)] == [(2, "failed"), (1, "loaded")]
+    assert "start-up" in producer.on(DEPLOYMENTS_STATUS)[-1].reason
 
 
-def vector_event(row: dict[str, Any], i: int) -> Event:
-    return Event("features.vectors", 0, i, None, synthetic.vector(row, i), b"", 1, 0)
+def vector_event(row: dict[str, Any], i: int) -> Event[FeatureVectorComputed]:
+    return event(FEATURES_VECTORS, FeatureVectorComputed.from_avro(synthetic.vector(row, i)), i)
 
 
 async def test_a_batch_is_scored_by_the_champion_and_the_challenger_in_shadow() -> None:
@@ -219,16 +225,16 @@ async def test_a_batch_is_scored_by_the_champion_and_the_challenger_in_shadow() 
     scorer = Scorer(slots=slots, producer=producer, model_name=MODEL_NAME)  # type: ignore[arg-type]
     await scorer.score_batch(events)
     made = producer.on(PREDICTIONS)
-    champion = [p for p in made if p["slot"] == CHAMPION]
-    shadow = [p for p in made if p["slot"] == CHALLENGER]
+    champion = [p for p in made if p.slot == CHAMPION]
+    shadow = [p for p in made if p.slot == CHALLENGER]
     assert len(champion) == len(shadow) == 30
-    np.testing.assert_allclose([p["score"] for p in champion], model(1).scores(rows))
-    np.testing.assert_allclose([p["score"] for p in shadow], model(2).scores(rows))
-    assert all(p["shadow"] for p in shadow) and not any(p["shadow"] for p in champion)
+    np.testing.assert_allclose([p.score for p in champion], model(1).scores(rows))
+    np.testing.assert_allclose([p.score for p in shadow], model(2).scores(rows))
+    assert all(p.shadow for p in shadow) and not any(p.shadow for p in champion)
     first = champion[0]
-    assert first["source_event_id"] == events[0].value["source_event_id"]
-    assert first["causation_id"] == events[0].event_id and first["correlation_id"] == events[0].correlation_id
-    assert first["event_time"] == events[0].value["event_time"]
+    assert first.source_event_id == events[0].record.source_event_id
+    assert first.causation_id == events[0].event_id and first.correlation_id == events[0].correlation_id
+    assert first.event_time == events[0].record.event_time
 
 
 async def test_vectors_are_not_scored_without_a_model_and_a_bad_vector_is_poison() -> None:
@@ -244,7 +250,7 @@ async def test_vectors_are_not_scored_without_a_model_and_a_bad_vector_is_poison
         await scorer.score_batch([vector_event(row, 0), bad])
     assert not producer.on(PREDICTIONS)  # nothing of the failed batch was sent
     with pytest.raises(PoisonRecord, match="age"):
-        await scorer.score_one(bad)
+        await scorer.score_one(bad.record)
 
 
 @pytest.mark.parametrize("action", ["promote", "rollback"])
@@ -259,15 +265,15 @@ async def test_a_new_champion_clears_the_challenger_it_supersedes_live_and_at_st
     await d.apply(history[-1])
     assert slots.champion(MODEL_NAME).version == 3 and slots.challenger(MODEL_NAME) is None  # type: ignore[union-attr]
     unloaded = producer.on(DEPLOYMENTS_STATUS)[-1]
-    assert (unloaded["slot"], unloaded["status"], unloaded["version"]) == (CHALLENGER, "unloaded", 2)
-    assert "superseded" in unloaded["reason"] and unloaded["causation_id"] == history[-1].event_id
+    assert (unloaded.slot, unloaded.status, unloaded.version) == (CHALLENGER, "unloaded", 2)
+    assert "superseded" in unloaded.reason and unloaded.causation_id == history[-1].event_id
     # No scoring by the stale challenger.
     scorer = Scorer(slots=slots, producer=producer, model_name=MODEL_NAME)  # type: ignore[arg-type]
     await scorer.score_batch([vector_event(synthetic.generate(1, seed=3)[0][0], 0)])
-    assert [p["slot"] for p in producer.on(PREDICTIONS)] == [CHAMPION]
+    assert [p.slot for p in producer.on(PREDICTIONS)] == [CHAMPION]
     # A restarted instance ends up the same.
     restarted = ModelSlots()
-    await deployer(store, FakeProducer(), restarted).on_replayed(history)
+    await deployer(store, FakeProducer(), restarted).on_replayed(replay(history))
     assert restarted.champion(MODEL_NAME).version == 3 and restarted.challenger(MODEL_NAME) is None  # type: ignore[union-attr]
     # A later shadow promotion fills the slot again.
     await d.apply(promoted(store, model(4), 4, action="shadow"))
@@ -285,9 +291,9 @@ async def test_a_champion_that_fails_to_load_leaves_the_challenger_live_and_at_s
     for event in history:
         await d.apply(event)
     assert slots.champion(MODEL_NAME).version == 1 and slots.challenger(MODEL_NAME).version == 2  # type: ignore[union-attr]
-    assert "unloaded" not in [s["status"] for s in producer.on(DEPLOYMENTS_STATUS)]
+    assert "unloaded" not in [s.status for s in producer.on(DEPLOYMENTS_STATUS)]
     restarted = ModelSlots()
-    await deployer(store, FakeProducer(), restarted).on_replayed(history)
+    await deployer(store, FakeProducer(), restarted).on_replayed(replay(history))
     assert restarted.champion(MODEL_NAME).version == 1 and restarted.challenger(MODEL_NAME).version == 2  # type: ignore[union-attr]
 
 
@@ -314,10 +320,10 @@ async def test_a_failing_challenger_never_affects_the_champions_predictions() ->
     events = [vector_event(r, i) for i, r in enumerate(rows)]
     scorer = Scorer(slots=slots, producer=producer, model_name=MODEL_NAME)  # type: ignore[arg-type]
     await scorer.score_batch(events)  # no exception: the batch is not failed
-    await scorer.score_one(vector_event(rows[0], 99))  # no PoisonRecord: nothing goes to the DLQ
+    await scorer.score_one(vector_event(rows[0], 99).record)  # no PoisonRecord: nothing goes to the DLQ
     made = producer.on(PREDICTIONS)
-    assert [p["slot"] for p in made] == [CHAMPION] * 21
-    np.testing.assert_allclose([p["score"] for p in made[:20]], model(1).scores(rows))
+    assert [p.slot for p in made] == [CHAMPION] * 21
+    np.testing.assert_allclose([p.score for p in made[:20]], model(1).scores(rows))
     after = REGISTRY.get_sample_value("driftline_deployment_shadow_errors_total", labels)
     assert (after or 0) - (errors or 0) == 2
 
@@ -333,17 +339,17 @@ async def test_the_process_loader_loads_in_a_child_and_reports_its_errors() -> N
         rows = synthetic.generate(5, seed=3)[0]
         np.testing.assert_allclose(champion.predict(to_matrix(rows, synthetic.FEATURES))[0], model(1).scores(rows))
         bad = promoted(store, model(2), 2)
-        store.objects[bad.value["artifact_key"]] = b"PK not a skops file"
-        bad.value["artifact_sha256"] = sha256_hex(b"PK not a skops file")
+        store.objects[bad.artifact_key] = b"PK not a skops file"
+        bad = replace(bad, artifact_sha256=sha256_hex(b"PK not a skops file"))
         assert not await d.apply(bad)
         assert slots.champion(MODEL_NAME) is champion
-        assert producer.on(DEPLOYMENTS_STATUS)[-1]["status"] == "failed"
+        assert producer.on(DEPLOYMENTS_STATUS)[-1].status == "failed"
         # The child dies (say, a crash on a hostile file): that load fails, the next one gets a new child.
         child = await asyncio.get_running_loop().run_in_executor(loader._executor(), os.getpid)
         assert child != os.getpid()
         os.kill(child, signal.SIGKILL)
         assert not await d.apply(promoted(store, model(3), 3))
-        assert "loader process died" in producer.on(DEPLOYMENTS_STATUS)[-1]["reason"]
+        assert "loader process died" in producer.on(DEPLOYMENTS_STATUS)[-1].reason
         assert await d.apply(promoted(store, model(3), 3))
         assert slots.champion(MODEL_NAME).version == 3  # type: ignore[union-attr]
     finally:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from driftline_features.handlers import OffsetGuard, SourceRecord
+from driftline_features.handlers import SourceRecord
+from driftline_features.offset_guard import OffsetGuard
 
 
 class Offsets:

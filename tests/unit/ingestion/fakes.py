@@ -1,4 +1,5 @@
-"""Fakes for ingestion's unit tests: a producer that checks records against their topic's schema."""
+"""Fakes for ingestion's unit tests: a producer that checks records against their topic's schema, and
+the service's app in process with it."""
 
 from __future__ import annotations
 
@@ -6,9 +7,19 @@ import asyncio
 import uuid
 from typing import Any
 
+from fastapi import FastAPI
 from fastavro.validation import validate
 
+from driftline.api import create_app
+from driftline.auth import TokenAuth
 from driftline.catalog import default_catalog, parsed_schema
+from driftline.project import load_project
+from driftline.validation import Validator
+from driftline_ingestion.api import IngestionDeps, document_request_bodies
+from driftline_ingestion.config import IngestionSettings
+from driftline_ingestion.handlers import IngestHandler
+from driftline_ingestion.service import SERVICE
+from driftline_ingestion.store import IdempotencyKeys
 
 LOAN = {
     "customer_id": "c-1",
@@ -87,3 +98,16 @@ class FakeProducer:
                 else:
                     fut.set_exception(ConnectionError("broker down"))
         self.pending.clear()
+
+
+def in_process_app(producer: FakeProducer, settings: IngestionSettings, *, tokens: list[str], max_keys: int) -> FastAPI:
+    """The app ``build_app`` serves (routes, documented request bodies), its deps wired by hand around
+    a fake producer instead of the runtime."""
+    validator = Validator.from_project(load_project())
+    app = create_app(SERVICE.name, title=SERVICE.title, description=SERVICE.description)
+    for router in SERVICE.routers:
+        app.include_router(router)
+    document_request_bodies(app, validator)
+    handler = IngestHandler(producer, validator, IdempotencyKeys(60, max_keys), max_batch=settings.max_batch)
+    app.state.deps = IngestionDeps(handler, TokenAuth(tokens), settings)
+    return app

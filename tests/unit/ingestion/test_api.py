@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftline.auth import TokenAuth
-from driftline.project import load_project
-from driftline.validation import Validator
-from driftline_ingestion.api import build_app
 from driftline_ingestion.config import IngestionSettings
-from driftline_ingestion.handlers import IngestHandler
-from driftline_ingestion.store import IdempotencyKeys
-from tests.unit.ingestion.fakes import LOAN, FakeProducer, loan_event
+from tests.unit.ingestion.fakes import LOAN, FakeProducer, in_process_app, loan_event
 
 TOKEN = "unit-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,17 +23,7 @@ class Harness:
     def __init__(self, **settings: Any) -> None:
         self.producer = FakeProducer()
         self.settings = IngestionSettings(**settings)
-        validator = Validator.from_project(load_project())
-
-        @asynccontextmanager
-        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-            app.state.auth = TokenAuth([f"tester={TOKEN}"])
-            app.state.handler = IngestHandler(
-                self.producer, validator, IdempotencyKeys(60, 1000), max_batch=self.settings.max_batch
-            )
-            yield
-
-        self.app = build_app(self.settings, validator=validator, lifespan=lifespan)
+        self.app = in_process_app(self.producer, self.settings, tokens=[f"tester={TOKEN}"], max_keys=1000)
 
 
 @pytest.fixture(scope="module")

@@ -9,35 +9,19 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
 
-from driftline.auth import TokenAuth
-from driftline.project import load_project
-from driftline.validation import Validator
-from driftline_ingestion.api import build_app
 from driftline_ingestion.config import IngestionSettings
-from driftline_ingestion.handlers import IngestHandler
-from driftline_ingestion.store import IdempotencyKeys
 from driftline_sdk import HttpTransport, Publisher, PublishError
-from tests.unit.ingestion.fakes import LOAN, FakeProducer, loan_event
+from tests.unit.ingestion.fakes import LOAN, FakeProducer, in_process_app, loan_event
 
 
 @asynccontextmanager
 async def in_process_service(producer: FakeProducer) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app (fake producer) behind an httpx client, lifespan included."""
-    validator = Validator.from_project(load_project())
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.auth = TokenAuth(["sdk-token"])
-        app.state.handler = IngestHandler(producer, validator, IdempotencyKeys(60, 10_000))
-        yield
-
-    app = build_app(IngestionSettings(), validator=validator, lifespan=lifespan)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingestion") as client:
-            yield client
+    """The service's app (fake producer) behind an httpx client."""
+    app = in_process_app(producer, IngestionSettings(), tokens=["sdk-token"], max_keys=10_000)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingestion") as client:
+        yield client
 
 
 async def test_publish_batches_and_reports_errors_by_index_of_the_input() -> None:

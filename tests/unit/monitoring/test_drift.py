@@ -1,8 +1,13 @@
-"""The detectors on plain data: KS thresholds, the Page-Hinkley guard, the page."""
+"""The detectors on plain data: KS thresholds, the Page-Hinkley guard (and the river internals it
+reads), the page."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
+import pytest
 from scipy import stats
 
 from driftline.project import load_project
@@ -86,3 +91,38 @@ def test_input_drift_watches_only_the_models_inputs() -> None:
     }
     reference = Reference.from_metadata("m", 1, metadata, "e")
     assert set(reference.profiles) == {"a", "b"}
+
+
+def test_the_page_hinkley_statistic_pins_rivers_private_sums() -> None:
+    """river has no public accessor for the Page-Hinkley statistic, so ``ph_statistic`` reads its
+    private ``_sum_increase`` and ``_min_increase``. This recomputes river's one-sided test
+    independently: it fails when an upgrade renames those attributes or changes their meaning."""
+    tracker = PerformanceTracker(POLICY, reference_accuracy=0.9)
+    ph = tracker.ph
+    assert hasattr(ph, "_sum_increase") and hasattr(ph, "_min_increase"), "river renamed PageHinkley's sums"
+    rng = np.random.default_rng(5)
+    errors = np.concatenate([rng.random(600) < 0.1, rng.random(600) < 0.5])
+    n, mean, total, low, reset, alarms = 0, 0.0, 0.0, math.inf, False, 0
+    for t, wrong in enumerate(errors):
+        if reset:  # river resets at the update after an alarm
+            n, mean, total, low, reset = 0, 0.0, 0.0, math.inf, False
+        x = 1.0 if wrong else 0.0
+        n += 1
+        mean += (x - mean) / n
+        total = ph.alpha * total + (x - mean) - ph.delta
+        low = min(low, total)
+        tracker.add(t, not wrong)
+        assert tracker.ph_statistic() == pytest.approx(total - low, rel=1e-9, abs=1e-9), t
+        alarm = n >= ph.min_instances and total - low > ph.threshold
+        assert bool(ph.drift_detected) == alarm, t
+        if alarm:
+            alarms, reset = alarms + 1, True
+    assert alarms >= 1  # the statistic was followed through an alarm and river's reset
+
+
+def test_the_performance_summary_is_json_before_any_outcome() -> None:
+    # river's running minimum starts at +inf: the statistic was -inf, which PostgreSQL's jsonb and
+    # the JSON of GET /v1/drift reject, until the first label was joined.
+    summary = PerformanceTracker(POLICY, reference_accuracy=0.9).summary()
+    assert summary["page_hinkley"] == 0.0
+    json.dumps(summary, allow_nan=False)

@@ -5,6 +5,7 @@ a concept change raises a performance-drift event, and episodes publish once."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -12,10 +13,22 @@ from typing import Any
 import pytest
 
 from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
-from driftline.events import Event, envelope
+from driftline.events import Envelope, Event, envelope
 from driftline.project import DriftPolicy, load_project
+from driftline.records import (
+    DeploymentStatusChanged,
+    DriftDetected,
+    FeatureVectorComputed,
+    LabelRecorded,
+    ModelPromoted,
+    PredictionMade,
+    Record,
+)
+from driftline_monitoring.api import models_view
 from driftline_monitoring.drift import PerformanceTracker
-from driftline_monitoring.handlers import Monitoring
+from driftline_monitoring.episodes import Episodes, WindowSummary
+from driftline_monitoring.handlers import Monitoring, in_offset_order
+from driftline_monitoring.store import OpenReport
 from tests.unit.deployment import synthetic
 from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
 
@@ -29,27 +42,28 @@ def model(seed: int = 1) -> TrainedModel:
 
 class FakeStore:
     def __init__(self) -> None:
-        self.summaries: list[dict[str, Any]] = []
-        self.reports: dict[str, dict[str, Any]] = {}
+        self.summaries: list[WindowSummary] = []
+        self.reports: dict[str, dict[str, Any]] = {}  # episode id → {record, resolved, published, last_seen_at}
         self.touches = 0
 
-    async def save_summary(self, summary: dict[str, Any]) -> None:
+    async def save_summary(self, summary: WindowSummary) -> None:
         self.summaries.append(summary)
 
-    async def open_episode(self, record: dict[str, Any], stored: dict[str, Any]) -> bool:
-        if any(r["model_name"] == record["model_name"] and r["resolved"] is None for r in self.reports.values()):
+    async def open_episode(self, record: DriftDetected) -> bool:
+        if any(r["record"].model_name == record.model_name and r["resolved"] is None for r in self.reports.values()):
             return False
-        self.reports[record["episode_id"]] = {**stored, "resolved": None, "published": False}
+        self.reports[record.episode_id] = {"record": record, "resolved": None, "published": False}
         return True
 
-    async def open_episode_of(self, model_name: str) -> dict[str, Any] | None:
+    async def open_episode_of(self, model_name: str) -> OpenReport | None:
         for r in self.reports.values():
-            if r["model_name"] == model_name and r["resolved"] is None:
-                return {**r, "model_version": r["model_version"], "record": r}
+            record: DriftDetected = r["record"]
+            if record.model_name == model_name and r["resolved"] is None:
+                return OpenReport(record.episode_id, record.model_version, record.kind)
         return None
 
-    async def unpublished(self) -> list[dict[str, Any]]:
-        return [{"episode_id": k, "record": r} for k, r in self.reports.items() if not r["published"]]
+    async def unpublished(self) -> list[DriftDetected]:
+        return [r["record"] for r in self.reports.values() if not r["published"]]
 
     async def mark_published(self, episode_id: str) -> None:
         self.reports[episode_id]["published"] = True
@@ -62,30 +76,30 @@ class FakeStore:
         self.reports[episode_id]["resolved"] = resolution
 
     async def resolve_open(self, model_name: str, resolution: str) -> list[str]:
-        done = [k for k, r in self.reports.items() if r["model_name"] == model_name and r["resolved"] is None]
+        done = [k for k, r in self.reports.items() if r["record"].model_name == model_name and r["resolved"] is None]
         for k in done:
             self.reports[k]["resolved"] = resolution
         return done
 
     async def models(self) -> list[str]:
-        return sorted({r["model_name"] for r in self.reports.values()})
+        return sorted({r["record"].model_name for r in self.reports.values()})
 
 
 class FakeProducer:
     name = "monitoring"
 
     def __init__(self) -> None:
-        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.published: list[tuple[str, Record]] = []
 
-    def envelope(self, **kwargs: Any) -> dict[str, Any]:
+    def envelope(self, **kwargs: Any) -> Envelope:
         return envelope(self.name, **kwargs)
 
-    async def publish(self, topic: str, record: dict[str, Any]) -> None:
+    async def publish(self, topic: str, record: Record) -> None:
         self.published.append((topic, record))
 
     @property
-    def drifts(self) -> list[dict[str, Any]]:
-        return [r for t, r in self.published if t == DRIFT_DETECTED]
+    def drifts(self) -> list[DriftDetected]:
+        return [r for t, r in self.published if t == DRIFT_DETECTED and isinstance(r, DriftDetected)]
 
 
 class FakeArtifacts:
@@ -96,14 +110,24 @@ class FakeArtifacts:
         return json.loads(json.dumps(self.docs[key]))
 
 
-def ev(topic: str, value: dict[str, Any], offset: int = 0) -> Event:
-    return Event(topic, 0, offset, None, value, b"", 1, 0)
+TOPICS: dict[type[Record], str] = {
+    FeatureVectorComputed: FEATURES_VECTORS,
+    PredictionMade: PREDICTIONS,
+    LabelRecorded: LABELS,
+    ModelPromoted: MODELS_PROMOTED,
+    DeploymentStatusChanged: DEPLOYMENTS_STATUS,
+}
+
+
+def ev(record: Record, offset: int = 0) -> Event[Any]:
+    """The event a consumer reads for ``record`` (on the topic of its type)."""
+    return Event(TOPICS[type(record)], 0, offset, None, record.to_avro(), b"", 1, 0, record=record)
 
 
 ARTIFACTS = FakeArtifacts({})  # metadata documents by key, shared by every Monitoring of a test
 
 
-def promotion(m: TrainedModel, version: int, action: str = "promote") -> Event:
+def promotion(m: TrainedModel, version: int, action: str = "promote") -> ModelPromoted:
     """A models.promoted record of ``m`` as ``version``, its metadata document in ARTIFACTS."""
     ARTIFACTS.docs[f"meta-{version}"] = m.metadata
     refs = {
@@ -113,22 +137,27 @@ def promotion(m: TrainedModel, version: int, action: str = "promote") -> Event:
         "metadata_key": f"meta-{version}",
         "metadata_sha256": "y",
     }
-    return ev(MODELS_PROMOTED, synthetic.promotion(m, refs, version, action=action))
+    return ModelPromoted.from_avro(synthetic.promotion(m, refs, version, action=action))
 
 
-def deployment_status(promoted: Event, status: str, slot: str = "champion") -> Event:
+def deployment_status(promoted: ModelPromoted, status: str, slot: str = "champion") -> DeploymentStatusChanged:
     """What a deployment instance reports about a promotion (deployments.status)."""
-    value = {
+    return DeploymentStatusChanged(
         **envelope("test-deployment", cause=promoted),
-        "model_name": promoted.value["model_name"],
-        "version": promoted.value["version"],
-        "slot": slot,
-        "status": status,
-        "reason": f"test {status}",
-        "instance_id": "d-1",
-        "load_seconds": 0.1,
-    }
-    return ev(DEPLOYMENTS_STATUS, value)
+        model_name=promoted.model_name,
+        version=promoted.version,
+        slot=slot,
+        status=status,
+        reason=f"test {status}",
+        instance_id="d-1",
+        load_seconds=0.1,
+    )
+
+
+def producer_of(mon: Monitoring) -> FakeProducer:
+    producer = mon.episodes.producer
+    assert isinstance(producer, FakeProducer)
+    return producer
 
 
 async def monitoring_of(
@@ -136,12 +165,20 @@ async def monitoring_of(
     version: int = 1,
     policy: DriftPolicy = POLICY,
     store: FakeStore | None = None,
-    history: list[Event] | None = None,
+    history: Sequence[ModelPromoted | DeploymentStatusChanged] | None = None,
 ) -> tuple[Monitoring, FakeProducer, FakeStore]:
     producer, store = FakeProducer(), store or FakeStore()
-    mon = Monitoring(policy=policy, producer=producer, store=store, artifacts=lambda bucket: ARTIFACTS)  # type: ignore[arg-type,return-value]
-    await mon.on_replayed(history if history is not None else [promotion(m, version)])
+    episodes = Episodes(store, producer)  # type: ignore[arg-type]
+    mon = Monitoring(policy=policy, episodes=episodes, artifacts=lambda bucket: ARTIFACTS)  # type: ignore[arg-type,return-value]
+    records = history if history is not None else [promotion(m, version)]
+    await mon.on_replayed([ev(r, i) for i, r in enumerate(records)])
     return mon, producer, store
+
+
+async def consume(mon: Monitoring, *records: FeatureVectorComputed | PredictionMade | LabelRecorded) -> None:
+    """One batch of the consumer group, routed as ``service.wire`` routes it."""
+    routes = {FEATURES_VECTORS: mon.on_vector, PREDICTIONS: mon.on_prediction, LABELS: mon.on_label}
+    await in_offset_order(routes)([ev(r) for r in records])
 
 
 async def stream(
@@ -154,16 +191,19 @@ async def stream(
     version: int = 1,
 ) -> int | None:
     """Feed vectors, champion predictions and labels; the index of the first drift event, if any."""
-    producer: FakeProducer = mon.producer  # type: ignore[assignment]
+    producer = producer_of(mon)
     before = len(producer.drifts)
     first = None
     scores = m.scores(rows)
     for i, row in enumerate(rows):
         vec = synthetic.vector(row, start + i)
-        await mon.handle(ev(FEATURES_VECTORS, vec))
-        await mon.handle(ev(PREDICTIONS, synthetic.prediction(vec, float(scores[i]), version)))
+        batch: list[FeatureVectorComputed | PredictionMade | LabelRecorded] = [
+            FeatureVectorComputed.from_avro(vec),
+            PredictionMade.from_avro(synthetic.prediction(vec, float(scores[i]), version)),
+        ]
         if labels is not None:
-            await mon.handle(ev(LABELS, synthetic.label(vec, labels[i])))
+            batch.append(LabelRecorded.from_avro(synthetic.label(vec, labels[i])))
+        await consume(mon, *batch)
         if first is None and len(producer.drifts) > before:
             first = i
     return first
@@ -177,9 +217,9 @@ async def test_a_stationary_stream_raises_no_drift(seed: int) -> None:
     assert producer.drifts == []
     assert len(store.summaries) == (3000 - POLICY.min_window) // POLICY.check_every + 1
     last = store.summaries[-1]
-    assert set(last["features"]) == set(synthetic.FEATURES) and not last["drifted"]
-    assert last["performance"]["labelled"] == POLICY.performance_window
-    assert last["score"]["window_size"] == POLICY.window
+    assert set(last.features) == set(synthetic.FEATURES) and not last.drifted
+    assert last.performance["labelled"] == POLICY.performance_window
+    assert last.score is not None and last.score["window_size"] == POLICY.window
 
 
 async def test_a_covariate_shift_raises_one_input_drift_event_naming_the_feature() -> None:
@@ -190,15 +230,15 @@ async def test_a_covariate_shift_raises_one_input_drift_event_naming_the_feature
     delay = await stream(mon, model(), shifted, shifted_labels, start=1500)
     assert delay is not None and delay < POLICY.window
     (drift,) = producer.drifts  # one episode, one event, although every later check drifts too
-    assert drift["kind"] == "input" and "salary" in drift["features"]
-    assert {"age", "car", "elevel", "zipcode", "loan", "hyears", "hvalue"}.isdisjoint(drift["features"])
-    assert drift["correlation_id"] == drift["event_id"] and drift["causation_id"] is None
-    assert drift["model_name"] == MODEL_NAME and drift["model_version"] == 1
-    assert drift["statistic"] > drift["threshold"] and drift["method"] in ("psi", "ks")
-    salary = [e for e in drift["evidence"] if e["feature"] == "salary"]
-    assert {e["method"] for e in salary} == {"psi", "ks"} and any(e["drifted"] for e in salary)
-    assert drift["window_size"] == POLICY.window
-    assert sum(s["drifted"] for s in store.summaries) > 5  # the later checks drifted: same episode
+    assert drift.kind == "input" and "salary" in drift.features
+    assert {"age", "car", "elevel", "zipcode", "loan", "hyears", "hvalue"}.isdisjoint(drift.features)
+    assert drift.correlation_id == drift.event_id and drift.causation_id is None
+    assert drift.model_name == MODEL_NAME and drift.model_version == 1
+    assert drift.statistic > drift.threshold and drift.method in ("psi", "ks")
+    salary = [e for e in drift.evidence if e.feature == "salary"]
+    assert {e.method for e in salary} == {"psi", "ks"} and any(e.drifted for e in salary)
+    assert drift.window_size == POLICY.window
+    assert sum(s.drifted for s in store.summaries) > 5  # the later checks drifted: same episode
     print(f"\ncovariate shift detected {delay} records after it started")
 
 
@@ -210,11 +250,11 @@ async def test_a_concept_change_raises_a_performance_drift_event() -> None:
     delay = await stream(mon, model(), rows, labels, start=1200)
     assert delay is not None
     (drift,) = producer.drifts
-    assert drift["kind"] == "performance" and drift["features"] == []
-    assert drift["method"] in ("accuracy_drop", "page_hinkley")
-    assert {e["method"] for e in drift["evidence"]} == {"accuracy_drop", "page_hinkley"}
-    assert drift["window_start"] <= drift["onset"] <= drift["window_end"]
-    print(f"\nconcept change detected {delay} labelled predictions after it started ({drift['method']})")
+    assert drift.kind == "performance" and drift.features == ()
+    assert drift.method in ("accuracy_drop", "page_hinkley")
+    assert {e.method for e in drift.evidence} == {"accuracy_drop", "page_hinkley"}
+    assert drift.onset is not None and drift.window_start <= drift.onset <= drift.window_end
+    print(f"\nconcept change detected {delay} labelled predictions after it started ({drift.method})")
 
 
 async def test_an_episode_resolves_after_clean_checks_and_a_new_drift_opens_a_new_one() -> None:
@@ -222,12 +262,12 @@ async def test_an_episode_resolves_after_clean_checks_and_a_new_drift_opens_a_ne
     await stream(mon, model(), *synthetic.generate(600, 41))
     await stream(mon, model(), *synthetic.generate(900, 42, salary_scale=1.6), start=600)
     assert len(producer.drifts) == 1
-    episode = producer.drifts[0]["episode_id"]
+    episode = producer.drifts[0].episode_id
     # Back to normal: once the window holds normal data again, three clean checks resolve it.
     await stream(mon, model(), *synthetic.generate(1200, 43), start=1500)
     assert store.reports[episode]["resolved"] == "back_to_normal" and len(producer.drifts) == 1
     await stream(mon, model(), *synthetic.generate(900, 44, salary_scale=0.5), start=2700)
-    assert len(producer.drifts) == 2 and producer.drifts[1]["episode_id"] != episode
+    assert len(producer.drifts) == 2 and producer.drifts[1].episode_id != episode
 
 
 @pytest.mark.parametrize("evidence", ["prediction", "deployment_status"])
@@ -237,16 +277,16 @@ async def test_a_new_champion_seen_serving_resets_the_windows_and_closes_the_epi
     await stream(mon, model(), *synthetic.generate(700, 52, salary_scale=1.6), start=600)
     (first,) = producer.drifts
     v2 = promotion(model(2), 2)
-    await mon.on_followed(v2)
+    await mon.on_promoted(v2)
     # Announced, not yet serving: the monitor and the episode stay.
     assert mon.monitors[MODEL_NAME].reference.version == 1
-    assert store.reports[first["episode_id"]]["resolved"] is None
+    assert store.reports[first.episode_id]["resolved"] is None
     rows = synthetic.generate(50, 53)[0]
     if evidence == "prediction":  # the first champion prediction of v2 (deployment swapped)
         await stream(mon, model(2), rows[:1], None, start=2000, version=2)
     else:
-        await mon.on_followed(deployment_status(v2, "loaded"))
-    assert store.reports[first["episode_id"]]["resolved"] == "model_changed"
+        await mon.on_deployment_status(deployment_status(v2, "loaded"))
+    assert store.reports[first.episode_id]["resolved"] == "model_changed"
     monitor = mon.monitors[MODEL_NAME]
     assert monitor.reference.version == 2 and len(monitor.vectors) <= 1
     assert len(monitor.scores) == (1 if evidence == "prediction" else 0)  # that prediction counts, for v2
@@ -273,26 +313,26 @@ async def test_a_refused_promotion_leaves_the_monitor_and_its_episode_as_they_ar
         )
         monitor = mon.monitors[MODEL_NAME]
     else:
-        await mon.on_followed(v2)
-        await mon.on_followed(refused)
+        await mon.on_promoted(v2)
+        await mon.on_deployment_status(refused)
     assert mon.monitors[MODEL_NAME] is monitor and monitor.reference.version == 1
-    assert mon.state()[0]["pending_versions"] == [2]
-    assert store.reports[drift["episode_id"]]["resolved"] is None
-    assert monitor.episode is not None and monitor.episode.episode_id == drift["episode_id"]
+    assert models_view(mon)[0]["pending_versions"] == [2]
+    assert store.reports[drift.episode_id]["resolved"] is None
+    assert monitor.episode is not None and monitor.episode.episode_id == drift.episode_id
     # The predictions of the model actually serving still count, and the drift goes on in the same episode.
     scores, seen = len(monitor.scores), monitor.records_seen
     await stream(mon, model(), *synthetic.generate(300, 83, salary_scale=1.6), start=1300)
     assert len(monitor.scores) == min(POLICY.window, scores + 300) and monitor.records_seen == seen + 300
     assert monitor.performance.total > 0 and producer.drifts == ([] if restart else [drift])
-    assert store.reports[drift["episode_id"]]["resolved"] is None
+    assert store.reports[drift.episode_id]["resolved"] is None
 
 
 async def test_a_deployment_status_read_before_its_promotion_still_switches() -> None:
     mon, _, _ = await monitoring_of(model())
     v2 = promotion(model(2), 2)
-    await mon.on_followed(deployment_status(v2, "loaded"))  # two topics: no order between them
+    await mon.on_deployment_status(deployment_status(v2, "loaded"))  # two topics: no order between them
     assert mon.monitors[MODEL_NAME].reference.version == 1
-    await mon.on_followed(v2)
+    await mon.on_promoted(v2)
     assert mon.monitors[MODEL_NAME].reference.version == 2
 
 
@@ -322,14 +362,14 @@ async def test_an_open_performance_episode_costs_o_features_per_label(monkeypatc
     rows, labels = synthetic.generate(1500, 32, concept="b")
     await stream(mon, model(), rows, labels, start=1200)
     (drift,) = producer.drifts
-    assert drift["kind"] == "performance" and drift["onset"] is not None
+    assert drift.kind == "performance" and drift.onset is not None
     drifted_labels = mon.monitors[MODEL_NAME].performance.total  # most of the 1500 labels after the change
     assert onsets == 1  # the onset of the one published detection, not one per label while drifted
     # The open episode is refreshed in the database at most once per check (and per touch_every_s),
     # not at every label: 1500 vectors are 15 checks.
     checks = 1500 // POLICY.check_every + 1
     assert 1 <= store.touches <= checks, (store.touches, drifted_labels)
-    assert store.reports[drift["episode_id"]]["last_seen_at"] is not None
+    assert store.reports[drift.episode_id]["last_seen_at"] is not None
 
 
 async def test_labels_join_predictions_in_either_order_and_only_once() -> None:
@@ -337,16 +377,20 @@ async def test_labels_join_predictions_in_either_order_and_only_once() -> None:
     monitor = mon.monitors[MODEL_NAME]
     rows, _ = synthetic.generate(4, 61)
     vecs = [synthetic.vector(r, i) for i, r in enumerate(rows)]
-    preds = [synthetic.prediction(v, 0.9, 1) for v in vecs]
-    shadow = synthetic.prediction(vecs[3], 0.9, 1, shadow=True)
-    await mon.handle(ev(LABELS, synthetic.label(vecs[0], "approve")))  # label first
-    await mon.handle(ev(PREDICTIONS, preds[0]))
-    await mon.handle(ev(PREDICTIONS, preds[1]))  # prediction first
-    await mon.handle(ev(LABELS, synthetic.label(vecs[1], "deny")))
-    await mon.handle(ev(PREDICTIONS, preds[1]))  # a replayed duplicate
-    await mon.handle(ev(LABELS, synthetic.label(vecs[1], "deny")))
-    await mon.handle(ev(PREDICTIONS, shadow))  # the challenger's: never joined
-    await mon.handle(ev(LABELS, synthetic.label(vecs[3], "approve")))
+    preds = [PredictionMade.from_avro(synthetic.prediction(v, 0.9, 1)) for v in vecs]
+    shadow = PredictionMade.from_avro(synthetic.prediction(vecs[3], 0.9, 1, shadow=True))
+
+    def label(i: int, value: str) -> LabelRecorded:
+        return LabelRecorded.from_avro(synthetic.label(vecs[i], value))
+
+    await consume(mon, label(0, "approve"))  # label first
+    await consume(mon, preds[0])
+    await consume(mon, preds[1])  # prediction first
+    await consume(mon, label(1, "deny"))
+    await consume(mon, preds[1])  # a replayed duplicate
+    await consume(mon, label(1, "deny"))
+    await consume(mon, shadow)  # the challenger's: never joined
+    await consume(mon, label(3, "approve"))
     assert [c for _, c in monitor.performance.outcomes] == [True, False]
 
 
@@ -355,10 +399,10 @@ async def test_a_restart_resends_an_unpublished_report_and_restores_the_open_epi
     await stream(mon, model(), *synthetic.generate(600, 71))
     await stream(mon, model(), *synthetic.generate(700, 72, salary_scale=1.6), start=600)
     (drift,) = producer.drifts
-    store.reports[drift["episode_id"]]["published"] = False  # as if the process died before the ack
+    store.reports[drift.episode_id]["published"] = False  # as if the process died before the ack
     restarted, producer2, _ = await monitoring_of(model(), store=store)
     (resent,) = producer2.drifts
-    assert resent["event_id"] == drift["event_id"]  # same id: consumers see one event
+    assert resent.event_id == drift.event_id  # same id: consumers see one event
     assert restarted.monitors[MODEL_NAME].episode is not None
     await stream(restarted, model(), *synthetic.generate(700, 73, salary_scale=1.6), start=1300)
     assert len(producer2.drifts) == 1  # the episode goes on: no new event

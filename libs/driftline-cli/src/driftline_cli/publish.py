@@ -31,7 +31,7 @@ from rich.table import Table
 
 from driftline.events import derived_event_id
 from driftline.settings import LOCAL_API_TOKEN
-from driftline.validation import PayloadSchema
+from driftline.validation import Kind, PayloadSchema
 from driftline_cli._common import console, err_console, fail, run, stack_settings
 from driftline_sdk import DEFAULT_URL, Publisher, PublishError, PublishResult
 
@@ -196,7 +196,7 @@ async def _publish(
 
             async def flush() -> None:
                 items = [r for r in chunk if r.unparseable is None]
-                kind = "labels" if labels else "events"
+                kind: Kind = "labels" if labels else "events"
                 try:
                     if items:
                         if kind == "labels":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -36,8 +37,8 @@ class TopicFollower:
         bootstrap_servers: str,
         serde: AvroSerde,
         producer: EventProducer,
-        on_replayed: Callable[[list[Event]], Awaitable[None]],
-        on_event: Callable[[Event], Awaitable[None]],
+        on_replayed: Callable[[list[Event[Any]]], Awaitable[None]],
+        on_event: Callable[[Event[Any]], Awaitable[None]],
         poll_timeout_ms: int = 500,
     ) -> None:
         self.name = name
@@ -73,7 +74,7 @@ class TopicFollower:
             raise ConnectionError(f"topic {', '.join(missing)} has no known partitions yet")
         return list(tps)
 
-    async def _decode(self, rec: ConsumerRecord[bytes, bytes], *, live: bool) -> Event | None:
+    async def _decode(self, rec: ConsumerRecord[bytes, bytes], *, live: bool) -> Event[Any] | None:
         topic = rec.topic[len(self.prefix) :]
         try:
             value, schema_id = await retry_transient(
@@ -107,7 +108,7 @@ class TopicFollower:
             self._consumer.assign(tps)
             end = await self._consumer.end_offsets(tps)
             await self._consumer.seek_to_beginning(*tps)
-            history: list[Event] = []
+            history: list[Event[Any]] = []
             while not self._stopping.is_set():
                 pending = [tp for tp in tps if await self._consumer.position(tp) < end[tp]]
                 if not pending:
@@ -137,7 +138,7 @@ class TopicFollower:
                         bind_event(topic=event.topic, event_id=event.event_id, correlation_id=event.correlation_id)
                         try:
                             await retry_transient(
-                                lambda event=event: self.on_event(event),
+                                lambda event=event: self.on_event(event),  # type: ignore[misc]
                                 what=f"{self.name} follower handler",
                                 stopping=self._stopping.is_set,
                             )

@@ -41,14 +41,14 @@ CHAIN_TOPICS = (
 )
 
 
-async def read_topics(stack: StackSettings, topics: Sequence[str], *, timeout_s: float = 30) -> list[Event]:
+async def read_topics(stack: StackSettings, topics: Sequence[str], *, timeout_s: float = 30) -> list[Event[Any]]:
     """Every record of ``topics`` from the beginning up to their current end, decoded."""
     registry = SchemaRegistryClient(stack.schema_registry_url)
     serde = AvroSerde(registry, topic_prefix=stack.topic_prefix)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=stack.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
     )
-    events: list[Event] = []
+    events: list[Event[Any]] = []
     await consumer.start()
     try:
         tps = await partitions_of(stack.kafka_bootstrap_servers, [stack.topic_prefix + t for t in topics])
@@ -82,12 +82,12 @@ async def read_topics(stack: StackSettings, topics: Sequence[str], *, timeout_s:
     return events
 
 
-def chain(events: Sequence[Event], correlation_id: str) -> list[Event]:
+def chain(events: Sequence[Event[Any]], correlation_id: str) -> list[Event[Any]]:
     """The events of one correlation id, causes before effects, then by production time."""
     mine = [e for e in events if e.correlation_id == correlation_id]
     by_id = {e.event_id: e for e in mine}
 
-    def depth(e: Event) -> int:
+    def depth(e: Event[Any]) -> int:
         d, seen = 0, set()
         while e.value.get("causation_id") in by_id and e.event_id not in seen:
             seen.add(e.event_id)
@@ -98,7 +98,7 @@ def chain(events: Sequence[Event], correlation_id: str) -> list[Event]:
     return sorted(mine, key=lambda e: (depth(e), e.value["produced_at"]))
 
 
-def describe(event: Event) -> str:
+def describe(event: Event[Any]) -> str:
     """One line on what an event of the chain says."""
     v = event.value
     t = event.topic

@@ -329,7 +329,7 @@ def dispatch(routes: Routes) -> Handler:
 def decoded_event(
     rec: ConsumerRecord[bytes, bytes], topic: str, value: dict[str, Any], schema_id: int, serde: AvroSerde
 ) -> Event[Any]:
-    """The Event of a decoded consumer record (topic without the prefix), its typed record included."""
+    """The Event[Any] of a decoded consumer record (topic without the prefix), its typed record included."""
     t = serde.topic_or_none(topic)
     try:
         record = record_of(topic, value, t.record if t is not None else None)
@@ -474,7 +474,7 @@ class ConsumerRunner:
     async def _handle_records(self, records: list[ConsumerRecord[bytes, bytes]]) -> int | None:
         """Decode and handle (dead-lettering what cannot be decoded); how many were decoded, or None
         when stopping mid-way."""
-        events: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
+        events: list[tuple[ConsumerRecord[bytes, bytes], Event[Any]]] = []
         for rec in records:
             try:
                 topic = rec.topic[len(self.prefix) :]
@@ -492,7 +492,7 @@ class ConsumerRunner:
             return None
         return len(events)
 
-    async def _handle_events(self, events: list[tuple[ConsumerRecord[bytes, bytes], Event]]) -> bool:
+    async def _handle_events(self, events: list[tuple[ConsumerRecord[bytes, bytes], Event[Any]]]) -> bool:
         if self.batch_handler is not None:
             bind_event(topic=events[0][1].topic, event_id=None, correlation_id=None, batch=len(events))
             try:
@@ -516,13 +516,13 @@ class ConsumerRunner:
         return True
 
     async def _isolate_without_handler(
-        self, events: list[tuple[ConsumerRecord[bytes, bytes], Event]], first_error: Exception
+        self, events: list[tuple[ConsumerRecord[bytes, bytes], Event[Any]]], first_error: Exception
     ) -> bool:
         """No per-event handler: run the batch handler on each event alone."""
         assert self.batch_handler is not None
         batch_handler = self.batch_handler
 
-        async def one(event: Event) -> None:
+        async def one(event: Event[Any]) -> None:
             await batch_handler([event])
 
         for rec, event in events:
@@ -533,7 +533,7 @@ class ConsumerRunner:
     async def _handle_one(
         self,
         rec: ConsumerRecord[bytes, bytes],
-        event: Event,
+        event: Event[Any],
         fn: Handler | None = None,
     ) -> bool:
         fn = fn or self.handler

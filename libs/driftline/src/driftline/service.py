@@ -10,8 +10,9 @@ checks. The library owns the rest, in this order:
 1. start the runtime (registry client and serde, producer, pool + migrations, object store);
 2. ``wire`` the service;
 3. start the followers; once every follower has replayed its history (the caught-up gate),
-   start the consumer groups, so no record is handled before the state it depends on is known;
-4. start the background loops; serve HTTP; ``/readyz`` checks every dependency, every consumer
+   start the consumer groups and the background loops (an outbox relay, say), so no record is
+   handled and nothing is announced before the state it depends on is known;
+4. serve HTTP; ``/readyz`` checks every dependency, every consumer
    loop and every follower;
 5. on shutdown (SIGTERM via uvicorn's lifespan): stop the loops, the followers, the consumers
    (each finishes and commits its batch), the wiring's own ``on_stop``, then the runtime.
@@ -35,7 +36,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from driftline.api import ReadinessCheck, create_app
 from driftline.events import Event
 from driftline.follow import TopicFollower
-from driftline.kafka import BatchHandler, Routes, dispatch
+from driftline.kafka import BatchHandler, Handler, Routes, dispatch
 from driftline.logging import configure_logging, get_logger
 from driftline.runtime import Runtime
 from driftline.settings import ServiceSettings
@@ -67,12 +68,14 @@ class Consume:
 @dataclass(frozen=True)
 class Follow:
     """A control topic set every copy of the service reads in full: ``on_replayed`` gets the
-    history at start (in offset order per partition), then ``routes`` take each live record."""
+    history at start (in offset order per partition), then ``routes`` take each live record —
+    or ``on_event`` takes each live :class:`Event`, where its partition and offset matter."""
 
     name: str
     topics: Sequence[str]
     on_replayed: Callable[[list[Event[Any]]], Awaitable[None]]
-    routes: Routes
+    routes: Routes = field(default_factory=dict)
+    on_event: Handler | None = None
 
 
 @dataclass
@@ -138,17 +141,17 @@ class Running(Generic[D]):
                 serde=rt.serde,
                 producer=rt.producer,
                 on_replayed=follow.on_replayed,
-                on_event=dispatch(follow.routes),
+                on_event=follow.on_event or dispatch(follow.routes),
             )
             self.followers.append(follower)
             self._follower_tasks.append(asyncio.create_task(follower.run(), name=f"follower:{follow.name}"))
-        self._tasks.append(asyncio.create_task(self._start_consumers_when_caught_up(), name="caught-up-gate"))
-        for i, loop in enumerate(self.wiring.loops):
-            self._tasks.append(asyncio.create_task(_forever(loop), name=f"loop:{i}"))
+        self._tasks.append(asyncio.create_task(self._start_when_caught_up(), name="caught-up-gate"))
 
-    async def _start_consumers_when_caught_up(self) -> None:
+    async def _start_when_caught_up(self) -> None:
         await asyncio.gather(*(f.caught_up.wait() for f in self.followers))
         self.runtime.start_consumers()
+        for i, loop in enumerate(self.wiring.loops):
+            self._tasks.append(asyncio.create_task(_forever(loop), name=f"loop:{i}"))
 
     async def stop(self) -> None:
         for task in self._tasks:

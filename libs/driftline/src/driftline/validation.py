@@ -546,11 +546,13 @@ class Validator:
             problems = [Problem(f"payload.{spec.entity_key}", MISSING_FIELD, "the entity key must not be empty")]
             return Rejection(index, problems, original_bytes(item), event_id, correlation_id)
         entity_id = str(entity)
-        record = envelope(producer, correlation_id=correlation_id, event_time=event_time, event_id=event_id)
-        record["event_type"] = etype
-        record["entity_id"] = entity_id
-        record["payload"] = payload
-        record["source"] = source
+        record: dict[str, Any] = {
+            **envelope(producer, correlation_id=correlation_id, event_time=event_time, event_id=event_id),
+            "event_type": etype,
+            "entity_id": entity_id,
+            "payload": payload,
+            "source": source,
+        }
         return Valid(index, EVENTS_RAW, record, entity_id.encode())
 
     # labels
@@ -593,11 +595,13 @@ class Validator:
         # Same labelled event, label (and time) → same id: a retried label is recognised downstream.
         label_id = label_id or derived_event_id("label", labelled_id, value, "" if raw_time is None else raw_time)
         cause = {"event_id": labelled_id, "correlation_id": correlation_id or labelled_id}
-        record = envelope(producer, cause=cause, event_time=event_time, event_id=label_id)
-        record["labelled_event_id"] = labelled_id
-        record["entity_id"] = entity_id
-        record["label"] = value
-        record["source"] = source
+        record: dict[str, Any] = {
+            **envelope(producer, cause=cause, event_time=event_time, event_id=label_id),
+            "labelled_event_id": labelled_id,
+            "entity_id": entity_id,
+            "label": value,
+            "source": source,
+        }
         return Valid(index, LABELS, record, entity_id.encode())
 
     def validate(

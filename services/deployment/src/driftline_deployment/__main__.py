@@ -13,10 +13,10 @@ def main() -> None:
         # The OpenMP runtime reads this once, when scikit-learn first loads it, and every thread
         # (worker threads included) starts from it: set it before importing anything that scores.
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.model_threads))
-    from driftline.service import serve
-    from driftline_deployment.bootstrap import SERVICE, build_app
+    from driftline.service import run
+    from driftline_deployment.service import SERVICE
 
-    serve(build_app(settings), settings, SERVICE)
+    run(SERVICE, lambda: settings)
 
 
 if __name__ == "__main__":

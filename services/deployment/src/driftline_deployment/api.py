@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
-from driftline_deployment.handlers import PREDICTIONS_MADE, SCORE_SECONDS, LoadedModel
+from driftline.records import DeploymentStatusChanged
+from driftline.service import wired
+from driftline_deployment.config import DeploymentSettings
+from driftline_deployment.handlers import Deployer
+from driftline_deployment.metrics import PREDICTIONS_MADE, SCORE_SECONDS
+from driftline_deployment.slots import LoadedModel, ModelSlots
 from driftline_ml.models import to_matrix
 
-if TYPE_CHECKING:
-    from driftline_deployment.bootstrap import DeploymentService
+
+@dataclass(frozen=True)
+class DeploymentDeps:
+    """What the routes use, built by ``service.wire``."""
+
+    settings: DeploymentSettings
+    model_name: str  # the project's model: the default of POST /v1/predict
+    slots: ModelSlots
+    deployer: Deployer
+
+
+Deps = Annotated[DeploymentDeps, Depends(wired)]
 
 FeatureValue = StrictFloat | StrictInt | None
 
@@ -66,61 +82,73 @@ def check_rows(rows: list[dict[str, FeatureValue]], model: LoadedModel) -> None:
             )
 
 
-def router(service: DeploymentService) -> APIRouter:
-    api = APIRouter(prefix="/v1", tags=["deployment"])
+def recent(s: DeploymentStatusChanged) -> dict[str, Any]:
+    """A status change as GET /v1/deployment lists it."""
+    return {
+        "at": s.produced_at.isoformat(),
+        "model_name": s.model_name,
+        "version": s.version,
+        "slot": s.slot,
+        "status": s.status,
+        "reason": s.reason,
+        "promotion_event_id": s.causation_id,
+    }
 
-    @api.post(
-        "/predict",
-        response_model=PredictResponse,
-        summary="Score one feature vector or a batch with the champion",
-        responses={413: {"description": "Too many vectors"}, 503: {"description": "No model loaded yet"}},
-    )
-    async def predict(body: PredictRequest) -> PredictResponse:
-        model_name = body.model or service.model_name
-        model = service.slots.champion(model_name)  # one reference for the whole request
-        if model is None:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                detail={"error": "no_model", "reason": f"no version of {model_name!r} is loaded yet"},
-            )
-        rows = body.rows()
-        if len(rows) > service.settings.max_batch:
-            raise HTTPException(
-                413,
-                detail={"error": "batch_too_large", "reason": f"at most {service.settings.max_batch} vectors per call"},
-            )
-        check_rows(rows, model)
-        try:
-            x = to_matrix(rows, model.feature_names)
-        except ValueError as exc:
-            raise _bad_request(str(exc)) from exc
-        if len(rows) <= service.settings.inline_rows:
-            scores, classes, seconds = model.timed_predict(x)
-        else:
-            scores, classes, seconds = await asyncio.to_thread(model.timed_predict, x)
-        SCORE_SECONDS.labels("http").observe(seconds)
-        PREDICTIONS_MADE.labels("http", model.slot).inc(len(rows))
-        return PredictResponse(
-            model_name=model.model_name,
-            model_version=model.version,
-            predictions=[Prediction(score=float(s), predicted_class=c) for s, c in zip(scores, classes, strict=True)],
+
+router = APIRouter(prefix="/v1", tags=["deployment"])
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    summary="Score one feature vector or a batch with the champion",
+    responses={413: {"description": "Too many vectors"}, 503: {"description": "No model loaded yet"}},
+)
+async def predict(body: PredictRequest, deps: Deps) -> PredictResponse:
+    model_name = body.model or deps.model_name
+    model = deps.slots.champion(model_name)  # one reference for the whole request
+    if model is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail={"error": "no_model", "reason": f"no version of {model_name!r} is loaded yet"},
         )
+    rows = body.rows()
+    settings = deps.settings
+    if len(rows) > settings.max_batch:
+        raise HTTPException(
+            413, detail={"error": "batch_too_large", "reason": f"at most {settings.max_batch} vectors per call"}
+        )
+    check_rows(rows, model)
+    try:
+        x = to_matrix(rows, model.feature_names)
+    except ValueError as exc:
+        raise _bad_request(str(exc)) from exc
+    if len(rows) <= settings.inline_rows:
+        scores, classes, seconds = model.timed_predict(x)
+    else:
+        scores, classes, seconds = await asyncio.to_thread(model.timed_predict, x)
+    SCORE_SECONDS.labels("http").observe(seconds)
+    PREDICTIONS_MADE.labels("http", model.slot).inc(len(rows))
+    return PredictResponse(
+        model_name=model.model_name,
+        model_version=model.version,
+        predictions=[Prediction(score=float(s), predicted_class=c) for s, c in zip(scores, classes, strict=True)],
+    )
 
-    @api.get("/deployment", summary="What is loaded, since when, and why")
-    async def deployment() -> dict[str, Any]:
-        slots = service.slots
-        return {
-            "instance_id": service.settings.instance_id,
-            "model_name": service.model_name,
-            "replayed": service.deployer.replayed if service.deployer else False,
-            "models": {
-                name: {
-                    "champion": (m.describe() if (m := slots.champion(name)) else None),
-                    "challenger": (c.describe() if (c := slots.challenger(name)) else None),
-                }
-                for name in slots.models()
-            },
-            "recent": list(reversed(service.deployer.history)) if service.deployer else [],
-        }
 
-    return api
+@router.get("/deployment", summary="What is loaded, since when, and why")
+async def deployment(deps: Deps) -> dict[str, Any]:
+    slots = deps.slots
+    return {
+        "instance_id": deps.settings.instance_id,
+        "model_name": deps.model_name,
+        "replayed": deps.deployer.replayed,
+        "models": {
+            name: {
+                "champion": (m.describe() if (m := slots.champion(name)) else None),
+                "challenger": (c.describe() if (c := slots.challenger(name)) else None),
+            }
+            for name in slots.models()
+        },
+        "recent": [recent(s) for s in reversed(deps.deployer.history)],
+    }

@@ -8,7 +8,8 @@ from pydantic_settings import SettingsConfigDict
 from driftline.settings import ServiceSettings
 
 
-class DeploymentSettings(ServiceSettings):
+# The ignore is for `mypy --strict services/deployment/src`, where driftline (no py.typed) is Any.
+class DeploymentSettings(ServiceSettings):  # type: ignore[misc,unused-ignore]
     model_config = SettingsConfigDict(env_prefix="DRIFTLINE_DEPLOYMENT_", extra="ignore")
 
     port: int = 38105

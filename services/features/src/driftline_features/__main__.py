@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from driftline.service import serve
-from driftline_features.bootstrap import build_app
-from driftline_features.config import SERVICE, FeaturesSettings
+from driftline.service import run
+from driftline_features.config import FeaturesSettings
+from driftline_features.service import SERVICE
 
 
 def main() -> None:
-    settings = FeaturesSettings()
-    serve(build_app(settings), settings, SERVICE)
+    run(SERVICE, FeaturesSettings)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, Field
+
+from driftline.service import wired
 
 
 class LatestReader(Protocol):
     async def latest(self, entity_id: str, feature_set_version: str) -> dict[str, Any] | None: ...
+
+
+class OnlineStoreDeps(Protocol):
+    """What the routes need of the service's deps (``FeaturesDeps`` in service.py)."""
+
+    @property
+    def store(self) -> LatestReader: ...
+
+    @property
+    def feature_set_version(self) -> str: ...
+
+
+Deps = Annotated[OnlineStoreDeps, Depends(wired)]
 
 
 class FeatureVectorOut(BaseModel):
@@ -26,25 +40,24 @@ class FeatureVectorOut(BaseModel):
     updated_at: datetime
 
 
-def router(store: Callable[[], LatestReader], current_version: Callable[[], str]) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["features"])
+router = APIRouter(prefix="/v1", tags=["features"])
 
-    @r.get(
-        "/features/{entity_id}",
-        summary="Latest feature vector of an entity (by event time)",
-        responses={404: {"description": "No vector for this entity and feature-set version"}},
-    )
-    async def latest_vector(
-        entity_id: str,
-        version: str | None = Query(None, description="Feature-set version (default: the project's current one)."),
-    ) -> FeatureVectorOut:
-        v = version or current_version()
-        row = await store().latest(entity_id, v)
-        if row is None:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND,
-                detail={"error": "not_found", "reason": f"no feature vector for entity {entity_id!r} (version {v!r})"},
-            )
-        return FeatureVectorOut.model_validate(row)
 
-    return r
+@router.get(
+    "/features/{entity_id}",
+    summary="Latest feature vector of an entity (by event time)",
+    responses={404: {"description": "No vector for this entity and feature-set version"}},
+)
+async def latest_vector(
+    entity_id: str,
+    deps: Deps,
+    version: str | None = Query(None, description="Feature-set version (default: the project's current one)."),
+) -> FeatureVectorOut:
+    v = version or deps.feature_set_version
+    row = await deps.store.latest(entity_id, v)
+    if row is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail={"error": "not_found", "reason": f"no feature vector for entity {entity_id!r} (version {v!r})"},
+        )
+    return FeatureVectorOut.model_validate(row)

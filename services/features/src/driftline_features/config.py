@@ -9,7 +9,8 @@ from pydantic_settings import SettingsConfigDict
 
 from driftline.settings import ServiceSettings
 
-SERVICE = "features"
+NAME = "features"
+"""The service's name: its producer name, PostgreSQL schema, faust app id and consumer group (prefixed)."""
 
 
 class FeaturesSettings(ServiceSettings):

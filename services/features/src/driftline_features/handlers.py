@@ -3,7 +3,8 @@
 Plain async code with its dependencies passed in, so it runs with fakes in unit tests; the faust
 wiring (stream.py) only hands it batches of records and acknowledges them once this returns.
 
-One batch: decode each record (undecodable → events.dlq), compute its vector (raw and derived
+One batch: decode each record into a :class:`~driftline.records.RawEvent` (undecodable →
+events.dlq), compute its :class:`~driftline.records.FeatureVectorComputed` (raw and derived
 features from the payload, windowed features from the entity's state, which is updated), send
 the vectors, write them to the online store, and wait for the broker's acknowledgements. Only
 then does the caller acknowledge the records, so an offset is committed only after its effects
@@ -15,6 +16,7 @@ is an upsert and never a double count.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,16 +25,19 @@ from typing import Any, Protocol
 from aiokafka.structs import ConsumerRecord
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
-from driftline.events import as_utc, derived_event_id, epoch_ms
+from driftline.events import Envelope, as_utc, derived_event_id, epoch_ms
 from driftline.kafka import Backoff, PoisonRecord, is_transient, retry_transient
 from driftline.logging import bind_event, get_logger
 from driftline.project import Project
+from driftline.records import FeatureVectorComputed, RawEvent
 from driftline.serde import DecodeError
 from driftline_features import metrics
 from driftline_features.store import VectorRow
 from driftline_ml.featuredefs import FeatureSet
 
 log = get_logger(__name__)
+
+PRUNE_EVERY_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +69,11 @@ class Producer(Protocol):
 
     name: str
 
-    def envelope(self, **kwargs: Any) -> dict[str, Any]: ...
+    def envelope(self, **kwargs: Any) -> Envelope: ...
 
-    async def send(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> asyncio.Future[Any]: ...
+    async def send(
+        self, topic: str, record: FeatureVectorComputed, *, key: bytes | None = None
+    ) -> asyncio.Future[Any]: ...
 
     async def dead_letter(
         self,
@@ -87,11 +94,15 @@ class Store(Protocol):
     async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]: ...
 
 
+class Pruner(Protocol):
+    async def prune(self, older_than_days: float) -> int: ...
+
+
 @dataclass
 class Computed:
     """One event's vector, before it is sent and stored."""
 
-    vector: dict[str, Any]
+    vector: FeatureVectorComputed
     row: VectorRow
     late: bool
     duplicate: bool
@@ -218,19 +229,21 @@ class FeatureProcessor:
         if records:
             bind_event(topic=EVENTS_RAW, event_id=None, correlation_id=None, batch=len(records))
         for rec in records:
-            value: dict[str, Any] | None = None
+            raw: RawEvent | None = None
             try:
                 value, _ = await retry_transient(
-                    lambda rec=rec: self.decoder.decode(rec.value, EVENTS_RAW),
+                    functools.partial(self.decoder.decode, rec.value, EVENTS_RAW),
                     what="decode",
                     stopping=self.stopping,
                 )
-                computed.append(self.compute(rec, value, states))
+                raw = raw_event(value)
+                computed.append(self.compute(rec, raw, states))
             except DecodeError as exc:
                 prepared.futures.append(await self._dead_letter(rec, str(exc), "decode_error", None, 1))
                 result.dead_lettered += 1
             except PoisonRecord as exc:
-                prepared.futures.append(await self._dead_letter(rec, exc.reason, exc.error_type, _corr(value), 1))
+                correlation_id = raw.correlation_id if raw is not None else None
+                prepared.futures.append(await self._dead_letter(rec, exc.reason, exc.error_type, correlation_id, 1))
                 result.dead_lettered += 1
         await self._recognise_old_redeliveries(computed)
         for c in computed:
@@ -284,25 +297,23 @@ class FeatureProcessor:
                 continue
             features, late = hit
             ordered = {name: features.get(name) for name in self.features.names}
-            c.vector["features"] = ordered
-            c.vector["late"] = late
+            c.vector = replace(c.vector, features=ordered, late=late)
             c.row = replace(c.row, features=ordered, late=late)
             c.late = late
             c.duplicate = True
 
-    def compute(self, rec: SourceRecord, raw: dict[str, Any], states: EntityStates) -> Computed:
+    def compute(self, rec: SourceRecord, raw: RawEvent, states: EntityStates) -> Computed:
         """The vector of one raw event; updates the entity's state."""
-        raw_id = str(raw["event_id"])
-        if raw.get("event_type") != self.project.event.type:
+        raw_id = raw.event_id
+        if raw.event_type != self.project.event.type:
             raise PoisonRecord(
-                f"event_type {raw.get('event_type')!r} is not the project's {self.project.event.type!r}",
+                f"event_type {raw.event_type!r} is not the project's {self.project.event.type!r}",
                 "unknown_event_type",
             )
-        entity_id = str(raw["entity_id"])
-        event_time = as_utc(raw["event_time"])
+        entity_id = raw.entity_id
+        event_time = as_utc(raw.event_time)
         metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - event_time.timestamp()))
-        payload = raw.get("payload") or {}
-        row_features = self.features.row(payload)
+        row_features = self.features.row(raw.payload)
         windowed = None
         if self.features.stateful:
             new_state, windowed = self.features.apply(states.get(entity_id), raw_id, epoch_ms(event_time), row_features)
@@ -312,14 +323,14 @@ class FeatureProcessor:
         version = self.features.version
         vector_id = derived_event_id(raw_id, version)
         late = bool(windowed and windowed.late)
-        vector = {
+        vector = FeatureVectorComputed(
             **self.producer.envelope(cause=raw, event_time=event_time, event_id=vector_id),
-            "source_event_id": raw_id,
-            "entity_id": entity_id,
-            "feature_set_version": version,
-            "features": features,
-            "late": late,
-        }
+            source_event_id=raw_id,
+            entity_id=entity_id,
+            feature_set_version=version,
+            features=features,
+            late=late,
+        )
         row = VectorRow(
             event_id=vector_id,
             source_event_id=raw_id,
@@ -328,7 +339,7 @@ class FeatureProcessor:
             event_time=event_time,
             features=features,
             late=late,
-            correlation_id=vector["correlation_id"],
+            correlation_id=vector.correlation_id,
             source_partition=rec.partition,
             source_offset=rec.offset,
         )
@@ -392,114 +403,24 @@ class FeatureProcessor:
                 self._function_errors_seen[name] = count
 
 
-class PartitionOffsets(Protocol):
-    """Next offset to process per source partition, once durable (a faust table in the service)."""
-
-    def get(self, partition: int) -> int | None: ...
-
-    def put(self, partition: int, next_offset: int) -> None: ...
-
-
-@dataclass
-class _Seeking:
-    target: int
-    since: float
-    attempts: int = 1
+def raw_event(value: Mapping[str, Any]) -> RawEvent:
+    """The typed record of a decoded events.raw value; one that does not fit is undecodable."""
+    try:
+        return RawEvent.from_avro(value)
+    except (KeyError, TypeError) as exc:
+        raise DecodeError(f"record does not fit RawEvent: missing or wrong field {exc}") from exc
 
 
-class OffsetGuard:
-    """Admits records strictly in offset order per partition, from the next offset whose effect
-    is not yet durable, whatever the consumer delivers.
-
-    faust's consumer can, around a rebalance, skip records and still count them as done (it
-    acknowledges records of a stale generation and treats offsets it did not deliver as gaps in
-    the log), so its committed offsets alone cannot be trusted. The guard remembers, in a
-    changelogged table, the next offset to process per partition. A record below it is a replay
-    of durable work and is ignored; a record above it means records were skipped: the partition
-    is sought back and nothing after the hole is processed until the hole is filled. A hole that
-    stays (records really absent from the log, e.g. deleted by retention) is accepted after a few
-    seeks, and logged.
-    """
-
-    def __init__(self, offsets: PartitionOffsets, *, reseek_after_s: float = 5.0, max_attempts: int = 3) -> None:
-        self.offsets = offsets
-        self.reseek_after_s = reseek_after_s
-        self.max_attempts = max_attempts
-        self._seeking: dict[int, _Seeking] = {}
-        # Next offset to admit: ahead of the table while admitted batches are not yet durable.
-        self._next: dict[int, int | None] = {}
-
-    def reset(self) -> None:
-        """A new assignment: the consumer was sought to the committed offsets anyway."""
-        self._seeking.clear()
-        self._next.clear()
-
-    def admit(self, records: Sequence[SourceRecord], now: float) -> tuple[list[SourceRecord], dict[int, int]]:
-        """Records to process (in order), and the seeks to make (partition → offset)."""
-        admitted: list[SourceRecord] = []
-        seeks: dict[int, int] = {}
-        expected = self._next
-        for rec in records:
-            p, o = rec.partition, rec.offset
-            if p not in expected:
-                expected[p] = self.offsets.get(p)
-            seeking = self._seeking.get(p)
-            if seeking is not None:
-                if o == seeking.target:
-                    del self._seeking[p]
-                elif o < seeking.target:
-                    continue
-                elif now - seeking.since < self.reseek_after_s:
-                    continue  # records fetched before the seek, still in the buffers
-                elif seeking.attempts < self.max_attempts:
-                    seeks[p] = self._reseek(p, seeking, now)
-                    continue
-                else:
-                    del self._seeking[p]
-                    metrics.OFFSET_GAPS.inc()
-                    log.warning("offset_gap_accepted", partition=p, missing_from=seeking.target, missing_to=o - 1)
-            else:
-                nxt = expected[p]
-                if nxt is not None and o < nxt:
-                    continue  # already durable: a replay
-                if nxt is not None and o > nxt:
-                    self._seeking[p] = _Seeking(nxt, now)
-                    seeks[p] = nxt
-                    metrics.OFFSET_SEEKS.inc()
-                    log.warning("offset_hole_seeking_back", partition=p, expected=nxt, got=o)
-                    continue
-            admitted.append(rec)
-            expected[p] = o + 1
-        return admitted, seeks
-
-    def due_reseeks(self, now: float) -> dict[int, int]:
-        """Seeks to repeat now, whether or not records arrive: a seek can be undone by the
-        consumer's fetch loop (records it had fetched before the seek move its read position past
-        the target again, and then it drops the re-fetched ones), and with no new records after
-        the hole nothing else would notice."""
-        return {
-            p: self._reseek(p, seeking, now)
-            for p, seeking in list(self._seeking.items())
-            if now - seeking.since >= self.reseek_after_s and seeking.attempts < self.max_attempts
-        }
-
-    def _reseek(self, partition: int, seeking: _Seeking, now: float) -> int:
-        seeking.attempts += 1
-        seeking.since = now
-        log.warning("offset_hole_seeking_again", partition=partition, target=seeking.target, attempt=seeking.attempts)
-        return seeking.target
-
-    def done(self, records: Sequence[SourceRecord]) -> None:
-        """The records' effects are durable: remember where each partition continues."""
-        last: dict[int, int] = {}
-        for rec in records:
-            last[rec.partition] = max(last.get(rec.partition, -1), rec.offset)
-        for p, o in last.items():
-            self.offsets.put(p, o + 1)
-
-
-def _corr(value: Mapping[str, Any] | None) -> str | None:
-    return None if value is None or value.get("correlation_id") is None else str(value["correlation_id"])
+async def prune_history(store: Pruner, older_than_days: float, every_s: float = PRUNE_EVERY_S) -> None:
+    """Delete old rows of the computed-vector history, every ``every_s`` (a failure is retried then)."""
+    while True:
+        try:
+            deleted = await store.prune(older_than_days)
+            if deleted:
+                log.info("vectors_pruned", deleted=deleted, older_than_days=older_than_days)
+        except Exception as exc:
+            log.warning("vectors_prune_failed", error=repr(exc)[:300])
+        await asyncio.sleep(every_s)
 
 
 def _consumer_record(rec: SourceRecord) -> ConsumerRecord[bytes, bytes]:

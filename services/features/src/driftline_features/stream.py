@@ -7,6 +7,9 @@ Acknowledgement discipline: the agent takes batches with ``noack_take`` and ackn
 batch's events only after the processor returned, i.e. after the vectors were acknowledged by
 the broker and written to the online store. faust commits acknowledged offsets only, and flushes
 its producer (the table changelog) before each commit.
+
+:func:`running` is the service's wiring ``context``: the app runs while the HTTP app serves, and
+on shutdown the batch in progress finishes (bounded) before faust stops.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import re
 import signal
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient
+from faust.contrib.asgi import faust_app_running
 from faust.types import TP
 
 from driftline.catalog import EVENTS_RAW
@@ -31,8 +35,9 @@ from driftline.kafka import retry_transient
 from driftline.logging import get_logger
 from driftline.settings import StackSettings
 from driftline_features import metrics
-from driftline_features.config import SERVICE, FeaturesSettings
-from driftline_features.handlers import FeatureProcessor, OffsetGuard, SourceRecord
+from driftline_features.config import NAME, FeaturesSettings
+from driftline_features.handlers import FeatureProcessor, SourceRecord
+from driftline_features.offset_guard import OffsetGuard
 
 log = get_logger(__name__)
 
@@ -98,7 +103,7 @@ class TableOffsets:
 
 
 class StreamControl:
-    """Lets the lifespan stop the agent between batches and see whether it is healthy."""
+    """Lets the service stop the agent between batches and see whether it is healthy."""
 
     def __init__(self) -> None:
         self.stopping = False
@@ -138,12 +143,13 @@ async def source_layout(stack: StackSettings) -> tuple[int, int]:
 def build_stream(
     settings: FeaturesSettings,
     processor: FeatureProcessor,
+    control: StreamControl,
     *,
     partitions: int,
     replication_factor: int,
-) -> tuple[faust.App, StreamControl]:
+) -> faust.App:
     stack = settings.stack
-    app_id = f"{stack.topic_prefix}{SERVICE}"
+    app_id = f"{stack.topic_prefix}{NAME}"
     data_dir = settings.data_dir or Path(tempfile.gettempdir()) / "driftline-features" / re.sub(r"[^\w.-]", "_", app_id)
     data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -157,7 +163,7 @@ def build_stream(
         topic_replication_factor=replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        broker_client_id=f"driftline-{SERVICE}",
+        broker_client_id=f"driftline-{NAME}",
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
@@ -169,7 +175,6 @@ def build_stream(
     writes = ChangelogWrites()
     states = TableStates(app.Table(STATE_TABLE, default=None, partitions=partitions), writes)
     guard = OffsetGuard(TableOffsets(app.Table(OFFSETS_TABLE, default=None, partitions=partitions), writes))
-    control = StreamControl()
     generation: list[int | None] = [None]
 
     async def seek(seeks: Mapping[int, int]) -> None:
@@ -177,9 +182,10 @@ def build_stream(
             # On the consumer's own thread (a seek from this loop can race its fetcher).
             await app.consumer.seek_wait({TP(source.get_topic_name(), p): o for p, o in seeks.items()})
 
-    @app.timer(interval=1.0)
     async def repeat_due_seeks() -> None:
         await seek(guard.due_reseeks(time.monotonic()))
+
+    app.timer(interval=1.0)(repeat_due_seeks)
 
     # faust.Stream; typed Any because noack_take yields events while its annotation says values.
     async def compute_vectors(stream: Any) -> None:
@@ -227,7 +233,21 @@ def build_stream(
                 os.kill(os.getpid(), signal.SIGTERM)
 
     app.agent(source, name="compute-vectors", concurrency=1)(compute_vectors)
-    return app, control
+    return app
+
+
+@contextlib.asynccontextmanager
+async def running(app: faust.App, control: StreamControl, *, drain_timeout_s: float) -> AsyncIterator[None]:
+    """The faust app runs while this is open; on exit the agent stops taking batches and the one
+    in progress may finish (``drain_timeout_s``) before faust stops (and commits)."""
+    try:
+        async with faust_app_running(app):
+            try:
+                yield
+            finally:
+                await control.drain(drain_timeout_s)
+    finally:
+        log.info("features_stopped")
 
 
 def _source_record(event: Any) -> SourceRecord:

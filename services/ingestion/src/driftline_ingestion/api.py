@@ -1,26 +1,25 @@
 """HTTP API of ingestion: POST /v1/events, POST /v1/labels (bearer token), GET /v1/schemas.
 
-The OpenAPI document is at /openapi.json and rendered at /docs.
+The OpenAPI document is at /openapi.json and rendered at /docs; the shapes of the records it
+documents come from the project file (:func:`document_request_bodies`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 
-from driftline.api import ReadinessCheck, create_app
-from driftline.project import project_from_settings
+from driftline.service import wired
 from driftline.validation import Kind, Validator
 from driftline_ingestion.config import IngestionSettings
 from driftline_ingestion.handlers import IngestHandler, Reply, body_too_large, nothing_stored
 from driftline_sdk import SOURCE_HEADER
 
-SERVICE = "ingestion"
 DLQ_PREFIX_BYTES = 64 * 1024  # what the DLQ keeps of a body over the limit
 _SOURCE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 
@@ -153,108 +152,83 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, bool, int | No
     return bytes(buf), too_large, declared if declared is not None else (total if too_large else None)
 
 
-class TokenRefused(Exception):
-    """No token or a wrong one: answered in the shape of every ingestion answer (not FastAPI's ``detail``)."""
+@dataclass(frozen=True)
+class IngestionDeps:
+    """What the routes reach through ``Depends(wired)``."""
 
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.body["message"])
-        self.reply = reply
+    handler: IngestHandler
+    auth: Callable[[Request], Awaitable[str]]
+    """The bearer-token check: the actor, or HTTPException 401/403 (a :class:`~driftline.auth.TokenAuth`)."""
+    settings: IngestionSettings
 
 
-async def require_token(request: Request) -> str:
-    """The bearer-token check (401/403); the lifespan puts a TokenAuth on the app."""
+Deps = Annotated[IngestionDeps, Depends(wired)]
+PUBLISH: dict[str, Kind] = {"/v1/events": "events", "/v1/labels": "labels"}
+router = APIRouter(tags=["publish"])
+
+
+async def token_refused(request: Request, deps: IngestionDeps) -> Reply | None:
+    """No token or a wrong one (401/403), answered in the shape of every ingestion answer (not
+    FastAPI's ``detail``); None when the token is accepted."""
     try:
-        actor: str = await request.app.state.auth(request)
+        await deps.auth(request)
     except HTTPException as exc:
         detail: dict[str, Any] = exc.detail if isinstance(exc.detail, dict) else {}
         error = str(detail.get("error") or ("unauthorized" if exc.status_code == 401 else "forbidden"))
         message = str(detail.get("reason") or exc.detail)
         problem = {"index": None, "field": None, "error_type": error, "reason": message}
-        raise TokenRefused(
-            nothing_stored(exc.status_code, error, message, errors=[problem], headers=dict(exc.headers or {}))
-        ) from None
-    return actor
-
-
-Actor = Annotated[str, Depends(require_token)]
+        return nothing_stored(exc.status_code, error, message, errors=[problem], headers=dict(exc.headers or {}))
+    return None
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
-def build_app(
-    settings: IngestionSettings,
-    *,
-    validator: Validator | None = None,
-    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
-) -> FastAPI:
-    """The ingestion app; the default lifespan connects to the stack (tests may pass their own)."""
-    from driftline_ingestion.bootstrap import ingestion_lifespan
-
-    validator = validator or Validator.from_project(project_from_settings(settings.stack))
-    checks: dict[str, Callable[[], Mapping[str, ReadinessCheck]]] = {"readiness": dict}
-
-    def readiness() -> Mapping[str, ReadinessCheck]:
-        return checks["readiness"]()
-
-    app = create_app(
-        SERVICE,
-        title="Driftline ingestion",
-        description=DESCRIPTION,
-        lifespan=lifespan or ingestion_lifespan(settings, validator),
-        readiness=readiness,
-    )
-    app.state.checks = checks  # the lifespan puts the runtime's readiness checks here
-
-    async def token_refused(request: Request, exc: Exception) -> Response:
-        reply = exc.reply if isinstance(exc, TokenRefused) else nothing_stored(401, "unauthorized", str(exc))
-        return _json(reply.status, reply.body, reply.headers)
-
-    app.add_exception_handler(TokenRefused, token_refused)
-
-    async def publish(request: Request, kind: Kind) -> Response:
-        handler: IngestHandler = request.app.state.handler
-        body, too_large, size = await read_body(request, settings.max_body_bytes)
+async def _publish(request: Request, deps: IngestionDeps, kind: Kind) -> Response:
+    reply = await token_refused(request, deps)  # before the body is read
+    if reply is None:
+        limit = deps.settings.max_body_bytes
+        body, too_large, size = await read_body(request, limit)
         if too_large:
-            reply = await handler.refuse(kind, body_too_large(body, settings.max_body_bytes, size), 413)
+            reply = await deps.handler.refuse(kind, body_too_large(body, limit, size), 413)
         else:
             source = request.headers.get(SOURCE_HEADER, "http")
-            reply = await handler.ingest(kind, body, source=source if _SOURCE.match(source) else "http")
-        return _json(reply.status, reply.body, reply.headers)
+            reply = await deps.handler.ingest(kind, body, source=source if _SOURCE.match(source) else "http")
+    return _json(reply.status, reply.body, reply.headers)
 
-    @app.post(
-        "/v1/events",
-        tags=["publish"],
-        summary="Publish one event or a batch",
-        responses=_responses(),
-        openapi_extra=_request_body("events", validator),
-    )
-    async def post_events(request: Request, actor: Actor) -> Response:
-        return await publish(request, "events")
 
-    @app.post(
-        "/v1/labels",
-        tags=["publish"],
-        summary="Publish one ground-truth label or a batch",
-        responses=_responses(),
-        openapi_extra=_request_body("labels", validator),
-    )
-    async def post_labels(request: Request, actor: Actor) -> Response:
-        return await publish(request, "labels")
+@router.post("/v1/events", summary="Publish one event or a batch", responses=_responses())
+async def post_events(request: Request, deps: Deps) -> Response:
+    return await _publish(request, deps, "events")
 
-    @app.get("/v1/schemas", tags=["publish"], summary="What can be sent: event types, their fields, label classes")
-    async def get_schemas() -> Response:
-        return _json(
-            200,
-            {
-                **validator.describe(),
-                "limits": {
-                    "max_batch": settings.max_batch,
-                    "max_body_bytes": settings.max_body_bytes,
-                    "dedupe_horizon_s": settings.dedupe_horizon_s,
-                },
-            },
-        )
 
-    return app
+@router.post("/v1/labels", summary="Publish one ground-truth label or a batch", responses=_responses())
+async def post_labels(request: Request, deps: Deps) -> Response:
+    return await _publish(request, deps, "labels")
+
+
+@router.get("/v1/schemas", summary="What can be sent: event types, their fields, label classes")
+async def get_schemas(deps: Deps) -> Response:
+    settings = deps.settings
+    limits = {
+        "max_batch": settings.max_batch,
+        "max_body_bytes": settings.max_body_bytes,
+        "dedupe_horizon_s": settings.dedupe_horizon_s,
+    }
+    return _json(200, {**deps.handler.validator.describe(), "limits": limits})
+
+
+def document_request_bodies(app: FastAPI, validator: Validator) -> None:
+    """Put the request bodies of the project's event types and label classes in the app's OpenAPI
+    document (FastAPI's "extending OpenAPI"): the routes are declared before any project is read."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for path, kind in PUBLISH.items():
+                schema["paths"][path]["post"].update(_request_body(kind, validator))
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]

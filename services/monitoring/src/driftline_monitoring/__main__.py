@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from driftline.service import serve
-from driftline_monitoring.bootstrap import SERVICE, build_app
+from driftline.service import run
 from driftline_monitoring.config import MonitoringSettings
+from driftline_monitoring.service import SERVICE
 
 
 def main() -> None:
-    settings = MonitoringSettings()
-    serve(build_app(settings), settings, SERVICE)
+    run(SERVICE, MonitoringSettings)
 
 
 if __name__ == "__main__":

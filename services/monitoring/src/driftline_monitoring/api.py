@@ -2,54 +2,115 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 
+from driftline.events import as_utc
+from driftline.project import DriftPolicy
+from driftline.service import wired
 from driftline_monitoring import page
+from driftline_monitoring.drift import Detection, ModelMonitor
+from driftline_monitoring.episodes import evidence_by_feature, score_summary
+from driftline_monitoring.handlers import Monitoring
+from driftline_monitoring.store import MonitoringStore
 
-if TYPE_CHECKING:
-    from driftline_monitoring.bootstrap import MonitoringService
+
+@dataclass(frozen=True)
+class MonitoringDeps:
+    """What the routes reach through ``Depends(wired)`` (built by ``service.wire``)."""
+
+    monitoring: Monitoring
+    store: MonitoringStore
+    policy: DriftPolicy
+    page_checks: int
 
 
-def router(service: MonitoringService) -> APIRouter:
-    api = APIRouter()
+Deps = Annotated[MonitoringDeps, Depends(wired)]
 
-    def ready() -> Any:
-        if service.monitoring is None or service.store is None:
-            raise HTTPException(503, detail={"error": "starting", "reason": "monitoring is starting"})
-        return service.monitoring, service.store
+router = APIRouter()
 
-    @api.get("/v1/drift", tags=["monitoring"], summary="Current drift statistics per model and feature")
-    async def drift() -> dict[str, Any]:
-        monitoring, store = ready()
-        models = monitoring.state()
-        # Models this instance does not monitor (yet) still show their last stored check.
-        known = {m["model_name"] for m in models}
-        stored = [s for s in await store.latest_summaries() if s["model_name"] not in known]
-        return {"policy": service.policy.model_dump(), "models": models, "last_stored_checks": stored}
 
-    @api.get("/v1/reports", tags=["monitoring"], summary="Drift reports (one per episode), newest first")
-    async def reports(
-        model: str | None = Query(None, description="Only this model."),
-        open_only: bool = Query(False, alias="open", description="Only episodes still open."),
-        limit: int = Query(50, ge=1, le=1000),
-    ) -> dict[str, Any]:
-        _, store = ready()
-        return {"reports": await store.reports(model_name=model, open_only=open_only, limit=limit)}
+def detection_view(d: Detection | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {
+        "kind": d.kind,
+        "method": d.method,
+        "statistic": d.statistic,
+        "threshold": d.threshold,
+        "features": d.features,
+    }
 
-    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
-        _, store = ready()
-        names = await store.models()
-        models = [(n, await store.summaries(n, limit=service.settings.page_checks)) for n in names]
-        html = page.render(
-            models,
-            await store.reports(limit=20),
-            psi_threshold=service.policy.psi_threshold,
-            accuracy_drop=service.policy.accuracy_drop,
-        )
-        return HTMLResponse(html)
 
-    return api
+def monitor_view(m: ModelMonitor, pending_versions: list[int]) -> dict[str, Any]:
+    """Current statistics of one monitored model."""
+    last = m.last_check
+    return {
+        "model_name": m.reference.model_name,
+        "model_version": m.reference.version,
+        "promotion_event_id": m.reference.promotion_event_id,
+        # Promoted after it, not (yet) seen serving: refused, or still being deployed.
+        "pending_versions": pending_versions,
+        "reference_accuracy": m.reference.accuracy,
+        "records_seen": m.records_seen,
+        "windows": {"vectors": len(m.vectors), "scores": len(m.scores), "labelled": len(m.performance.outcomes)},
+        "performance": m.performance.summary(),
+        "episode": None
+        if m.episode is None
+        else {"episode_id": m.episode.episode_id, "kind": m.episode.kind, "clean_checks": m.episode.clean_checks},
+        "last_check": None
+        if last is None
+        else {
+            "records_seen": last.records_seen,
+            "window_start": as_utc(last.window[0]).isoformat(),
+            "window_end": as_utc(last.window[1]).isoformat(),
+            "window_size": last.window[2],
+            "features": evidence_by_feature(last.inputs),
+            "score": score_summary(last.scores, last.score_window),
+            "drift": detection_view(last.detection),
+        },
+    }
+
+
+def models_view(monitoring: Monitoring) -> list[dict[str, Any]]:
+    """Every monitored model, by name."""
+    return [
+        monitor_view(m, [p.version for p in monitoring.serving.pending(name)])
+        for name, m in sorted(monitoring.monitors.items())
+    ]
+
+
+@router.get("/v1/drift", tags=["monitoring"], summary="Current drift statistics per model and feature")
+async def drift(deps: Deps) -> dict[str, Any]:
+    models = models_view(deps.monitoring)
+    # Models this instance does not monitor (yet) still show their last stored check.
+    known = {m["model_name"] for m in models}
+    stored = [s for s in await deps.store.latest_summaries() if s["model_name"] not in known]
+    return {"policy": deps.policy.model_dump(), "models": models, "last_stored_checks": stored}
+
+
+@router.get("/v1/reports", tags=["monitoring"], summary="Drift reports (one per episode), newest first")
+async def reports(
+    deps: Deps,
+    model: str | None = Query(None, description="Only this model."),
+    open_only: bool = Query(False, alias="open", description="Only episodes still open."),
+    limit: int = Query(50, ge=1, le=1000),
+) -> dict[str, Any]:
+    return {"reports": await deps.store.reports(model_name=model, open_only=open_only, limit=limit)}
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index(deps: Deps) -> HTMLResponse:
+    store = deps.store
+    names = await store.models()
+    models = [(n, await store.summaries(n, limit=deps.page_checks)) for n in names]
+    html = page.render(
+        models,
+        await store.reports(limit=20),
+        psi_threshold=deps.policy.psi_threshold,
+        accuracy_drop=deps.policy.accuracy_drop,
+    )
+    return HTMLResponse(html)

@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from river.drift import PageHinkley
@@ -50,9 +50,12 @@ from scipy import stats
 
 from driftline.events import now_utc
 from driftline.project import DriftPolicy
+from driftline.records import DriftEvidence
 from driftline_ml.profiles import category_key, ks, psi
 
 INPUT, PREDICTION, PERFORMANCE = "input", "prediction", "performance"
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -100,15 +103,15 @@ class Evidence:
     p_value: float | None
     drifted: bool
 
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "feature": self.feature,
-            "method": self.method,
-            "statistic": _finite(self.statistic),
-            "threshold": _finite(self.threshold),
-            "p_value": None if self.p_value is None else _finite(self.p_value),
-            "drifted": self.drifted,
-        }
+    def as_record(self) -> DriftEvidence:
+        return DriftEvidence(
+            feature=self.feature,
+            method=self.method,
+            statistic=_finite(self.statistic),
+            threshold=_finite(self.threshold),
+            p_value=None if self.p_value is None else _finite(self.p_value),
+            drifted=self.drifted,
+        )
 
 
 def _finite(x: float) -> float:
@@ -135,7 +138,7 @@ def psi_threshold(policy: DriftPolicy, profile: Mapping[str, Any], m: int, level
     """The PSI above which a sample of ``m`` records drifted from ``profile`` (see above)."""
     bins = len(profile.get("frequencies") or ()) + (1 if profile.get("kind") == "categorical" else 0)
     n = int(profile.get("count") or 0)
-    return max(policy.psi_threshold, psi_noise_bound(level, bins, n, m))
+    return float(max(policy.psi_threshold, psi_noise_bound(level, bins, n, m)))
 
 
 @lru_cache(maxsize=4096)
@@ -254,14 +257,14 @@ class CheckResult:
         return self.detection is None and not self.performance.get("degraded", False)
 
 
-class BoundedMap(OrderedDict[str, Any]):
+class BoundedMap(OrderedDict[str, V]):
     """An insertion-ordered map that forgets its oldest entries beyond ``capacity``."""
 
     def __init__(self, capacity: int) -> None:
         super().__init__()
         self.capacity = capacity
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: V) -> None:
         self[key] = value
         self.move_to_end(key)
         while len(self) > self.capacity:
@@ -283,6 +286,7 @@ class PerformanceTracker:
             threshold=policy.page_hinkley_threshold,
             mode="up",
         )
+        self._ph_update: Callable[[float], None] = self.ph.update  # river leaves update() unannotated
         self.ph_alarm_since_check = False
         self.ph_alarms = 0
 
@@ -301,11 +305,17 @@ class PerformanceTracker:
         """Accuracy drop a Page-Hinkley alarm needs to count: half the policy's drop, and at least
         three standard errors of the rolling accuracy (noisy error streams need more)."""
         acc, n = self.accuracy or 0.0, max(1, len(self.outcomes))
-        return max(self.policy.accuracy_drop / 2, 3 * math.sqrt(acc * (1 - acc) / n))
+        return float(max(self.policy.accuracy_drop / 2, 3 * math.sqrt(acc * (1 - acc) / n)))
 
     def ph_statistic(self) -> float:
-        # river keeps the one-sided cumulative sum and its running minimum; their gap is the statistic.
-        return float(getattr(self.ph, "_sum_increase", 0.0) - getattr(self.ph, "_min_increase", 0.0))
+        """The Page-Hinkley statistic that river compares with its threshold (0 before any outcome).
+
+        river has no public accessor: it keeps the one-sided cumulative sum and its running minimum
+        in private attributes, and their gap is the statistic. tests/unit/monitoring/test_drift.py
+        pins both (a river upgrade that renames them or changes their meaning fails it)."""
+        if self.total == 0:  # river's minimum starts at +inf: the gap would be -inf, which is not JSON
+            return 0.0
+        return float(self.ph._sum_increase - self.ph._min_increase)
 
     def add(self, event_time_ms: int, correct: bool) -> Detection | None:
         if len(self.outcomes) == self.outcomes.maxlen:
@@ -313,7 +323,7 @@ class PerformanceTracker:
         self.outcomes.append((event_time_ms, correct))
         self.correct += correct
         self.total += 1
-        self.ph.update(0.0 if correct else 1.0)
+        self._ph_update(0.0 if correct else 1.0)
         # At an alarm river has not reset its sums yet (it does at the next update).
         ph_stat, ph_alarm = self.ph_statistic(), bool(self.ph.drift_detected)
         drop = self.drop
@@ -349,7 +359,8 @@ class PerformanceTracker:
 
         def loglik(hits: np.ndarray, count: np.ndarray) -> np.ndarray:
             p = np.clip(hits / count, 1e-9, 1 - 1e-9)
-            return hits * np.log(p) + (count - hits) * np.log(1 - p)
+            out: np.ndarray = hits * np.log(p) + (count - hits) * np.log(1 - p)
+            return out
 
         score = loglik(before, k.astype(np.float64)) + loglik(after, (n - k).astype(np.float64))
         return times[int(k[int(np.argmax(score))])]
@@ -382,6 +393,16 @@ class Episode:
     def seen(self) -> None:
         self.seen_at = now_utc()
 
+    def take_seen(self, now: float, every_s: float, *, force: bool = False) -> datetime | None:
+        """The last detection time to write now (``last_seen_at``), if any is unwritten and the
+        last write is ``every_s`` old (or ``force``); it then counts as written at ``now``
+        (``time.monotonic()``). An open episode may see a detection at every label: written at
+        each one, a label would cost a database round trip."""
+        if self.seen_at is None or (not force and now - self.written_at < every_s):
+            return None
+        seen_at, self.seen_at, self.written_at = self.seen_at, None, now
+        return seen_at
+
 
 @dataclass
 class ModelMonitor:
@@ -395,8 +416,8 @@ class ModelMonitor:
     vectors: deque[tuple[int, tuple[Any, ...]]] = field(init=False)
     scores: deque[tuple[int, float]] = field(init=False)
     performance: PerformanceTracker = field(init=False)
-    predictions: BoundedMap = field(init=False)  # source event id → (predicted class, event time ms)
-    joined: BoundedMap = field(init=False)  # source event ids already counted (replays)
+    predictions: BoundedMap[tuple[str, int]] = field(init=False)  # source event id → (predicted class, event time ms)
+    joined: BoundedMap[bool] = field(init=False)  # source event ids already counted (replays)
     episode: Episode | None = None
     records_seen: int = 0
     since_check: int = 0
@@ -494,3 +515,21 @@ class ModelMonitor:
             resolved, self.episode = self.episode, None
             return resolved
         return None
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    """One check, as stored in ``window_summaries`` (and plotted on the page)."""
+
+    check_id: str
+    model_name: str
+    model_version: int
+    window_start: datetime
+    window_end: datetime
+    window_size: int
+    records_seen: int
+    drifted: bool
+    kind: str | None
+    features: dict[str, dict[str, Any]]
+    score: dict[str, Any] | None
+    performance: dict[str, Any]

@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from driftline.events import as_utc
+from driftline.events import as_utc, epoch_ms
+from driftline.records import DriftDetected
+
+if TYPE_CHECKING:
+    from driftline_monitoring.drift import WindowSummary
 
 
 def _json(doc: Any) -> str:
     return json.dumps(doc, default=str)
+
+
+def record_json(record: DriftDetected) -> str:
+    """A record as stored in ``drift_reports.record``: its Avro form, timestamps as epoch millis."""
+    return json.dumps(record.to_avro(), default=lambda x: epoch_ms(x) if isinstance(x, datetime) else str(x))
+
+
+def record_from_json(doc: dict[str, Any]) -> DriftDetected:
+    """The record of :func:`record_json` (timestamps back to datetimes)."""
+    r = DriftDetected.from_avro(doc)
+    return replace(
+        r,
+        event_time=as_utc(r.event_time),
+        produced_at=as_utc(r.produced_at),
+        window_start=as_utc(r.window_start),
+        window_end=as_utc(r.window_end),
+        onset=None if r.onset is None else as_utc(r.onset),
+    )
 
 
 def _row(record: asyncpg.Record) -> dict[str, Any]:
@@ -26,11 +49,20 @@ def _row(record: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class OpenReport:
+    """The open episode of a model, as stored."""
+
+    episode_id: str
+    model_version: int
+    kind: str
+
+
 class MonitoringStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def save_summary(self, summary: dict[str, Any]) -> None:
+    async def save_summary(self, summary: WindowSummary) -> None:
         """Idempotent: the check id derives from the window, so a replayed check is not doubled."""
         await self.pool.execute(
             """
@@ -39,21 +71,21 @@ class MonitoringStore:
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12::jsonb)
             ON CONFLICT (check_id) DO NOTHING
             """,
-            summary["check_id"],
-            summary["model_name"],
-            summary["model_version"],
-            as_utc(summary["window_start_ms"]),
-            as_utc(summary["window_end_ms"]),
-            summary["window_size"],
-            summary["records_seen"],
-            summary["drifted"],
-            summary["kind"],
-            _json(summary["features"]),
-            _json(summary["score"]) if summary["score"] is not None else None,
-            _json(summary["performance"]),
+            summary.check_id,
+            summary.model_name,
+            summary.model_version,
+            summary.window_start,
+            summary.window_end,
+            summary.window_size,
+            summary.records_seen,
+            summary.drifted,
+            summary.kind,
+            _json(summary.features),
+            _json(summary.score) if summary.score is not None else None,
+            _json(summary.performance),
         )
 
-    async def open_episode(self, record: dict[str, Any], stored: dict[str, Any]) -> bool:
+    async def open_episode(self, record: DriftDetected) -> bool:
         """Record a new episode; False when the model already has an open one (kept as it is)."""
         row = await self.pool.fetchrow(
             """
@@ -63,38 +95,40 @@ class MonitoringStore:
             ON CONFLICT (model_name) WHERE resolved_at IS NULL DO NOTHING
             RETURNING episode_id
             """,
-            record["episode_id"],
-            record["event_id"],
-            record["model_name"],
-            record["model_version"],
-            record["kind"],
-            record["method"],
-            record["statistic"],
-            record["threshold"],
-            record["features"],
-            as_utc(record["window_start"]),
-            as_utc(record["window_end"]),
-            record["window_size"],
-            _json(record["evidence"]),
-            _json(stored),
+            record.episode_id,
+            record.event_id,
+            record.model_name,
+            record.model_version,
+            record.kind,
+            record.method,
+            record.statistic,
+            record.threshold,
+            list(record.features),
+            record.window_start,
+            record.window_end,
+            record.window_size,
+            _json([e.to_avro() for e in record.evidence]),
+            record_json(record),
         )
         return row is not None
 
-    async def open_episode_of(self, model_name: str) -> dict[str, Any] | None:
+    async def open_episode_of(self, model_name: str) -> OpenReport | None:
         row = await self.pool.fetchrow(
-            "SELECT * FROM drift_reports WHERE model_name = $1 AND resolved_at IS NULL", model_name
+            "SELECT episode_id, model_version, kind FROM drift_reports WHERE model_name = $1 AND resolved_at IS NULL",
+            model_name,
         )
-        return _row(row) if row else None
+        return OpenReport(row["episode_id"], row["model_version"], row["kind"]) if row else None
 
-    async def unpublished(self) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch("SELECT * FROM drift_reports WHERE published_at IS NULL ORDER BY detected_at")
-        return [_row(r) for r in rows]
+    async def unpublished(self) -> list[DriftDetected]:
+        """Reports stored but not marked published, oldest first."""
+        rows = await self.pool.fetch("SELECT record FROM drift_reports WHERE published_at IS NULL ORDER BY detected_at")
+        return [record_from_json(_row(r)["record"]) for r in rows]
 
     async def mark_published(self, episode_id: str) -> None:
         await self.pool.execute("UPDATE drift_reports SET published_at = now() WHERE episode_id = $1", episode_id)
 
     async def touch(self, episode_id: str, seen_at: datetime) -> None:
-        """The episode was detected again at ``seen_at`` (written in batches, see Monitoring._touch)."""
+        """The episode was detected again at ``seen_at`` (written in batches, see Episodes.touch)."""
         await self.pool.execute(
             "UPDATE drift_reports SET last_seen_at = GREATEST(last_seen_at, $2) WHERE episode_id = $1",
             episode_id,

@@ -1,27 +1,37 @@
 """HTTP API of the registry: models, versions, lineage and history; promote, shadow, rollback."""
 
-# No `from __future__ import annotations` here: FastAPI must evaluate the route annotations,
-# which refer to the auth dependency built inside build_router.
-
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.auth import TokenAuth
+from driftline.service import wired
 from driftline_registry.handlers import ActionResult, Conflict, NotFound, RegistryHandlers
 
 STAGES = "^(candidate|champion|rejected|archived|rolled_back)$"
 
 
-def _handlers(request: Request) -> RegistryHandlers:
-    handlers: RegistryHandlers | None = getattr(request.app.state, "handlers", None)
-    if handlers is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail={"error": "starting"})
-    return handlers
+@dataclass(frozen=True)
+class RegistryDeps:
+    """What the routes reach through ``Depends(wired)``."""
+
+    handlers: RegistryHandlers
+    auth: TokenAuth
 
 
-Handlers = Annotated[RegistryHandlers, Depends(_handlers)]
+Deps = Annotated[RegistryDeps, Depends(wired)]
+
+
+async def _actor(request: Request, deps: Deps) -> str:
+    """The token's actor (401 without a token, 403 with a wrong one)."""
+    actor: str = await deps.auth(request)
+    return actor
+
+
+Actor = Annotated[str, Depends(_actor)]
 Version = Annotated[int, Path(ge=1, description="Version number (monotonic per model).")]
 
 
@@ -44,104 +54,105 @@ def _action_response(result: ActionResult, response: Response) -> dict[str, Any]
     if not result.published:
         response.status_code = status.HTTP_202_ACCEPTED  # stored; the outbox relay publishes it
     return {
-        "model_name": r["model_name"],
-        "version": r["version"],
-        "previous_version": r["previous_version"],
-        "action": r["action"],
-        "actor": r["actor"],
-        "reason": r["reason"],
-        "event_id": r["event_id"],
-        "correlation_id": r["correlation_id"],
+        "model_name": r.model_name,
+        "version": r.version,
+        "previous_version": r.previous_version,
+        "action": r.action,
+        "actor": r.actor,
+        "reason": r.reason,
+        "event_id": r.event_id,
+        "correlation_id": r.correlation_id,
         "published": result.published,
     }
 
 
-async def _act(coro: Any) -> ActionResult:
+async def _act(action: Awaitable[ActionResult]) -> ActionResult:
     try:
-        result: ActionResult = await coro
-        return result
+        return await action
     except NotFound as exc:
         raise _not_found(str(exc)) from None
     except Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail={"error": "conflict", "reason": str(exc)}) from None
 
 
-def build_router(auth: TokenAuth) -> APIRouter:
-    router = APIRouter(prefix="/v1/models", tags=["registry"])
-    Actor = Annotated[str, Depends(auth)]
+router = APIRouter(prefix="/v1/models", tags=["registry"])
 
-    @router.get("", summary="Every model with its champion, challenger and latest version")
-    async def list_models(h: Handlers) -> Any:
-        return {"models": await h.store.list_models()}
 
-    @router.get("/{name}", summary="One model")
-    async def get_model(name: str, h: Handlers) -> Any:
-        model = await h.store.get_model(name)
-        if model is None:
-            raise _not_found(f"no model {name!r}")
-        return model
+@router.get("", summary="Every model with its champion, challenger and latest version")
+async def list_models(deps: Deps) -> Any:
+    return {"models": await deps.handlers.store.list_models()}
 
-    @router.get("/{name}/versions", summary="A model's versions, oldest first")
-    async def list_versions(name: str, h: Handlers, stage: Annotated[str | None, Query(pattern=STAGES)] = None) -> Any:
-        if await h.store.get_model(name) is None:
-            raise _not_found(f"no model {name!r}")
-        return {"model_name": name, "versions": await h.store.list_versions(name, stage)}
 
-    @router.get("/{name}/versions/{version}", summary="One version with its lineage and stage history")
-    async def get_version(name: str, version: Version, h: Handlers) -> Any:
-        row = await h.store.get_version(name, version)
-        if row is None:
-            raise _not_found(f"{name} has no version {version}")
-        model = await h.store.get_model(name)
-        assert model is not None
-        return {
-            **row,
-            "is_champion": model["champion_version"] == version,
-            "is_challenger": model["challenger_version"] == version,
-            "lineage": {
-                "trigger": row["trigger"],
-                "drift_episode_id": row["drift_episode_id"],
-                "training_request_id": row["training_request_id"],
-                "run_id": row["run_id"],
-                "trained_event_id": row["trained_event_id"],
-                "correlation_id": row["correlation_id"],
-                "dataset_fingerprint": row["dataset_fingerprint"],
-                "holdout_fingerprint": row["holdout_fingerprint"],
-                "evaluated_against": row["evaluated_against"],
-            },
-            "history": await h.store.history(name, version=version),
-        }
+@router.get("/{name}", summary="One model")
+async def get_model(name: str, deps: Deps) -> Any:
+    model = await deps.handlers.store.get_model(name)
+    if model is None:
+        raise _not_found(f"no model {name!r}")
+    return model
 
-    @router.get("/{name}/history", summary="Stage history: promotions, rejections, rollbacks, deployments")
-    async def history(name: str, h: Handlers, limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> Any:
-        if await h.store.get_model(name) is None:
-            raise _not_found(f"no model {name!r}")
-        return {"model_name": name, "history": await h.store.history(name, limit=limit)}
 
-    @router.post("/{name}/versions/{version}/promote", summary="Make a version the champion (models.promoted)")
-    async def promote(
-        name: str, version: Version, h: Handlers, actor: Actor, response: Response, body: ActionBody | None = None
-    ) -> Any:
-        reason = body.reason if body else None
-        return _action_response(await _act(h.promote(name, version, actor=actor, reason=reason)), response)
+@router.get("/{name}/versions", summary="A model's versions, oldest first")
+async def list_versions(name: str, deps: Deps, stage: Annotated[str | None, Query(pattern=STAGES)] = None) -> Any:
+    if await deps.handlers.store.get_model(name) is None:
+        raise _not_found(f"no model {name!r}")
+    return {"model_name": name, "versions": await deps.handlers.store.list_versions(name, stage)}
 
-    @router.post(
-        "/{name}/versions/{version}/shadow",
-        summary="Deploy a version as the challenger, scored in shadow (models.promoted, action shadow)",
+
+@router.get("/{name}/versions/{version}", summary="One version with its lineage and stage history")
+async def get_version(name: str, version: Version, deps: Deps) -> Any:
+    row = await deps.handlers.store.get_version(name, version)
+    if row is None:
+        raise _not_found(f"{name} has no version {version}")
+    model = await deps.handlers.store.get_model(name)
+    assert model is not None
+    return {
+        **row,
+        "is_champion": model["champion_version"] == version,
+        "is_challenger": model["challenger_version"] == version,
+        "lineage": {
+            "trigger": row["trigger"],
+            "drift_episode_id": row["drift_episode_id"],
+            "training_request_id": row["training_request_id"],
+            "run_id": row["run_id"],
+            "trained_event_id": row["trained_event_id"],
+            "correlation_id": row["correlation_id"],
+            "dataset_fingerprint": row["dataset_fingerprint"],
+            "holdout_fingerprint": row["holdout_fingerprint"],
+            "evaluated_against": row["evaluated_against"],
+        },
+        "history": await deps.handlers.store.history(name, version=version),
+    }
+
+
+@router.get("/{name}/history", summary="Stage history: promotions, rejections, rollbacks, deployments")
+async def history(name: str, deps: Deps, limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> Any:
+    if await deps.handlers.store.get_model(name) is None:
+        raise _not_found(f"no model {name!r}")
+    return {"model_name": name, "history": await deps.handlers.store.history(name, limit=limit)}
+
+
+@router.post("/{name}/versions/{version}/promote", summary="Make a version the champion (models.promoted)")
+async def promote(
+    name: str, version: Version, deps: Deps, actor: Actor, response: Response, body: ActionBody | None = None
+) -> Any:
+    reason = body.reason if body else None
+    return _action_response(await _act(deps.handlers.promote(name, version, actor=actor, reason=reason)), response)
+
+
+@router.post(
+    "/{name}/versions/{version}/shadow",
+    summary="Deploy a version as the challenger, scored in shadow (models.promoted, action shadow)",
+)
+async def shadow(
+    name: str, version: Version, deps: Deps, actor: Actor, response: Response, body: ActionBody | None = None
+) -> Any:
+    reason = body.reason if body else None
+    return _action_response(await _act(deps.handlers.shadow(name, version, actor=actor, reason=reason)), response)
+
+
+@router.post("/{name}/rollback", summary="Bring back the previous champion (models.promoted, action rollback)")
+async def rollback(name: str, deps: Deps, actor: Actor, response: Response, body: RollbackBody | None = None) -> Any:
+    reason, to_version = (body.reason, body.to_version) if body else (None, None)
+    return _action_response(
+        await _act(deps.handlers.rollback(name, actor=actor, reason=reason, to_version=to_version)), response
     )
-    async def shadow(
-        name: str, version: Version, h: Handlers, actor: Actor, response: Response, body: ActionBody | None = None
-    ) -> Any:
-        reason = body.reason if body else None
-        return _action_response(await _act(h.shadow(name, version, actor=actor, reason=reason)), response)
-
-    @router.post("/{name}/rollback", summary="Bring back the previous champion (models.promoted, action rollback)")
-    async def rollback(
-        name: str, h: Handlers, actor: Actor, response: Response, body: RollbackBody | None = None
-    ) -> Any:
-        reason, to_version = (body.reason, body.to_version) if body else (None, None)
-        return _action_response(
-            await _act(h.rollback(name, actor=actor, reason=reason, to_version=to_version)), response
-        )
-
-    return router

@@ -20,24 +20,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from driftline.catalog import MODELS_PROMOTED, MODELS_REJECTED
-from driftline.events import Event, as_utc, derived_event_id, envelope, epoch_ms
+from driftline.events import Envelope, Event, as_utc, derived_event_id, envelope, epoch_ms
 from driftline.kafka import is_transient, retry_transient
 from driftline.logging import get_logger
 from driftline.outbox import Outbox, stage
 from driftline.project import PromotionPolicy
-from driftline_registry.policy import Decision, decide, rollback_target
-from driftline_registry.store import Conn, RegistryStore
+from driftline.records import DeploymentStatusChanged, ModelPromoted, ModelRejected, ModelTrained
+from driftline_registry.policy import Comparison, Decision, decide, rollback_target
+from driftline_registry.store import Conn, Decided, RegisteredVersion, RegistryStore
 
 log = get_logger(__name__)
 
-SERVICE = "registry"
 POLICY_ACTOR = "policy"
-COMPARISON_FIELDS = ("metric", "candidate_value", "champion_value", "margin", "floor")
+COMPARISON_FIELDS = tuple(Comparison.__annotations__)
 
 
 class NotFound(Exception):
@@ -49,68 +50,84 @@ class Conflict(Exception):
 
 
 def promotion_event_id(model_name: str, version: int) -> str:
-    return derived_event_id("promotion", model_name, version)
+    event_id: str = derived_event_id("promotion", model_name, version)
+    return event_id
 
 
 def rejection_event_id(model_name: str, version: int) -> str:
-    return derived_event_id("rejection", model_name, version)
+    event_id: str = derived_event_id("rejection", model_name, version)
+    return event_id
 
 
 @dataclass(frozen=True)
 class ActionResult:
-    record: dict[str, Any]
+    record: ModelPromoted
     published: bool
 
 
-def promoted_record(
-    version: dict[str, Any],
+def promotion(
+    of: ModelTrained | RegisteredVersion,
     *,
-    envelope_fields: dict[str, Any],
+    version: int,
+    env: Envelope,
     action: str,
     previous_version: int | None,
     reason: str,
     actor: str,
     decision: Decision | None = None,
-) -> dict[str, Any]:
-    """A ModelPromoted record; a policy promotion carries its comparison (``decision``)."""
-    comparison: dict[str, Any] = decision.comparison() if decision else {}
-    return {
-        **envelope_fields,
-        "model_name": version["model_name"],
-        "version": version["version"],
-        "run_id": version["run_id"],
-        "artifact_bucket": version["artifact_bucket"],
-        "artifact_key": version["artifact_key"],
-        "artifact_sha256": version["artifact_sha256"],
-        "metadata_key": version["metadata_key"],
-        "metadata_sha256": version["metadata_sha256"],
-        "feature_names": list(version["feature_names"]),
-        "previous_version": previous_version,
-        "action": action,
-        "reason": reason,
-        "actor": actor,
-        "metrics": dict(version["metrics"]),
-        "drift_episode_id": version.get("drift_episode_id"),
-        **{k: comparison.get(k) for k in COMPARISON_FIELDS},
-    }
+) -> ModelPromoted:
+    """The ModelPromoted record of a version (a run just registered, or a registered version); a
+    policy promotion carries its comparison (``decision``)."""
+    record = ModelPromoted(
+        **env,
+        model_name=of.model_name,
+        version=version,
+        run_id=of.run_id,
+        artifact_bucket=of.artifact_bucket,
+        artifact_key=of.artifact_key,
+        artifact_sha256=of.artifact_sha256,
+        metadata_key=of.metadata_key,
+        metadata_sha256=of.metadata_sha256,
+        feature_names=tuple(of.feature_names),
+        previous_version=previous_version,
+        action=action,
+        reason=reason,
+        actor=actor,
+        metrics=dict(of.metrics),
+        drift_episode_id=of.drift_episode_id,
+    )
+    return record if decision is None else replace(record, **decision.comparison())
 
 
-def rejected_record(version: dict[str, Any], *, envelope_fields: dict[str, Any], decision: Decision) -> dict[str, Any]:
-    """A ModelRejected record; ``candidate_value`` is null when the candidate lacks the metric."""
-    return {
-        **envelope_fields,
-        "model_name": version["model_name"],
-        "version": version["version"],
-        "run_id": version["run_id"],
-        "reason": decision.reason,
+def rejection(of: ModelTrained, *, version: int, env: Envelope, decision: Decision) -> ModelRejected:
+    """The ModelRejected record of a run; ``candidate_value`` is null when the candidate lacks the metric."""
+    return ModelRejected(
+        **env,
+        model_name=of.model_name,
+        version=version,
+        run_id=of.run_id,
+        reason=decision.reason,
         **decision.comparison(),
-    }
+    )
+
+
+def action_and_actor(record: Decided) -> tuple[str, str]:
+    """What a decision does to its version, and who decided it."""
+    if isinstance(record, ModelRejected):
+        return "reject", POLICY_ACTOR
+    return record.action, record.actor
+
+
+def topic_of(record: Decided) -> str:
+    topic: str = MODELS_REJECTED if isinstance(record, ModelRejected) else MODELS_PROMOTED
+    return topic
 
 
 def _wire_time(value: datetime) -> datetime:
     """A new record's time as its event will carry it (milliseconds), so that a history row
     rebuilt from the topic is the row written when the decision was made."""
-    return as_utc(epoch_ms(value))
+    at: datetime = as_utc(epoch_ms(value))
+    return at
 
 
 @dataclass
@@ -118,43 +135,41 @@ class RegistryHandlers:
     store: RegistryStore
     outbox: Outbox
     policy: PromotionPolicy
-    producer_name: str = SERVICE
+    producer_name: str = "registry"
     publish_timeout_s: float = 15.0
 
     # -- models.trained -------------------------------------------------------------------------
 
-    async def on_trained(self, event: Event) -> None:
-        v = event.value
-        name, run_id = v["model_name"], v["run_id"]
+    async def on_model_trained(self, e: ModelTrained) -> None:
+        name, run_id = e.model_name, e.run_id
         pending: list[str] = []
         async with self.store.locked_model(name, create=True) as (conn, model):
-            existing = await self.store.version_by_run(conn, run_id)
+            existing = await self.store.version_of_run(conn, run_id)
             if existing is not None:
-                version = existing["version"]
-                pending = [promotion_event_id(name, version), rejection_event_id(name, version)]
-                log.info("model_already_registered", run_id=run_id, version=version)
+                pending = [promotion_event_id(name, existing), rejection_event_id(name, existing)]
+                log.info("model_already_registered", run_id=run_id, version=existing)
             else:
                 version = await self.store.logged_version(conn, name, run_id)
                 if version is None or await self.store.version(conn, name, version) is not None:
                     version = await self.store.next_version(conn, name, run_id)
-                row = await self._register(conn, event, version)
-                policy_ids = [promotion_event_id(name, version), rejection_event_id(name, version)]
-                if await self.store.logged(conn, policy_ids):
+                await self._register(conn, e, version)
+                if await self.store.logged(
+                    conn, [promotion_event_id(name, version), rejection_event_id(name, version)]
+                ):
                     # Its decision is on the log already (a rebuild): take it, announce nothing.
                     log.info("model_registered_from_log", run_id=run_id, version=version)
                 else:
                     decision = decide(
                         self.policy,
-                        metrics=v["metrics"],
+                        metrics=e.metrics,
                         champion_version=model["champion_version"],
-                        evaluated_against=v.get("champion_version"),
-                        champion_metrics=v.get("champion_metrics"),
-                        comparison_metrics=v.get("comparison_metrics"),
+                        evaluated_against=e.champion_version,
+                        champion_metrics=e.champion_metrics,
+                        comparison_metrics=e.comparison_metrics,
                     )
-                    record, topic = self._policy_record(event, row, decision, model["champion_version"])
-                    await stage(conn, topic, record)
-                    await self._transition(conn, record, topic)
-                    pending = [record["event_id"]]
+                    record = self._policy_record(e, version, decision, model["champion_version"])
+                    await self._announce(conn, record)
+                    pending = [record.event_id]
                     log.info(
                         "model_registered",
                         run_id=run_id,
@@ -165,98 +180,61 @@ class RegistryHandlers:
                 await self._apply_log(conn, name)
         await self.outbox.publish(pending)
 
-    async def _register(self, conn: Conn, event: Event, version: int) -> dict[str, Any]:
-        v = event.value
-        name = v["model_name"]
-        row = {
-            "model_name": name,
-            "version": version,
-            "run_id": v["run_id"],
-            "stage": "candidate",
-            "trained_event_id": event.event_id,
-            "correlation_id": event.correlation_id,
-            "artifact_bucket": v["artifact_bucket"],
-            "artifact_key": v["artifact_key"],
-            "artifact_sha256": v["artifact_sha256"],
-            "metadata_key": v["metadata_key"],
-            "metadata_sha256": v["metadata_sha256"],
-            "metrics": dict(v["metrics"]),
-            "champion_metrics": v.get("champion_metrics"),
-            "comparison_metrics": v.get("comparison_metrics"),
-            "n_comparison": v.get("n_comparison"),
-            "evaluated_against": v.get("champion_version"),
-            "dataset_fingerprint": v["dataset_fingerprint"],
-            "holdout_fingerprint": v["holdout_fingerprint"],
-            "feature_set_version": v["feature_set_version"],
-            "feature_names": list(v["feature_names"]),
-            "params": dict(v["params"]),
-            "n_train": v["n_train"],
-            "n_holdout": v["n_holdout"],
-            "duration_s": v["duration_s"],
-            "trigger": v["trigger"],
-            "drift_episode_id": v.get("drift_episode_id"),
-            "training_request_id": v.get("training_request_id"),
-            "trained_at": as_utc(v["event_time"]),
-        }
-        await self.store.insert_version(conn, row)
+    async def _register(self, conn: Conn, e: ModelTrained, version: int) -> None:
+        await self.store.insert_version(conn, e, version)
         await self.store.add_history(
             conn,
-            event_id=event.event_id,
-            model_name=name,
+            event_id=e.event_id,
+            model_name=e.model_name,
             version=version,
             action="registered",
-            actor=v["producer"],
-            reason=f"run {v['run_id']} ({v['trigger']})",
-            details={"run_id": v["run_id"], "metrics": v["metrics"], "drift_episode_id": v.get("drift_episode_id")},
-            correlation_id=event.correlation_id,
-            at=as_utc(v["event_time"]),
+            actor=e.producer,
+            reason=f"run {e.run_id} ({e.trigger})",
+            details={"run_id": e.run_id, "metrics": e.metrics, "drift_episode_id": e.drift_episode_id},
+            correlation_id=e.correlation_id,
+            at=as_utc(e.event_time),
         )
-        return row
 
-    def _policy_record(
-        self, event: Event, row: dict[str, Any], decision: Decision, champion: int | None
-    ) -> tuple[dict[str, Any], str]:
-        name, version = row["model_name"], row["version"]
+    def _policy_record(self, e: ModelTrained, version: int, decision: Decision, champion: int | None) -> Decided:
+        name = e.model_name
         if decision.promote:
-            record = promoted_record(
-                row,
-                envelope_fields=envelope(self.producer_name, cause=event, event_id=promotion_event_id(name, version)),
+            return promotion(
+                e,
+                version=version,
+                env=envelope(self.producer_name, cause=e, event_id=promotion_event_id(name, version)),
                 action="promote",
                 previous_version=champion,
                 reason=decision.reason,
                 actor=POLICY_ACTOR,
                 decision=decision,
             )
-            return record, MODELS_PROMOTED
-        envelope_fields = envelope(self.producer_name, cause=event, event_id=rejection_event_id(name, version))
-        return rejected_record(row, envelope_fields=envelope_fields, decision=decision), MODELS_REJECTED
+        env = envelope(self.producer_name, cause=e, event_id=rejection_event_id(name, version))
+        return rejection(e, version=version, env=env, decision=decision)
 
     # -- state changes (new decisions and decisions read back from the log) ---------------------
 
-    async def _transition(self, conn: Conn, record: dict[str, Any], topic: str, *, at: datetime | None = None) -> bool:
+    async def _transition(self, conn: Conn, record: Decided, *, at: datetime | None = None) -> bool:
         """Apply a decision record (once: False when its history row exists) with its history row.
 
         ``at``: the decision's time as read from its topic; None for a decision made now.
         """
-        name, version = record["model_name"], int(record["version"])
+        name, version = record.model_name, record.version
         model = await self.store.model_row(conn, name)
-        if topic == MODELS_REJECTED:
-            action, previous, actor = "reject", model["champion_version"], POLICY_ACTOR
-        else:
-            action, previous, actor = record["action"], record.get("previous_version"), record["actor"]
-        details = {k: record.get(k) for k in COMPARISON_FIELDS} if record.get("metric") is not None else {}
+        action, actor = action_and_actor(record)
+        previous = model["champion_version"] if isinstance(record, ModelRejected) else record.previous_version
+        details = {k: getattr(record, k) for k in COMPARISON_FIELDS} if record.metric is not None else {}
         new = await self.store.add_history(
             conn,
-            event_id=str(record["event_id"]),
+            event_id=record.event_id,
             model_name=name,
             version=version,
             action=action,
             actor=actor,
-            reason=record["reason"],
+            reason=record.reason,
             previous_version=previous,
             details=details,
-            correlation_id=record["correlation_id"],
-            at=at or _wire_time(record["event_time"]),
+            correlation_id=record.correlation_id,
+            at=at or _wire_time(record.event_time),
         )
         if not new:
             return False
@@ -277,10 +255,10 @@ class RegistryHandlers:
         registered = await self.store.registered_versions(conn, name)
         applied = 0
         for entry in pending:
-            if entry["version"] not in registered:
+            if entry.version not in registered:
                 break
-            await self._transition(conn, entry["record"], entry["topic"], at=entry["event_time"])
-            await self.store.mark_applied(conn, entry["event_id"])
+            await self._transition(conn, entry.record, at=entry.event_time)
+            await self.store.mark_applied(conn, entry.event_id)
             applied += 1
         if applied:
             log.info("logged_decisions_applied", model_name=name, applied=applied, waiting=len(pending) - applied)
@@ -288,22 +266,23 @@ class RegistryHandlers:
 
     # -- models.promoted / models.rejected (read back) ---------------------------------------------
 
-    async def on_decision(self, event: Event) -> None:
-        """A decision on the registry's own topics: remember it, apply it if it is new here."""
-        v = event.value
-        name = v["model_name"]
-        action = "reject" if event.topic == MODELS_REJECTED else v["action"]
-        async with self.store.locked_model(name, create=True) as (conn, _):
-            new = await self.store.log_decision(conn, event, action=action)
-            await self.store.mark_published(conn, event.event_id)
-            if new:
-                await self._apply_log(conn, name)
+    async def on_decision(self, event: Event[Decided]) -> None:
+        """A decision on the registry's own topics: remember it, apply it if it is new here.
 
-    async def on_decisions_replayed(self, events: Sequence[Event]) -> None:
+        It takes the event, not the record alone: the log keeps the decision's place on its topic."""
+        record = event.record
+        action, actor = action_and_actor(record)
+        async with self.store.locked_model(record.model_name, create=True) as (conn, _):
+            new = await self.store.log_decision(conn, event, action=action, actor=actor)
+            await self.store.mark_published(conn, record.event_id)
+            if new:
+                await self._apply_log(conn, record.model_name)
+
+    async def on_decisions_replayed(self, events: Sequence[Event[Decided]]) -> None:
         """The decision topics from the beginning (at start-up, before anything else is consumed)."""
         for event in events:
             try:
-                await retry_transient(lambda event=event: self.on_decision(event), what="decision log")
+                await retry_transient(partial(self.on_decision, event), what="decision log")
             except Exception as exc:
                 if is_transient(exc):
                     raise
@@ -312,27 +291,26 @@ class RegistryHandlers:
 
     # -- deployments.status ------------------------------------------------------------------
 
-    async def on_deployment_status(self, event: Event) -> None:
+    async def on_deployment_status(self, e: DeploymentStatusChanged) -> None:
         """Lineage: what each deployment instance did with a promotion."""
-        v = event.value
         async with self.store.pool.acquire() as conn:
             await self.store.add_history(
                 conn,
-                event_id=event.event_id,
-                model_name=v["model_name"],
-                version=v["version"],
+                event_id=e.event_id,
+                model_name=e.model_name,
+                version=e.version,
                 action="deployment",
-                actor=f"deployment:{v['instance_id']}",
-                reason=f"{v['slot']} {v['status']}: {v['reason']}",
+                actor=f"deployment:{e.instance_id}",
+                reason=f"{e.slot} {e.status}: {e.reason}",
                 details={
-                    "status": v["status"],
-                    "slot": v["slot"],
-                    "instance_id": v["instance_id"],
-                    "load_seconds": v.get("load_seconds"),
-                    "causation_id": v.get("causation_id"),
+                    "status": e.status,
+                    "slot": e.slot,
+                    "instance_id": e.instance_id,
+                    "load_seconds": e.load_seconds,
+                    "causation_id": e.causation_id,
                 },
-                correlation_id=event.correlation_id,
-                at=as_utc(v["event_time"]),
+                correlation_id=e.correlation_id,
+                at=as_utc(e.event_time),
             )
 
     # -- manual actions (HTTP API) ------------------------------------------------------------
@@ -344,9 +322,10 @@ class RegistryHandlers:
             previous = model["champion_version"]
             if previous == version:
                 raise Conflict(f"{name} v{version} is already the champion")
-            record = promoted_record(
+            record = promotion(
                 target,
-                envelope_fields=envelope(self.producer_name),
+                version=version,
+                env=envelope(self.producer_name),
                 action="promote",
                 previous_version=previous,
                 reason=reason or f"promoted by {actor}",
@@ -363,9 +342,10 @@ class RegistryHandlers:
                 raise Conflict(f"{name} v{version} is the champion; a challenger must be another version")
             if model["challenger_version"] == version:
                 raise Conflict(f"{name} v{version} is already the challenger")
-            record = promoted_record(
+            record = promotion(
                 target,
-                envelope_fields=envelope(self.producer_name),
+                version=version,
+                env=envelope(self.producer_name),
                 action="shadow",
                 previous_version=model["challenger_version"],
                 reason=reason or f"shadow deployment asked by {actor}",
@@ -395,9 +375,10 @@ class RegistryHandlers:
             elif to_version == current:
                 raise Conflict(f"{name} v{to_version} is already the champion")
             target = await self._target(conn, model, name, to_version)
-            record = promoted_record(
+            record = promotion(
                 target,
-                envelope_fields=envelope(self.producer_name),
+                version=to_version,
+                env=envelope(self.producer_name),
                 action="rollback",
                 previous_version=current,
                 reason=reason or f"rolled back from v{current} by {actor}",
@@ -418,23 +399,24 @@ class RegistryHandlers:
         await self.store.set_stage(conn, name, version, "champion")
         await self.store.set_roles(conn, name, champion=version, challenger=None)
 
-    async def _target(self, conn: Conn, model: Any, name: str, version: int) -> dict[str, Any]:
+    async def _target(self, conn: Conn, model: Any, name: str, version: int) -> RegisteredVersion:
         if model is None:
             raise NotFound(f"no model {name!r}")
-        target = await self.store.version(conn, name, version)
+        target = await self.store.registered(conn, name, version)
         if target is None:
             raise NotFound(f"{name} has no version {version}")
         return target
 
-    async def _announce(self, conn: Conn, record: dict[str, Any]) -> None:
-        await self._transition(conn, record, MODELS_PROMOTED)
-        await stage(conn, MODELS_PROMOTED, record)
+    async def _announce(self, conn: Conn, record: Decided) -> None:
+        """Apply a decision made now and store its event in the same transaction (outbox)."""
+        await self._transition(conn, record)
+        await stage(conn, topic_of(record), record.to_avro())
 
-    async def _publish(self, record: dict[str, Any]) -> ActionResult:
+    async def _publish(self, record: ModelPromoted) -> ActionResult:
         """Publish now; if Kafka is down the outbox relay publishes it later."""
         try:
-            await asyncio.wait_for(self.outbox.publish([record["event_id"]]), timeout=self.publish_timeout_s)
+            await asyncio.wait_for(self.outbox.publish([record.event_id]), timeout=self.publish_timeout_s)
             return ActionResult(record, True)
         except Exception as exc:
-            log.warning("publish_deferred_to_outbox", event_id=record["event_id"], error=repr(exc)[:300])
+            log.warning("publish_deferred_to_outbox", event_id=record.event_id, error=repr(exc)[:300])
             return ActionResult(record, False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from driftline.project import PromotionPolicy
 
@@ -20,6 +21,16 @@ from driftline.project import PromotionPolicy
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "brier_score", "mse", "rmse", "mae"})
 # 0.82 - 0.80 is 0.01999… in floating point: a margin reached exactly counts as reached.
 _TOLERANCE = 1e-9
+
+
+class Comparison(TypedDict):
+    """What a decision compared: its records (ModelPromoted, ModelRejected) carry these fields."""
+
+    metric: str
+    candidate_value: float | None
+    champion_value: float | None
+    margin: float
+    floor: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +43,7 @@ class Decision:
     margin: float
     floor: float
 
-    def comparison(self) -> dict[str, object]:
+    def comparison(self) -> Comparison:
         return {
             "metric": self.metric,
             "candidate_value": self.candidate_value,

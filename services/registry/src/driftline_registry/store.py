@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
-from driftline.events import Event
+from driftline.events import Event, as_utc, record_of
 from driftline.outbox import record_to_json
+from driftline.records import ModelPromoted, ModelRejected, ModelTrained
 
 VERSION_COLUMNS = (
     "model_name, version, run_id, stage, trained_event_id, correlation_id, artifact_bucket, artifact_key, "
@@ -27,12 +29,59 @@ Conn = Any
 _VERSION_JSON = ("metrics", "champion_metrics", "feature_names", "params", "comparison_metrics")
 
 
+Decided: TypeAlias = ModelPromoted | ModelRejected
+"""A decision as it is on its topic (models.promoted, models.rejected)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisteredVersion:
+    """What a promotion announces of the version it names (a row of ``versions``)."""
+
+    model_name: str
+    version: int
+    run_id: str
+    artifact_bucket: str
+    artifact_key: str
+    artifact_sha256: str
+    metadata_key: str
+    metadata_sha256: str
+    feature_names: Sequence[str]
+    metrics: Mapping[str, float]
+    drift_episode_id: str | None
+
+    @classmethod
+    def of_row(cls, row: Mapping[str, Any]) -> RegisteredVersion:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedDecision:
+    """A decision of the log not applied here yet."""
+
+    event_id: str
+    version: int
+    event_time: datetime
+    record: Decided
+
+
+def logged_record(topic: str, stored: str) -> Decided:
+    """A decision record as the log stores it (JSON, times in epoch millis: see record_to_json)."""
+    value = json.loads(stored)
+    value |= {k: as_utc(value[k]) for k in ("event_time", "produced_at")}
+    record: Decided = record_of(topic, value)
+    return record
+
+
 def _version(row: asyncpg.Record) -> dict[str, Any]:
     out = dict(row)
     for col in _VERSION_JSON:
         if out.get(col) is not None:
             out[col] = json.loads(out[col])
     return out
+
+
+def _json_or_null(value: object) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _history(row: asyncpg.Record) -> dict[str, Any]:
@@ -62,9 +111,9 @@ class RegistryStore:
     # -- writes (inside locked_model) ---------------------------------------------------------
 
     @staticmethod
-    async def version_by_run(conn: Conn, run_id: str) -> dict[str, Any] | None:
-        row = await conn.fetchrow(f"SELECT {VERSION_COLUMNS} FROM versions WHERE run_id = $1", run_id)  # noqa: S608
-        return _version(row) if row else None
+    async def version_of_run(conn: Conn, run_id: str) -> int | None:
+        value = await conn.fetchval("SELECT version FROM versions WHERE run_id = $1", run_id)
+        return None if value is None else int(value)
 
     @staticmethod
     async def version(conn: Conn, name: str, version: int) -> dict[str, Any] | None:
@@ -74,6 +123,11 @@ class RegistryStore:
             version,
         )
         return _version(row) if row else None
+
+    @classmethod
+    async def registered(cls, conn: Conn, name: str, version: int) -> RegisteredVersion | None:
+        row = await cls.version(conn, name, version)
+        return None if row is None else RegisteredVersion.of_row(row)
 
     @staticmethod
     async def next_version(conn: Conn, name: str, run_id: str) -> int:
@@ -107,26 +161,26 @@ class RegistryStore:
     # -- the decision log (models.promoted / models.rejected read back) ------------------------
 
     @staticmethod
-    async def log_decision(conn: Conn, event: Event, *, action: str) -> bool:
+    async def log_decision(conn: Conn, event: Event[Decided], *, action: str, actor: str) -> bool:
         """Remember a decision seen on its topic; False when it was known. It counts as applied
         when its history row exists (the registry made it here, or applied it already)."""
-        v = event.value
+        r = event.record
         status = await conn.execute(
             "INSERT INTO decisions (event_id, topic, model_name, version, run_id, action, actor, event_time, "
             "kafka_partition, kafka_offset, record, applied) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, "
             "EXISTS (SELECT 1 FROM history WHERE event_id = $1)) ON CONFLICT (event_id) DO NOTHING",
-            event.event_id,
+            r.event_id,
             event.topic,
-            v["model_name"],
-            int(v["version"]),
-            v["run_id"],
+            r.model_name,
+            r.version,
+            r.run_id,
             action,
-            v.get("actor", "policy"),
-            v["event_time"],
+            actor,
+            r.event_time,
             event.partition,
             event.offset,
-            record_to_json(v),
+            record_to_json(r.to_avro()),
         )
         return bool(status.endswith(" 1"))
 
@@ -152,27 +206,60 @@ class RegistryStore:
         return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM decisions WHERE event_id = ANY($1))", event_ids))
 
     @staticmethod
-    async def pending_decisions(conn: Conn, name: str) -> list[dict[str, Any]]:
+    async def pending_decisions(conn: Conn, name: str) -> list[LoggedDecision]:
         """Logged decisions not yet applied here, in the order the registry made them."""
         rows = await conn.fetch(
             "SELECT event_id, topic, version, event_time, record FROM decisions WHERE model_name = $1 AND NOT applied "
             "ORDER BY event_time, topic, kafka_partition, kafka_offset",
             name,
         )
-        return [{**dict(r), "record": json.loads(r["record"])} for r in rows]
+        return [
+            LoggedDecision(r["event_id"], int(r["version"]), r["event_time"], logged_record(r["topic"], r["record"]))
+            for r in rows
+        ]
 
     @staticmethod
     async def mark_applied(conn: Conn, event_id: str) -> None:
         await conn.execute("UPDATE decisions SET applied = true WHERE event_id = $1", event_id)
 
     @staticmethod
-    async def insert_version(conn: Conn, row: dict[str, Any]) -> None:
-        values = {k: (json.dumps(v) if k in _VERSION_JSON and v is not None else v) for k, v in row.items()}
-        cols = list(values)
-        placeholders = ", ".join(f"${i}{'::jsonb' if c in _VERSION_JSON else ''}" for i, c in enumerate(cols, 1))
+    async def insert_version(conn: Conn, e: ModelTrained, version: int) -> None:
+        """Register run ``e`` as ``version``, a candidate until its decision is applied."""
         await conn.execute(
-            f"INSERT INTO versions ({', '.join(cols)}) VALUES ({placeholders})",  # noqa: S608
-            *values.values(),
+            "INSERT INTO versions (model_name, version, run_id, stage, trained_event_id, correlation_id, "
+            "artifact_bucket, artifact_key, artifact_sha256, metadata_key, metadata_sha256, metrics, "
+            "champion_metrics, comparison_metrics, n_comparison, evaluated_against, dataset_fingerprint, "
+            "holdout_fingerprint, feature_set_version, feature_names, params, n_train, n_holdout, duration_s, "
+            "trigger, drift_episode_id, training_request_id, trained_at) "
+            "VALUES ($1, $2, $3, 'candidate', $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13::jsonb, $14, "
+            "$15, $16, $17, $18, $19::jsonb, $20::jsonb, $21, $22, $23, $24, $25, $26, $27)",
+            e.model_name,
+            version,
+            e.run_id,
+            e.event_id,
+            e.correlation_id,
+            e.artifact_bucket,
+            e.artifact_key,
+            e.artifact_sha256,
+            e.metadata_key,
+            e.metadata_sha256,
+            json.dumps(e.metrics),
+            _json_or_null(e.champion_metrics),
+            _json_or_null(e.comparison_metrics),
+            e.n_comparison,
+            e.champion_version,
+            e.dataset_fingerprint,
+            e.holdout_fingerprint,
+            e.feature_set_version,
+            json.dumps(e.feature_names),
+            json.dumps(e.params),
+            e.n_train,
+            e.n_holdout,
+            e.duration_s,
+            e.trigger,
+            e.drift_episode_id,
+            e.training_request_id,
+            as_utc(e.event_time),
         )
 
     @staticmethod

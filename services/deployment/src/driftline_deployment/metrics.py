@@ -1,0 +1,21 @@
+"""The deployment service's Prometheus metrics, in one place (slots, handlers and the API count)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MODEL_LOADS = Counter("driftline_deployment_model_loads_total", "Model loads by outcome", ["slot", "status"])
+MODEL_VERSION = Gauge("driftline_deployment_model_version", "Version loaded per model and slot", ["model", "slot"])
+PREDICTIONS_MADE = Counter("driftline_deployment_predictions_total", "Predictions", ["source", "slot"])
+UNSCORED = Counter("driftline_deployment_unscored_total", "Feature vectors received while no model was loaded")
+SHADOW_ERRORS = Counter(
+    "driftline_deployment_shadow_errors_total",
+    "Consumer batches the challenger failed to score (the champion's predictions are unaffected)",
+    ["model", "version"],
+)
+SCORE_SECONDS = Histogram(
+    "driftline_deployment_score_seconds",
+    "Time in the model per scoring call",
+    ["source"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)

@@ -1,0 +1,73 @@
+"""The deployment service: what it follows (``models.promoted``, replayed in full: the model
+slots are rebuilt from it), consumes (``features.vectors``, scored in batches), produces and
+serves; ``wire`` is the one place that builds its objects."""
+
+from __future__ import annotations
+
+import asyncio
+
+from driftline.catalog import DEPLOYMENTS_STATUS, FEATURES_VECTORS, MODELS_PROMOTED, PREDICTIONS
+from driftline.project import project_from_settings
+from driftline.runtime import Runtime
+from driftline.service import Consume, Follow, Service, Wiring
+from driftline_deployment import api
+from driftline_deployment.api import DeploymentDeps
+from driftline_deployment.config import DeploymentSettings
+from driftline_deployment.handlers import Deployer, Scorer
+from driftline_deployment.loader import ModelLoader, ProcessLoader, ThreadLoader
+from driftline_deployment.slots import ModelSlots
+
+
+async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDeps]:
+    project = project_from_settings(settings.stack)
+    slots = ModelSlots()
+    loader: ModelLoader = ProcessLoader() if settings.load_in_process else ThreadLoader()
+    deployer = Deployer(
+        slots=slots,
+        producer=rt.producer,
+        artifacts=rt.artifacts_for,  # a promotion names the bucket of its artifact
+        instance_id=settings.instance_id,
+        default_positive_class=project.label.positive_class,
+        shadow=settings.shadow,
+        fallback_depth=settings.fallback_depth,
+        loader=loader,
+    )
+    scorer = Scorer(slots=slots, producer=rt.producer, model_name=project.model.name, shadow=settings.shadow)
+    loader.start()  # the child process's imports take seconds: not at the first promotion
+
+    async def close_loader() -> None:
+        await asyncio.to_thread(loader.close)
+
+    return Wiring(
+        deps=DeploymentDeps(settings=settings, model_name=project.model.name, slots=slots, deployer=deployer),
+        # Scoring starts once the slots are rebuilt (the library's caught-up gate), so vectors are
+        # not skipped as "no model"; /readyz waits for it too (check follower:deployment).
+        follows=[
+            Follow(
+                name="deployment",
+                topics=[MODELS_PROMOTED],
+                on_replayed=deployer.on_replayed,
+                routes={MODELS_PROMOTED: deployer.on_promoted},
+            )
+        ],
+        consumes=[
+            Consume(
+                routes={FEATURES_VECTORS: scorer.score_one},  # isolates a bad vector when its batch fails
+                batch=scorer.score_batch,
+                group=settings.group_id,
+                options={"max_records": settings.score_max_records},
+            )
+        ],
+        on_stop=[close_loader],
+    )
+
+
+SERVICE: Service[DeploymentSettings, DeploymentDeps] = Service(
+    name="deployment",
+    title="Driftline deployment",
+    description="Serves the champion model, scores features.vectors, shadows the challenger.",
+    wire=wire,
+    produces=[PREDICTIONS, DEPLOYMENTS_STATUS],
+    routers=[api.router],
+    artifacts=True,
+)

@@ -1,0 +1,91 @@
+"""The features service: what it is, and ``wire``, the one place that builds its objects.
+
+Unlike the other services it consumes with a faust app (changelogged per-entity window tables,
+an offset guard), not with the library's consumer runner: ``wire`` builds the app and hands it to
+the library as the wiring's ``context``, held open while the HTTP app serves the online store,
+in one process and one event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+
+from driftline.catalog import FEATURES_VECTORS
+from driftline.logging import get_logger
+from driftline.project import project_from_settings
+from driftline.runtime import Runtime
+from driftline.service import Service, Wiring
+from driftline_features import api, stream
+from driftline_features.config import NAME, FeaturesSettings
+from driftline_features.handlers import FeatureProcessor, prune_history
+from driftline_features.store import OnlineStore
+from driftline_ml.featuredefs import FeatureSet
+
+log = get_logger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass(frozen=True)
+class FeaturesDeps:
+    store: OnlineStore
+    features: FeatureSet
+    processor: FeatureProcessor
+    app: faust.App
+    control: stream.StreamControl
+    feature_set_version: str
+
+
+async def wire(rt: Runtime, settings: FeaturesSettings) -> Wiring[FeaturesDeps]:
+    stack = settings.stack
+    project = project_from_settings(stack)
+    features = FeatureSet(project.features, keep_last=settings.dedupe_keep, max_entries=settings.max_entity_events)
+    partitions, replication = await stream.source_layout(stack)  # the tables mirror events.raw
+    assert rt.pool is not None
+    store = OnlineStore(rt.pool)
+    control = stream.StreamControl()
+    processor = FeatureProcessor(
+        project=project,
+        features=features,
+        decoder=rt.serde,
+        producer=rt.producer,
+        store=store,
+        group=stack.topic_prefix + NAME,
+        stopping=lambda: control.stopping,
+    )
+    app = stream.build_stream(settings, processor, control, partitions=partitions, replication_factor=replication)
+    log.info(
+        "features_starting",
+        app_id=app.conf.id,
+        feature_set_version=features.version,
+        features=features.names,
+        partitions=partitions,
+    )
+    if settings.faust_log_level:  # the platform keeps these at WARNING; rebalances show at INFO
+        for name in ("faust", "mode", "aiokafka"):
+            logging.getLogger(name).setLevel(settings.faust_log_level.upper())
+    retention_days = settings.history_retention_days
+    return Wiring(
+        deps=FeaturesDeps(store, features, processor, app, control, features.version),
+        consumes=[],  # events.raw is consumed by the faust app (the context), not a consumer runner
+        context=lambda: stream.running(app, control, drain_timeout_s=settings.drain_timeout_s),
+        loops=[lambda: prune_history(store, retention_days)] if retention_days > 0 else [],
+        readiness={"stream": lambda: stream.readiness(app, control)},
+    )
+
+
+SERVICE: Service[FeaturesSettings, FeaturesDeps] = Service(
+    name=NAME,
+    title="Driftline features",
+    description="Per-entity windowed features from events.raw to features.vectors, and the online store.",
+    wire=wire,
+    produces=[FEATURES_VECTORS],
+    routers=[api.router],
+    postgres_schema=NAME,
+    migrations=MIGRATIONS,
+    pool_size=lambda settings: settings.store_pool_size,
+)

@@ -1,0 +1,76 @@
+"""The monitoring service: what it consumes, follows, produces and serves, and ``wire``, the one
+place that builds its objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.kafka import Routes
+from driftline.project import project_from_settings
+from driftline.runtime import Runtime
+from driftline.service import Consume, Follow, Service, Wiring
+from driftline_monitoring import api
+from driftline_monitoring.api import MonitoringDeps
+from driftline_monitoring.config import MonitoringSettings
+from driftline_monitoring.episodes import Episodes
+from driftline_monitoring.handlers import Monitoring, in_offset_order
+from driftline_monitoring.store import MonitoringStore
+
+
+async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDeps]:
+    assert rt.pool is not None
+    policy = project_from_settings(settings.stack).drift
+    store = MonitoringStore(rt.pool)
+    monitoring = Monitoring(
+        policy=policy,
+        episodes=Episodes(store, rt.producer, touch_every_s=settings.touch_every_s),
+        artifacts=rt.artifacts_for,
+        resolve_after=settings.resolve_after,
+        join_capacity=settings.join_capacity,
+    )
+    data: Routes = {
+        FEATURES_VECTORS: monitoring.on_vector,
+        PREDICTIONS: monitoring.on_prediction,
+        LABELS: monitoring.on_label,
+    }
+    return Wiring(
+        deps=MonitoringDeps(monitoring, store, policy, settings.page_checks),
+        consumes=[
+            Consume(
+                routes=data,  # a failed batch is isolated record by record through them
+                batch=in_offset_order(data),
+                group=settings.group_id,
+                options={
+                    "max_records": settings.max_records,
+                    # Same partition number of the three entity-keyed topics on the same instance (the joins).
+                    "consumer_options": {"partition_assignment_strategy": (RangePartitionAssignor,)},
+                },
+            )
+        ],
+        follows=[
+            Follow(
+                name="monitoring",
+                # What is promoted, and what deployment then serves (a refused promotion changes nothing).
+                # Replayed before the consumer group starts, so early records are not ignored.
+                topics=[MODELS_PROMOTED, DEPLOYMENTS_STATUS],
+                on_replayed=monitoring.on_replayed,
+                routes={MODELS_PROMOTED: monitoring.on_promoted, DEPLOYMENTS_STATUS: monitoring.on_deployment_status},
+            )
+        ],
+    )
+
+
+SERVICE: Service[MonitoringSettings, MonitoringDeps] = Service(
+    name="monitoring",
+    title="Driftline monitoring",
+    description="Input, prediction and performance drift of the champion models; drift episodes.",
+    wire=wire,
+    produces=[DRIFT_DETECTED],
+    routers=[api.router],
+    postgres_schema="monitoring",
+    migrations=Path(__file__).parent / "migrations",
+    artifacts=True,
+)
