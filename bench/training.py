@@ -1,6 +1,6 @@
 """Training run vs a bare ``estimator.fit`` on the same data, in the same process and run.
 
-The run goes through the service's own run function (``TrainingHandlers.run``): selection from
+The run goes through the service's own run function (``Runs.run``, wired by ``SERVICE.wire``): selection from
 PostgreSQL, the time split, fit, holdout evaluation of the candidate and of the champion,
 reference profiles, skops serialisation, and both uploads (model + metadata) to MinIO. The
 baseline fits the project's estimator on exactly the run's training split, in memory.
@@ -26,18 +26,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftline.events import Event, derived_event_id  # noqa: E402
+from driftline.events import derived_event_id, envelope  # noqa: E402
+from driftline.records import FeatureVectorComputed, LabelRecorded, TrainingRequested  # noqa: E402
+from driftline.runtime import Runtime  # noqa: E402
 from driftline.settings import StackSettings  # noqa: E402
 from driftline_ml.models import build_estimator  # noqa: E402
 from driftline_training import pipeline  # noqa: E402
-from driftline_training.bootstrap import start  # noqa: E402
+from driftline_training.api import TrainingDeps  # noqa: E402
+from driftline_training.champion import Champion  # noqa: E402
 from driftline_training.config import TrainingSettings  # noqa: E402
-from driftline_training.handlers import request_record  # noqa: E402
-from driftline_training.store import Champion, LabelRow, VectorRow  # noqa: E402
+from driftline_training.requests import request_record  # noqa: E402
+from driftline_training.service import SERVICE  # noqa: E402
 from tests.support import create_namespace, drop_namespace  # noqa: E402
 
 
-def synthetic_rows(n: int, names: list[str], seed: int = 0) -> tuple[list[VectorRow], list[LabelRow]]:
+def synthetic_rows(n: int, names: list[str], seed: int = 0) -> tuple[list[FeatureVectorComputed], list[LabelRecorded]]:
     rng = np.random.default_rng(seed)
     start = datetime.now(UTC) - timedelta(days=1)
     vectors, labels = [], []
@@ -46,20 +49,45 @@ def synthetic_rows(n: int, names: list[str], seed: int = 0) -> tuple[list[Vector
         approve = features["loan"] < 2 * features["salary"] - 40 + rng.normal(0, 10)
         raw_id = f"bench-{i:06d}"
         t = start + timedelta(seconds=i)
-        vectors.append(VectorRow(raw_id, "1", derived_event_id(raw_id, "1"), f"c{i % 97}", t, features))
-        labels.append(LabelRow(raw_id, "approve" if approve else "deny", f"label-{raw_id}", f"c{i % 97}", t))
+        vector_env = envelope("bench", event_id=derived_event_id(raw_id, "1"), event_time=t)
+        vectors.append(
+            FeatureVectorComputed(
+                **vector_env, source_event_id=raw_id, entity_id=f"c{i % 97}", feature_set_version="1", features=features
+            )
+        )
+        label = "approve" if approve else "deny"
+        label_env = envelope("bench", event_id=f"label-{raw_id}", event_time=t)
+        labels.append(LabelRecorded(**label_env, labelled_event_id=raw_id, entity_id=f"c{i % 97}", label=label))
     return vectors, labels
 
 
-def request_event(i: int, model_name: str) -> Event:
-    record = request_record(
+def request(i: int, model_name: str) -> TrainingRequested:
+    return request_record(
         request_id=f"bench-request-{i}",
         model_name=model_name,
         reason="bench",
         requested_by="bench",
         parameters={"selection": "recent"},
+        producer="bench",
     )
-    return Event("training.requested", 0, i, None, record, b"", 0, 0)
+
+
+async def start(settings: TrainingSettings) -> tuple[Runtime, TrainingDeps]:
+    """The service's runtime and objects, wired as in production, without starting its consumers."""
+    rt = await Runtime.start(
+        SERVICE.name,
+        settings.stack,
+        produces=SERVICE.produces,
+        postgres_schema=SERVICE.postgres_schema,
+        migrations=SERVICE.migrations,
+        artifacts=SERVICE.artifacts,
+    )
+    try:
+        wiring = await SERVICE.wire(rt, settings)
+    except BaseException:
+        await rt.stop()
+        raise
+    return rt, wiring.deps
 
 
 def fmt(seconds: float) -> str:
@@ -69,14 +97,13 @@ def fmt(seconds: float) -> str:
 async def main(n_examples: int, repeat: int) -> None:
     base = StackSettings()
     ns = await create_namespace(base, label="bench")
-    service = None
+    rt = None
     try:
         settings = TrainingSettings(stack=ns.stack)
-        service = await start(settings, consumers=False)
-        h = service.handlers
-        project = h.project
+        rt, deps = await start(settings)
+        project = deps.project
         vectors, labels = synthetic_rows(n_examples, project.features.names)
-        await service.store.save_examples(vectors, labels)
+        await deps.store.save_examples(vectors, labels)
         print(
             f"examples: {n_examples} labelled, max_examples {project.training.max_examples}, "
             f"estimator {project.model.estimator} {project.model.params}"
@@ -85,23 +112,30 @@ async def main(n_examples: int, repeat: int) -> None:
         # Warm-up run (imports, first connections); it also becomes the champion, so the timed runs
         # include the champion's metadata and model downloads, SHA-256 checks, safe load and
         # evaluation on the holdout examples after its training data, as in production.
-        first = await h.run(request_event(0, project.model.name), derived_event_id("run", "bench-warmup"))
+        first = await deps.runs.run(request(0, project.model.name), derived_event_id("run", "bench-warmup"))
         rec = first.record
-        await service.store.set_champion(
-            Champion(project.model.name, 1, rec["run_id"], rec["artifact_bucket"], rec["artifact_key"],
-                     rec["artifact_sha256"], rec["feature_names"], rec["metadata_key"], rec["metadata_sha256"]),
-            promoted_event_id="bench", action="promote",
-        )  # fmt: skip
+        champion = Champion(
+            model_name=project.model.name,
+            version=1,
+            run_id=rec.run_id,
+            artifact_bucket=rec.artifact_bucket,
+            artifact_key=rec.artifact_key,
+            artifact_sha256=rec.artifact_sha256,
+            feature_names=rec.feature_names,
+            metadata_key=rec.metadata_key,
+            metadata_sha256=rec.metadata_sha256,
+        )
+        await deps.store.set_champion(champion, promoted_event_id="bench", action="promote")
 
         run_times: list[float] = []
         fit_times: list[float] = []
         breakdowns: list[dict[str, float]] = []
         for i in range(1, repeat + 1):
             t0 = time.perf_counter()
-            outcome = await h.run(request_event(i, project.model.name), derived_event_id("run", f"bench-{i}"))
+            outcome = await deps.runs.run(request(i, project.model.name), derived_event_id("run", f"bench-{i}"))
             run_times.append(time.perf_counter() - t0)
             breakdowns.append(outcome.timings)
-            assert outcome.record["champion_metrics"] is not None
+            assert outcome.record.champion_metrics is not None
 
             # Baseline: the bare fit on the very same training split, in memory.
             x = pipeline.feature_matrix(outcome.result.train, project.model_features)
@@ -112,7 +146,7 @@ async def main(n_examples: int, repeat: int) -> None:
             fit_times.append(time.perf_counter() - t0)
 
         run_med, fit_med = statistics.median(run_times), statistics.median(fit_times)
-        print(f"\nmedian of {repeat} (n_train {outcome.record['n_train']}, n_holdout {outcome.record['n_holdout']}):")
+        print(f"\nmedian of {repeat} (n_train {outcome.record.n_train}, n_holdout {outcome.record.n_holdout}):")
         print(f"  training run (service run function) {fmt(run_med)}")
         print(f"  bare estimator.fit                   {fmt(fit_med)}")
         print(f"  ratio run / bare fit                 {run_med / fit_med:8.2f}x")
@@ -123,10 +157,10 @@ async def main(n_examples: int, repeat: int) -> None:
         print("\nrun breakdown (medians):")
         for key in breakdowns[0]:
             print(f"  {key:<12} {fmt(statistics.median(b[key] for b in breakdowns))}")
-        print(f"\nartifact: {outcome.record['artifact_key']} ({outcome.result.model_bytes.__len__()} bytes)")
+        print(f"\nartifact: {outcome.record.artifact_key} ({outcome.result.model_bytes.__len__()} bytes)")
     finally:
-        if service is not None:
-            await service.stop()
+        if rt is not None:
+            await rt.stop()
         await drop_namespace(ns, base)
 
 

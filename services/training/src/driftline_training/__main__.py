@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from driftline.logging import configure_logging
-from driftline.service import serve
-from driftline_training.bootstrap import build_app
+from driftline.service import run
 from driftline_training.config import TrainingSettings
+from driftline_training.service import SERVICE
 
 
 def main() -> None:
-    settings = TrainingSettings()
-    # Before the app is built, so start-up warnings (the local-mode token) are JSON lines too.
-    configure_logging("training", settings.stack.log_level, settings.stack.log_format)
-    serve(build_app(settings), settings, "training")
+    run(SERVICE, TrainingSettings)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """HTTP API of the training service: ask for a run, follow runs, see what training knows."""
 
-# No `from __future__ import annotations` here: FastAPI must evaluate the route annotations,
-# which refer to the auth dependency built inside build_router.
+# No `from __future__ import annotations` here: FastAPI evaluates the route annotations.
 
 import uuid
 from dataclasses import dataclass
@@ -13,29 +12,35 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.auth import TokenAuth
 from driftline.catalog import TRAINING_REQUESTED
-from driftline.events import derived_event_id
 from driftline.kafka import EventProducer, is_transient
 from driftline.project import Project
-from driftline_training.handlers import request_record
+from driftline.service import wired
 from driftline_training.pipeline import OVERRIDABLE, TrainingFailure, effective_policy
+from driftline_training.requests import request_record, run_id_of
+from driftline_training.runs import Runs
 from driftline_training.store import TrainingStore
 
 
 @dataclass
-class ApiContext:
+class TrainingDeps:
+    """The service's objects, as ``wire`` builds them: what the routes (and the benchmark) reach."""
+
     project: Project
     store: TrainingStore
     producer: EventProducer
+    auth: TokenAuth
+    runs: Runs
 
 
-def _ctx(request: Request) -> ApiContext:
-    ctx: ApiContext | None = getattr(request.app.state, "ctx", None)
-    if ctx is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail={"error": "starting"})
-    return ctx
+Deps = Annotated[TrainingDeps, Depends(wired)]
 
 
-Ctx = Annotated[ApiContext, Depends(_ctx)]
+async def _actor(request: Request, deps: Deps) -> str:
+    """The bearer token's actor (401 without a token, 403 with a wrong one)."""
+    return await deps.auth(request)
+
+
+Actor = Annotated[str, Depends(_actor)]
 
 
 class TrainingRequestBody(BaseModel):
@@ -55,95 +60,98 @@ class TrainingRequestBody(BaseModel):
     )
 
 
-def build_router(auth: TokenAuth) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["training"])
+router = APIRouter(prefix="/v1", tags=["training"])
 
-    @router.post(
-        "/training-requests",
-        status_code=status.HTTP_202_ACCEPTED,
-        summary="Ask for a training run (published on training.requested; the run follows)",
-    )
-    async def request_training(body: TrainingRequestBody, ctx: Ctx, actor: Annotated[str, Depends(auth)]) -> Any:
-        model_name = body.model_name or ctx.project.model.name
-        if model_name != ctx.project.model.name:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND,
-                detail={"error": "unknown_model", "reason": f"this project trains {ctx.project.model.name!r} only"},
-            )
-        if body.reason == "drift":
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail={"error": "invalid_reason", "reason": "'drift' is reserved for drift-triggered runs"},
-            )
-        parameters = {k: str(v) for k, v in body.parameters.items()}
-        try:
-            effective_policy(ctx.project.training, parameters)
-        except TrainingFailure as failure:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, detail={"error": failure.error_type, "reason": failure.reason}
-            ) from None
-        request_id = body.request_id or str(uuid.uuid4())
-        record = request_record(
-            request_id=request_id,
-            model_name=model_name,
-            reason=body.reason,
-            requested_by=actor,
-            since=body.since,
-            parameters=parameters,
-            producer=ctx.producer.name,
+
+@router.post(
+    "/training-requests",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Ask for a training run (published on training.requested; the run follows)",
+)
+async def request_training(body: TrainingRequestBody, deps: Deps, actor: Actor) -> Any:
+    model_name = body.model_name or deps.project.model.name
+    if model_name != deps.project.model.name:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail={"error": "unknown_model", "reason": f"this project trains {deps.project.model.name!r} only"},
         )
-        try:
-            await ctx.producer.publish(TRAINING_REQUESTED, record)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                detail={
-                    "error": "kafka_unavailable",
-                    "reason": f"the request could not be published ({exc!r}); retry with the same request_id",
-                    "request_id": request_id,
-                },
-            ) from None
-        run_id = derived_event_id("run", request_id)
-        return {
-            "request_id": request_id,
-            "run_id": run_id,
-            "event_id": record["event_id"],
-            "correlation_id": record["correlation_id"],
-            "status_url": f"/v1/runs/{run_id}",
-        }
+    if body.reason == "drift":
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail={"error": "invalid_reason", "reason": "'drift' is reserved for drift-triggered runs"},
+        )
+    parameters = {k: str(v) for k, v in body.parameters.items()}
+    try:
+        effective_policy(deps.project.training, parameters)
+    except TrainingFailure as failure:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail={"error": failure.error_type, "reason": failure.reason}
+        ) from None
+    request_id = body.request_id or str(uuid.uuid4())
+    record = request_record(
+        request_id=request_id,
+        model_name=model_name,
+        reason=body.reason,
+        requested_by=actor,
+        since=body.since,
+        parameters=parameters,
+        producer=deps.producer.name,
+    )
+    try:
+        await deps.producer.publish(TRAINING_REQUESTED, record)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail={
+                "error": "kafka_unavailable",
+                "reason": f"the request could not be published ({exc!r}); retry with the same request_id",
+                "request_id": request_id,
+            },
+        ) from None
+    run_id = run_id_of(request_id)
+    return {
+        "request_id": request_id,
+        "run_id": run_id,
+        "event_id": record.event_id,
+        "correlation_id": record.correlation_id,
+        "status_url": f"/v1/runs/{run_id}",
+    }
 
-    @router.get("/runs", summary="Training runs, most recent first")
-    async def list_runs(
-        ctx: Ctx,
-        model_name: str | None = None,
-        run_status: Annotated[str | None, Query(alias="status", pattern="^(running|succeeded|failed)$")] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    ) -> Any:
-        return {"runs": await ctx.store.list_runs(model_name=model_name, status=run_status, limit=limit)}
 
-    @router.get("/runs/{run_id}", summary="One run (by run id or by the id of its request)")
-    async def get_run(run_id: str, ctx: Ctx) -> Any:
-        run = await ctx.store.get_run(run_id) or await ctx.store.get_run(derived_event_id("run", run_id))
-        if run is None:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND,
-                detail={"error": "not_found", "reason": f"no run {run_id} (a request shows up once consumed)"},
-            )
-        return run
+@router.get("/runs", summary="Training runs, most recent first")
+async def list_runs(
+    deps: Deps,
+    model_name: str | None = None,
+    run_status: Annotated[str | None, Query(alias="status", pattern="^(running|succeeded|failed)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> Any:
+    return {"runs": await deps.store.list_runs(model_name=model_name, status=run_status, limit=limit)}
 
-    @router.get("/champions", summary="The champion of each model, as announced on models.promoted")
-    async def champions(ctx: Ctx) -> Any:
-        return {"champions": await ctx.store.list_champions()}
 
-    @router.get("/examples", summary="How many vectors, labels and labelled examples training holds")
-    async def examples(ctx: Ctx) -> Any:
-        counts = await ctx.store.example_counts(ctx.project.features.version, ctx.project.label.classes)
-        return {"feature_set_version": ctx.project.features.version, **counts}
+@router.get("/runs/{run_id}", summary="One run (by run id or by the id of its request)")
+async def get_run(run_id: str, deps: Deps) -> Any:
+    run = await deps.store.get_run(run_id) or await deps.store.get_run(run_id_of(run_id))
+    if run is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail={"error": "not_found", "reason": f"no run {run_id} (a request shows up once consumed)"},
+        )
+    return run
 
-    @router.get("/triggers", summary="Decisions on automatic triggers (drift episodes: requested, cooldown…)")
-    async def triggers(ctx: Ctx, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
-        return {"triggers": await ctx.store.list_triggers(limit)}
 
-    return router
+@router.get("/champions", summary="The champion of each model, as announced on models.promoted")
+async def champions(deps: Deps) -> Any:
+    return {"champions": await deps.store.list_champions()}
+
+
+@router.get("/examples", summary="How many vectors, labels and labelled examples training holds")
+async def examples(deps: Deps) -> Any:
+    counts = await deps.store.example_counts(deps.project.features.version, deps.project.label.classes)
+    return {"feature_set_version": deps.project.features.version, **counts}
+
+
+@router.get("/triggers", summary="Decisions on automatic triggers (drift episodes: requested, cooldown…)")
+async def triggers(deps: Deps, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
+    return {"triggers": await deps.store.list_triggers(limit)}

@@ -1,72 +1,34 @@
-"""The training service's SQL (schema ``training``): examples, triggers, runs, champions, outbox."""
+"""The training service's SQL (schema ``training``): examples, triggers, runs, champions, outbox.
+
+The store loads and saves; it does not decide. What must happen atomically (a trigger decided
+under its model's lock, a run's outcome stored with the event that announces it) happens in one
+:meth:`TrainingStore.transaction`, whose caller decides between the reads and the writes.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
 from driftline import outbox
-from driftline.events import derived_event_id
+from driftline.records import (
+    FeatureVectorComputed,
+    LabelRecorded,
+    ModelTrained,
+    Record,
+    TrainingFailed,
+    TrainingRequested,
+)
+from driftline_training.champion import Champion
 from driftline_training.pipeline import Example
-
-
-@dataclass(frozen=True, slots=True)
-class VectorRow:
-    source_event_id: str
-    feature_set_version: str
-    vector_event_id: str
-    entity_id: str
-    event_time: datetime
-    features: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class LabelRow:
-    labelled_event_id: str
-    label: str
-    label_event_id: str
-    entity_id: str
-    event_time: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Champion:
-    model_name: str
-    version: int
-    run_id: str
-    artifact_bucket: str
-    artifact_key: str
-    artifact_sha256: str
-    feature_names: list[str]
-    # The champion's metadata document (from models.promoted): it records the end of the
-    # champion's training data, so a run compares on holdout examples the champion never saw.
-    metadata_key: str | None = None
-    metadata_sha256: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TriggerDecision:
-    trigger_id: str
-    decision: str  # requested | cooldown | ignored
-    reason: str
-    request_id: str | None
-    request_event_id: str | None
-    new: bool  # decided now (False: found from an earlier delivery)
-
-
-# A drift trigger is asked again after a run that lacked examples, at most this many times in all.
-MAX_TRIGGER_ATTEMPTS = 5
-
-
-def request_event_id_of(request_id: str) -> str:
-    """Event id of the TrainingRequested record of a request (see handlers.request_record)."""
-    return derived_event_id("training-request", request_id)
-
+from driftline_training.requests import trigger_of
+from driftline_training.trigger_policy import Trigger
 
 RUN_COLUMNS = (
     "run_id, request_id, request_event_id, model_name, status, reason, requested_by, trigger, drift_episode_id, "
@@ -75,6 +37,10 @@ RUN_COLUMNS = (
     "metadata_sha256, error_type, error_reason, result_event_id, attempts, comparison_metrics, n_comparison"
 )
 _JSON_COLUMNS = ("parameters", "metrics", "champion_metrics", "comparison_metrics")
+_TRIGGER_COLUMNS = (
+    "trigger_id, kind, model_name, event_time, source_event_id, episode_id, correlation_id, since, decision, "
+    "reason, request_id, attempts, waiting"
+)
 
 
 def run_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -85,13 +51,30 @@ def run_to_dict(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
+def _trigger(row: asyncpg.Record) -> Trigger:
+    return Trigger(**dict(row))
+
+
+def _json_features(features: Mapping[str, Any]) -> str:
+    """NaN/inf are not JSON: stored as missing."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in features.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
 class TrainingStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TrainingTransaction]:
+        """One PostgreSQL transaction: reads and writes that must happen together."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The pool's proxy forwards to its connection (driftline.outbox.stage is typed for the latter).
+            yield TrainingTransaction(cast("asyncpg.Connection[asyncpg.Record]", conn))
+
     # -- examples ---------------------------------------------------------------------------
 
-    async def save_examples(self, vectors: Sequence[VectorRow], labels: Sequence[LabelRow]) -> None:
+    async def save_examples(self, vectors: Sequence[FeatureVectorComputed], labels: Sequence[LabelRecorded]) -> None:
         """Upsert vectors and labels in one transaction (a replay rewrites the same rows)."""
         async with self.pool.acquire() as conn, conn.transaction():
             if vectors:
@@ -105,10 +88,10 @@ class TrainingStore:
                         (
                             v.source_event_id,
                             v.feature_set_version,
-                            v.vector_event_id,
+                            v.event_id,
                             v.entity_id,
                             v.event_time,
-                            json.dumps(v.features, allow_nan=False),
+                            _json_features(v.features),
                         )
                         for v in vectors
                     ],
@@ -121,7 +104,7 @@ class TrainingStore:
                     "label = EXCLUDED.label, label_event_id = EXCLUDED.label_event_id, "
                     "entity_id = EXCLUDED.entity_id, event_time = EXCLUDED.event_time "
                     "WHERE labels.event_time <= EXCLUDED.event_time",
-                    [(lb.labelled_event_id, lb.label, lb.label_event_id, lb.entity_id, lb.event_time) for lb in labels],
+                    [(lb.labelled_event_id, str(lb.label), lb.event_id, lb.entity_id, lb.event_time) for lb in labels],
                 )
 
     async def example_counts(self, feature_set_version: str, classes: Sequence[str]) -> dict[str, int]:
@@ -153,138 +136,6 @@ class TrainingStore:
         )
         return [Example(r["source_event_id"], r["event_time"], json.loads(r["features"]), r["label"]) for r in rows]
 
-    # -- automatic triggers (drift episodes, the first model) ------------------------------
-
-    async def decide_trigger(
-        self,
-        *,
-        trigger_id: str,
-        kind: str,
-        model_name: str,
-        event_time: datetime,
-        cooldown_s: float,
-        source_event_id: str | None,
-        episode_id: str | None,
-        request: tuple[str, dict[str, Any]] | None,
-        ignore_reason: str | None = None,
-        correlation_id: str | None = None,
-        since: datetime | None = None,
-        defer: bool = False,
-    ) -> TriggerDecision:
-        """Decide once per trigger, under a per-model lock: request a run, or not (cooldown).
-
-        ``request`` is the (topic, record) to stage when the decision is to request a run. With
-        ``defer`` a requested trigger stages nothing yet: it waits (holding the cooldown) until
-        enough labelled examples exist, and :meth:`retry_trigger` then stages its request. A
-        trigger seen before returns its stored decision (``new`` False).
-        """
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('training-trigger:' || $1))", model_name)
-            existing = await conn.fetchrow(
-                "SELECT decision, reason, request_id FROM triggers WHERE trigger_id = $1", trigger_id
-            )
-            if existing is not None:
-                request_id = existing["request_id"]
-                event_id = request_event_id_of(request_id) if request_id else None
-                return TriggerDecision(
-                    trigger_id, existing["decision"], existing["reason"], request_id, event_id, new=False
-                )
-            if ignore_reason is not None:
-                decision, reason = "ignored", ignore_reason
-            else:
-                last = await _nearest_live_request(conn, model_name, kind, event_time)
-                decision, reason = cooldown_decision(last, event_time, cooldown_s)
-            request_id = request_event_id = None
-            waiting = decision == "requested" and defer
-            if waiting:
-                reason = f"{reason}; waiting for labelled examples"
-            elif decision == "requested" and request is not None:
-                topic, record = request
-                request_id, request_event_id = record["request_id"], record["event_id"]
-                await outbox.stage(conn, topic, record)
-            await conn.execute(
-                "INSERT INTO triggers (trigger_id, kind, model_name, source_event_id, episode_id, event_time, "
-                "decision, reason, request_id, correlation_id, since, waiting, attempts) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                trigger_id,
-                kind,
-                model_name,
-                source_event_id,
-                episode_id,
-                event_time,
-                decision,
-                reason,
-                request_id,
-                correlation_id,
-                since,
-                waiting,
-                0 if waiting else 1,  # requests made so far
-            )
-            return TriggerDecision(trigger_id, decision, reason, request_id, request_event_id, new=True)
-
-    async def revive_suppressed(
-        self,
-        failed_trigger_id: str,
-        cooldown_s: float,
-        make_request: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]],
-    ) -> TriggerDecision | None:
-        """After the final failure of a trigger's run, request a run for a drift it suppressed.
-
-        A drift that came within the cooldown of ``failed_trigger_id`` while that run was pending
-        was decided ``cooldown``; now that the run failed (and will not be asked again) it would
-        be lost. The most recent such trigger is re-decided, unless another run that has not
-        failed lies within its cooldown. ``make_request`` builds the (topic, record) to stage
-        from the trigger's row. Returns the new decision, or None.
-        """
-        async with self.pool.acquire() as conn, conn.transaction():
-            failed = await conn.fetchrow(
-                "SELECT model_name, kind, event_time, waiting FROM triggers WHERE trigger_id = $1", failed_trigger_id
-            )
-            if failed is None or failed["waiting"]:
-                return None  # a waiting trigger will be asked again: it still stands for the episode
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('training-trigger:' || $1))", failed["model_name"]
-            )
-            row = await conn.fetchrow(
-                "SELECT trigger_id, model_name, episode_id, source_event_id, correlation_id, since, event_time "
-                "FROM triggers WHERE model_name = $1 AND kind = $2 AND decision = 'cooldown' "
-                "AND abs(extract(epoch FROM (event_time - $3::timestamptz))) < $4 "
-                "ORDER BY event_time DESC, decided_at DESC LIMIT 1",
-                failed["model_name"],
-                failed["kind"],
-                failed["event_time"],
-                cooldown_s,
-            )
-            if row is None:
-                return None
-            last = await _nearest_live_request(conn, row["model_name"], failed["kind"], row["event_time"])
-            decision, _ = cooldown_decision(last, row["event_time"], cooldown_s)
-            if decision != "requested":
-                return None
-            topic, record = make_request(dict(row))
-            reason = f"the run requested for {failed_trigger_id} failed; no other run lies within the cooldown"
-            status = await conn.execute(
-                "UPDATE triggers SET decision = 'requested', reason = $2, request_id = $3 "
-                "WHERE trigger_id = $1 AND decision = 'cooldown'",
-                row["trigger_id"],
-                reason,
-                record["request_id"],
-            )
-            if not status.endswith(" 1"):
-                return None
-            await outbox.stage(conn, topic, record)
-            return TriggerDecision(
-                row["trigger_id"], "requested", reason, record["request_id"], record["event_id"], new=True
-            )
-
-    async def waiting_triggers(self) -> list[dict[str, Any]]:
-        """Drift triggers whose run lacked labelled examples: asked again once they exist."""
-        rows = await self.pool.fetch(
-            "SELECT trigger_id, model_name, episode_id, source_event_id, correlation_id, since, attempts "
-            "FROM triggers WHERE waiting ORDER BY decided_at"
-        )
-        return [dict(r) for r in rows]
-
     async def count_labelled(self, feature_set_version: str, classes: Sequence[str], since: datetime | None) -> int:
         return int(
             await self.pool.fetchval(
@@ -297,19 +148,14 @@ class TrainingStore:
             )
         )
 
-    async def retry_trigger(self, trigger_id: str, topic: str, record: dict[str, Any]) -> bool:
-        """Stage a new request for a waiting trigger (once: False when it is no longer waiting)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(
-                "UPDATE triggers SET waiting = false, attempts = attempts + 1, request_id = $2 "
-                "WHERE trigger_id = $1 AND waiting",
-                trigger_id,
-                record["request_id"],
-            )
-            if not status.endswith(" 1"):
-                return False
-            await outbox.stage(conn, topic, record)
-            return True
+    # -- automatic triggers (drift episodes, the first model) ------------------------------
+
+    async def waiting_triggers(self) -> list[Trigger]:
+        """Drift triggers whose request waits for labelled examples."""
+        rows = await self.pool.fetch(
+            f"SELECT {_TRIGGER_COLUMNS} FROM triggers WHERE waiting ORDER BY decided_at"  # noqa: S608
+        )
+        return [_trigger(r) for r in rows]
 
     async def trigger_exists(self, trigger_id: str) -> bool:
         return bool(
@@ -343,25 +189,12 @@ class TrainingStore:
         )
         return [run_to_dict(r) for r in rows]
 
-    async def start_run(
-        self,
-        *,
-        run_id: str,
-        request_id: str,
-        request_event_id: str,
-        model_name: str,
-        reason: str,
-        requested_by: str,
-        trigger: str,
-        drift_episode_id: str | None,
-        correlation_id: str,
-        parameters: dict[str, str],
-    ) -> int:
+    async def start_run(self, run_id: str, request: TrainingRequested) -> int:
         """Record an attempt of a run as running (again, after a crash or an outage); returns its number.
 
         A second attempt may start while an earlier one still runs elsewhere (a redelivery after a
         rebalance): that is safe, since artifacts are stored under content-addressed keys and only
-        the first attempt to finish announces its outcome (:meth:`finish_run`).
+        the first attempt to finish announces its outcome (:meth:`TrainingTransaction.finish_run`).
         """
         attempts = await self.pool.fetchval(
             "INSERT INTO runs (run_id, request_id, request_event_id, model_name, status, reason, requested_by, "
@@ -370,55 +203,17 @@ class TrainingStore:
             "ON CONFLICT (run_id) DO UPDATE SET started_at = now(), attempts = runs.attempts + 1 "
             "WHERE runs.status = 'running' RETURNING attempts",
             run_id,
-            request_id,
-            request_event_id,
-            model_name,
-            reason,
-            requested_by,
-            trigger,
-            drift_episode_id,
-            correlation_id,
-            json.dumps(parameters),
+            request.request_id,
+            request.event_id,
+            request.model_name,
+            request.reason,
+            request.requested_by,
+            trigger_of(request),
+            request.drift_episode_id,
+            request.correlation_id,
+            json.dumps(request.parameters),
         )
         return int(attempts or 0)
-
-    async def finish_run(
-        self,
-        run_id: str,
-        *,
-        status: str,
-        topic: str,
-        record: dict[str, Any],
-        wait_trigger: str | None = None,
-        **fields: Any,
-    ) -> None:
-        """Store the run's outcome and stage the event that announces it, in one transaction.
-
-        ``wait_trigger``: the drift trigger to ask again once enough labelled examples exist.
-        """
-        values = {"status": status, "result_event_id": record["event_id"], **fields}
-        for col in _JSON_COLUMNS:
-            if values.get(col) is not None:
-                values[col] = json.dumps(values[col], allow_nan=False)
-        assignments = ", ".join(
-            f"{col} = ${i}{'::jsonb' if col in _JSON_COLUMNS else ''}" for i, col in enumerate(values, start=2)
-        )
-        async with self.pool.acquire() as conn, conn.transaction():
-            updated = await conn.execute(
-                f"UPDATE runs SET {assignments}, finished_at = now() "  # noqa: S608
-                "WHERE run_id = $1 AND status = 'running'",
-                run_id,
-                *values.values(),
-            )
-            if not updated.endswith(" 1"):
-                return  # another attempt of the same run finished first; its outcome stands
-            await outbox.stage(conn, topic, record)
-            if wait_trigger is not None:
-                await conn.execute(
-                    "UPDATE triggers SET waiting = true WHERE trigger_id = $1 AND attempts < $2",
-                    wait_trigger,
-                    MAX_TRIGGER_ATTEMPTS,
-                )
 
     # -- champions ---------------------------------------------------------------------------
 
@@ -438,7 +233,7 @@ class TrainingStore:
             champion.artifact_bucket,
             champion.artifact_key,
             champion.artifact_sha256,
-            json.dumps(champion.feature_names),
+            json.dumps(list(champion.feature_names)),
             promoted_event_id,
             action,
             champion.metadata_key,
@@ -453,17 +248,7 @@ class TrainingStore:
         )
         if row is None:
             return None
-        return Champion(
-            row["model_name"],
-            row["version"],
-            row["run_id"],
-            row["artifact_bucket"],
-            row["artifact_key"],
-            row["artifact_sha256"],
-            json.loads(row["feature_names"]),
-            row["metadata_key"],
-            row["metadata_sha256"],
-        )
+        return Champion(**{**dict(row), "feature_names": tuple(json.loads(row["feature_names"]))})
 
     async def list_champions(self) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
@@ -473,32 +258,139 @@ class TrainingStore:
         return [dict(r) for r in rows]
 
 
-async def _nearest_live_request(conn: Any, model_name: str, kind: str, event_time: datetime) -> datetime | None:
-    """Event time of the requested trigger nearest to ``event_time`` whose run has not failed for good.
+class TrainingTransaction:
+    """The reads and writes of one transaction (see :meth:`TrainingStore.transaction`)."""
 
-    A trigger counts while its run is pending, running or succeeded, and while it waits to be
-    asked again (labels lag); a run that failed does not use up the cooldown of other drifts.
-    """
-    value: datetime | None = await conn.fetchval(
-        "SELECT t.event_time FROM triggers t WHERE t.model_name = $1 AND t.kind = $2 AND t.decision = 'requested' "
-        "AND (t.waiting OR NOT EXISTS "
-        "(SELECT 1 FROM runs r WHERE r.request_id = t.request_id AND r.status = 'failed')) "
-        "ORDER BY abs(extract(epoch FROM (t.event_time - $3::timestamptz))) LIMIT 1",
-        model_name,
-        kind,
-        event_time,
-    )
-    return value
+    def __init__(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        self.conn = conn
 
+    async def stage(self, topic: str, record: Record) -> None:
+        """Stage an event in the outbox: published once the transaction committed."""
+        await outbox.stage(self.conn, topic, record.to_avro())
 
-def cooldown_decision(last_requested: datetime | None, event_time: datetime, cooldown_s: float) -> tuple[str, str]:
-    """Request a run unless another automatic run of the model was requested within the cooldown."""
-    if last_requested is None:
-        return "requested", "no earlier run was requested for this model"
-    gap = abs((event_time - last_requested).total_seconds())
-    if gap < cooldown_s:
-        return "cooldown", (
-            f"a run was requested for a drift at {last_requested.isoformat()}, {gap:.1f}s from this one "
-            f"(cooldown {cooldown_s:g}s)"
+    # -- triggers ----------------------------------------------------------------------------
+
+    async def lock_model_triggers(self, model_name: str) -> None:
+        """Serialise the trigger decisions of one model until the transaction ends."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('training-trigger:' || $1))", model_name)
+
+    async def trigger(self, trigger_id: str) -> Trigger | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {_TRIGGER_COLUMNS} FROM triggers WHERE trigger_id = $1",  # noqa: S608
+            trigger_id,
         )
-    return "requested", f"last requested run was {gap:.1f}s away (cooldown {cooldown_s:g}s)"
+        return _trigger(row) if row is not None else None
+
+    async def nearest_live_request(self, model_name: str, kind: str, event_time: datetime) -> datetime | None:
+        """Event time of the requested trigger nearest to ``event_time`` whose run has not failed for good.
+
+        A trigger counts while its run is pending, running or succeeded, and while it waits to be
+        asked again (labels lag); a run that failed does not use up the cooldown of other drifts.
+        """
+        value: datetime | None = await self.conn.fetchval(
+            "SELECT t.event_time FROM triggers t WHERE t.model_name = $1 AND t.kind = $2 "
+            "AND t.decision = 'requested' AND (t.waiting OR NOT EXISTS "
+            "(SELECT 1 FROM runs r WHERE r.request_id = t.request_id AND r.status = 'failed')) "
+            "ORDER BY abs(extract(epoch FROM (t.event_time - $3::timestamptz))) LIMIT 1",
+            model_name,
+            kind,
+            event_time,
+        )
+        return value
+
+    async def latest_suppressed(self, near: Trigger, within_s: float) -> Trigger | None:
+        """The most recent trigger of ``near``'s model and kind decided ``cooldown`` within ``within_s`` of it."""
+        row = await self.conn.fetchrow(
+            f"SELECT {_TRIGGER_COLUMNS} FROM triggers "  # noqa: S608
+            "WHERE model_name = $1 AND kind = $2 AND decision = 'cooldown' "
+            "AND abs(extract(epoch FROM (event_time - $3::timestamptz))) < $4 "
+            "ORDER BY event_time DESC, decided_at DESC LIMIT 1",
+            near.model_name,
+            near.kind,
+            near.event_time,
+            within_s,
+        )
+        return _trigger(row) if row is not None else None
+
+    async def insert_trigger(self, t: Trigger) -> None:
+        await self.conn.execute(
+            "INSERT INTO triggers (trigger_id, kind, model_name, source_event_id, episode_id, event_time, "
+            "decision, reason, request_id, correlation_id, since, waiting, attempts) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            t.trigger_id,
+            t.kind,
+            t.model_name,
+            t.source_event_id,
+            t.episode_id,
+            t.event_time,
+            t.decision,
+            t.reason,
+            t.request_id,
+            t.correlation_id,
+            t.since,
+            t.waiting,
+            t.attempts,
+        )
+
+    async def mark_requested(self, trigger_id: str, reason: str, request_id: str) -> bool:
+        """A ``cooldown`` trigger becomes ``requested`` (False when it no longer is ``cooldown``)."""
+        status = await self.conn.execute(
+            "UPDATE triggers SET decision = 'requested', reason = $2, request_id = $3 "
+            "WHERE trigger_id = $1 AND decision = 'cooldown'",
+            trigger_id,
+            reason,
+            request_id,
+        )
+        return bool(status.endswith(" 1"))
+
+    async def take_waiting(self, trigger_id: str, request_id: str) -> bool:
+        """A waiting trigger makes its next request (False when it is no longer waiting)."""
+        status = await self.conn.execute(
+            "UPDATE triggers SET waiting = false, attempts = attempts + 1, request_id = $2 "
+            "WHERE trigger_id = $1 AND waiting",
+            trigger_id,
+            request_id,
+        )
+        return bool(status.endswith(" 1"))
+
+    async def set_waiting(self, trigger_id: str) -> None:
+        await self.conn.execute("UPDATE triggers SET waiting = true WHERE trigger_id = $1", trigger_id)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def finish_run(self, run_id: str, outcome: ModelTrained | TrainingFailed, *, duration_s: float) -> bool:
+        """Store the run's outcome from the event that announces it; False when another attempt of
+        the same run finished first (its outcome stands)."""
+        values: dict[str, Any] = {"result_event_id": outcome.event_id, "duration_s": duration_s}
+        if isinstance(outcome, ModelTrained):
+            values |= {
+                "status": "succeeded",
+                "metrics": outcome.metrics,
+                "champion_version": outcome.champion_version,
+                "champion_metrics": outcome.champion_metrics,
+                "comparison_metrics": outcome.comparison_metrics,
+                "n_comparison": outcome.n_comparison,
+                "n_train": outcome.n_train,
+                "n_holdout": outcome.n_holdout,
+                "dataset_fingerprint": outcome.dataset_fingerprint,
+                "holdout_fingerprint": outcome.holdout_fingerprint,
+                "artifact_key": outcome.artifact_key,
+                "artifact_sha256": outcome.artifact_sha256,
+                "metadata_key": outcome.metadata_key,
+                "metadata_sha256": outcome.metadata_sha256,
+            }
+        else:
+            values |= {"status": "failed", "error_type": outcome.error_type, "error_reason": outcome.reason}
+        for col in _JSON_COLUMNS:
+            if values.get(col) is not None:
+                values[col] = json.dumps(values[col], allow_nan=False)
+        assignments = ", ".join(
+            f"{col} = ${i}{'::jsonb' if col in _JSON_COLUMNS else ''}" for i, col in enumerate(values, start=2)
+        )
+        updated = await self.conn.execute(
+            f"UPDATE runs SET {assignments}, finished_at = now() "  # noqa: S608
+            "WHERE run_id = $1 AND status = 'running'",
+            run_id,
+            *values.values(),
+        )
+        return bool(updated.endswith(" 1"))
