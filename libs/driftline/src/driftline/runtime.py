@@ -1,7 +1,7 @@
 """What every service builds at start-up, in one place: registry client and serde, producer,
 PostgreSQL pool with migrations, artifact store, consumer runners, and their readiness checks.
 
-A service's ``bootstrap.py`` calls :meth:`Runtime.start` with what it needs, adds its consumers,
+:func:`driftline.service.start_service` calls :meth:`Runtime.start` with what a service declares, adds its consumers,
 and hands the runtime to its handlers and routes; its FastAPI lifespan calls :meth:`Runtime.stop`.
 """
 
