@@ -76,8 +76,8 @@ async def test_drift_retrains_promotes_and_redeploys_by_itself(
     for e in events[1:]:
         assert e.value["causation_id"] in ids, f"{e.topic} is caused by an event outside the chain"
     promoted = next(e for e in events if e.topic == "models.promoted")
-    assert promoted["version"] == summary.new_version
-    assert promoted["previous_version"] == summary.first_version
+    assert promoted.record.version == summary.new_version
+    assert promoted.record.previous_version == summary.first_version
 
     # The operator's view of the same chain: the `driftline trace` command, from the topics alone.
     cli = await asyncio.to_thread(

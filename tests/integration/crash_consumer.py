@@ -39,7 +39,7 @@ async def main(group: str, hang_on: str) -> None:
             await conn.execute(
                 "INSERT INTO sink (event_id, label) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
                 event.event_id,
-                str(event["label"]),
+                str(event.record.label),
             )
         if event.event_id == hang_on:
             print("HANGING", flush=True)

@@ -57,7 +57,7 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_keeps_going(namespa
     handled: list[str] = []
 
     async def handle(event: Event) -> None:
-        if event["label"] == "refuse-me":
+        if event.record.label == "refuse-me":
             raise PoisonRecord("label 'refuse-me' is not a class of the project", "validation_error")
         handled.append(event.event_id)
 
@@ -83,17 +83,17 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_keeps_going(namespa
             assert lag == {f"{namespace.prefix}poison-test": 0}
 
         await eventually(committed_in_the_namespaced_group)
-        letters = dlq.on(EVENTS_DLQ)
-        assert [d["original"] for d in letters[:3]] == garbage
-        assert {d["error_type"] for d in letters[:3]} == {"decode_error"}
-        assert "magic byte" in letters[0]["reason"]
-        assert letters[0]["original_topic"] == namespace.prefix + LABELS
-        assert letters[0]["source"] == f"consumer:{namespace.prefix}poison-test"
+        letters = [e.record for e in dlq.on(EVENTS_DLQ)]
+        assert [d.original for d in letters[:3]] == garbage
+        assert {d.error_type for d in letters[:3]} == {"decode_error"}
+        assert "magic byte" in letters[0].reason
+        assert letters[0].original_topic == namespace.prefix + LABELS
+        assert letters[0].source == f"consumer:{namespace.prefix}poison-test"
         rejected = letters[3]
-        assert rejected["error_type"] == "validation_error"
-        assert "refuse-me" in rejected["reason"]
-        assert rejected["correlation_id"] == refused["correlation_id"]
-        decoded, _ = await serde.decode(rejected["original"], LABELS)
+        assert rejected.error_type == "validation_error"
+        assert "refuse-me" in rejected.reason
+        assert rejected.correlation_id == refused["correlation_id"]
+        decoded, _ = await serde.decode(rejected.original, LABELS)
         assert decoded["event_id"] == refused["event_id"]  # the original bytes, not a re-encoding
         assert task.done() is False  # still consuming
     finally:
