@@ -106,6 +106,8 @@ class Service(Generic[S, D]):
     artifacts: bool = False
     pool_size: Callable[[S], int] = lambda _settings: 5
     producer_options: Callable[[S], Mapping[str, Any]] = lambda _settings: {}
+    customize: Callable[[FastAPI, S], None] | None = None
+    """Adjusts the built app with its settings (e.g. OpenAPI request bodies that depend on the project)."""
 
 
 class Running(Generic[D]):
@@ -256,6 +258,8 @@ def build_app(service: Service[S, D], settings: S) -> FastAPI:
     )
     for router in service.routers:
         app.include_router(router)
+    if service.customize is not None:
+        service.customize(app, settings)
     return app
 
 

@@ -5,9 +5,6 @@ It consumes nothing: its input is HTTP. Its only state is the idempotency keys, 
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-
-from driftline import service
 from driftline.auth import TokenAuth
 from driftline.catalog import EVENTS_DLQ, EVENTS_RAW, LABELS
 from driftline.logging import get_logger
@@ -60,15 +57,6 @@ SERVICE: Service[IngestionSettings, IngestionDeps] = Service(
     produces=(EVENTS_RAW, LABELS, EVENTS_DLQ),
     routers=[router],
     producer_options=lambda s: {"linger_ms": s.linger_ms, "max_batch_size": s.producer_batch_bytes},
+    # The project's record shapes in the OpenAPI document (the routers are fixed at import).
+    customize=lambda app, s: document_request_bodies(app, project_validator(s)),
 )
-
-
-def build_app(settings: IngestionSettings | None = None) -> FastAPI:
-    """The served app: the library's, with the project's record shapes in its OpenAPI document.
-
-    (``run(SERVICE, …)`` would serve it without them: a Service's routers are fixed at import.)
-    """
-    settings = settings or IngestionSettings()
-    app: FastAPI = service.build_app(SERVICE, settings)
-    document_request_bodies(app, project_validator(settings))
-    return app
