@@ -46,13 +46,26 @@ typecheck: venv ## mypy on the libraries, and --strict on the services (and what
 	@.venv/bin/mypy libs/*/src
 	@.venv/bin/mypy --strict services/*/src
 
-lock: ## re-resolve dependencies and rewrite requirements.lock
-	@UV=$$(infra/venv.sh --uv) && UV_CACHE_DIR=$${DRIFTLINE_CACHE_DIR:-$$HOME/.cache/driftline}/uv-cache \
-	  $$UV lock --python python3.11 && \
+# The image targets of infra/docker/Dockerfile: one per service, and the CLI.
+IMAGE_TARGETS := $(patsubst services/%/pyproject.toml,%,$(sort $(wildcard services/*/pyproject.toml))) cli
+IMAGE_LOCKS   := infra/docker/locks
+
+lock: ## re-resolve dependencies; rewrite requirements.lock (.venv) and infra/docker/locks/<target>.txt (one per image)
+	@set -euo pipefail; UV=$$(infra/venv.sh --uv); \
+	  export UV_CACHE_DIR=$${DRIFTLINE_CACHE_DIR:-$$HOME/.cache/driftline}/uv-cache; \
+	  $$UV lock --python python3.11; \
 	  { printf '%s\n' "# Driftline lock file: every package pinned with hashes, exported from uv's resolution by \`make lock\`." \
 	      "# Do not edit by hand; infra/venv.sh installs exactly this set into .venv."; \
-	    UV_CACHE_DIR=$${DRIFTLINE_CACHE_DIR:-$$HOME/.cache/driftline}/uv-cache $$UV export --frozen --all-packages \
-	      --no-emit-workspace --format requirements.txt --no-header; } > requirements.lock
+	    $$UV export --frozen --all-packages --no-emit-workspace --format requirements.txt --no-header; } > requirements.lock; \
+	  tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	  for target in $(IMAGE_TARGETS); do \
+	    { printf '%s\n' "# Driftline image lock of the $$target image (driftline-$$target and the workspace libraries it" \
+	        "# depends on; no dev tools, no workspace package): exported by \`make lock\` from the same uv.lock as" \
+	        "# requirements.lock. Do not edit by hand; infra/docker/Dockerfile syncs exactly this set into the image."; \
+	      $$UV export --frozen --package driftline-$$target --no-dev --no-emit-workspace --format requirements.txt \
+	        --no-header; } > "$$tmp/$$target.txt"; \
+	  done; \
+	  mkdir -p $(IMAGE_LOCKS) && rm -f $(IMAGE_LOCKS)/*.txt && mv "$$tmp"/*.txt $(IMAGE_LOCKS)/
 
 test: venv install ## unit, integration and end-to-end tests (starts and stops its own stack)
 	@$(MAKE) --no-print-directory test-unit

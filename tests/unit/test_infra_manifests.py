@@ -3,12 +3,16 @@
 No Docker engine or Kubernetes cluster is needed: the Dockerfile is parsed here (instructions,
 stages, continuation lines), the Kubernetes manifests and the compose file with PyYAML. The
 services come from services/*/pyproject.toml and the topics from schemas/topics.yaml, so adding
-either without its manifests fails here.
+either without its manifests fails here. Each image's lock file (infra/docker/locks/<target>.txt,
+written by `make lock`) is read as a requirements file and held to requirements.lock and to the
+pyprojects of the packages the image installs.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import posixpath
 import re
 import shlex
 import tomllib
@@ -20,6 +24,9 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from driftline.catalog import Catalog
 from driftline.project import EXAMPLE_PROJECT
@@ -32,6 +39,8 @@ K8S = ROOT / "infra" / "k8s"
 STRIMZI = K8S / "strimzi"
 COMPOSE = ROOT / "infra" / "compose" / "compose.yaml"
 DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
+IMAGE_LOCKS = ROOT / "infra" / "docker" / "locks"
+REQUIREMENTS_LOCK = ROOT / "requirements.lock"
 
 CONTAINER_PORT = 8080
 CLI_TARGET = "cli"
@@ -82,6 +91,22 @@ def discover_services() -> list[str]:
 
 
 SERVICES = discover_services()
+IMAGE_TARGETS = [*SERVICES, CLI_TARGET]
+
+# Images whose packages need no ML stack and no stream processor: their locks must not carry one.
+LEAN_TARGETS = ("ingestion", "registry", CLI_TARGET)
+ML_STACK = {"numpy", "scipy", "scikit-learn", "skops", "faust-streaming", "river"}
+
+
+def target_pyproject(target: str) -> Path:
+    """The pyproject of the package an image target is built for (a service, or the CLI library)."""
+    if target == CLI_TARGET:
+        return ROOT / "libs" / "driftline-cli" / "pyproject.toml"
+    return ROOT / "services" / target / "pyproject.toml"
+
+
+def image_lock(target: str) -> Path:
+    return IMAGE_LOCKS / f"{target}.txt"
 
 
 def workspace_libraries(pyproject: Path) -> set[str]:
@@ -349,7 +374,7 @@ def test_each_service_has_its_own_final_stage(service: str) -> None:
     assert f"services/{service}" in copied, f"{service}: services/{service} is never copied into its build"
     others = {f"services/{other}" for other in SERVICES if other != service}
     assert not copied & others, f"{service}: its image is built with {sorted(copied & others)}"
-    assert "requirements.lock" in copied
+    assert_syncs_only_its_own_lock(parsed, service, copied)
     libs = workspace_libraries(ROOT / "services" / service / "pyproject.toml")
     assert "libs/driftline" in libs, f"{service}: its pyproject does not depend on the core library"
     assert {c for c in copied if c.startswith("libs/")} == libs, f"{service}: built with {sorted(copied)}, needs {libs}"
@@ -364,6 +389,7 @@ def test_the_cli_stage_runs_the_driftline_cli() -> None:
     libs = workspace_libraries(ROOT / "libs" / "driftline-cli" / "pyproject.toml") | {"libs/driftline-cli"}
     assert {c for c in copied if c.startswith("libs/")} == libs, f"cli: built with {sorted(copied)}, needs {libs}"
     assert not any(c.startswith("services/") for c in copied), f"cli: built with {sorted(copied)}"
+    assert_syncs_only_its_own_lock(parsed, CLI_TARGET, copied)
     user = parsed.effective(CLI_TARGET, "USER")
     assert user is not None and user.args.split(":")[0] not in ("root", "0"), "cli: runs as root"
 
@@ -405,20 +431,226 @@ def test_images_are_built_from_the_repository_root_and_get_the_schemas() -> None
         assert parsed.env(service).get("DRIFTLINE_LOCAL_MODE") == "false", f"{service}: images default to local mode"
 
 
-def test_dependencies_come_only_from_the_lock_file() -> None:
+def shell_commands(inst: Instruction) -> list[str]:
+    """The commands of a RUN (split at && and ;), without its --mount flags."""
+    return [part.strip() for part in re.split(r"&&|;", inst.flags_and_rest()[1]) if part.strip()]
+
+
+def copy_destinations(parsed: Dockerfile, name: str) -> dict[str, str]:
+    """Build-context path -> absolute path, for what a stage and the stages it is built FROM COPY."""
+    found: dict[str, str] = {}
+    workdir = "/"
+    for stage in reversed(parsed.lineage(name)):
+        for inst in stage.instructions:
+            if inst.keyword == "WORKDIR":
+                workdir = posixpath.join(workdir, inst.args.strip())
+            if inst.keyword != "COPY" or "from" in inst.flags_and_rest()[0]:
+                continue
+            *sources, destination = inst.flags_and_rest()[1].split()
+            for source in sources:
+                path = posixpath.join(workdir, destination)
+                if destination.endswith("/") or len(sources) > 1:
+                    path = posixpath.join(path, posixpath.basename(source.rstrip("/")))
+                found[source.rstrip("/")] = posixpath.normpath(path)
+    return found
+
+
+def synced_files(stage: Stage) -> list[tuple[Instruction, str, list[str]]]:
+    """(RUN, command, requirement files) of every `pip sync` in a stage."""
+    out = []
+    for inst in stage.of("RUN"):
+        for command in shell_commands(inst):
+            if re.search(r"\bpip sync\b", command):
+                files = [word for word in shlex.split(command) if word.endswith((".txt", ".lock", ".in"))]
+                out.append((inst, command, files))
+    return out
+
+
+def assert_syncs_only_its_own_lock(parsed: Dockerfile, target: str, copied: set[str]) -> None:
+    """The target's dependencies are synced, hash-checked, from infra/docker/locks/<target>.txt alone."""
+    own = str(image_lock(target).relative_to(ROOT))
+    locks = {c for c in copied if c.endswith((".txt", ".lock"))}
+    assert locks == {own}, f"{target}: its build copies the lock files {sorted(locks)}, expected only {own}"
+    syncs = []
+    for stage in parsed.closure(target):
+        destinations = copy_destinations(parsed, stage.name)
+        for inst, command, files in synced_files(stage):
+            assert "--require-hashes" in command, f"{target}: line {inst.line}: {command}"
+            assert files == [destinations.get(own)], (
+                f"{target}: line {inst.line} syncs {files}, not {own} (copied to {destinations.get(own)})"
+            )
+            syncs.append(command)
+    assert len(syncs) == 1, f"{target}: expected one `uv pip sync` of {own} in its build, found {syncs}"
+
+
+@pytest.mark.parametrize("target", IMAGE_TARGETS)
+def test_each_image_syncs_its_own_lock_file(target: str) -> None:
+    parsed = dockerfile()
+    copied = {src for stage in parsed.closure(target) for src in copy_sources(stage)}
+    assert_syncs_only_its_own_lock(parsed, target, copied)
+    assert "requirements.lock" not in copied, f"{target}: the whole dev lock is copied into its build"
+
+
+def test_dependencies_come_only_from_the_lock_files() -> None:
     parsed = dockerfile()
     runs = [inst for stage in parsed.stages.values() for inst in stage.of("RUN")]
-    commands = [part.strip() for inst in runs for part in re.split(r"&&|;", inst.flags_and_rest()[1])]
-    lock_installs = [c for c in commands if "requirements.lock" in c and re.search(r"pip (sync|install)", c)]
-    assert lock_installs, "requirements.lock is never installed"
-    for command in lock_installs:
+    commands = [command for inst in runs for command in shell_commands(inst)]
+    syncs = [c for c in commands if re.search(r"\bpip sync\b", c)]
+    assert syncs, "no lock file is ever synced"
+    for command in syncs:
         assert "--require-hashes" in command, command
+        assert re.search(r"/locks/[a-z0-9-]+\.txt$", command), f"syncs something else than an image lock: {command}"
     for command in commands:
-        if re.search(r"pip install", command) and "requirements.lock" not in command:
+        if re.search(r"\bpip install\b", command):
             if re.search(r"\buv==\S+", command):
                 continue  # the pinned installer itself
             assert "--no-deps" in command, f"installs dependencies outside the lock: {command}"
+            assert not re.search(r"\s(-r|--requirements?)[\s=]", command), f"installs a requirements file: {command}"
         assert not re.search(r"--(extra-)?index-url|--find-links", command), command
+
+
+# --------------------------------------------------------------------------------------------
+# The image lock files (infra/docker/locks/<target>.txt, exported by `make lock`)
+
+
+@dataclass(frozen=True)
+class Pin:
+    version: str
+    hashes: frozenset[str]
+    marker: Marker | None
+
+
+@cache
+def read_lock(path: Path) -> dict[str, Pin]:
+    """A hash-pinned requirements file (uv export's format): canonical name -> its pin."""
+    entries: list[str] = []
+    buffer: list[str] = []
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        buffer.append(line.removesuffix("\\").strip())
+        if not line.endswith("\\"):
+            entries.append(" ".join(buffer))
+            buffer = []
+    assert not buffer, f"{path}: ends inside a continued line"
+    pins: dict[str, Pin] = {}
+    for entry in entries:
+        where = f"{path.relative_to(ROOT)}: {entry[:60]}"
+        assert not entry.startswith("-"), f"{where}: options, editables or paths do not belong in a lock"
+        requirement_text, _, hash_text = entry.partition(" --hash=")
+        requirement = Requirement(requirement_text)
+        specs = list(requirement.specifier)
+        assert requirement.url is None and len(specs) == 1 and specs[0].operator == "==", f"{where}: not pinned with =="
+        hashes = re.findall(r"sha256:[0-9a-f]{64}", hash_text)
+        assert hashes and hash_text.count("--hash=") + 1 == len(hashes), f"{where}: not hash-pinned (sha256)"
+        name = canonicalize_name(requirement.name)
+        assert name not in pins, f"{where}: {name} pinned twice"
+        pins[name] = Pin(specs[0].version, frozenset(hashes), requirement.marker)
+    return pins
+
+
+@cache
+def workspace_packages() -> frozenset[str]:
+    pyprojects = [
+        *sorted((ROOT / "libs").glob("*/pyproject.toml")),
+        *sorted((ROOT / "services").glob("*/pyproject.toml")),
+    ]
+    return frozenset(canonicalize_name(tomllib.loads(p.read_text())["project"]["name"]) for p in pyprojects)
+
+
+def named_dependencies(target: str) -> dict[str, list[Requirement]]:
+    """Third-party requirements of the package a target is built for and of its workspace libraries, by pyproject."""
+    pyproject = target_pyproject(target)
+    pyprojects = [pyproject, *(ROOT / lib / "pyproject.toml" for lib in sorted(workspace_libraries(pyproject)))]
+    named = {}
+    for path in pyprojects:
+        requirements = [Requirement(dep) for dep in tomllib.loads(path.read_text())["project"].get("dependencies", [])]
+        named[str(path.relative_to(ROOT))] = [
+            r for r in requirements if canonicalize_name(r.name) not in workspace_packages() and marker_holds(r.marker)
+        ]
+    return named
+
+
+def marker_holds(marker: Marker | None, extra: str = "") -> bool:
+    """Whether a requirement applies in the images (Linux, CPython 3.11), for one extra of its parent."""
+    if marker is None:
+        return True
+    environment = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "extra": extra}
+    environment |= {"python_version": "3.11", "implementation_name": "cpython"}
+    environment |= {"platform_python_implementation": "CPython"}
+    return marker.evaluate(environment)
+
+
+def test_there_is_one_lock_file_per_image_target() -> None:
+    found = {p.name for p in IMAGE_LOCKS.iterdir()} if IMAGE_LOCKS.is_dir() else set()
+    expected = {image_lock(t).name for t in IMAGE_TARGETS}
+    assert found == expected, (
+        f"{IMAGE_LOCKS.relative_to(ROOT)}: has {sorted(found)}, `make lock` writes {sorted(expected)}"
+    )
+
+
+@pytest.mark.parametrize("target", IMAGE_TARGETS)
+def test_each_image_lock_is_hash_pinned_and_agrees_with_requirements_lock(target: str) -> None:
+    pins = read_lock(image_lock(target))
+    full = read_lock(REQUIREMENTS_LOCK)
+    assert pins, f"{target}: empty lock"
+    unknown = sorted(set(pins) - set(full))
+    assert not unknown, f"{target}: pins packages requirements.lock does not have: {unknown} (run `make lock`)"
+    versions = {n: (p.version, full[n].version) for n, p in pins.items() if p.version != full[n].version}
+    assert not versions, f"{target}: versions differ from requirements.lock (image, dev): {versions} (run `make lock`)"
+    hashes = sorted(n for n, p in pins.items() if p.hashes != full[n].hashes)
+    assert not hashes, f"{target}: hashes differ from requirements.lock for {hashes} (run `make lock`)"
+    workspace = sorted(set(pins) & workspace_packages())
+    assert not workspace, f"{target}: workspace packages come as wheels, not from the lock: {workspace}"
+    dev_group = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]["dev"]
+    dev = sorted(set(pins) & {canonicalize_name(Requirement(d).name) for d in dev_group})
+    assert not dev, f"{target}: the image lock carries dev tools {dev} (export it with --no-dev)"
+
+
+@pytest.mark.parametrize("target", LEAN_TARGETS)
+def test_the_lean_images_carry_no_ml_stack(target: str) -> None:
+    heavy = sorted(set(read_lock(image_lock(target))) & ML_STACK)
+    assert not heavy, f"{target}: its lock carries {heavy}, which none of its packages depends on"
+
+
+@pytest.mark.parametrize("target", IMAGE_TARGETS)
+def test_each_image_lock_has_what_its_pyprojects_name(target: str) -> None:
+    pins = read_lock(image_lock(target))
+    for pyproject, requirements in named_dependencies(target).items():
+        assert requirements or pyproject.startswith("services/"), f"{pyproject}: no third-party dependency?"
+        for requirement in requirements:
+            name = canonicalize_name(requirement.name)
+            assert name in pins, f"{target}: {pyproject} needs {requirement}, its image lock has no {name}"
+            version = pins[name].version
+            assert requirement.specifier.contains(version, prereleases=True), (
+                f"{target}: {pyproject} needs {requirement}, its image lock pins {name}=={version}"
+            )
+
+
+@pytest.mark.parametrize("target", IMAGE_TARGETS)
+def test_each_image_lock_is_closed_under_dependencies(target: str) -> None:
+    """What the pinned distributions require (read from the dev venv, which holds the same versions)
+    is pinned too: the check `uv pip check` makes at build time, without building."""
+    pins = read_lock(image_lock(target))
+    todo = [(r, extra) for rs in named_dependencies(target).values() for r in rs for extra in ("", *r.extras)]
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        requirement, extra = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        assert name in pins, f"{target}: {requirement} is required (via an image package), its lock has no {name}"
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"{name} is not installed in the dev venv: run `make venv`")
+        assert distribution.version == pins[name].version, f"{name}: the dev venv is not requirements.lock's: make venv"
+        for text in distribution.requires or []:
+            needed = Requirement(text)
+            if marker_holds(needed.marker, extra):
+                todo.extend((needed, sub) for sub in ("", *needed.extras))
 
 
 # Dockerfile.dockerignore: the context is the whole checkout, so the ignore file keeps the local
@@ -452,7 +684,7 @@ def test_the_build_context_leaves_out_local_state() -> None:
         assert ignored(path), f"{path} would be sent to the builder"
     for path in ["services/training/src/driftline_training/__pycache__/x.pyc", "libs/driftline/dist/x.whl"]:
         assert ignored(path), path
-    for path in ["requirements.lock", "schemas/topics.yaml"]:
+    for path in ["schemas/topics.yaml", *(str(image_lock(t).relative_to(ROOT)) for t in IMAGE_TARGETS)]:
         assert not ignored(path), path
     for lib in sorted((ROOT / "libs").glob("*/pyproject.toml")):
         assert not ignored(str(lib.relative_to(ROOT))), lib
@@ -661,6 +893,7 @@ def all_strings(value: Any) -> Iterator[str]:
 def infra_files() -> list[Path]:
     files = [DOCKERFILE, DOCKERIGNORE, COMPOSE, DEPLOYMENT_DOC, *sorted(K8S.rglob("*.yaml"))]
     files += sorted((ROOT / "infra" / "docker").glob("*.sh"))
+    files += sorted(IMAGE_LOCKS.glob("*.txt"))
     return files
 
 

@@ -10,8 +10,11 @@ service's schema.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -99,3 +102,12 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
 async def ping(pool: asyncpg.Pool) -> None:
     async with pool.acquire(timeout=5) as conn:
         await conn.fetchval("SELECT 1")
+
+
+def row_with_json(row: asyncpg.Record, columns: Iterable[str]) -> dict[str, Any]:
+    """``row`` as a dict, with the JSON text of ``columns`` decoded (NULL stays None)."""
+    out = dict(row)
+    for col in columns:
+        if out.get(col) is not None:
+            out[col] = json.loads(out[col])
+    return out

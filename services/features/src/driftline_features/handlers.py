@@ -331,21 +331,9 @@ class FeatureProcessor:
             features=features,
             late=late,
         )
-        row = VectorRow(
-            event_id=vector_id,
-            source_event_id=raw_id,
-            entity_id=entity_id,
-            feature_set_version=version,
-            event_time=event_time,
-            features=features,
-            late=late,
-            correlation_id=vector.correlation_id,
-            source_partition=rec.partition,
-            source_offset=rec.offset,
-        )
         return Computed(
             vector=vector,
-            row=row,
+            row=VectorRow.of(vector, source_partition=rec.partition, source_offset=rec.offset),
             late=late,
             duplicate=bool(windowed and windowed.duplicate),
             late_for=windowed.late_for if windowed else (),

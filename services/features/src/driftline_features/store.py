@@ -9,11 +9,13 @@ nothing), and into ``latest`` only where the vector is newer than the stored one
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from driftline.records import FeatureVectorComputed
 
 COLUMNS = (
     "event_id",
@@ -28,6 +30,7 @@ COLUMNS = (
     "source_offset",
 )
 _COLS = ", ".join(COLUMNS)
+_OF_SOURCE = ("source_partition", "source_offset")  # where the raw event was read; the other columns are the vector's
 
 _STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS vector_stage (
@@ -75,6 +78,13 @@ class VectorRow:
     correlation_id: str
     source_partition: int
     source_offset: int
+
+    @classmethod
+    def of(cls, vector: FeatureVectorComputed, *, source_partition: int, source_offset: int) -> VectorRow:
+        """The row that stores ``vector`` (its fields of the same name), computed from the raw event
+        at that partition and offset."""
+        of_vector = {f.name: getattr(vector, f.name) for f in fields(cls) if f.name not in _OF_SOURCE}
+        return cls(**of_vector, source_partition=source_partition, source_offset=source_offset)
 
     def record(self) -> tuple[Any, ...]:
         return (

@@ -322,16 +322,9 @@ class RegistryHandlers:
             previous = model["champion_version"]
             if previous == version:
                 raise Conflict(f"{name} v{version} is already the champion")
-            record = promotion(
-                target,
-                version=version,
-                env=envelope(self.producer_name),
-                action="promote",
-                previous_version=previous,
-                reason=reason or f"promoted by {actor}",
-                actor=actor,
+            record = await self._announce_manual(
+                conn, target, "promote", previous_version=previous, reason=reason or f"promoted by {actor}", actor=actor
             )
-            await self._announce(conn, record)
         return await self._publish(record)
 
     async def shadow(self, name: str, version: int, *, actor: str, reason: str | None) -> ActionResult:
@@ -342,16 +335,14 @@ class RegistryHandlers:
                 raise Conflict(f"{name} v{version} is the champion; a challenger must be another version")
             if model["challenger_version"] == version:
                 raise Conflict(f"{name} v{version} is already the challenger")
-            record = promotion(
+            record = await self._announce_manual(
+                conn,
                 target,
-                version=version,
-                env=envelope(self.producer_name),
-                action="shadow",
+                "shadow",
                 previous_version=model["challenger_version"],
                 reason=reason or f"shadow deployment asked by {actor}",
                 actor=actor,
             )
-            await self._announce(conn, record)
         return await self._publish(record)
 
     async def rollback(
@@ -375,16 +366,14 @@ class RegistryHandlers:
             elif to_version == current:
                 raise Conflict(f"{name} v{to_version} is already the champion")
             target = await self._target(conn, model, name, to_version)
-            record = promotion(
+            record = await self._announce_manual(
+                conn,
                 target,
-                version=to_version,
-                env=envelope(self.producer_name),
-                action="rollback",
+                "rollback",
                 previous_version=current,
                 reason=reason or f"rolled back from v{current} by {actor}",
                 actor=actor,
             )
-            await self._announce(conn, record)
         return await self._publish(record)
 
     async def _crown(self, conn: Conn, model: Any, version: int, *, retire_as: str) -> None:
@@ -411,6 +400,29 @@ class RegistryHandlers:
         """Apply a decision made now and store its event in the same transaction (outbox)."""
         await self._transition(conn, record)
         await stage(conn, topic_of(record), record.to_avro())
+
+    async def _announce_manual(
+        self,
+        conn: Conn,
+        target: RegisteredVersion,
+        action: str,
+        *,
+        previous_version: int | None,
+        reason: str,
+        actor: str,
+    ) -> ModelPromoted:
+        """An operator's ``action`` on ``target`` (promote, shadow, rollback), announced now."""
+        record = promotion(
+            target,
+            version=target.version,
+            env=envelope(self.producer_name),
+            action=action,
+            previous_version=previous_version,
+            reason=reason,
+            actor=actor,
+        )
+        await self._announce(conn, record)
+        return record
 
     async def _publish(self, record: ModelPromoted) -> ActionResult:
         """Publish now; if Kafka is down the outbox relay publishes it later."""

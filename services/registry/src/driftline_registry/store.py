@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from driftline.db import row_with_json
 from driftline.events import Event, as_utc, record_of
 from driftline.outbox import record_to_json
 from driftline.records import ModelPromoted, ModelRejected, ModelTrained
@@ -73,11 +74,7 @@ def logged_record(topic: str, stored: str) -> Decided:
 
 
 def _version(row: asyncpg.Record) -> dict[str, Any]:
-    out = dict(row)
-    for col in _VERSION_JSON:
-        if out.get(col) is not None:
-            out[col] = json.loads(out[col])
-    return out
+    return row_with_json(row, _VERSION_JSON)
 
 
 def _json_or_null(value: object) -> str | None:
@@ -85,9 +82,7 @@ def _json_or_null(value: object) -> str | None:
 
 
 def _history(row: asyncpg.Record) -> dict[str, Any]:
-    out = dict(row)
-    out["details"] = json.loads(out["details"])
-    return out
+    return row_with_json(row, ("details",))  # NOT NULL
 
 
 class RegistryStore:

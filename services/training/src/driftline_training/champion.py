@@ -10,7 +10,7 @@ refused and the run says why, so the registry cannot promote on a comparison tha
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -47,17 +47,8 @@ class Champion:
 
     @classmethod
     def from_promoted(cls, e: ModelPromoted) -> Champion:
-        return cls(
-            model_name=e.model_name,
-            version=e.version,
-            run_id=e.run_id,
-            artifact_bucket=e.artifact_bucket,
-            artifact_key=e.artifact_key,
-            artifact_sha256=e.artifact_sha256,
-            feature_names=e.feature_names,
-            metadata_key=e.metadata_key,
-            metadata_sha256=e.metadata_sha256,
-        )
+        """The champion a promotion names: its fields of the same name."""
+        return cls(**{f.name: getattr(e, f.name) for f in fields(cls)})
 
 
 @dataclass

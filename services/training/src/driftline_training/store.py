@@ -17,6 +17,7 @@ from typing import Any, cast
 import asyncpg
 
 from driftline import outbox
+from driftline.db import row_with_json
 from driftline.records import (
     FeatureVectorComputed,
     LabelRecorded,
@@ -44,11 +45,7 @@ _TRIGGER_COLUMNS = (
 
 
 def run_to_dict(row: asyncpg.Record) -> dict[str, Any]:
-    out = dict(row)
-    for col in _JSON_COLUMNS:
-        if out.get(col) is not None:
-            out[col] = json.loads(out[col])
-    return out
+    return row_with_json(row, _JSON_COLUMNS)
 
 
 def _trigger(row: asyncpg.Record) -> Trigger:

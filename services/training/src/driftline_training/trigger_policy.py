@@ -18,7 +18,7 @@ see :mod:`driftline_training.triggers`), so the policy is tested without a datab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 REQUESTED = "requested"
@@ -141,16 +141,9 @@ def decide(
 
 
 def decided(ask: Ask, decision: TriggerDecision) -> Trigger:
-    """The trigger to store for a new decision."""
+    """The trigger to store for a new decision: the ask (every field of :class:`Ask`), decided."""
     return Trigger(
-        trigger_id=ask.trigger_id,
-        kind=ask.kind,
-        model_name=ask.model_name,
-        event_time=ask.event_time,
-        source_event_id=ask.source_event_id,
-        episode_id=ask.episode_id,
-        correlation_id=ask.correlation_id,
-        since=ask.since,
+        **{f.name: getattr(ask, f.name) for f in fields(Ask)},
         decision=decision.decision,
         reason=decision.reason,
         request_id=decision.request_id,
