@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from dataclasses import replace
@@ -14,9 +13,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from driftline.artifacts import ArtifactIntegrityError, ArtifactNotFound, sha256_hex
+from driftline.artifacts import sha256_hex
 from driftline.catalog import DEPLOYMENTS_STATUS, FEATURES_VECTORS, MODELS_PROMOTED, PREDICTIONS
-from driftline.events import Envelope, Event, derived_event_id, envelope
+from driftline.events import Event, derived_event_id
 from driftline.kafka import PoisonRecord
 from driftline.records import FeatureVectorComputed, ModelPromoted, Record
 from driftline_deployment.handlers import Deployer, Scorer
@@ -24,6 +23,7 @@ from driftline_deployment.loader import ProcessLoader
 from driftline_deployment.policy import CHALLENGER, CHAMPION, plan_from_history
 from driftline_deployment.slots import ModelSlots
 from driftline_ml.models import to_matrix
+from tests.fakes import FakeArtifactStore, FakeProducer
 from tests.unit.deployment import synthetic
 from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
 
@@ -31,47 +31,6 @@ from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
 @cache
 def model(seed: int) -> TrainedModel:
     return synthetic.train(seed=seed, n=600, max_iter=10)
-
-
-class FakeStore:
-    bucket = "b"
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put(self, key: str, data: bytes) -> dict[str, str]:
-        self.objects[key] = data
-        return {"key": key, "sha256": sha256_hex(data)}
-
-    async def get(self, key: str, sha256: str) -> bytes:
-        if key not in self.objects:
-            raise ArtifactNotFound(key)
-        data = self.objects[key]
-        if sha256_hex(data) != sha256:
-            raise ArtifactIntegrityError(f"{key} has SHA-256 {sha256_hex(data)}, expected {sha256}")
-        return data
-
-    async def get_json(self, key: str, sha256: str) -> Any:
-        return json.loads(await self.get(key, sha256))
-
-
-class FakeProducer:
-    name = "deployment"
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Record]] = []
-
-    def envelope(self, **kwargs: Any) -> Envelope:
-        return envelope(self.name, **kwargs)
-
-    async def send(self, topic: str, record: Record) -> None:
-        self.sent.append((topic, record))
-
-    async def publish(self, topic: str, record: Record) -> None:
-        self.sent.append((topic, record))
-
-    def on(self, topic: str) -> list[Any]:
-        return [r for t, r in self.sent if t == topic]
 
 
 def event(topic: str, record: Record, offset: int) -> Event[Any]:
@@ -84,24 +43,24 @@ def replay(history: list[ModelPromoted]) -> list[Event[ModelPromoted]]:
 
 
 def promoted(
-    store: FakeStore, m: TrainedModel, version: int, action: str = "promote", tamper: bool = False
+    store: FakeArtifactStore, m: TrainedModel, version: int, action: str = "promote", tamper: bool = False
 ) -> ModelPromoted:
     base = f"models/{MODEL_NAME}/{m.run_id}"
-    art = store.put(f"{base}/model.skops", m.artifact)
-    meta = store.put(f"{base}/metadata.json", json.dumps(m.metadata).encode())
+    art = store.add(f"{base}/model.skops", m.artifact)
+    meta = store.add_json(f"{base}/metadata.json", m.metadata)
     if tamper:
-        store.objects[art["key"]] = m.artifact[:-1] + b"!"
+        store.objects[art.key] = m.artifact[:-1] + b"!"
     refs = {
-        "artifact_bucket": "b",
-        "artifact_key": art["key"],
-        "artifact_sha256": art["sha256"],
-        "metadata_key": meta["key"],
-        "metadata_sha256": meta["sha256"],
+        "artifact_bucket": store.bucket,
+        "artifact_key": art.key,
+        "artifact_sha256": art.sha256,
+        "metadata_key": meta.key,
+        "metadata_sha256": meta.sha256,
     }
     return ModelPromoted.from_avro(synthetic.promotion(m, refs, version, action=action))
 
 
-def deployer(store: FakeStore, producer: FakeProducer, slots: ModelSlots, **kw: Any) -> Deployer:
+def deployer(store: FakeArtifactStore, producer: FakeProducer, slots: ModelSlots, **kw: Any) -> Deployer:
     return Deployer(
         slots=slots,
         producer=producer,  # type: ignore[arg-type]
@@ -113,7 +72,7 @@ def deployer(store: FakeStore, producer: FakeProducer, slots: ModelSlots, **kw: 
 
 
 async def test_a_promotion_loads_swaps_and_reports_with_the_promotion_as_cause() -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots)
     event = promoted(store, model(1), 1)
     assert await d.apply(event)
@@ -130,7 +89,7 @@ async def test_a_promotion_loads_swaps_and_reports_with_the_promotion_as_cause()
 
 @pytest.mark.parametrize("failure", ["tampered", "missing", "not_a_model", "unknown_action"])
 async def test_a_model_that_fails_to_load_never_replaces_the_working_one(failure: str) -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots)
     await d.apply(promoted(store, model(1), 1))
     bad = promoted(store, model(2), 2, tamper=failure == "tampered")
@@ -149,7 +108,7 @@ async def test_a_model_that_fails_to_load_never_replaces_the_working_one(failure
 
 
 async def test_shadow_loads_a_challenger_which_leaves_its_slot_when_promoted_and_rollback_is_reported() -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots)
     await d.apply(promoted(store, model(1), 1))
     await d.apply(promoted(store, model(2), 2, action="shadow"))
@@ -173,14 +132,14 @@ async def test_shadow_loads_a_challenger_which_leaves_its_slot_when_promoted_and
 
 
 async def test_shadow_can_be_switched_off() -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots, shadow=False)
     assert not await d.apply(promoted(store, model(2), 2, action="shadow"))
     assert slots.challenger(MODEL_NAME) is None and not producer.sent
 
 
 def test_the_startup_plan_keeps_the_latest_champion_first_and_the_live_challenger() -> None:
-    store = FakeStore()
+    store = FakeArtifactStore()
     history = [
         promoted(store, model(1), 1),
         promoted(store, model(2), 2, action="shadow"),
@@ -203,7 +162,7 @@ def test_the_startup_plan_keeps_the_latest_champion_first_and_the_live_challenge
 
 
 async def test_startup_falls_back_to_the_previous_champion_when_the_latest_does_not_load() -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots)
     await d.on_replayed(replay([promoted(store, model(1), 1), promoted(store, model(2), 2, tamper=True)]))
     assert d.replayed and slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]
@@ -216,7 +175,7 @@ def vector_event(row: dict[str, Any], i: int) -> Event[FeatureVectorComputed]:
 
 
 async def test_a_batch_is_scored_by_the_champion_and_the_challenger_in_shadow() -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots)
     await d.apply(promoted(store, model(1), 1))
     await d.apply(promoted(store, model(2), 2, action="shadow"))
@@ -243,7 +202,7 @@ async def test_vectors_are_not_scored_without_a_model_and_a_bad_vector_is_poison
     row = synthetic.generate(1, seed=3)[0][0]
     await scorer.score_batch([vector_event(row, 0)])
     assert not producer.sent
-    store = FakeStore()
+    store = FakeArtifactStore()
     await deployer(store, producer, slots).apply(promoted(store, model(1), 1))
     bad = vector_event({**row, "age": "old"}, 1)
     with pytest.raises(ValueError, match="age"):
@@ -255,7 +214,7 @@ async def test_vectors_are_not_scored_without_a_model_and_a_bad_vector_is_poison
 
 @pytest.mark.parametrize("action", ["promote", "rollback"])
 async def test_a_new_champion_clears_the_challenger_it_supersedes_live_and_at_start_up(action: str) -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots)
     history = [promoted(store, model(1), 1), promoted(store, model(2), 2, action="shadow")]
     for event in history:
@@ -281,7 +240,7 @@ async def test_a_new_champion_clears_the_challenger_it_supersedes_live_and_at_st
 
 
 async def test_a_champion_that_fails_to_load_leaves_the_challenger_live_and_at_start_up() -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots)
     history = [
         promoted(store, model(1), 1),
@@ -307,7 +266,7 @@ class BrokenEstimator:
 
 
 async def test_a_failing_challenger_never_affects_the_champions_predictions() -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     d = deployer(store, producer, slots)
     await d.apply(promoted(store, model(1), 1))
     await d.apply(promoted(store, model(2), 2, action="shadow"))
@@ -329,7 +288,7 @@ async def test_a_failing_challenger_never_affects_the_champions_predictions() ->
 
 
 async def test_the_process_loader_loads_in_a_child_and_reports_its_errors() -> None:
-    store, producer, slots = FakeStore(), FakeProducer(), ModelSlots()
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
     loader = ProcessLoader()
     try:
         d = deployer(store, producer, slots, loader=loader)

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from driftline.catalog import EVENTS_DLQ, FEATURES_VECTORS, default_catalog
-from driftline.events import Envelope, derived_event_id, envelope
-from driftline.kafka import Outgoing, TransientError, to_wire
+from driftline.catalog import EVENTS_RAW
+from driftline.events import derived_event_id, envelope
+from driftline.kafka import TransientError
 from driftline.project import load_project
 from driftline.records import FeatureVectorComputed, RawEvent
-from driftline.serde import DecodeError
 from driftline_features.handlers import FeatureProcessor, SourceRecord
 from driftline_features.store import VectorRow
 from driftline_ml.featuredefs import FeatureSet
+from tests.fakes import FakeProducer, JsonSerde
 
 PROJECT = load_project()
-CATALOG = default_catalog()
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 
 
@@ -48,55 +45,11 @@ def raw_event(entity: str, minute: int, loan: float, **overrides: Any) -> RawEve
     return replace(raw, **overrides)
 
 
-class FakeDecoder:
-    """Records are JSON of the decoded value (with the time as epoch ms); b"bad" does not decode.
-    Like the real serde, it returns the decoded dict (the processor makes the RawEvent)."""
-
-    async def decode(self, data: bytes | None, topic: str | None = None) -> tuple[dict[str, Any], int]:
-        if not data or data == b"bad":
-            raise DecodeError("unknown magic byte")
-        value = json.loads(data)
-        value["event_time"] = datetime.fromtimestamp(value["event_time"] / 1000, UTC)
-        value["produced_at"] = datetime.fromtimestamp(value["produced_at"] / 1000, UTC)
-        return value, 1
+SERDE = JsonSerde()  # the processor's decoder: JSON instead of Avro
 
 
 def encode(value: RawEvent | dict[str, Any]) -> bytes:
-    v = value.to_avro() if isinstance(value, RawEvent) else dict(value)
-    v["event_time"] = int(v["event_time"].timestamp() * 1000)
-    v["produced_at"] = int(v["produced_at"].timestamp() * 1000)
-    return json.dumps(v).encode()
-
-
-class FakeProducer:
-    """Keeps what is sent; like the real producer, refuses a record that is not its topic's type."""
-
-    name = "features"
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Outgoing]] = []
-
-    def envelope(self, **kwargs: Any) -> Envelope:
-        return envelope(self.name, **kwargs)
-
-    async def send(self, topic: str, record: Outgoing, *, key: bytes | None = None) -> asyncio.Future[Any]:
-        to_wire(CATALOG[topic], record)  # TypeError for a record of another topic
-        self.sent.append((topic, record))
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
-
-    async def dead_letter(self, **kwargs: Any) -> asyncio.Future[Any]:
-        return await self.send(EVENTS_DLQ, {"source": kwargs["source"], **kwargs})
-
-    def vectors(self) -> list[FeatureVectorComputed]:
-        out = [r for t, r in self.sent if t == FEATURES_VECTORS]
-        assert all(isinstance(r, FeatureVectorComputed) for r in out)
-        return out  # type: ignore[return-value]
-
-    def dead_letters(self) -> list[dict[str, Any]]:
-        """The keyword arguments of each ``dead_letter`` call."""
-        return [r for t, r in self.sent if t == EVENTS_DLQ and isinstance(r, dict)]
+    return SERDE.encode(EVENTS_RAW, value.to_avro() if isinstance(value, RawEvent) else value)
 
 
 class FakeStore:
@@ -137,7 +90,7 @@ def processor(
     return FeatureProcessor(
         project=PROJECT,
         features=FeatureSet(PROJECT.features, keep_last=keep_last),
-        decoder=FakeDecoder(),
+        decoder=SERDE,
         producer=producer or FakeProducer(),
         store=store or FakeStore(),
         group="t.features",
@@ -160,7 +113,7 @@ async def test_vector_follows_the_contract() -> None:
     producer, store, states = FakeProducer(), FakeStore(), DictStates()
     raw = raw_event("c1", 5, 1000.0)
     await processor(store, producer).handle(records(encode(raw)), states)
-    (vector,) = producer.vectors()
+    (vector,) = producer.records(FeatureVectorComputed)
     assert vector.event_id == derived_event_id(raw.event_id, "1")
     assert vector.source_event_id == raw.event_id
     assert vector.correlation_id == raw.correlation_id
@@ -181,7 +134,7 @@ async def test_a_redelivered_event_is_reemitted_with_the_same_values_and_not_cou
     a, b = raw_event("c1", 5, 100.0), raw_event("c1", 10, 300.0)
     await p.handle(records(encode(a), encode(b)), states)
     await p.handle(records(encode(a), encode(raw_event("c1", 20, 500.0)), start=2), states)
-    vectors = producer.vectors()
+    vectors = producer.records(FeatureVectorComputed)
     assert vectors[2].event_id == vectors[0].event_id
     assert vectors[2].features == vectors[0].features
     assert vectors[3].features["applications_1h"] == 3.0  # a, b and itself: a once
@@ -194,7 +147,7 @@ async def test_late_events_are_flagged_and_do_not_update_windows() -> None:
     await p.handle(records(*(encode(raw_event("c1", m, 100.0)) for m in (0, 50))), states)
     await p.handle(records(encode(raw_event("c1", 40, 999.0)), start=2), states)  # 40 < 50 - 5: late
     await p.handle(records(encode(raw_event("c1", 55, 100.0)), start=3), states)
-    late, after = producer.vectors()[2:]
+    late, after = producer.records(FeatureVectorComputed)[2:]
     assert late.late is True
     assert late.features["loan_mean_1h"] == 100.0  # the window as it stood at 10:40, without itself
     assert after.features["loan_mean_1h"] == 100.0 and after.features["applications_1h"] == 3.0
@@ -206,11 +159,11 @@ async def test_poison_records_go_to_the_dlq_and_the_rest_is_processed() -> None:
     await processor(store, producer).handle(
         records(b"bad", encode(other), encode(raw_event("c1", 1, 1.0))), DictStates()
     )
-    dead = producer.dead_letters()
+    dead = producer.dead
     assert [d["error_type"] for d in dead] == ["decode_error", "unknown_event_type"]
     assert dead[0]["original"] == b"bad" and dead[0]["record"].offset == 0
     assert dead[1]["correlation_id"] == other.correlation_id
-    assert len(producer.vectors()) == 1 and len(store.rows) == 1
+    assert len(producer.records(FeatureVectorComputed)) == 1 and len(store.rows) == 1
 
 
 async def test_a_record_that_does_not_fit_raw_event_is_undecodable() -> None:
@@ -218,9 +171,9 @@ async def test_a_record_that_does_not_fit_raw_event_is_undecodable() -> None:
     value = raw_event("c1", 1, 1.0).to_avro()
     del value["entity_id"]
     await processor(producer=producer).handle(records(encode(value), encode(raw_event("c1", 2, 1.0))), DictStates())
-    (dead,) = producer.dead_letters()
+    (dead,) = producer.dead
     assert dead["error_type"] == "decode_error" and "entity_id" in dead["reason"] and dead["record"].offset == 0
-    assert len(producer.vectors()) == 1
+    assert len(producer.records(FeatureVectorComputed)) == 1
 
 
 async def test_an_outage_retries_the_batch_without_double_counting() -> None:
@@ -233,7 +186,7 @@ async def test_an_outage_retries_the_batch_without_double_counting() -> None:
     assert [r.features["loan_mean_1h"] for r in stored] == [100.0, 150.0, 200.0]
     # Every attempt emitted the same vectors (downstream upserts them by event_id).
     by_id: dict[str, list[dict[str, Any]]] = {}
-    for v in producer.vectors():
+    for v in producer.records(FeatureVectorComputed):
         by_id.setdefault(v.event_id, []).append(v.features)
     assert len(by_id) == 3 and all(len(v) == 3 and v[0] == v[1] == v[2] for v in by_id.values())
 
@@ -257,9 +210,9 @@ async def test_a_record_that_keeps_failing_is_isolated_and_dead_lettered() -> No
 
     fs.row = row  # type: ignore[method-assign]
     await p.handle(records(*(encode(raw_event("c1", m, float(m + 12))) for m in range(3))), DictStates())
-    (dead,) = producer.dead_letters()
+    (dead,) = producer.dead
     assert dead["error_type"] == "handler_error" and dead["record"].offset == 1
-    vectors = {v.event_id: v for v in producer.vectors()}
+    vectors = {v.event_id: v for v in producer.records(FeatureVectorComputed)}
     assert len(vectors) == 2
 
 
@@ -270,7 +223,7 @@ async def test_a_redelivery_the_state_forgot_gets_the_stored_vector_again() -> N
     await p.handle(records(encode(old), encode(raw_event("c1", 10, 300.0))), states)
     await p.handle(records(encode(raw_event("c1", 300, 50.0)), start=2), states)  # hours later: "old" forgotten
     await p.handle(records(encode(old), start=3), states)
-    first, *_, again = producer.vectors()
+    first, *_, again = producer.records(FeatureVectorComputed)
     assert again.event_id == first.event_id
     assert again.features == first.features and again.late is False
     assert len(store.rows) == 3

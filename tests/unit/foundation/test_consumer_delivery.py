@@ -18,33 +18,13 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from driftline import kafka
-from driftline.catalog import EVENTS_DLQ, LABELS, default_catalog
+from driftline.catalog import EVENTS_DLQ, LABELS
 from driftline.events import Event, envelope
 from driftline.kafka import ConsumerRunner, EventProducer, PoisonRecord, collect_deliveries
 from driftline.serde import DecodeError
+from tests.fakes import JsonSerde
 
 TP = TopicPartition(LABELS, 0)
-
-
-class FakeSerde:
-    """JSON instead of Avro, no registry."""
-
-    topic_prefix = ""
-
-    async def prepare(self, *topics: str) -> None:
-        return None
-
-    def topic(self, name: str) -> Any:
-        return default_catalog()[name]
-
-    def topic_or_none(self, name: str) -> Any:
-        return default_catalog().get(name)
-
-    def encode(self, topic: str, record: dict[str, Any]) -> bytes:
-        return orjson.dumps(record, default=str)
-
-    async def decode(self, value: bytes | None, topic: str) -> tuple[dict[str, Any], int]:
-        return orjson.loads(value or b"{}"), 1
 
 
 class FakeKafkaProducer:
@@ -108,7 +88,7 @@ class FakeConsumer:
 
 
 def consumer_record(offset: int, value: dict[str, Any]) -> ConsumerRecord[bytes, bytes]:
-    data = orjson.dumps(value)
+    data = JsonSerde().encode(LABELS, value)
     return ConsumerRecord(LABELS, 0, offset, 0, 0, b"k", data, None, 1, len(data), [])
 
 
@@ -127,7 +107,7 @@ def _producer(
 ) -> tuple[EventProducer, FakeKafkaProducer]:
     fake = FakeKafkaProducer(fail)
     monkeypatch.setattr(kafka, "AIOKafkaProducer", lambda **_: fake)
-    serde: Any = FakeSerde()
+    serde: Any = JsonSerde()
     return EventProducer("127.0.0.1:1", serde, "test"), fake
 
 
@@ -140,7 +120,7 @@ async def _runner(
     producer, fake_producer = _producer(monkeypatch, fail)
     consumer = FakeConsumer(records)
     monkeypatch.setattr(kafka, "AIOKafkaConsumer", lambda *_, **__: consumer)
-    serde: Any = FakeSerde()
+    serde: Any = JsonSerde()
     runner = ConsumerRunner(
         group_id="delivery-test",
         topics=[LABELS],
@@ -222,7 +202,7 @@ async def test_an_undelivered_dead_letter_is_not_committed_and_is_written_again(
 async def test_a_decode_failure_whose_dead_letter_is_undelivered_is_not_committed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class BadSerde(FakeSerde):
+    class BadSerde(JsonSerde):
         async def decode(self, value: bytes | None, topic: str) -> tuple[dict[str, Any], int]:
             raise DecodeError("not avro")
 

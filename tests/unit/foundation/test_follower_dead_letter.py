@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 
 from driftline.follow import TopicFollower
-from driftline.serde import DecodeError
-
-
-class UndecodableSerde:
-    topic_prefix = "t."
-
-    async def decode(self, value: bytes | None, topic: str) -> Any:
-        raise DecodeError("magic byte 7, not 0")
-
-
-class FlakyDlqProducer:
-    """The first dead letter is enqueued but never acknowledged (delivery timeout)."""
-
-    def __init__(self) -> None:
-        self.enqueued: list[dict[str, Any]] = []
-
-    async def dead_letter(self, **kwargs: Any) -> asyncio.Future[Any]:
-        self.enqueued.append(kwargs)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if len(self.enqueued) == 1:
-            fut.set_exception(KafkaTimeoutError("delivery timed out"))
-        else:
-            fut.set_result(None)
-        return fut
+from tests.fakes import FakeProducer, JsonSerde
 
 
 def record() -> ConsumerRecord[bytes, bytes]:
@@ -43,7 +19,8 @@ def record() -> ConsumerRecord[bytes, bytes]:
 
 
 async def test_an_unacknowledged_dead_letter_is_sent_again() -> None:
-    producer = FlakyDlqProducer()
+    # The first dead letter is enqueued but never acknowledged (delivery timeout).
+    producer = FakeProducer(failures=1, error=lambda: KafkaTimeoutError("delivery timed out"))
 
     async def nothing(*_: Any) -> None:
         return None
@@ -52,26 +29,26 @@ async def test_an_unacknowledged_dead_letter_is_sent_again() -> None:
         name="unit",
         topics=["models.promoted"],
         bootstrap_servers="127.0.0.1:1",
-        serde=UndecodableSerde(),  # type: ignore[arg-type]
+        serde=JsonSerde(topic_prefix="t."),  # type: ignore[arg-type]
         producer=producer,  # type: ignore[arg-type]
         on_replayed=nothing,
         on_event=nothing,
     )
     assert await follower._decode(record(), live=True) is None
-    assert len(producer.enqueued) == 2, "the dead letter whose delivery failed was not sent again"
-    assert producer.enqueued[-1]["original"] == b"\x07garbage"
-    assert producer.enqueued[-1]["error_type"] == "decode_error"
+    assert len(producer.dead) == 2, "the dead letter whose delivery failed was not sent again"
+    assert producer.dead[-1]["original"] == b"\x07garbage"
+    assert producer.dead[-1]["error_type"] == "decode_error"
 
 
 async def test_a_replayed_undecodable_record_is_skipped_without_a_dead_letter() -> None:
-    producer = FlakyDlqProducer()
+    producer = FakeProducer()
 
     async def nothing(*_: Any) -> None:
         return None
 
     follower = TopicFollower(
         name="unit", topics=["models.promoted"], bootstrap_servers="127.0.0.1:1",
-        serde=UndecodableSerde(), producer=producer, on_replayed=nothing, on_event=nothing,  # type: ignore[arg-type]
+        serde=JsonSerde(topic_prefix="t."), producer=producer, on_replayed=nothing, on_event=nothing,  # type: ignore[arg-type]
     )  # fmt: skip
     assert await follower._decode(record(), live=False) is None
-    assert producer.enqueued == []
+    assert producer.dead == []

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftline_ingestion.config import IngestionSettings
-from tests.unit.ingestion.fakes import LOAN, FakeProducer, in_process_app, loan_event
+from tests.fakes import FakeProducer
+from tests.unit.ingestion.fakes import LOAN, in_process_app, loan_event
 
 TOKEN = "unit-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

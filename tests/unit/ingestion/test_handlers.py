@@ -13,7 +13,8 @@ from driftline.project import load_project
 from driftline.validation import Validator
 from driftline_ingestion.handlers import IngestHandler, body_too_large
 from driftline_ingestion.store import IdempotencyKeys
-from tests.unit.ingestion.fakes import FakeProducer, loan_event
+from tests.fakes import FakeProducer
+from tests.unit.ingestion.fakes import loan_event
 
 VALIDATOR = Validator.from_project(load_project())
 

@@ -12,7 +12,8 @@ import pytest
 
 from driftline_ingestion.config import IngestionSettings
 from driftline_sdk import HttpTransport, Publisher, PublishError
-from tests.unit.ingestion.fakes import LOAN, FakeProducer, in_process_app, loan_event
+from tests.fakes import FakeProducer
+from tests.unit.ingestion.fakes import LOAN, in_process_app, loan_event
 
 
 @asynccontextmanager

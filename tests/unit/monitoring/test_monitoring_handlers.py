@@ -4,7 +4,6 @@ a concept change raises a performance-drift event, and episodes publish once."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
@@ -12,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
-from driftline.events import Envelope, Event, envelope
+from driftline.catalog import DEPLOYMENTS_STATUS, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.events import Event, envelope
 from driftline.project import DriftPolicy, load_project
 from driftline.records import (
     DeploymentStatusChanged,
@@ -29,6 +28,7 @@ from driftline_monitoring.drift import PerformanceTracker
 from driftline_monitoring.episodes import Episodes, WindowSummary
 from driftline_monitoring.handlers import Monitoring, in_offset_order
 from driftline_monitoring.store import OpenReport
+from tests.fakes import FakeArtifactStore, FakeProducer
 from tests.unit.deployment import synthetic
 from tests.unit.deployment.synthetic import MODEL_NAME, TrainedModel
 
@@ -85,31 +85,6 @@ class FakeStore:
         return sorted({r["record"].model_name for r in self.reports.values()})
 
 
-class FakeProducer:
-    name = "monitoring"
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, Record]] = []
-
-    def envelope(self, **kwargs: Any) -> Envelope:
-        return envelope(self.name, **kwargs)
-
-    async def publish(self, topic: str, record: Record) -> None:
-        self.published.append((topic, record))
-
-    @property
-    def drifts(self) -> list[DriftDetected]:
-        return [r for t, r in self.published if t == DRIFT_DETECTED and isinstance(r, DriftDetected)]
-
-
-class FakeArtifacts:
-    def __init__(self, docs: dict[str, Any]) -> None:
-        self.docs = docs
-
-    async def get_json(self, key: str, sha256: str) -> Any:
-        return json.loads(json.dumps(self.docs[key]))
-
-
 TOPICS: dict[type[Record], str] = {
     FeatureVectorComputed: FEATURES_VECTORS,
     PredictionMade: PREDICTIONS,
@@ -124,18 +99,18 @@ def ev(record: Record, offset: int = 0) -> Event[Any]:
     return Event(TOPICS[type(record)], 0, offset, None, record.to_avro(), b"", 1, 0, record=record)
 
 
-ARTIFACTS = FakeArtifacts({})  # metadata documents by key, shared by every Monitoring of a test
+ARTIFACTS = FakeArtifactStore()  # metadata documents by key, shared by every Monitoring of a test
 
 
 def promotion(m: TrainedModel, version: int, action: str = "promote") -> ModelPromoted:
     """A models.promoted record of ``m`` as ``version``, its metadata document in ARTIFACTS."""
-    ARTIFACTS.docs[f"meta-{version}"] = m.metadata
+    meta = ARTIFACTS.add_json(f"meta-{version}", m.metadata)
     refs = {
-        "artifact_bucket": "b",
+        "artifact_bucket": ARTIFACTS.bucket,
         "artifact_key": "a",
         "artifact_sha256": "x",
-        "metadata_key": f"meta-{version}",
-        "metadata_sha256": "y",
+        "metadata_key": meta.key,
+        "metadata_sha256": meta.sha256,
     }
     return ModelPromoted.from_avro(synthetic.promotion(m, refs, version, action=action))
 
@@ -192,7 +167,7 @@ async def stream(
 ) -> int | None:
     """Feed vectors, champion predictions and labels; the index of the first drift event, if any."""
     producer = producer_of(mon)
-    before = len(producer.drifts)
+    before = len(producer.records(DriftDetected))
     first = None
     scores = m.scores(rows)
     for i, row in enumerate(rows):
@@ -204,7 +179,7 @@ async def stream(
         if labels is not None:
             batch.append(LabelRecorded.from_avro(synthetic.label(vec, labels[i])))
         await consume(mon, *batch)
-        if first is None and len(producer.drifts) > before:
+        if first is None and len(producer.records(DriftDetected)) > before:
             first = i
     return first
 
@@ -214,7 +189,7 @@ async def test_a_stationary_stream_raises_no_drift(seed: int) -> None:
     mon, producer, store = await monitoring_of(model())
     rows, labels = synthetic.generate(3000, seed)
     assert await stream(mon, model(), rows, labels) is None
-    assert producer.drifts == []
+    assert producer.records(DriftDetected) == []
     assert len(store.summaries) == (3000 - POLICY.min_window) // POLICY.check_every + 1
     last = store.summaries[-1]
     assert set(last.features) == set(synthetic.FEATURES) and not last.drifted
@@ -229,7 +204,7 @@ async def test_a_covariate_shift_raises_one_input_drift_event_naming_the_feature
     shifted, shifted_labels = synthetic.generate(1500, 22, salary_scale=1.6)
     delay = await stream(mon, model(), shifted, shifted_labels, start=1500)
     assert delay is not None and delay < POLICY.window
-    (drift,) = producer.drifts  # one episode, one event, although every later check drifts too
+    (drift,) = producer.records(DriftDetected)  # one episode, one event, although every later check drifts too
     assert drift.kind == "input" and "salary" in drift.features
     assert {"age", "car", "elevel", "zipcode", "loan", "hyears", "hvalue"}.isdisjoint(drift.features)
     assert drift.correlation_id == drift.event_id and drift.causation_id is None
@@ -249,7 +224,7 @@ async def test_a_concept_change_raises_a_performance_drift_event() -> None:
     rows, labels = synthetic.generate(1500, 32, concept="b")  # same inputs, new labelling
     delay = await stream(mon, model(), rows, labels, start=1200)
     assert delay is not None
-    (drift,) = producer.drifts
+    (drift,) = producer.records(DriftDetected)
     assert drift.kind == "performance" and drift.features == ()
     assert drift.method in ("accuracy_drop", "page_hinkley")
     assert {e.method for e in drift.evidence} == {"accuracy_drop", "page_hinkley"}
@@ -261,13 +236,13 @@ async def test_an_episode_resolves_after_clean_checks_and_a_new_drift_opens_a_ne
     mon, producer, store = await monitoring_of(model())
     await stream(mon, model(), *synthetic.generate(600, 41))
     await stream(mon, model(), *synthetic.generate(900, 42, salary_scale=1.6), start=600)
-    assert len(producer.drifts) == 1
-    episode = producer.drifts[0].episode_id
+    assert len(producer.records(DriftDetected)) == 1
+    episode = producer.records(DriftDetected)[0].episode_id
     # Back to normal: once the window holds normal data again, three clean checks resolve it.
     await stream(mon, model(), *synthetic.generate(1200, 43), start=1500)
-    assert store.reports[episode]["resolved"] == "back_to_normal" and len(producer.drifts) == 1
+    assert store.reports[episode]["resolved"] == "back_to_normal" and len(producer.records(DriftDetected)) == 1
     await stream(mon, model(), *synthetic.generate(900, 44, salary_scale=0.5), start=2700)
-    assert len(producer.drifts) == 2 and producer.drifts[1].episode_id != episode
+    assert len(producer.records(DriftDetected)) == 2 and producer.records(DriftDetected)[1].episode_id != episode
 
 
 @pytest.mark.parametrize("evidence", ["prediction", "deployment_status"])
@@ -275,7 +250,7 @@ async def test_a_new_champion_seen_serving_resets_the_windows_and_closes_the_epi
     mon, producer, store = await monitoring_of(model())
     await stream(mon, model(), *synthetic.generate(600, 51))
     await stream(mon, model(), *synthetic.generate(700, 52, salary_scale=1.6), start=600)
-    (first,) = producer.drifts
+    (first,) = producer.records(DriftDetected)
     v2 = promotion(model(2), 2)
     await mon.on_promoted(v2)
     # Announced, not yet serving: the monitor and the episode stay.
@@ -302,7 +277,7 @@ async def test_a_refused_promotion_leaves_the_monitor_and_its_episode_as_they_ar
     mon, producer, store = await monitoring_of(model(), history=[v1, deployment_status(v1, "loaded")])
     await stream(mon, model(), *synthetic.generate(600, 81))
     await stream(mon, model(), *synthetic.generate(700, 82, salary_scale=1.6), start=600)
-    (drift,) = producer.drifts
+    (drift,) = producer.records(DriftDetected)
     monitor = mon.monitors[MODEL_NAME]
     # v2 is promoted, but deployment refuses it (say its artifact fails the digest): v1 serves on.
     v2 = promotion(model(2), 2)
@@ -323,7 +298,7 @@ async def test_a_refused_promotion_leaves_the_monitor_and_its_episode_as_they_ar
     scores, seen = len(monitor.scores), monitor.records_seen
     await stream(mon, model(), *synthetic.generate(300, 83, salary_scale=1.6), start=1300)
     assert len(monitor.scores) == min(POLICY.window, scores + 300) and monitor.records_seen == seen + 300
-    assert monitor.performance.total > 0 and producer.drifts == ([] if restart else [drift])
+    assert monitor.performance.total > 0 and producer.records(DriftDetected) == ([] if restart else [drift])
     assert store.reports[drift.episode_id]["resolved"] is None
 
 
@@ -361,7 +336,7 @@ async def test_an_open_performance_episode_costs_o_features_per_label(monkeypatc
     await stream(mon, model(), *synthetic.generate(1200, 31))
     rows, labels = synthetic.generate(1500, 32, concept="b")
     await stream(mon, model(), rows, labels, start=1200)
-    (drift,) = producer.drifts
+    (drift,) = producer.records(DriftDetected)
     assert drift.kind == "performance" and drift.onset is not None
     drifted_labels = mon.monitors[MODEL_NAME].performance.total  # most of the 1500 labels after the change
     assert onsets == 1  # the onset of the one published detection, not one per label while drifted
@@ -398,11 +373,11 @@ async def test_a_restart_resends_an_unpublished_report_and_restores_the_open_epi
     mon, producer, store = await monitoring_of(model())
     await stream(mon, model(), *synthetic.generate(600, 71))
     await stream(mon, model(), *synthetic.generate(700, 72, salary_scale=1.6), start=600)
-    (drift,) = producer.drifts
+    (drift,) = producer.records(DriftDetected)
     store.reports[drift.episode_id]["published"] = False  # as if the process died before the ack
     restarted, producer2, _ = await monitoring_of(model(), store=store)
-    (resent,) = producer2.drifts
+    (resent,) = producer2.records(DriftDetected)
     assert resent.event_id == drift.event_id  # same id: consumers see one event
     assert restarted.monitors[MODEL_NAME].episode is not None
     await stream(restarted, model(), *synthetic.generate(700, 73, salary_scale=1.6), start=1300)
-    assert len(producer2.drifts) == 1  # the episode goes on: no new event
+    assert len(producer2.records(DriftDetected)) == 1  # the episode goes on: no new event

@@ -35,6 +35,7 @@ Token = Annotated[
         show_default=False,
     ),
 ]
+ModelName = Annotated[str, typer.Argument(help="Model name.")]
 Reason = Annotated[str | None, typer.Option("--reason", "-r", help="Why; recorded in the history and the event.")]
 
 
@@ -98,7 +99,7 @@ def list_models(url: RegistryUrl = DEFAULT_REGISTRY_URL) -> None:
 
 @models_app.command("versions")
 def versions(
-    name: Annotated[str, typer.Argument(help="Model name.")],
+    name: ModelName,
     stage: Annotated[str | None, typer.Option(help="Only this stage (champion, rejected, archived…).")] = None,
     url: RegistryUrl = DEFAULT_REGISTRY_URL,
 ) -> None:
@@ -125,7 +126,7 @@ def versions(
 
 @models_app.command("history")
 def history(
-    name: Annotated[str, typer.Argument(help="Model name.")],
+    name: ModelName,
     limit: Annotated[int, typer.Option(help="Most recent entries to show.")] = 50,
     url: RegistryUrl = DEFAULT_REGISTRY_URL,
 ) -> None:
@@ -161,33 +162,41 @@ def _version_action(action: str, name: str, version: int, reason: str | None, ur
     _print_action(_call("POST", path, token=token, json=body, ok=(200, 202)))
 
 
-@models_app.command("promote")
-def promote(
-    name: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version to make champion.")],
-    reason: Reason = None,
-    url: RegistryUrl = DEFAULT_REGISTRY_URL,
-    token: Token = LOCAL_API_TOKEN,
-) -> None:
-    """Make a version the champion now (models.promoted; deployment hot-swaps it)."""
-    _version_action("promote", name, version, reason, url, token)
+def _version_command(action: str, version_help: str, doc: str) -> None:
+    """Register ``models <action> NAME VERSION``, which posts the action on that version."""
+
+    def command(
+        name: ModelName,
+        version: int,
+        reason: Reason = None,
+        url: RegistryUrl = DEFAULT_REGISTRY_URL,
+        token: Token = LOCAL_API_TOKEN,
+    ) -> None:
+        _version_action(action, name, version, reason, url, token)
+
+    # The version's help is the action's; this module's annotations are strings, so it is set here.
+    command.__annotations__["version"] = Annotated[int, typer.Argument(help=version_help)]
+    models_app.command(action, help=doc)(command)
 
 
-@models_app.command("shadow")
-def shadow(
-    name: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version to deploy as challenger.")],
-    reason: Reason = None,
-    url: RegistryUrl = DEFAULT_REGISTRY_URL,
-    token: Token = LOCAL_API_TOKEN,
-) -> None:
-    """Deploy a version as the challenger: scored in shadow next to the champion, never served."""
-    _version_action("shadow", name, version, reason, url, token)
+for _action, _version_help, _doc in (
+    (
+        "promote",
+        "Version to make champion.",
+        "Make a version the champion now (models.promoted; deployment hot-swaps it).",
+    ),
+    (
+        "shadow",
+        "Version to deploy as challenger.",
+        "Deploy a version as the challenger: scored in shadow next to the champion, never served.",
+    ),
+):
+    _version_command(_action, _version_help, _doc)
 
 
 @models_app.command("rollback")
 def rollback(
-    name: Annotated[str, typer.Argument(help="Model name.")],
+    name: ModelName,
     to: Annotated[
         int | None, typer.Option("--to", help="Version to bring back (default: the previous champion).")
     ] = None,

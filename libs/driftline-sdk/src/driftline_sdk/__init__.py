@@ -23,7 +23,7 @@ import asyncio
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import httpx
 import orjson
@@ -146,6 +146,15 @@ class Transport(Protocol):
 
 
 # --- over HTTP -----------------------------------------------------------------------------------
+
+
+class HttpOptions(TypedDict, total=False):
+    """The keyword options of :class:`HttpTransport` (where its defaults are), for :meth:`Publisher.http`."""
+
+    source: str
+    timeout_s: float
+    max_retries: int
+    client: httpx.AsyncClient
 
 
 class HttpTransport:
@@ -371,15 +380,13 @@ class Publisher:
         url: str = DEFAULT_URL,
         token: str | None = None,
         *,
-        source: str = "sdk",
         batch_size: int = 500,
         concurrency: int = 4,
-        timeout_s: float = 60.0,
-        max_retries: int = 10,
+        **options: Unpack[HttpOptions],
     ) -> Publisher:
-        """Through the ingestion service at ``url`` (token default: the local-mode token)."""
-        transport = HttpTransport(url, token, source=source, timeout_s=timeout_s, max_retries=max_retries)
-        return cls(transport, batch_size=batch_size, concurrency=concurrency)
+        """Through the ingestion service at ``url`` (token default: the local-mode token); ``options``
+        are :class:`HttpTransport`'s (``source``, ``timeout_s``, ``max_retries``, ``client``)."""
+        return cls(HttpTransport(url, token, **options), batch_size=batch_size, concurrency=concurrency)
 
     @classmethod
     def kafka(

@@ -33,6 +33,23 @@ _PRIMITIVES = {
     "null": "None",
 }
 
+# How a field's value converts, by its shape: from fastavro's dict ({src} is d["field"]) and back
+# ({src} is self.field); {cls} is the nested record class.
+_FROM_AVRO = {
+    "value": "{src}",
+    "array": "tuple({src})",
+    "records": "tuple({cls}.from_avro(x) for x in {src})",
+    "optional record": "None if {src} is None else {cls}.from_avro({src})",
+    "record": "{cls}.from_avro({src})",
+}
+_TO_AVRO = {
+    "value": "{src}",
+    "array": "list({src})",
+    "records": "[x.to_avro() for x in {src}]",
+    "optional record": "None if {src} is None else {src}.to_avro()",
+    "record": "{src}.to_avro()",
+}
+
 HEADER = '''"""Typed records, one per Avro record type in ``schemas/`` — GENERATED, do not edit.
 
 Regenerate with ``python -m driftline.codegen`` after changing a schema; a unit test fails when
@@ -91,32 +108,23 @@ class _Gen:
                     return found
         return None
 
-    def _from_expr(self, name: str, t: Any) -> str:
-        src = f'd["{name}"]'
+    def _shape(self, t: Any) -> tuple[str, str]:
+        """How a field converts: its shape (a key of ``_FROM_AVRO``/``_TO_AVRO``) and nested record class."""
         nested = self._named(t)
+        array = isinstance(t, dict) and t["type"] == "array"
         if nested is None:
-            if isinstance(t, dict) and t["type"] == "array":
-                return f"tuple({src})"
-            return src
-        cls = nested["name"]
-        if isinstance(t, dict) and t["type"] == "array":
-            return f"tuple({cls}.from_avro(x) for x in {src})"
-        if isinstance(t, list):
-            return f"None if {src} is None else {cls}.from_avro({src})"
-        return f"{cls}.from_avro({src})"
+            return ("array" if array else "value"), ""
+        if array:
+            return "records", str(nested["name"])
+        return ("optional record" if isinstance(t, list) else "record"), str(nested["name"])
+
+    def _from_expr(self, name: str, t: Any) -> str:
+        shape, cls = self._shape(t)
+        return _FROM_AVRO[shape].format(src=f'd["{name}"]', cls=cls)
 
     def _to_expr(self, name: str, t: Any) -> str:
-        src = f"self.{name}"
-        nested = self._named(t)
-        if nested is None:
-            if isinstance(t, dict) and t["type"] == "array":
-                return f"list({src})"
-            return src
-        if isinstance(t, dict) and t["type"] == "array":
-            return f"[x.to_avro() for x in {src}]"
-        if isinstance(t, list):
-            return f"None if {src} is None else {src}.to_avro()"
-        return f"{src}.to_avro()"
+        shape, _ = self._shape(t)
+        return _TO_AVRO[shape].format(src=f"self.{name}")
 
     def record(self, schema: dict[str, Any], *, top: bool) -> None:
         name = schema["name"]

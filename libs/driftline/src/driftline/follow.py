@@ -18,17 +18,17 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from driftline.events import Event
-from driftline.kafka import EventProducer, decoded_event, partitions_of, retry_transient
+from driftline.kafka import EventProducer, TopicConsumer, partitions_of, retry_transient
 from driftline.logging import bind_event, get_logger
 from driftline.serde import AvroSerde, DecodeError
 
 log = get_logger(__name__)
 
 
-class TopicFollower:
+class TopicFollower(TopicConsumer):
     def __init__(
         self,
         *,
@@ -41,30 +41,22 @@ class TopicFollower:
         on_event: Callable[[Event[Any]], Awaitable[None]],
         poll_timeout_ms: int = 500,
     ) -> None:
-        self.name = name
-        self.topics = list(topics)
-        self.prefix = serde.topic_prefix
-        self.serde = serde
-        self.producer = producer
-        self.on_replayed = on_replayed
-        self.on_event = on_event
-        self.poll_timeout_ms = poll_timeout_ms
-        self.bootstrap_servers = bootstrap_servers
-        self.caught_up = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._consumer = AIOKafkaConsumer(
+        super().__init__(
+            topics=topics,
             bootstrap_servers=bootstrap_servers,
+            serde=serde,
+            producer=producer,
+            poll_timeout_ms=poll_timeout_ms,
             group_id=None,
-            enable_auto_commit=False,
+            client_id=f"{name}-follower",
             # The reset that assign() starts races seek_to_beginning(); with the default ("latest")
             # it can win and the replay then starts at the end and misses the history.
             auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            client_id=f"driftline-{name}-follower",
         )
-
-    def stop(self) -> None:
-        self._stopping.set()
+        self.name = name
+        self.on_replayed = on_replayed
+        self.on_event = on_event
+        self.caught_up = asyncio.Event()
 
     async def _partitions(self) -> list[TopicPartition]:
         physical = [self.prefix + topic for topic in self.topics]
@@ -75,12 +67,8 @@ class TopicFollower:
         return list(tps)
 
     async def _decode(self, rec: ConsumerRecord[bytes, bytes], *, live: bool) -> Event[Any] | None:
-        topic = rec.topic[len(self.prefix) :]
         try:
-            value, schema_id = await retry_transient(
-                lambda: self.serde.decode(rec.value, topic), what="decode", stopping=self._stopping.is_set
-            )
-            return decoded_event(rec, topic, value, schema_id, self.serde)
+            return await self._event(rec)
         except DecodeError as exc:
             reason = str(exc)
             log.warning("undecodable_record_skipped", topic=rec.topic, offset=rec.offset, error=reason, live=live)

@@ -338,7 +338,65 @@ def decoded_event(
     return Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", schema_id, rec.timestamp, record)
 
 
-class ConsumerRunner:
+class TopicConsumer:
+    """What the consumer runner and the topic follower (:mod:`driftline.follow`) share.
+
+    Logical topics read through one serde (their physical names carry its prefix), by an aiokafka
+    consumer that reads committed transactions only and never commits on its own; a producer for
+    dead letters; a stop flag. With a ``group_id`` the consumer subscribes to the topics as a
+    member of that group; without one it is given its partitions later (``assign``).
+    """
+
+    def __init__(
+        self,
+        *,
+        topics: Sequence[str],
+        bootstrap_servers: str,
+        serde: AvroSerde,
+        producer: EventProducer,
+        poll_timeout_ms: int,
+        group_id: str | None,
+        client_id: str,
+        auto_offset_reset: str,
+        consumer_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.topics = list(topics)
+        self.bootstrap_servers = bootstrap_servers
+        self.prefix = serde.topic_prefix
+        self.serde = serde
+        self.producer = producer
+        self.poll_timeout_ms = poll_timeout_ms
+        subscribed = [self.prefix + t for t in self.topics] if group_id is not None else []
+        self._consumer = AIOKafkaConsumer(
+            *subscribed,
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=auto_offset_reset,
+            isolation_level="read_committed",
+            client_id=f"driftline-{client_id}",
+            **(consumer_options or {}),
+        )
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the loop to finish what it is doing and return (the runner commits its current batch first)."""
+        self._stopping.set()
+
+    def _stop_requested(self) -> bool:
+        return self._stopping.is_set()
+
+    async def _event(self, rec: ConsumerRecord[bytes, bytes]) -> Event[Any]:
+        """The Event of a consumed record, retrying outages of the registry; DecodeError when it
+        cannot be decoded."""
+        topic = rec.topic[len(self.prefix) :]
+        value, schema_id = await retry_transient(
+            lambda: self.serde.decode(rec.value, topic), what="decode", stopping=self._stop_requested
+        )
+        return decoded_event(rec, topic, value, schema_id, self.serde)
+
+
+class ConsumerRunner(TopicConsumer):
     """Runs a handler over one or more topics in a consumer group, at-least-once, with a DLQ.
 
     Give ``handler`` (one event at a time) and/or ``batch_handler`` (a whole batch, e.g. for one
@@ -366,27 +424,22 @@ class ConsumerRunner:
         if handler is None and batch_handler is None:
             raise ValueError("give a handler or a batch_handler")
         self.group_id = serde.topic_prefix + group_id
-        self.topics = list(topics)
-        self.prefix = serde.topic_prefix
-        self.serde = serde
-        self.producer = producer
+        super().__init__(
+            topics=topics,
+            bootstrap_servers=bootstrap_servers,
+            serde=serde,
+            producer=producer,
+            poll_timeout_ms=poll_timeout_ms,
+            group_id=self.group_id,
+            client_id=group_id,
+            auto_offset_reset=auto_offset_reset,
+            consumer_options=consumer_options,
+        )
         self.handler = handler
         self.batch_handler = batch_handler
         self.max_records = max_records
-        self.poll_timeout_ms = poll_timeout_ms
         self.max_attempts = max_attempts
         self.after_batch = after_batch
-        self._consumer = AIOKafkaConsumer(
-            *(self.prefix + t for t in self.topics),
-            bootstrap_servers=bootstrap_servers,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=auto_offset_reset,
-            isolation_level="read_committed",
-            client_id=f"driftline-{group_id}",
-            **(consumer_options or {}),
-        )
-        self._stopping = asyncio.Event()
         self._running = False
         self.last_batch_at = 0.0
         self.processed = 0
@@ -394,13 +447,6 @@ class ConsumerRunner:
     @property
     def running(self) -> bool:
         return self._running
-
-    def stop(self) -> None:
-        """Ask the loop to finish its current batch, commit, and return."""
-        self._stopping.set()
-
-    def _stop_requested(self) -> bool:
-        return self._stopping.is_set()
 
     async def run(self) -> None:
         await retry_transient(self._consumer.start, what=f"consumer {self.group_id} start")
@@ -477,13 +523,7 @@ class ConsumerRunner:
         events: list[tuple[ConsumerRecord[bytes, bytes], Event[Any]]] = []
         for rec in records:
             try:
-                topic = rec.topic[len(self.prefix) :]
-                value, schema_id = await retry_transient(
-                    lambda rec=rec, topic=topic: self.serde.decode(rec.value, topic),  # type: ignore[misc]
-                    what="decode",
-                    stopping=self._stop_requested,
-                )
-                event = decoded_event(rec, topic, value, schema_id, self.serde)
+                event = await self._event(rec)
             except DecodeError as exc:
                 await self._dead_letter(rec, str(exc), "decode_error", None, 1)
                 continue

@@ -46,7 +46,7 @@ import orjson
 from fastavro.validation import validate as avro_validate
 
 from driftline.catalog import EVENTS_RAW, LABELS, load_schema_json, schemas_dir
-from driftline.events import derived_event_id, envelope, new_event_id
+from driftline.events import Envelope, derived_event_id, envelope, new_event_id
 from driftline.project import Project
 
 Kind = Literal["events", "labels"]
@@ -456,6 +456,29 @@ def _short_string(value: Any, where: str, problems: list[Problem], *, required: 
     return value
 
 
+def _not_an_object(item: Any, index: int, what: str) -> Rejection:
+    """The refusal of an item that is not a JSON object (``what``: "an event", "a label")."""
+    reason = f"{what} must be a JSON object, got {_describe(item)}"
+    return Rejection(index, [Problem(None, NOT_AN_OBJECT, reason)], original_bytes(item))
+
+
+def _unknown_fields(item: dict[Any, Any], known: frozenset[str], what: str) -> list[Problem]:
+    """A problem for each key of ``item`` that is not one of ``known`` (``what``: "an event", "a label")."""
+    if known.issuperset(item):  # the common case, without building the difference
+        return []
+    expected = ", ".join(sorted(known))
+    return [
+        Problem(str(k), UNKNOWN_FIELD, f"not {what} field (expected: {expected})")
+        for k in sorted(map(str, item.keys() - known))
+    ]
+
+
+def _valid(index: int, topic: str, env: Envelope, fields: dict[str, Any], source: str) -> Valid:
+    """A record ready to produce: envelope, the record's own fields, how it arrived; keyed by its entity."""
+    record: dict[str, Any] = {**env, **fields, "source": source}
+    return Valid(index, topic, record, str(fields["entity_id"]).encode())
+
+
 # --- the validator ----------------------------------------------------------------------------------
 
 
@@ -503,19 +526,8 @@ class Validator:
     def event(self, item: Any, index: int, *, producer: str, source: str) -> Valid | Rejection:
         """One event as a RawEvent record, or why not."""
         if not isinstance(item, dict):
-            return Rejection(
-                index,
-                [Problem(None, NOT_AN_OBJECT, f"an event must be a JSON object, got {_describe(item)}")],
-                original_bytes(item),
-            )
-        problems: list[Problem] = (
-            []
-            if EVENT_KEYS.issuperset(item)
-            else [
-                Problem(str(k), UNKNOWN_FIELD, f"not an event field (expected: {', '.join(sorted(EVENT_KEYS))})")
-                for k in sorted(map(str, item.keys() - EVENT_KEYS))
-            ]
-        )
+            return _not_an_object(item, index, "an event")
+        problems = _unknown_fields(item, EVENT_KEYS, "an event")
         raw_id = item.get("event_id")
         event_id = None if raw_id is None else _event_id(raw_id, "event_id", problems)
         raw_time = item.get("event_time")
@@ -545,30 +557,17 @@ class Validator:
         if entity is None or entity == "":
             problems = [Problem(f"payload.{spec.entity_key}", MISSING_FIELD, "the entity key must not be empty")]
             return Rejection(index, problems, original_bytes(item), event_id, correlation_id)
-        entity_id = str(entity)
-        record: dict[str, Any] = {
-            **envelope(producer, correlation_id=correlation_id, event_time=event_time, event_id=event_id),
-            "event_type": etype,
-            "entity_id": entity_id,
-            "payload": payload,
-            "source": source,
-        }
-        return Valid(index, EVENTS_RAW, record, entity_id.encode())
+        env = envelope(producer, correlation_id=correlation_id, event_time=event_time, event_id=event_id)
+        fields = {"event_type": etype, "entity_id": str(entity), "payload": payload}
+        return _valid(index, EVENTS_RAW, env, fields, source)
 
     # labels
 
     def label(self, item: Any, index: int, *, producer: str, source: str) -> Valid | Rejection:
         """One label as a LabelRecorded record, or why not."""
         if not isinstance(item, dict):
-            return Rejection(
-                index,
-                [Problem(None, NOT_AN_OBJECT, f"a label must be a JSON object, got {_describe(item)}")],
-                original_bytes(item),
-            )
-        problems: list[Problem] = [
-            Problem(str(k), UNKNOWN_FIELD, f"not a label field (expected: {', '.join(sorted(LABEL_KEYS))})")
-            for k in sorted(map(str, item.keys() - LABEL_KEYS))
-        ]
+            return _not_an_object(item, index, "a label")
+        problems = _unknown_fields(item, LABEL_KEYS, "a label")
         labelled = item.get("event_id")
         if labelled is None:
             problems.append(Problem("event_id", MISSING_FIELD, "the labelled event's id is required"))
@@ -595,14 +594,10 @@ class Validator:
         # Same labelled event, label (and time) → same id: a retried label is recognised downstream.
         label_id = label_id or derived_event_id("label", labelled_id, value, "" if raw_time is None else raw_time)
         cause = {"event_id": labelled_id, "correlation_id": correlation_id or labelled_id}
-        record: dict[str, Any] = {
-            **envelope(producer, cause=cause, event_time=event_time, event_id=label_id),
-            "labelled_event_id": labelled_id,
-            "entity_id": entity_id,
-            "label": value,
-            "source": source,
-        }
-        return Valid(index, LABELS, record, entity_id.encode())
+        env = envelope(producer, cause=cause, event_time=event_time, event_id=label_id)
+        return _valid(
+            index, LABELS, env, {"labelled_event_id": labelled_id, "entity_id": entity_id, "label": value}, source
+        )
 
     def validate(
         self, kind: Kind, items: Sequence[Any], *, producer: str, source: str, start: int = 0

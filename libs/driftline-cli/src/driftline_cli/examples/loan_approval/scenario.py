@@ -23,31 +23,18 @@ from aiokafka import AIOKafkaConsumer
 from driftline.catalog import (
     DEPLOYMENTS_STATUS,
     DRIFT_DETECTED,
-    MODELS_PROMOTED,
-    MODELS_REJECTED,
     MODELS_TRAINED,
     PREDICTIONS,
-    TRAINING_FAILED,
-    TRAINING_REQUESTED,
 )
 from driftline.events import Event
-from driftline.history import describe
+from driftline.history import CHAIN_TOPICS, describe
 from driftline.kafka import partitions_of
 from driftline.serde import AvroSerde, DecodeError, SchemaRegistryClient
 from driftline.settings import LOCAL_API_TOKEN, StackSettings
 from driftline_cli.examples.loan_approval.generator import Item, LoanStream
 from driftline_sdk import Publisher
 
-WATCHED = (
-    PREDICTIONS,
-    DRIFT_DETECTED,
-    TRAINING_REQUESTED,
-    MODELS_TRAINED,
-    TRAINING_FAILED,
-    MODELS_PROMOTED,
-    MODELS_REJECTED,
-    DEPLOYMENTS_STATUS,
-)
+WATCHED = (PREDICTIONS, *CHAIN_TOPICS)  # what is served, and every step of the loop
 
 
 @dataclass
