@@ -9,16 +9,8 @@ its event already published and emits nothing new. Event ids are deterministic w
 so the rare double publication (acknowledged, then a crash before the row was marked) is an
 upsert downstream.
 
-The table lives in the service's own schema (each service's first migration creates it)::
-
-    CREATE TABLE outbox (
-        event_id     text PRIMARY KEY,
-        topic        text NOT NULL,
-        record       jsonb NOT NULL,
-        created_at   timestamptz NOT NULL DEFAULT now(),
-        published_at timestamptz
-    );
-    CREATE INDEX outbox_unpublished ON outbox (created_at) WHERE published_at IS NULL;
+The table (:data:`TABLE`) lives in the service's own schema; :meth:`Outbox.ensure_table`
+creates it when missing, so a service that uses an outbox needs no migration of its own for it.
 """
 
 from __future__ import annotations
@@ -60,12 +52,33 @@ async def stage(conn: asyncpg.Connection, topic: str, record: dict[str, Any]) ->
     return bool(status.endswith(" 1"))
 
 
+TABLE = """
+CREATE TABLE IF NOT EXISTS outbox (
+    event_id     text PRIMARY KEY,
+    topic        text NOT NULL,
+    record       jsonb NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (created_at) WHERE published_at IS NULL;
+"""
+
+
 class Outbox:
     """Publishes staged events and marks them published."""
 
     def __init__(self, pool: asyncpg.Pool, producer: EventProducer) -> None:
         self.pool = pool
         self.producer = producer
+
+    async def ensure_table(self) -> None:
+        """Create the outbox table in the pool's schema (its search_path) when it is missing.
+
+        Under a transaction-scoped advisory lock: two copies starting at once would otherwise race
+        on ``CREATE TABLE IF NOT EXISTS`` (PostgreSQL can fail the loser with a unique violation)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('driftline-outbox:' || current_schema()))")
+            await conn.execute(TABLE)
 
     async def publish(self, event_ids: Sequence[str]) -> int:
         """Publish those of ``event_ids`` that are staged and not yet published; returns how many."""

@@ -29,6 +29,7 @@ DECISION_TOPICS = (MODELS_PROMOTED, MODELS_REJECTED)
 async def wire(rt: Runtime, settings: RegistrySettings) -> Wiring[RegistryDeps]:
     assert rt.pool is not None
     outbox = Outbox(rt.pool, rt.producer)
+    await outbox.ensure_table()
     h = RegistryHandlers(
         RegistryStore(rt.pool), outbox, project_from_settings(settings.stack).promotion, rt.producer.name
     )

@@ -62,6 +62,7 @@ async def wire(rt: Runtime, settings: TrainingSettings) -> Wiring[TrainingDeps]:
     project = project_from_settings(settings.stack)
     store = TrainingStore(rt.pool)
     outbox = Outbox(rt.pool, rt.producer)
+    await outbox.ensure_table()
     h = assemble(project, store, outbox, rt.artifacts, rt.producer.name, settings)
     deps = TrainingDeps(project, store, rt.producer, TokenAuth.from_settings(settings.stack, NAME), h.runs)
     # Three groups, so that a long fit never delays examples or champion updates.

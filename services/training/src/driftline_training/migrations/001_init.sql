@@ -93,12 +93,4 @@ CREATE TABLE champions (
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
 
--- Events staged with the state that they announce (driftline.outbox).
-CREATE TABLE outbox (
-    event_id     text PRIMARY KEY,
-    topic        text NOT NULL,
-    record       jsonb NOT NULL,
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    published_at timestamptz
-);
-CREATE INDEX outbox_unpublished ON outbox (created_at) WHERE published_at IS NULL;
+-- The outbox table (events staged with the state they announce) is created by driftline.outbox.
