@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from driftline.events import derived_event_id, envelope  # noqa: E402
 from driftline.records import FeatureVectorComputed, LabelRecorded, TrainingRequested  # noqa: E402
 from driftline.runtime import Runtime  # noqa: E402
+from driftline.service import wire_service  # noqa: E402
 from driftline.settings import StackSettings  # noqa: E402
 from driftline_ml.models import build_estimator  # noqa: E402
 from driftline_training import pipeline  # noqa: E402
@@ -74,19 +75,7 @@ def request(i: int, model_name: str) -> TrainingRequested:
 
 async def start(settings: TrainingSettings) -> tuple[Runtime, TrainingDeps]:
     """The service's runtime and objects, wired as in production, without starting its consumers."""
-    rt = await Runtime.start(
-        SERVICE.name,
-        settings.stack,
-        produces=SERVICE.produces,
-        postgres_schema=SERVICE.postgres_schema,
-        migrations=SERVICE.migrations,
-        artifacts=SERVICE.artifacts,
-    )
-    try:
-        wiring = await SERVICE.wire(rt, settings)
-    except BaseException:
-        await rt.stop()
-        raise
+    rt, wiring = await wire_service(SERVICE, settings)
     return rt, wiring.deps
 
 

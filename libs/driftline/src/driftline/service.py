@@ -204,8 +204,9 @@ async def _starting() -> None:
     raise RuntimeError("the service is still starting")
 
 
-async def start_service(service: Service[S, D], settings: S) -> Running[D]:
-    """Start the runtime, wire the service and start its followers, consumers and loops."""
+async def wire_service(service: Service[S, D], settings: S) -> tuple[Runtime, Wiring[D]]:
+    """Start the runtime and wire the service, without starting anything that consumes (benchmarks
+    and tools drive the handlers themselves); the caller stops the runtime."""
     rt = await Runtime.start(
         service.name,
         settings.stack,
@@ -221,6 +222,12 @@ async def start_service(service: Service[S, D], settings: S) -> Running[D]:
     except BaseException:
         await rt.stop()
         raise
+    return rt, wiring
+
+
+async def start_service(service: Service[S, D], settings: S) -> Running[D]:
+    """Start the runtime, wire the service and start its followers, consumers and loops."""
+    rt, wiring = await wire_service(service, settings)
     running = Running(rt, wiring)
     running.start()
     return running
