@@ -41,7 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS, default_catalog  # noqa: E402
 from driftline.events import envelope  # noqa: E402
-from driftline.kafka import EventProducer  # noqa: E402
+from driftline.producer import EventProducer  # noqa: E402
 from driftline.serde import AvroSerde, SchemaRegistryClient  # noqa: E402
 from driftline.settings import StackSettings  # noqa: E402
 from driftline_cli.examples.loan_approval.generator import LoanStream  # noqa: E402

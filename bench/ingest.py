@@ -46,7 +46,7 @@ from driftline_cli.examples.loan_approval.generator import LoanStream  # noqa: E
 from driftline_sdk import Publisher  # noqa: E402
 from tests.support import Namespace, ServiceProcess, create_namespace, drop_namespace  # noqa: E402
 
-# The platform producer's settings (driftline.kafka.EventProducer defaults).
+# The platform producer's settings (driftline.producer.EventProducer defaults).
 PRODUCER_SETTINGS: dict[str, Any] = {
     "acks": "all",
     "enable_idempotence": True,

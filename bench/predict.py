@@ -111,7 +111,7 @@ async def main(args: argparse.Namespace) -> None:
 
     from driftline.artifacts import ArtifactStore
     from driftline.catalog import MODELS_PROMOTED
-    from driftline.kafka import EventProducer
+    from driftline.producer import EventProducer
     from driftline.serde import AvroSerde, SchemaRegistryClient
     from driftline.settings import StackSettings
     from tests.support import ServiceProcess, create_namespace, drop_namespace, free_port

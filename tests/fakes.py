@@ -1,7 +1,7 @@
 """In-memory stand-ins for the library's Kafka producer, serde and object store, shared by the unit tests.
 
 They keep the contracts a handler relies on: the producer refuses a record that does not fit its
-topic (as :func:`driftline.kafka.to_wire` and the Avro encoding would), hands back delivery futures
+topic (as :func:`driftline.producer.to_wire` and the Avro encoding would), hands back delivery futures
 and fails on demand; the serde refuses bytes it cannot decode with a ``DecodeError``; the object
 store checks an object's SHA-256 like :meth:`driftline.artifacts.ArtifactStore.get`.
 """
@@ -21,7 +21,7 @@ from fastavro.validation import validate
 from driftline.artifacts import ArtifactIntegrityError, ArtifactNotFound, ArtifactRef, json_bytes, sha256_hex
 from driftline.catalog import Catalog, Topic, default_catalog, load_schema_json, parsed_schema
 from driftline.events import Envelope, envelope
-from driftline.kafka import Outgoing, kafka_key, to_wire
+from driftline.producer import Outgoing, kafka_key, to_wire
 from driftline.records import Record
 from driftline.serde import DecodeError
 
@@ -31,7 +31,7 @@ _DEAD_LETTER_OPTIONS = frozenset({"record", "correlation_id", "attempts"})
 
 
 class FakeProducer:
-    """What :class:`driftline.kafka.EventProducer` offers a handler, recorded instead of produced.
+    """What :class:`driftline.producer.EventProducer` offers a handler, recorded instead of produced.
 
     ``send``/``publish`` check the record against its topic (type and schema) and record
     ``(topic, record, key)`` in ``sent``; ``send_raw`` records in ``raw``; ``dead_letter`` records

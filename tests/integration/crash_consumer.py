@@ -12,8 +12,9 @@ import sys
 
 from driftline import db
 from driftline.catalog import LABELS
+from driftline.consumer import ConsumerRunner
 from driftline.events import Event
-from driftline.kafka import ConsumerRunner, EventProducer
+from driftline.producer import EventProducer
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings
 

@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 
 from driftline.catalog import EVENTS_DLQ, EVENTS_RAW, LABELS
 from driftline.events import Event
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline.project import EXAMPLE_PROJECT
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings

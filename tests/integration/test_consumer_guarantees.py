@@ -18,9 +18,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from driftline.catalog import EVENTS_DLQ, LABELS
+from driftline.consumer import ConsumerRunner
 from driftline.events import Event, envelope
 from driftline.history import topic_status
-from driftline.kafka import ConsumerRunner, EventProducer, PoisonRecord, TransientError
+from driftline.producer import EventProducer
+from driftline.retry import PoisonRecord, TransientError
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from tests.support import ROOT, Namespace, TopicReader, eventually
 

@@ -19,7 +19,7 @@ import pytest
 from driftline.artifacts import ArtifactStore, sha256_hex
 from driftline.catalog import DEPLOYMENTS_STATUS, EVENTS_DLQ, FEATURES_VECTORS, MODELS_PROMOTED, PREDICTIONS
 from driftline.events import Event, derived_event_id
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline_ml.models import positive_scores, to_matrix
 from tests.support import Namespace, ServiceProcess, TopicReader, eventually

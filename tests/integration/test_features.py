@@ -16,7 +16,7 @@ import yaml
 
 from driftline.catalog import EVENTS_DLQ, EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import derived_event_id, envelope
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from tests.support import Namespace, ServiceProcess, TopicReader, eventually
 

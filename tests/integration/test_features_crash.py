@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import derived_event_id, envelope, epoch_ms
-from driftline.kafka import EventProducer, partitions_of
+from driftline.kafka import partitions_of
+from driftline.producer import EventProducer
 from driftline.project import load_project
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline_ml.featuredefs import FeatureSet

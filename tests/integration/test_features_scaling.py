@@ -12,7 +12,7 @@ import httpx
 import orjson
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from tests.integration.test_features_crash import FAST_GROUP, stream_of_events, uninterrupted_run
 from tests.support import Namespace, ServiceProcess, TopicReader, eventually

@@ -17,7 +17,7 @@ import pytest
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
 from driftline.events import envelope
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline.project import load_project
 from driftline.records import DeploymentStatusChanged, DriftDetected
 from driftline.serde import AvroSerde, SchemaRegistryClient

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, MODELS_REJECTED, MODELS_TRAINED
 from driftline.events import Event, derived_event_id, envelope, new_event_id
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline.project import load_project
 from driftline.settings import LOCAL_API_TOKEN
 from driftline_cli.main import app as cli

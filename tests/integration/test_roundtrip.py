@@ -11,7 +11,7 @@ import pytest
 from fastavro.utils import generate_one
 
 from driftline.catalog import default_catalog, parsed_schema
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from tests.support import Namespace, TopicReader
 

@@ -27,7 +27,7 @@ from driftline.catalog import (
     default_catalog,
 )
 from driftline.events import Event, derived_event_id, envelope, epoch_ms, new_event_id
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline.project import load_project
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import LOCAL_API_TOKEN

@@ -20,7 +20,7 @@ from driftline.catalog import (
     TRAINING_REQUESTED,
 )
 from driftline.events import Event
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from tests.integration.test_training import (
     AUTH,
     PROJECT,

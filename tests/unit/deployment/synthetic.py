@@ -20,7 +20,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
 from driftline.events import derived_event_id, envelope
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline_ml.models import dump_model, positive_scores, to_matrix
 from driftline_ml.profiles import build_profiles, numeric_profile
 

@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY
 from driftline.artifacts import sha256_hex
 from driftline.catalog import DEPLOYMENTS_STATUS, FEATURES_VECTORS, MODELS_PROMOTED, PREDICTIONS
 from driftline.events import Event, derived_event_id
-from driftline.kafka import PoisonRecord
 from driftline.records import FeatureVectorComputed, ModelPromoted, Record
+from driftline.retry import PoisonRecord
 from driftline_deployment.handlers import Deployer, Scorer
 from driftline_deployment.loader import ProcessLoader
 from driftline_deployment.policy import CHALLENGER, CHAMPION, plan_from_history

@@ -10,9 +10,9 @@ import pytest
 
 from driftline.catalog import EVENTS_RAW
 from driftline.events import derived_event_id, envelope
-from driftline.kafka import TransientError
 from driftline.project import load_project
 from driftline.records import FeatureVectorComputed, RawEvent
+from driftline.retry import TransientError
 from driftline_features.handlers import FeatureProcessor, SourceRecord
 from driftline_features.store import VectorRow
 from driftline_ml.featuredefs import FeatureSet
@@ -104,7 +104,7 @@ def records(*values: bytes, partition: int = 2, start: int = 0) -> list[SourceRe
 
 @pytest.fixture(autouse=True)
 def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    from driftline.kafka import Backoff
+    from driftline.retry import Backoff
 
     monkeypatch.setattr(Backoff, "next_delay", lambda self: 0.0)
 

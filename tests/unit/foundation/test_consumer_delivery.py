@@ -17,10 +17,13 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
-from driftline import kafka
+from driftline import consumer as consumer_module
+from driftline import producer as producer_module
 from driftline.catalog import EVENTS_DLQ, LABELS
+from driftline.consumer import ConsumerRunner
 from driftline.events import Event, envelope
-from driftline.kafka import ConsumerRunner, EventProducer, PoisonRecord, collect_deliveries
+from driftline.producer import EventProducer, collect_deliveries
+from driftline.retry import PoisonRecord
 from driftline.serde import DecodeError
 from tests.fakes import JsonSerde
 
@@ -106,7 +109,7 @@ def _producer(
     monkeypatch: pytest.MonkeyPatch, fail: Callable[[str], BaseException | None]
 ) -> tuple[EventProducer, FakeKafkaProducer]:
     fake = FakeKafkaProducer(fail)
-    monkeypatch.setattr(kafka, "AIOKafkaProducer", lambda **_: fake)
+    monkeypatch.setattr(producer_module, "AIOKafkaProducer", lambda **_: fake)
     serde: Any = JsonSerde()
     return EventProducer("127.0.0.1:1", serde, "test"), fake
 
@@ -119,7 +122,7 @@ async def _runner(
 ) -> tuple[ConsumerRunner, FakeConsumer, FakeKafkaProducer]:
     producer, fake_producer = _producer(monkeypatch, fail)
     consumer = FakeConsumer(records)
-    monkeypatch.setattr(kafka, "AIOKafkaConsumer", lambda *_, **__: consumer)
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", lambda *_, **__: consumer)
     serde: Any = JsonSerde()
     runner = ConsumerRunner(
         group_id="delivery-test",

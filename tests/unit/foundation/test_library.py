@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from driftline.auth import TokenAuth
-from driftline.kafka import Backoff, PoisonRecord, TransientError, is_transient, retry_transient
 from driftline.project import EXAMPLE_PROJECT, load_project, parse_duration
+from driftline.retry import Backoff, PoisonRecord, TransientError, is_transient, retry_transient
 from driftline.settings import StackSettings
 from driftline_ml import models, profiles
 

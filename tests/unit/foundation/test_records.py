@@ -13,7 +13,7 @@ import pytest
 from driftline import codegen
 from driftline.catalog import default_catalog, load_schema_json, parsed_schema
 from driftline.events import Event, envelope
-from driftline.kafka import to_wire
+from driftline.producer import to_wire
 from driftline.records import RECORD_TYPES, DriftDetected, DriftEvidence, ModelPromoted, ModelTrained
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)

@@ -10,8 +10,8 @@ import pytest
 
 from driftline.catalog import FEATURES_VECTORS, LABELS, TRAINING_REQUESTED
 from driftline.events import envelope
-from driftline.kafka import PoisonRecord
 from driftline.records import FeatureVectorComputed, LabelRecorded
+from driftline.retry import PoisonRecord
 from tests.unit.training.fakes import PROJECT, FakeStore, drift_record, event, handlers, promoted
 
 

@@ -26,7 +26,8 @@ from rich.table import Table
 
 from driftline.catalog import EVENTS_DLQ, EVENTS_RAW, LABELS
 from driftline.events import derived_event_id
-from driftline.kafka import EventProducer, partitions_of
+from driftline.kafka import partitions_of
+from driftline.producer import EventProducer
 from driftline.project import project_from_settings
 from driftline.serde import AvroSerde, DecodeError, SchemaRegistryClient
 from driftline.settings import StackSettings

@@ -30,7 +30,7 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from driftline.catalog import EVENTS_RAW, LABELS
-from driftline.kafka import EventProducer
+from driftline.producer import EventProducer
 from driftline.project import Project, project_from_settings
 from driftline.serde import AvroSerde, RegistryError, SchemaRegistryClient
 from driftline.settings import LOCAL_API_TOKEN, StackSettings

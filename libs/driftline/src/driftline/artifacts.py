@@ -19,7 +19,7 @@ from typing import Any
 from minio import Minio
 from minio.error import S3Error
 
-from driftline.kafka import retry_transient
+from driftline.retry import retry_transient
 
 
 class ArtifactIntegrityError(Exception):

@@ -18,8 +18,8 @@ from typing import Any
 
 import asyncpg
 
-from driftline.kafka import retry_transient
 from driftline.logging import get_logger
+from driftline.retry import retry_transient
 
 log = get_logger(__name__)
 

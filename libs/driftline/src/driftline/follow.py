@@ -20,9 +20,12 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from driftline.consumer import TopicConsumer
 from driftline.events import Event
-from driftline.kafka import EventProducer, TopicConsumer, partitions_of, retry_transient
+from driftline.kafka import partitions_of
 from driftline.logging import bind_event, get_logger
+from driftline.producer import EventProducer
+from driftline.retry import retry_transient
 from driftline.serde import AvroSerde, DecodeError
 
 log = get_logger(__name__)

@@ -24,8 +24,8 @@ from typing import Any
 import asyncpg
 
 from driftline.events import epoch_ms
-from driftline.kafka import EventProducer
 from driftline.logging import get_logger
+from driftline.producer import EventProducer
 
 log = get_logger(__name__)
 

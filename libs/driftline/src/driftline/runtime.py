@@ -18,8 +18,9 @@ import asyncpg
 from driftline import db
 from driftline.api import ReadinessCheck
 from driftline.artifacts import ArtifactStore
-from driftline.kafka import BatchHandler, ConsumerRunner, EventProducer, Handler
+from driftline.consumer import BatchHandler, ConsumerRunner, Handler
 from driftline.logging import get_logger
+from driftline.producer import EventProducer
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings
 

@@ -34,9 +34,9 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 
 from driftline.api import ReadinessCheck, create_app
+from driftline.consumer import BatchHandler, Handler, Routes, dispatch
 from driftline.events import Event
 from driftline.follow import TopicFollower
-from driftline.kafka import BatchHandler, Handler, Routes, dispatch
 from driftline.logging import configure_logging, get_logger
 from driftline.runtime import Runtime
 from driftline.settings import ServiceSettings
@@ -53,7 +53,7 @@ class Consume:
     (a whole batch of events, e.g. for one COPY; when it fails on a record the batch is handled
     again one event at a time through the routes, or through ``batch`` alone, to isolate it).
     ``topics`` defaults to the routes' topics. ``options`` go to the
-    :class:`~driftline.kafka.ConsumerRunner` (``max_records``, ``consumer_options``, ...)."""
+    :class:`~driftline.consumer.ConsumerRunner` (``max_records``, ``consumer_options``, ...)."""
 
     routes: Routes = field(default_factory=dict)
     batch: BatchHandler | None = None

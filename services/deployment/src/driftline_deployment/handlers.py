@@ -20,9 +20,10 @@ from numpy.typing import NDArray
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import DEPLOYMENTS_STATUS, PREDICTIONS
 from driftline.events import Event, derived_event_id, now_utc
-from driftline.kafka import EventProducer, PoisonRecord, is_transient
 from driftline.logging import get_logger
+from driftline.producer import EventProducer
 from driftline.records import DeploymentStatusChanged, FeatureVectorComputed, ModelPromoted, PredictionMade
+from driftline.retry import PoisonRecord, is_transient
 from driftline_deployment import policy
 from driftline_deployment.loader import LoadError, ModelLoader, ThreadLoader
 from driftline_deployment.metrics import MODEL_LOADS, PREDICTIONS_MADE, SCORE_SECONDS, SHADOW_ERRORS, UNSCORED

@@ -26,10 +26,10 @@ from aiokafka.structs import ConsumerRecord
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import Envelope, as_utc, derived_event_id, epoch_ms
-from driftline.kafka import Backoff, PoisonRecord, is_transient, retry_transient
 from driftline.logging import bind_event, get_logger
 from driftline.project import Project
 from driftline.records import FeatureVectorComputed, RawEvent
+from driftline.retry import Backoff, PoisonRecord, is_transient, retry_transient
 from driftline.serde import DecodeError
 from driftline_features import metrics
 from driftline_features.store import VectorRow
@@ -65,7 +65,7 @@ class Decoder(Protocol):
 
 
 class Producer(Protocol):
-    """The part of driftline.kafka.EventProducer used here."""
+    """The part of driftline.producer.EventProducer used here."""
 
     name: str
 

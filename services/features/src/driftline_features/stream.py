@@ -31,8 +31,8 @@ from faust.contrib.asgi import faust_app_running
 from faust.types import TP
 
 from driftline.catalog import EVENTS_RAW
-from driftline.kafka import retry_transient
 from driftline.logging import get_logger
+from driftline.retry import retry_transient
 from driftline.settings import StackSettings
 from driftline_features import metrics
 from driftline_features.config import NAME, FeaturesSettings

@@ -61,7 +61,7 @@ LATENCY = Histogram(
 
 
 class Producer(Protocol):
-    """What ingestion needs of :class:`driftline.kafka.EventProducer` (unit tests pass a fake)."""
+    """What ingestion needs of :class:`driftline.producer.EventProducer` (unit tests pass a fake)."""
 
     name: str
 

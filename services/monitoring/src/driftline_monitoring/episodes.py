@@ -18,9 +18,10 @@ from prometheus_client import Counter, Gauge
 
 from driftline.catalog import DRIFT_DETECTED
 from driftline.events import Envelope, as_utc, derived_event_id
-from driftline.kafka import EventProducer, retry_transient
 from driftline.logging import get_logger
+from driftline.producer import EventProducer
 from driftline.records import DriftDetected
+from driftline.retry import retry_transient
 from driftline_monitoring.drift import (
     CheckResult,
     Detection,

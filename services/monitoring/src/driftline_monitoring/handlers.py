@@ -20,8 +20,8 @@ from prometheus_client import Counter, Gauge
 
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import FEATURES_VECTORS, PREDICTIONS
+from driftline.consumer import BatchHandler, Routes, dispatch
 from driftline.events import Event, epoch_ms
-from driftline.kafka import BatchHandler, Routes, dispatch, retry_transient
 from driftline.logging import get_logger
 from driftline.project import DriftPolicy
 from driftline.records import (
@@ -31,6 +31,7 @@ from driftline.records import (
     ModelPromoted,
     PredictionMade,
 )
+from driftline.retry import retry_transient
 from driftline_monitoring.drift import BoundedMap, CheckResult, Detection, ModelMonitor, Reference
 from driftline_monitoring.episodes import Episodes
 from driftline_monitoring.serving import KEPT_PROMOTIONS, Serving, Switch, is_champion, is_serving

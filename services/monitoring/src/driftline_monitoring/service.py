@@ -8,7 +8,7 @@ from pathlib import Path
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
-from driftline.kafka import Routes
+from driftline.consumer import Routes
 from driftline.project import project_from_settings
 from driftline.runtime import Runtime
 from driftline.service import Consume, Follow, Service, Wiring

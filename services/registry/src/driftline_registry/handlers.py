@@ -27,11 +27,11 @@ from typing import Any
 
 from driftline.catalog import MODELS_PROMOTED, MODELS_REJECTED
 from driftline.events import Envelope, Event, as_utc, derived_event_id, envelope, epoch_ms
-from driftline.kafka import is_transient, retry_transient
 from driftline.logging import get_logger
 from driftline.outbox import Outbox, stage
 from driftline.project import PromotionPolicy
 from driftline.records import DeploymentStatusChanged, ModelPromoted, ModelRejected, ModelTrained
+from driftline.retry import is_transient, retry_transient
 from driftline_registry.policy import Comparison, Decision, decide, rollback_target
 from driftline_registry.store import Conn, Decided, RegisteredVersion, RegistryStore
 

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.auth import TokenAuth
 from driftline.catalog import TRAINING_REQUESTED
-from driftline.kafka import EventProducer, is_transient
+from driftline.producer import EventProducer
 from driftline.project import Project
+from driftline.retry import is_transient
 from driftline.service import wired
 from driftline_training.pipeline import OVERRIDABLE, TrainingFailure, effective_policy
 from driftline_training.requests import request_record, run_id_of

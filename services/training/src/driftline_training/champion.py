@@ -16,9 +16,9 @@ from typing import Any
 
 from driftline.artifacts import ArtifactIntegrityError, ArtifactNotFound
 from driftline.events import as_utc
-from driftline.kafka import is_transient
 from driftline.logging import get_logger
 from driftline.records import ModelPromoted
+from driftline.retry import is_transient
 from driftline_ml.models import UnsafeArtifactError, load_model
 from driftline_training import pipeline
 from driftline_training.artifacts import RunArtifacts

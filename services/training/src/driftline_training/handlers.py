@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from driftline.events import Event
-from driftline.kafka import PoisonRecord
 from driftline.logging import get_logger
 from driftline.project import Project
 from driftline.records import DriftDetected, FeatureVectorComputed, LabelRecorded, ModelPromoted, TrainingRequested
+from driftline.retry import PoisonRecord
 from driftline_training.champion import CHAMPION_ACTIONS, Champion
 from driftline_training.runs import Runs
 from driftline_training.store import TrainingStore

@@ -23,11 +23,11 @@ from typing import Any
 from driftline.artifacts import ArtifactRef, json_bytes, sha256_hex
 from driftline.catalog import MODELS_TRAINED, TRAINING_FAILED
 from driftline.events import as_utc, derived_event_id, envelope, now_utc
-from driftline.kafka import is_transient
 from driftline.logging import get_logger
 from driftline.outbox import Outbox
 from driftline.project import Project, TrainingPolicy
 from driftline.records import ModelTrained, TrainingFailed, TrainingRequested
+from driftline.retry import is_transient
 from driftline_training import pipeline
 from driftline_training.artifacts import RunArtifacts, metadata_key, model_key
 from driftline_training.champion import ChampionComparison, ChampionEvaluator
