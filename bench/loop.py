@@ -408,7 +408,19 @@ class Oracle(Baseline):
         return None
 
 
-POLICIES: dict[str, Callable[[Trainer], Policy]] = {"never": Never, "cron": Cron, "adwin": Adwin, "oracle": Oracle}
+def _driftline(trainer: Trainer, events_per_second: float = 300.0) -> Policy:
+    from bench.loop_driftline import Driftline  # imports the services: only when asked for
+
+    return Driftline(trainer, events_per_second)
+
+
+POLICIES: dict[str, Callable[..., Policy]] = {
+    "never": Never,
+    "cron": Cron,
+    "adwin": Adwin,
+    "oracle": Oracle,
+    "driftline": _driftline,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,6 +473,7 @@ class Job:
     params: dict[str, Any]
     estimator_seed: int
     policies: tuple[str, ...] = POLICY_NAMES
+    events_per_second: float = 300.0
 
 
 def run_stream(job: Job) -> dict[str, Any]:
@@ -483,7 +496,8 @@ def run_stream(job: Job) -> dict[str, Any]:
     # One process per core runs one stream: the fits are small, threads would only compete.
     with threadpool_limits(1):
         for name in job.policies:
-            run = simulate(x, y, info, POLICIES[name](trainer), job.config)
+            policy = POLICIES[name](trainer, job.events_per_second) if name == "driftline" else POLICIES[name](trainer)
+            run = simulate(x, y, info, policy, job.config)
             results[name] = metrics(run, y, info, job.config) | {"runs": run.runs}
     return {
         "family": job.family,
@@ -570,6 +584,7 @@ def render(rows: list[Row], policies: Sequence[str]) -> str:
     for row in rows:
         cells = [row.family, row.kind, str(max((len(r["drifts"]) for r in row.results), default=0))]
         cells += [_cell(row.values(p, "retrains"), 1) for p in retrain_policies]
+        cells += [_cell([v - 1 for v in row.values(p, "served_models")], 1) for p in detecting if p == "driftline"]
         for p in detecting:
             delays = [d for r in row.results for d in r["policies"][p]["delays"] if d is not None]
             onsets = sum(len(r["policies"][p]["delays"]) for r in row.results)
@@ -581,6 +596,7 @@ def render(rows: list[Row], policies: Sequence[str]) -> str:
             ]
         second.append(cells)
     header2 = ["family", "kind", "episodes", *(f"retrains {p}" for p in retrain_policies)]
+    header2 += ["promotions driftline"] if "driftline" in detecting else []
     for p in detecting:
         header2 += [f"{p} alarms", f"{p} false", f"{p} delay (labels)", f"{p} missed"]
     return (
@@ -637,6 +653,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--jobs", type=int, default=len(os.sched_getaffinity(0)), help="worker processes (default: usable cores)"
     )
+    parser.add_argument(
+        "--events-per-second",
+        type=float,
+        default=300.0,
+        help="driftline: event rate mapping simulated time to the project's wall-clock cooldown (default 300)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every result as JSON here")
     args = parser.parse_args(argv)
     if args.params is None:
@@ -663,7 +685,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             "--events too small: the first model (at window + label_delay) must come before the last quarter"
         )
     jobs = [
-        Job(f, k, s, args.events, config, args.estimator, args.params, args.estimator_seed, tuple(args.policies))
+        Job(
+            f,
+            k,
+            s,
+            args.events,
+            config,
+            args.estimator,
+            args.params,
+            args.estimator_seed,
+            tuple(args.policies),
+            args.events_per_second,
+        )
         for f in args.families
         for k in args.kinds
         if available(f, k)
@@ -691,6 +724,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(render(list(rows.values()), args.policies))
     fits = sum(r["fits"] for r in results)
     fit_seconds = sum(r["fit_seconds"] for r in results)
+    if "driftline" in args.policies:
+        cooldown_s = load_project().training.cooldown_s
+        print(
+            f"\ndriftline: the project's policies; event time = t / {args.events_per_second:g} events per second, "
+            f"so its cooldown of {cooldown_s:g} s = {cooldown_s * args.events_per_second:g}"
+            " events; loan family only (the project's features)"
+        )
     print(f"\n{len(results)} streams in {elapsed:.1f} s wall; {fits} fits, {fit_seconds:.1f} s (summed over processes)")
     if args.json:
         doc = {

@@ -1,0 +1,253 @@
+"""The ``driftline`` column of bench/loop.py: the platform's own decision code, in-process.
+
+* monitoring: a ``driftline_monitoring.drift.ModelMonitor`` per serving version, built from the
+  ``Reference`` of the promoted model's metadata (reference profile, holdout accuracy, feature
+  names) that ``pipeline.fit`` produced; vectors, champion predictions (with the positive-class
+  score) and delayed labels are fed as the handlers do (labels that arrive before their prediction
+  wait, as in ``Monitoring.labels``); checks run ``snapshot``/``compute``/``conclude``; a detection
+  opens an episode only when none is open (``should_open``, ``with_onset``); ``after_check``
+  resolves it; a new model gets a new monitor (the episode closes, ``model_changed``).
+* training: ``trigger_policy.decide`` on the published detection (cooldown on event time,
+  waiting for ``min_examples`` labels since the onset: a waiting trigger is requested once they
+  exist); the first model as the baselines' (the project's ``initial_training_after`` is 0, i.e.
+  no automatic first model); the run selects labelled events since the onset (``since_drift``)
+  and ``pipeline.fit`` splits by time, fits the project's estimator, profiles; the champion is
+  scored on ``pipeline.comparison_set`` (holdout after its training data, at least 50 examples, as
+  ``ChampionEvaluator``) with ``pipeline.evaluate_on_holdout``.
+* registry: ``driftline_registry.policy.decide`` with the project's promotion policy.
+
+Left out (I/O): Kafka, the stores, artifacts, de-duplication of re-delivered events (every
+detection here is delivered once), revival/waits_again (runs fail only for too few examples /
+one class, and a failed run does not retry), and the time a run takes. Event time is
+``START + t / events_per_second`` s, so the project's cooldown (wall-clock seconds) maps to
+``cooldown_s * events_per_second`` events. The selection size is the simulator's ``--window``
+(the project's ``max_examples`` is not applied).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from bench.loop import Labelled, LoopConfig, Model, Retrain, StreamInfo
+from driftline.events import epoch_ms
+from driftline.project import load_project
+from driftline_ml.models import positive_scores
+from driftline_monitoring.drift import Detection, Episode, ModelMonitor, Reference
+from driftline_registry import policy as registry_policy
+from driftline_training import pipeline, trigger_policy
+from driftline_training.pipeline import Example, TrainingFailure
+
+START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+EVENTS_PER_SECOND = 300.0
+MIN_COMPARISON_EXAMPLES = 50  # ChampionEvaluator's default
+
+
+class _Coded:
+    """A fitted model answering label codes (the simulator's) instead of class names."""
+
+    def __init__(self, model: Any, classes: tuple[Any, ...]) -> None:
+        self.model = model
+        self.code = {str(c): k for k, c in enumerate(classes)}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray([self.code[str(v)] for v in self.model.predict(x)], dtype=np.int64)
+
+
+class Driftline:
+    name = "driftline"
+    observes = True
+    detects = True
+
+    def __init__(self, trainer: Any = None, events_per_second: float = EVENTS_PER_SECOND) -> None:
+        self.events_per_second = events_per_second
+        self.detections: list[int] = []
+
+    # -- time ------------------------------------------------------------------------------------
+
+    def _time(self, t: int) -> datetime:
+        return START + timedelta(seconds=t / self.events_per_second)
+
+    def _event(self, ms: int) -> int:
+        return round((ms - self._start_ms) * self.events_per_second / 1000)
+
+    def start(self, info: StreamInfo, config: LoopConfig) -> None:
+        self.info, self.config = info, config
+        self.project = load_project()
+        if list(info.feature_names) != list(self.project.model_features):
+            raise ValueError("the driftline policy runs on streams with the project's features (the loan family)")
+        self.names = list(self.project.model_features)
+        self.positive = self.project.label.positive_class
+        self._start_ms = epoch_ms(START)
+        self.detections = []
+        self.version = 0
+        self.monitor: ModelMonitor | None = None
+        self.champion: Any = None
+        self.champion_train_end: datetime | None = None
+        self.buffer: list[tuple[int, np.ndarray, int]] = []
+        self.waiting_labels: dict[str, str] = {}
+        self.last_request: datetime | None = None  # nearest live request (the cooldown)
+        self.asks: list[tuple[trigger_policy.Ask, int]] = []  # published detections not yet decided
+        self.waiting: tuple[trigger_policy.Ask, int] | None = None  # requested, waiting for labels
+        self.decisions: list[str] = []
+
+    # -- monitoring ------------------------------------------------------------------------------
+
+    def observe(self, t: int, x: np.ndarray, prediction: int) -> None:
+        self.buffer.append((t, x, prediction))
+        if len(self.buffer) >= min(self.project.drift.check_every, self.config.label_delay):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.buffer or self.monitor is None or self.champion is None:
+            self.buffer = []
+            return
+        xs = np.vstack([x for _, x, _ in self.buffer])
+        scores = positive_scores(self.champion, xs, self.positive)
+        monitor = self.monitor
+        for (t, x, prediction), score in zip(self.buffer, scores, strict=True):
+            ms = epoch_ms(self._time(t))
+            event_id = str(t)
+            if monitor.add_vector(ms, dict(zip(self.names, x.tolist(), strict=True))):
+                self._check(t)
+            predicted = str(self.info.classes[prediction]) if prediction >= 0 else None
+            monitor.add_prediction(event_id, ms, float(score), predicted)
+            label = self.waiting_labels.pop(event_id, None)
+            if label is not None:
+                self._detected(t - self.config.label_delay, monitor.add_label(event_id, label))
+        self.buffer = []
+
+    def _check(self, t: int) -> None:
+        assert self.monitor is not None
+        columns, scores, window = self.monitor.snapshot()
+        result = self.monitor.conclude(self.monitor.compute(columns, scores, window))
+        if result.detection is not None:
+            self._detected(t - self.config.label_delay, result.detection)
+        self.monitor.after_check(result)
+
+    def _detected(self, labelled_event: int, detection: Detection | None) -> None:
+        monitor = self.monitor
+        if detection is None or monitor is None:
+            return
+        if not monitor.should_open(detection):
+            return
+        detection = monitor.with_onset(detection)
+        episode_id = str(uuid.uuid4())
+        monitor.episode = Episode(episode_id, detection.kind)
+        self.detections.append(max(0, labelled_event))
+        onset_ms = detection.onset_ms if detection.onset_ms is not None else detection.window_start_ms
+        onset = max(0, self._event(onset_ms))
+        now = self._time(labelled_event + self.config.label_delay)
+        ask = trigger_policy.Ask(
+            trigger_id=trigger_policy.drift_trigger_id(self.project.model.name, episode_id),
+            kind="drift",
+            model_name=self.project.model.name,
+            event_time=now,
+            episode_id=episode_id,
+            since=self._time(onset),
+        )
+        self.asks.append((ask, onset))
+
+    def on_label(self, t: int, event: int, label: int, prediction: int, version: int) -> None:
+        self._flush_if_behind(event)
+        value, event_id = str(self.info.classes[label]), str(event)
+        if self.monitor is None:
+            return
+        if event_id not in self.monitor.predictions:
+            self.waiting_labels[event_id] = value
+            return
+        self._detected(event, self.monitor.add_label(event_id, value))
+
+    def _flush_if_behind(self, event: int) -> None:
+        if self.buffer and self.buffer[0][0] <= event:
+            self._flush()
+
+    # -- training --------------------------------------------------------------------------------
+
+    def _labelled_since(self, t: int, onset: int) -> int:
+        return max(0, t - self.config.label_delay - onset + 1)
+
+    def wants_retrain(self, t: int) -> Retrain | None:
+        if self.version == 0:
+            return Retrain(0, "first model") if self.config.labelled(t) >= self.config.window else None
+        training = self.project.training
+        request: Retrain | None = None
+        while self.asks:
+            ask, onset = self.asks.pop(0)
+            decision = trigger_policy.decide(
+                ask,
+                trigger_policy.TriggerState(None, self.last_request),
+                cooldown_s=training.cooldown_s,
+                labelled=self._labelled_since(t, onset),
+                min_examples=training.min_examples,
+            )
+            self.decisions.append(f"{t}: {decision.decision} {decision.reason}")
+            if decision.decision != trigger_policy.REQUESTED:
+                continue
+            self.last_request = ask.event_time
+            if decision.waiting:
+                self.waiting = (ask, onset)
+            else:
+                self.waiting = None
+                request = Retrain(onset, f"drift {ask.episode_id[:8]} since {onset}")
+        if request is None and self.waiting is not None:
+            ask, onset = self.waiting
+            if trigger_policy.enough_labelled(self._labelled_since(t, onset), training.min_examples):
+                self.waiting = None
+                request = Retrain(onset, f"drift {ask.episode_id[:8]} since {onset} (after waiting)")
+        return request
+
+    def fit(self, t: int, data: Labelled) -> Model | None:
+        classes = self.info.classes
+        examples = [
+            Example(str(i), self._time(i), dict(zip(self.names, row.tolist(), strict=True)), str(classes[c]))
+            for i, row, c in zip(data.index.tolist(), data.x, data.y.tolist(), strict=True)
+        ]
+        try:
+            result = pipeline.fit(self.project, examples, self.project.training)
+        except TrainingFailure as failure:
+            self.decisions.append(f"{t}: run failed {failure.error_type}")
+            return None
+        champion_version = self.version or None
+        champion_metrics = comparison_metrics = None
+        if self.champion is not None:
+            compared = pipeline.comparison_set(result.holdout, self.champion_train_end)
+            if len(compared) >= MIN_COMPARISON_EXAMPLES:
+                champion_metrics = pipeline.evaluate_on_holdout(self.champion, compared, self.names, self.positive)
+                comparison_metrics = (
+                    dict(result.metrics)
+                    if len(compared) == len(result.holdout)
+                    else pipeline.evaluate_on_holdout(result.model, compared, self.names, self.positive)
+                )
+        decision = registry_policy.decide(
+            self.project.promotion,
+            metrics=result.metrics,
+            champion_version=champion_version,
+            evaluated_against=champion_version if champion_metrics is not None else None,
+            champion_metrics=champion_metrics,
+            comparison_metrics=comparison_metrics,
+        )
+        self.decisions.append(f"{t}: {'promoted' if decision.promote else 'rejected'} {decision.reason}")
+        if not decision.promote:
+            return None
+        self._flush()  # the old champion's buffered events are its own
+        self.champion, self.champion_train_end = result.model, result.train[-1].event_time
+        metadata = {
+            "reference_profile": result.reference_profile,
+            "metrics": result.metrics,
+            "feature_names": result.feature_names,
+            "positive_class": self.positive,
+        }
+        self._next_reference = metadata
+        return _Coded(result.model, classes)
+
+    def on_model(self, t: int, version: int) -> None:
+        self.version = version
+        reference = Reference.from_metadata(
+            self.project.model.name, version, self._next_reference, f"promotion-{version}"
+        )
+        self.monitor = ModelMonitor(reference, self.project.drift)
+        self.waiting_labels = {}
