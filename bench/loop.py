@@ -408,10 +408,10 @@ class Oracle(Baseline):
         return None
 
 
-def _driftline(trainer: Trainer, events_per_second: float = 300.0) -> Policy:
+def _driftline(trainer: Trainer, events_per_second: float = 300.0, project: str | None = None) -> Policy:
     from bench.loop_driftline import Driftline  # imports the services: only when asked for
 
-    return Driftline(trainer, events_per_second)
+    return Driftline(trainer, events_per_second, project)
 
 
 POLICIES: dict[str, Callable[..., Policy]] = {
@@ -474,6 +474,7 @@ class Job:
     estimator_seed: int
     policies: tuple[str, ...] = POLICY_NAMES
     events_per_second: float = 300.0
+    project: str | None = None  # driftline: the project file whose policies it runs
 
 
 def run_stream(job: Job) -> dict[str, Any]:
@@ -496,7 +497,11 @@ def run_stream(job: Job) -> dict[str, Any]:
     # One process per core runs one stream: the fits are small, threads would only compete.
     with threadpool_limits(1):
         for name in job.policies:
-            policy = POLICIES[name](trainer, job.events_per_second) if name == "driftline" else POLICIES[name](trainer)
+            policy = (
+                POLICIES[name](trainer, job.events_per_second, job.project)
+                if name == "driftline"
+                else POLICIES[name](trainer)
+            )
             run = simulate(x, y, info, policy, job.config)
             results[name] = metrics(run, y, info, job.config) | {"runs": run.runs}
     return {
@@ -659,6 +664,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=300.0,
         help="driftline: event rate mapping simulated time to the project's wall-clock cooldown (default 300)",
     )
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=None,
+        help="driftline: run the policies of this project file (default: the shipped example's); "
+        "for a family other than loan its features and label are replaced by the stream's",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every result as JSON here")
     args = parser.parse_args(argv)
     if args.params is None:
@@ -696,6 +708,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.estimator_seed,
             tuple(args.policies),
             args.events_per_second,
+            str(args.project) if args.project else None,
         )
         for f in args.families
         for k in args.kinds
@@ -725,11 +738,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     fits = sum(r["fits"] for r in results)
     fit_seconds = sum(r["fit_seconds"] for r in results)
     if "driftline" in args.policies:
-        cooldown_s = load_project().training.cooldown_s
+        training = load_project(args.project).training
+        spec = training.cooldown_spec
+        cooldown = (
+            f"{spec.amount:g} s = {spec.amount * args.events_per_second:g} events"
+            if spec.is_duration
+            else f"{training.cooldown} (counted on the stream)"
+        )
         print(
-            f"\ndriftline: the project's policies; event time = t / {args.events_per_second:g} events per second, "
-            f"so its cooldown of {cooldown_s:g} s = {cooldown_s * args.events_per_second:g}"
-            " events; loan family only (the project's features)"
+            f"\ndriftline: the policies of {args.project or 'the shipped project'} on every family (the stream's "
+            "features); event time = "
+            f"t / {args.events_per_second:g} events per second; cooldown {cooldown}"
         )
     print(f"\n{len(results)} streams in {elapsed:.1f} s wall; {fits} fits, {fit_seconds:.1f} s (summed over processes)")
     if args.json:

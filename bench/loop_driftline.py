@@ -1,27 +1,32 @@
 """The ``driftline`` column of bench/loop.py: the platform's own decision code, in-process.
 
+* the project: the shipped example's file (``examples/loan_approval/project.yaml``) for the loan
+  family; for any other family the same file with the stream's features as numeric raw features
+  and its label classes (:func:`project_for`), so every family runs the shipped policies, untuned;
 * monitoring: a ``driftline_monitoring.drift.ModelMonitor`` per serving version, built from the
   ``Reference`` of the promoted model's metadata (reference profile, holdout accuracy, feature
-  names) that ``pipeline.fit`` produced; vectors, champion predictions (with the positive-class
-  score) and delayed labels are fed as the handlers do (labels that arrive before their prediction
-  wait, as in ``Monitoring.labels``); checks run ``snapshot``/``compute``/``conclude``; a detection
-  opens an episode only when none is open (``should_open``, ``with_onset``); ``after_check``
-  resolves it; a new model gets a new monitor (the episode closes, ``model_changed``).
-* training: ``trigger_policy.decide`` on the published detection (cooldown on event time,
-  waiting for ``min_examples`` labels since the onset: a waiting trigger is requested once they
-  exist); the first model as the baselines' (the project's ``initial_training_after`` is 0, i.e.
-  no automatic first model); the run selects labelled events since the onset (``since_drift``)
-  and ``pipeline.fit`` splits by time, fits the project's estimator, profiles; the champion is
-  scored on ``pipeline.comparison_set`` (holdout after its training data, at least 50 examples, as
-  ``ChampionEvaluator``) with ``pipeline.evaluate_on_holdout``.
+  names, examples, the episode whose request trained it) that ``pipeline.fit`` produced; vectors,
+  champion predictions (with the positive-class score) and delayed labels are fed as the handlers
+  do (labels that arrive before their prediction wait, as in ``Monitoring.labels``); checks run
+  ``snapshot``/``compute``/``conclude``; a detection opens an episode only when none is open
+  (``should_open``, ``with_onset``, ``open``); after every joined outcome ``due_attempt`` may ask
+  again (still degraded, consolidation), as ``Episodes.maybe_attempt``; ``after_check`` ends the
+  episode; a new model gets a new monitor that inherits the open episode (``carry``).
+* training: ``trigger_policy.decide`` on each published ``drift.detected`` (the cooldown between
+  episodes, waiting for ``min_examples`` labels since the onset: a waiting trigger is requested
+  once they exist; further attempts of an episode are not held by the cooldown); the first model
+  as the baselines' (the project's ``initial_training_after`` is 0, i.e. no automatic first
+  model); the run selects the most recent ``max_examples`` labelled events since the onset
+  (``since_drift``) and ``pipeline.fit`` splits by time, fits the project's estimator, profiles;
+  the champion is scored on ``pipeline.comparison_set`` (as ``ChampionEvaluator``) with
+  ``pipeline.evaluate_on_holdout``.
 * registry: ``driftline_registry.policy.decide`` with the project's promotion policy.
 
 Left out (I/O): Kafka, the stores, artifacts, de-duplication of re-delivered events (every
 detection here is delivered once), revival/waits_again (runs fail only for too few examples /
 one class, and a failed run does not retry), and the time a run takes. Event time is
-``START + t / events_per_second`` s, so the project's cooldown (wall-clock seconds) maps to
-``cooldown_s * events_per_second`` events. The selection size is the simulator's ``--window``
-(the project's ``max_examples`` is not applied).
+``START + t / events_per_second`` s: a cooldown given as a duration maps to
+``seconds * events_per_second`` events, one given in events or labels is counted on the stream.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ import numpy as np
 
 from bench.loop import Labelled, LoopConfig, Model, Retrain, StreamInfo
 from driftline.events import epoch_ms
-from driftline.project import load_project
+from driftline.project import Project, load_project
 from driftline_ml.models import positive_scores
-from driftline_monitoring.drift import Detection, Episode, ModelMonitor, Reference
+from driftline_monitoring.drift import Attempt, Detection, ModelMonitor, Reference
 from driftline_registry import policy as registry_policy
 from driftline_training import pipeline, trigger_policy
 from driftline_training.pipeline import Example, TrainingFailure
@@ -57,13 +62,31 @@ class _Coded:
         return np.asarray([self.code[str(v)] for v in self.model.predict(x)], dtype=np.int64)
 
 
+def project_for(info: StreamInfo, base: Project | None = None) -> Project:
+    """The shipped project for the loan family; for another family, the same file with the stream's
+    features (numeric, raw) and label classes: the same policies, the stream's data."""
+    base = base or load_project()
+    if list(info.feature_names) == list(base.model_features):
+        return base
+    doc = base.model_dump(exclude={"path"}, by_alias=True)
+    names = [str(f) for f in info.feature_names]
+    doc["features"] = {"version": "1", "raw": names, "categorical": [], "derived": [], "windows": []}
+    doc["model"]["features"] = names
+    classes = [str(c) for c in info.classes]
+    doc["label"] = {"name": "label", "classes": classes, "positive_class": classes[-1]}
+    return Project.model_validate(doc)
+
+
 class Driftline:
     name = "driftline"
     observes = True
     detects = True
 
-    def __init__(self, trainer: Any = None, events_per_second: float = EVENTS_PER_SECOND) -> None:
+    def __init__(
+        self, trainer: Any = None, events_per_second: float = EVENTS_PER_SECOND, project: str | None = None
+    ) -> None:
         self.events_per_second = events_per_second
+        self.project_file = project
         self.detections: list[int] = []
 
     # -- time ------------------------------------------------------------------------------------
@@ -76,9 +99,7 @@ class Driftline:
 
     def start(self, info: StreamInfo, config: LoopConfig) -> None:
         self.info, self.config = info, config
-        self.project = load_project()
-        if list(info.feature_names) != list(self.project.model_features):
-            raise ValueError("the driftline policy runs on streams with the project's features (the loan family)")
+        self.project = project_for(info, load_project(self.project_file) if self.project_file else None)
         self.names = list(self.project.model_features)
         self.positive = self.project.label.positive_class
         self._start_ms = epoch_ms(START)
@@ -90,9 +111,13 @@ class Driftline:
         self.buffer: list[tuple[int, np.ndarray, int]] = []
         self.waiting_labels: dict[str, str] = {}
         self.last_request: datetime | None = None  # nearest live request (the cooldown)
+        self.last_request_at = 0  # its position in the stream
         self.asks: list[tuple[trigger_policy.Ask, int]] = []  # published detections not yet decided
         self.waiting: tuple[trigger_policy.Ask, int] | None = None  # requested, waiting for labels
         self.decisions: list[str] = []
+        self.requesting_episode: str | None = None  # the episode whose request the next run serves
+        self.detected_by: list[str] = []  # kind/method of each published detection
+        self.attempts: list[tuple[int, int, str]] = []  # (t, attempt, reason) of further attempts
 
     # -- monitoring ------------------------------------------------------------------------------
 
@@ -117,7 +142,7 @@ class Driftline:
             monitor.add_prediction(event_id, ms, float(score), predicted)
             label = self.waiting_labels.pop(event_id, None)
             if label is not None:
-                self._detected(t - self.config.label_delay, monitor.add_label(event_id, label))
+                self._outcome(t - self.config.label_delay, monitor.add_label(event_id, label))
         self.buffer = []
 
     def _check(self, t: int) -> None:
@@ -126,7 +151,35 @@ class Driftline:
         result = self.monitor.conclude(self.monitor.compute(columns, scores, window))
         if result.detection is not None:
             self._detected(t - self.config.label_delay, result.detection)
-        self.monitor.after_check(result)
+        ended = self.monitor.after_check(result)
+        if ended is not None:
+            self.decisions.append(f"{t}: episode {ended[0].episode_id[:8]} ended: {ended[1]}")
+
+    def _outcome(self, labelled_event: int, detection: Detection | None) -> None:
+        """A joined outcome, as ``Monitoring._performance``: its detection, then a further attempt."""
+        self._detected(labelled_event, detection)
+        monitor = self.monitor
+        if monitor is None or monitor.episode is None:
+            return
+        attempt = monitor.due_attempt()
+        if attempt is not None:
+            monitor.episode.took(attempt)
+            self._ask(labelled_event, monitor.episode.episode_id, attempt)
+
+    def _ask(self, labelled_event: int, episode_id: str, attempt: Attempt) -> None:
+        now = self._time(labelled_event + self.config.label_delay)
+        onset = max(0, self._event(attempt.onset_ms)) if attempt.onset_ms is not None else 0
+        self.attempts.append((labelled_event + self.config.label_delay, attempt.number, attempt.reason))
+        ask = trigger_policy.Ask(
+            trigger_id=trigger_policy.drift_trigger_id(self.project.model.name, episode_id, attempt.number),
+            kind="drift",
+            model_name=self.project.model.name,
+            event_time=now,
+            episode_id=episode_id,
+            since=self._time(onset),
+            episode_attempt=attempt.number,
+        )
+        self.asks.append((ask, onset))
 
     def _detected(self, labelled_event: int, detection: Detection | None) -> None:
         monitor = self.monitor
@@ -136,8 +189,11 @@ class Driftline:
             return
         detection = monitor.with_onset(detection)
         episode_id = str(uuid.uuid4())
-        monitor.episode = Episode(episode_id, detection.kind)
+        monitor.open(episode_id, detection)
         self.detections.append(max(0, labelled_event))
+        self.detected_by.append(
+            f"{detection.kind}/{detection.method} {detection.statistic:.4g}>{detection.threshold:.4g}"
+        )
         onset_ms = detection.onset_ms if detection.onset_ms is not None else detection.window_start_ms
         onset = max(0, self._event(onset_ms))
         now = self._time(labelled_event + self.config.label_delay)
@@ -159,13 +215,23 @@ class Driftline:
         if event_id not in self.monitor.predictions:
             self.waiting_labels[event_id] = value
             return
-        self._detected(event, self.monitor.add_label(event_id, value))
+        self._outcome(event, self.monitor.add_label(event_id, value))
 
     def _flush_if_behind(self, event: int) -> None:
         if self.buffer and self.buffer[0][0] <= event:
             self._flush()
 
     # -- training --------------------------------------------------------------------------------
+
+    def _index(self, when: datetime) -> int:
+        return round((when - START).total_seconds() * self.events_per_second)
+
+    def _gap(self, ask: trigger_policy.Ask) -> int | None:
+        """A count cooldown's gap, as training's store counts it: the examples (events) or labelled
+        examples whose event time lies between the two drift events; every event here is labelled."""
+        if self.last_request is None or self.project.training.cooldown_spec.is_duration:
+            return None
+        return abs(self._index(ask.event_time) - self.last_request_at)
 
     def _labelled_since(self, t: int, onset: int) -> int:
         return max(0, t - self.config.label_delay - onset + 1)
@@ -179,8 +245,8 @@ class Driftline:
             ask, onset = self.asks.pop(0)
             decision = trigger_policy.decide(
                 ask,
-                trigger_policy.TriggerState(None, self.last_request),
-                cooldown_s=training.cooldown_s,
+                trigger_policy.TriggerState(None, self.last_request, self._gap(ask)),
+                cooldown=training.cooldown_spec,
                 labelled=self._labelled_since(t, onset),
                 min_examples=training.min_examples,
             )
@@ -188,16 +254,23 @@ class Driftline:
             if decision.decision != trigger_policy.REQUESTED:
                 continue
             self.last_request = ask.event_time
+            self.last_request_at = self._index(ask.event_time)
             if decision.waiting:
                 self.waiting = (ask, onset)
             else:
                 self.waiting = None
-                request = Retrain(onset, f"drift {ask.episode_id[:8]} since {onset}")
+                request = Retrain(onset, f"drift {ask.episode_id[:8]}#{ask.episode_attempt} since {onset}")
+                self.requesting_episode = ask.episode_id
         if request is None and self.waiting is not None:
             ask, onset = self.waiting
             if trigger_policy.enough_labelled(self._labelled_since(t, onset), training.min_examples):
                 self.waiting = None
-                request = Retrain(onset, f"drift {ask.episode_id[:8]} since {onset} (after waiting)")
+                request = Retrain(onset, f"drift {ask.episode_id[:8]}#{ask.episode_attempt} since {onset} (waited)")
+                self.requesting_episode = ask.episode_id
+        if request is not None:
+            # The run's selection: the most recent max_examples labelled examples since the onset.
+            last = t - self.config.label_delay
+            request = Retrain(max(request.since, last - training.max_examples + 1), request.reason)
         return request
 
     def fit(self, t: int, data: Labelled) -> Model | None:
@@ -213,10 +286,17 @@ class Driftline:
             return None
         champion_version = self.version or None
         champion_metrics = comparison_metrics = None
+        paired: tuple[int, int] | None = None
         if self.champion is not None:
-            compared = pipeline.comparison_set(result.holdout, self.champion_train_end)
+            compared = pipeline.comparison_set(
+                result.holdout,
+                self.champion_train_end,
+                recent=self.project.promotion.compare_recent,  # every run after the first is a drift run
+                minimum=MIN_COMPARISON_EXAMPLES,
+            )
             if len(compared) >= MIN_COMPARISON_EXAMPLES:
                 champion_metrics = pipeline.evaluate_on_holdout(self.champion, compared, self.names, self.positive)
+                paired = pipeline.paired_counts(result.model, self.names, self.champion, self.names, compared)
                 comparison_metrics = (
                     dict(result.metrics)
                     if len(compared) == len(result.holdout)
@@ -229,6 +309,9 @@ class Driftline:
             evaluated_against=champion_version if champion_metrics is not None else None,
             champion_metrics=champion_metrics,
             comparison_metrics=comparison_metrics,
+            n_compared=len(compared) if champion_metrics is not None else None,
+            wins=paired[0] if paired else None,
+            losses=paired[1] if paired else None,
         )
         self.decisions.append(f"{t}: {'promoted' if decision.promote else 'rejected'} {decision.reason}")
         if not decision.promote:
@@ -240,6 +323,9 @@ class Driftline:
             "metrics": result.metrics,
             "feature_names": result.feature_names,
             "positive_class": self.positive,
+            "n_train": len(result.train),
+            "n_holdout": len(result.holdout),
+            "drift_episode_id": self.requesting_episode if self.version else None,
         }
         self._next_reference = metadata
         return _Coded(result.model, classes)
@@ -249,5 +335,7 @@ class Driftline:
         reference = Reference.from_metadata(
             self.project.model.name, version, self._next_reference, f"promotion-{version}"
         )
-        self.monitor = ModelMonitor(reference, self.project.drift)
+        previous = self.monitor
+        self.monitor = ModelMonitor(reference, self.project.drift, max_examples=self.project.training.max_examples)
+        self.monitor.carry(previous.episode if previous is not None else None)
         self.waiting_labels = {}

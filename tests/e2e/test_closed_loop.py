@@ -1,8 +1,14 @@
 """The closed loop at small scale on the real stack, with the six services as real processes.
 
-Events in → features → a first model → predictions; then the labelling function switches and the
-platform must close the loop by itself: one drift episode → one retrain → promotion → the new
-version serving, with accuracy recovering; `trace` rebuilds the whole chain from the topics.
+Events in → features → a first model → predictions; then the labelling function changes and the
+platform must close the loop by itself:
+
+* sudden switch: one drift episode → one retrain → promotion → the new version serving, with
+  accuracy recovering; `trace` rebuilds the whole chain from the topics;
+* gradual change (the new concept's share grows over thousands of events): the episode's first
+  candidate, trained early in the transition, is rejected; the episode stays open while served
+  performance stays degraded and asks again on new labelled outcomes; a later attempt is promoted;
+  `trace` shows both attempts in the episode's chain.
 """
 
 from __future__ import annotations
@@ -10,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from driftline.history import CHAIN_TOPICS, chain, read_topics
+from driftline.project import EXAMPLE_PROJECT
 from driftline_cli.examples.loan_approval.scenario import Scenario, ScenarioConfig
 from tests.support import ROOT, Namespace, ServiceProcess
 
@@ -55,9 +64,9 @@ async def test_drift_retrains_promotes_and_redeploys_by_itself(
     )
     assert summary.new_version is not None and summary.first_version is not None
     assert summary.new_version > summary.first_version
-    # One episode, one retrain.
-    assert summary.drift_events == 1, [t for t in summary.timeline if t["topic"] == "drift.detected"]
-    assert summary.runs_after_drift == 1
+    # One episode; its first run is the one that serves.
+    assert summary.episodes == 1, [t for t in summary.timeline if t["topic"] == "drift.detected"]
+    assert summary.runs_to_recover == 1, summary.attempts
     # The old model fails on the new concept; the new one recovers.
     assert summary.accuracy_before_drift is not None and summary.accuracy_before_drift > 0.9
     assert summary.accuracy_after_drift is not None and summary.accuracy_after_drift < 0.75
@@ -80,17 +89,71 @@ async def test_drift_retrains_promotes_and_redeploys_by_itself(
     assert promoted.record.previous_version == summary.first_version
 
     # The operator's view of the same chain: the `driftline trace` command, from the topics alone.
+    cli = await trace(namespace, summary.correlation_id)
+    printed = [line for line in cli.stdout.splitlines() if "│" in line]
+    for step in ("drift.detected", "training.requested", "models.trained", "models.promoted", "deployments.status"):
+        assert any(step in line for line in printed), f"`driftline trace` did not print {step}:\n{cli.stdout}"
+    assert f"v{summary.new_version}" in cli.stdout
+    assert "chain incomplete" not in cli.stdout
+
+
+async def trace(namespace: Namespace, correlation_id: str) -> subprocess.CompletedProcess[str]:
     cli = await asyncio.to_thread(
         subprocess.run,
-        [str(ROOT / ".venv" / "bin" / "driftline"), "trace", summary.correlation_id],
+        [str(ROOT / ".venv" / "bin" / "driftline"), "trace", correlation_id],
         env={**namespace.env(), "COLUMNS": "250"},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert cli.returncode == 0, cli.stderr
-    printed = [line for line in cli.stdout.splitlines() if "│" in line]
-    for step in ("drift.detected", "training.requested", "models.trained", "models.promoted", "deployments.status"):
-        assert any(step in line for line in printed), f"`driftline trace` did not print {step}:\n{cli.stdout}"
-    assert f"v{summary.new_version}" in cli.stdout
-    assert "chain incomplete" not in cli.stdout
+    return cli
+
+
+@pytest.fixture
+def demanding_promotion(namespace: Namespace, tmp_path: Path) -> Namespace:
+    """The shipped project with a promotion margin of 2 points, as a cautious team would set it: a
+    candidate trained early in a transition (mostly on the old concept) cannot beat the champion by
+    it, a candidate trained once the new concept dominates can."""
+    assert EXAMPLE_PROJECT is not None
+    doc = yaml.safe_load(EXAMPLE_PROJECT.read_text())
+    doc["promotion"]["margin"] = 0.02
+    path = tmp_path / "project.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    namespace.stack = namespace.stack.model_copy(update={"project_file": path})
+    return namespace
+
+
+async def test_gradual_drift_retries_until_a_candidate_is_promoted(
+    demanding_promotion: Namespace, services: dict[str, ServiceProcess]
+) -> None:
+    namespace = demanding_promotion
+    config = ScenarioConfig(
+        seed=23,
+        warmup=700,
+        before_drift=700,
+        drift_width=4000,
+        after_drift_max=9000,
+        after_new_model=300,
+        rate=300,
+        timeout_s=600,
+        ingestion_url=services["ingestion"].url,
+        training_url=services["training"].url,
+    )
+    summary = await Scenario(namespace.stack, config, say=print).run()
+    timeline = "\n".join(f"{t['t']}s {t['topic']} {t['what']}" for t in summary.timeline)
+    assert summary.closed, f"loop did not close: {summary.reason}\n{timeline}"
+    assert summary.episodes == 1, timeline
+    outcomes = [(a["attempt"], a["reason"], a["outcome"]) for a in summary.attempts]
+    promoted = [k for k, (_, _, outcome) in enumerate(outcomes) if outcome == "promoted"]
+    assert promoted, outcomes
+    # The first candidate lost; the episode asked again (still degraded) and a later one won.
+    assert outcomes[0][:1] == (1,) and outcomes[0][2] == "rejected", outcomes
+    assert promoted[0] > 0 and outcomes[promoted[0]][1] == "still_degraded", outcomes
+    assert summary.runs_to_recover >= 2
+    assert summary.accuracy_new_model is not None and summary.accuracy_new_model >= ACCURACY_FLOOR
+
+    assert summary.correlation_id is not None
+    cli = await trace(namespace, summary.correlation_id)
+    assert "rejected" in cli.stdout and f"attempt {outcomes[promoted[0]][0]} (still_degraded)" in cli.stdout, cli.stdout
+    assert f"v{summary.new_version}" in cli.stdout and "chain incomplete" not in cli.stdout

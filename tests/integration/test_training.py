@@ -121,10 +121,15 @@ def label_record(row: Row) -> dict[str, Any]:
 
 
 def drift_record(
-    *, episode_id: str, window_start: datetime, model_name: str | None = None, onset: datetime | None = None
+    *,
+    episode_id: str,
+    window_start: datetime,
+    model_name: str | None = None,
+    onset: datetime | None = None,
+    at: datetime | None = None,
 ) -> dict[str, Any]:
     return {
-        **envelope("test-monitoring"),
+        **envelope("test-monitoring", event_time=at),
         "episode_id": episode_id,
         "kind": "performance",
         "method": "accuracy_drop",
@@ -321,7 +326,8 @@ async def test_drift_events_within_the_cooldown_cause_one_run(
             first = drift_record(episode_id="episode-1", window_start=rows[50].event_time, onset=onset)
             second = drift_record(episode_id="episode-2", window_start=onset + timedelta(seconds=30))
             other = drift_record(episode_id="episode-x", window_start=onset, model_name="someone-elses-model")
-            # The first episode is delivered twice; the second comes within the cooldown (60s).
+            # The first episode is delivered twice; the second comes within the cooldown (both are
+            # stamped now: no labelled example lies between them, nor a second).
             for record in (first, second, first, other):
                 await producer.publish(DRIFT_DETECTED, record)
 
@@ -353,6 +359,40 @@ async def test_drift_events_within_the_cooldown_cause_one_run(
             assert [r["run_id"] for r in runs] == [run_id]
     finally:
         await reader.stop()
+
+
+async def test_a_count_cooldown_is_measured_in_the_examples_between_the_drifts(
+    namespace: Namespace, producer: EventProducer, training: ServiceProcess
+) -> None:
+    """The shipped project's cooldown is a count of labelled examples: a drift with one too few
+    after a live request's is held, the next one is requested, whatever the time between them."""
+    cooldown = PROJECT.training.cooldown_spec
+    assert cooldown.unit == "labels"
+    n, base = int(cooldown.amount), 100
+    rows = loan_rows(base + n + 50, start=datetime.now(UTC) - timedelta(hours=2), seed=6)  # every row labelled
+    await feed(producer, rows)
+    async with httpx.AsyncClient(timeout=30) as client:
+        url = training.url
+        await wait_examples(client, url, len(rows))
+        since = rows[0].event_time
+        first = drift_record(episode_id="count-1", window_start=since, at=rows[base].event_time)
+        # n - 1 labelled examples after the first drift's event time, then n.
+        held = drift_record(episode_id="count-2", window_start=since, at=rows[base + n - 1].event_time)
+        after = drift_record(episode_id="count-3", window_start=since, at=rows[base + n].event_time)
+        await producer.publish_many([(DRIFT_DETECTED, r) for r in (first, held, after)])
+
+        async def all_decided() -> dict[str, dict[str, Any]]:
+            triggers = (await client.get(f"{url}/v1/triggers")).json()["triggers"]
+            assert len(triggers) == 3, triggers
+            return {t["episode_id"]: t for t in triggers}
+
+        triggers = await eventually(all_decided, timeout_s=60)
+        assert {e: t["decision"] for e, t in triggers.items()} == {
+            "count-1": "requested",
+            "count-2": "cooldown",
+            "count-3": "requested",
+        }
+        assert f"{n - 1} labels from this one (cooldown {cooldown})" in triggers["count-2"]["reason"]
 
 
 async def test_a_drift_that_comes_before_its_labels_waits_for_them_then_trains(

@@ -4,6 +4,8 @@ a concept change raises a performance-drift event, and episodes publish once."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
@@ -45,6 +47,8 @@ class FakeStore:
         self.summaries: list[WindowSummary] = []
         self.reports: dict[str, dict[str, Any]] = {}  # episode id → {record, resolved, published, last_seen_at}
         self.touches = 0
+        self.attempts: list[DriftDetected] = []  # further attempts of episodes
+        self.published_attempts: set[tuple[str, int]] = set()
 
     async def save_summary(self, summary: WindowSummary) -> None:
         self.summaries.append(summary)
@@ -59,14 +63,31 @@ class FakeStore:
         for r in self.reports.values():
             record: DriftDetected = r["record"]
             if record.model_name == model_name and r["resolved"] is None:
-                return OpenReport(record.episode_id, record.model_version, record.kind)
+                attempts = [a for a in self.attempts if a.episode_id == record.episode_id]
+                return OpenReport(
+                    record.episode_id,
+                    record.model_version,
+                    record.kind,
+                    onset=record.onset,
+                    attempts=max([1, *(a.attempt for a in attempts)]),
+                    consolidated=any(a.reason == "consolidation" for a in attempts),
+                )
         return None
 
-    async def unpublished(self) -> list[DriftDetected]:
-        return [r["record"] for r in self.reports.values() if not r["published"]]
+    async def save_attempt(self, record: DriftDetected) -> None:
+        if not any(a.episode_id == record.episode_id and a.attempt == record.attempt for a in self.attempts):
+            self.attempts.append(record)
 
-    async def mark_published(self, episode_id: str) -> None:
-        self.reports[episode_id]["published"] = True
+    async def unpublished(self) -> list[DriftDetected]:
+        return [r["record"] for r in self.reports.values() if not r["published"]] + [
+            a for a in self.attempts if (a.episode_id, a.attempt) not in self.published_attempts
+        ]
+
+    async def mark_published(self, episode_id: str, attempt: int = 1) -> None:
+        if attempt == 1:
+            self.reports[episode_id]["published"] = True
+        else:
+            self.published_attempts.add((episode_id, attempt))
 
     async def touch(self, episode_id: str, seen_at: datetime | None = None) -> None:
         self.touches += 1
@@ -74,12 +95,6 @@ class FakeStore:
 
     async def resolve(self, episode_id: str, resolution: str) -> None:
         self.reports[episode_id]["resolved"] = resolution
-
-    async def resolve_open(self, model_name: str, resolution: str) -> list[str]:
-        done = [k for k, r in self.reports.items() if r["record"].model_name == model_name and r["resolved"] is None]
-        for k in done:
-            self.reports[k]["resolved"] = resolution
-        return done
 
     async def models(self) -> list[str]:
         return sorted({r["record"].model_name for r in self.reports.values()})
@@ -224,12 +239,24 @@ async def test_a_concept_change_raises_a_performance_drift_event() -> None:
     rows, labels = synthetic.generate(1500, 32, concept="b")  # same inputs, new labelling
     delay = await stream(mon, model(), rows, labels, start=1200)
     assert delay is not None
-    (drift,) = producer.records(DriftDetected)
+    drift, *attempts = producer.records(DriftDetected)
+    assert drift.attempt == 1 and drift.reason == "detected"
     assert drift.kind == "performance" and drift.features == ()
-    assert drift.method in ("accuracy_drop", "page_hinkley")
-    assert {e.method for e in drift.evidence} == {"accuracy_drop", "page_hinkley"}
+    assert drift.method in ("accuracy_drop", "page_hinkley", "adwin")
+    assert {e.method for e in drift.evidence} == {"accuracy_drop", "page_hinkley", "adwin"}
     assert drift.onset is not None and drift.window_start <= drift.onset <= drift.window_end
     print(f"\nconcept change detected {delay} labelled predictions after it started ({drift.method})")
+    # Nobody retrains here, so served performance stays degraded: the episode asks again, in its
+    # chain, spaced by retry_after_labels x retry_growth^(k-2) new labelled outcomes, up to max_attempts.
+    policy = POLICY
+    assert [a.attempt for a in attempts] == list(range(2, policy.max_attempts + 1))
+    assert {(a.episode_id, a.reason, a.correlation_id) for a in attempts} == {
+        (drift.episode_id, "still_degraded", drift.event_id)
+    }
+    counts = [drift.labelled_since_onset or 0] + [a.labelled_since_onset or 0 for a in attempts]
+    for k, (before, after) in enumerate(itertools.pairwise(counts), start=1):
+        assert after - before >= math.ceil(policy.retry_after_labels * policy.retry_growth ** (k - 1))
+    assert all(a.statistic > a.threshold for a in attempts)  # the accuracy drop beyond the guard
 
 
 async def test_an_episode_resolves_after_clean_checks_and_a_new_drift_opens_a_new_one() -> None:
@@ -246,7 +273,7 @@ async def test_an_episode_resolves_after_clean_checks_and_a_new_drift_opens_a_ne
 
 
 @pytest.mark.parametrize("evidence", ["prediction", "deployment_status"])
-async def test_a_new_champion_seen_serving_resets_the_windows_and_closes_the_episode(evidence: str) -> None:
+async def test_a_new_champion_seen_serving_resets_the_windows_and_inherits_the_episode(evidence: str) -> None:
     mon, producer, store = await monitoring_of(model())
     await stream(mon, model(), *synthetic.generate(600, 51))
     await stream(mon, model(), *synthetic.generate(700, 52, salary_scale=1.6), start=600)
@@ -261,8 +288,10 @@ async def test_a_new_champion_seen_serving_resets_the_windows_and_closes_the_epi
         await stream(mon, model(2), rows[:1], None, start=2000, version=2)
     else:
         await mon.on_deployment_status(deployment_status(v2, "loaded"))
-    assert store.reports[first.episode_id]["resolved"] == "model_changed"
+    # The episode goes on with the new champion: it ends when served performance is back.
+    assert store.reports[first.episode_id]["resolved"] is None
     monitor = mon.monitors[MODEL_NAME]
+    assert monitor.episode is not None and monitor.episode.episode_id == first.episode_id
     assert monitor.reference.version == 2 and len(monitor.vectors) <= 1
     assert len(monitor.scores) == (1 if evidence == "prediction" else 0)  # that prediction counts, for v2
     # Predictions of the old version (in flight at the swap) are not the champion's any more.
@@ -336,7 +365,7 @@ async def test_an_open_performance_episode_costs_o_features_per_label(monkeypatc
     await stream(mon, model(), *synthetic.generate(1200, 31))
     rows, labels = synthetic.generate(1500, 32, concept="b")
     await stream(mon, model(), rows, labels, start=1200)
-    (drift,) = producer.records(DriftDetected)
+    drift = producer.records(DriftDetected)[0]  # the others are its further attempts
     assert drift.kind == "performance" and drift.onset is not None
     drifted_labels = mon.monitors[MODEL_NAME].performance.total  # most of the 1500 labels after the change
     assert onsets == 1  # the onset of the one published detection, not one per label while drifted

@@ -128,3 +128,58 @@ def test_the_floor_applies_to_the_whole_holdout() -> None:
         comparison_metrics={"accuracy": 0.95},
     )
     assert not d.promote and "below the floor" in d.reason
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "n", "promote"),
+    [
+        (0.843, 0.8235, 51, False),  # a 2-point win on 51 examples is noise
+        (0.843, 0.8235, 5000, True),  # the same win on 5,000 is not
+        (0.95, 0.45, 50, True),  # a sudden drift's emergency run wins on any comparison size
+    ],
+)
+def test_a_win_within_the_comparisons_noise_is_not_promoted(
+    candidate: float, champion: float, n: int, promote: bool
+) -> None:
+    policy = PromotionPolicy(metric="accuracy", margin=0.0, floor=0.5, confidence=0.9)
+    d = decide(
+        policy,
+        metrics={"accuracy": candidate},
+        champion_version=2,
+        evaluated_against=2,
+        champion_metrics={"accuracy": champion},
+        n_compared=n,
+    )
+    assert d.promote is promote, d.reason
+    if not promote:
+        assert f"within the noise of {n} examples" in d.reason
+    # Without the comparison's size (records from before it was carried), the margin alone decides.
+    legacy = decide(
+        policy, metrics={"accuracy": candidate}, champion_version=2, evaluated_against=2,
+        champion_metrics={"accuracy": champion},
+    )  # fmt: skip
+    assert legacy.promote
+
+
+def test_with_paired_counts_the_decision_is_mcnemars() -> None:
+    policy = PromotionPolicy(metric="accuracy", margin=0.0, floor=0.5, confidence=0.9)
+
+    def with_counts(wins: int, losses: int, n: int = 375) -> bool:
+        champion = 0.90
+        candidate = champion + (wins - losses) / n
+        return decide(
+            policy,
+            metrics={"accuracy": candidate},
+            champion_version=2,
+            evaluated_against=2,
+            champion_metrics={"accuracy": champion},
+            n_compared=n,
+            wins=wins,
+            losses=losses,
+        ).promote
+
+    # Nine net wins of 375 (2.4 points): significant when the models disagree on few examples...
+    assert with_counts(12, 3)  # 9 > 1.28 * sqrt(15) = 4.96
+    # ... noise when they disagree on many (the unpaired bound would reject both).
+    assert not with_counts(60, 51)  # 9 < 1.28 * sqrt(111) = 13.5
+    assert not with_counts(3, 3)

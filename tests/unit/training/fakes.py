@@ -30,6 +30,7 @@ from driftline_training.handlers import TrainingHandlers
 from driftline_training.pipeline import Example
 from driftline_training.requests import request_record
 from driftline_training.service import assemble
+from driftline_training.store import CountedGap
 from driftline_training.trigger_policy import Trigger
 
 PROJECT = load_project()
@@ -47,6 +48,8 @@ class FakeStore:
     staged: list[tuple[str, Record]] = field(default_factory=list)
     labelled: int | None = None  # what counting labelled examples answers (None: the examples)
     counted_since: list[datetime | None] = field(default_factory=list)
+    # (event time, labelled) of each stored feature vector: what a count cooldown counts.
+    vectors: list[tuple[datetime, bool]] = field(default_factory=list)
     _finished: list[tuple[str, str, Record]] = field(default_factory=list)
 
     @property
@@ -116,15 +119,29 @@ class FakeTransaction:
     async def trigger(self, trigger_id: str) -> Trigger | None:
         return self.store.triggers.get(trigger_id)
 
-    async def nearest_live_request(self, model_name: str, kind: str, event_time: datetime) -> datetime | None:
+    def _live(self, model_name: str, kind: str) -> list[datetime]:
         failed = {r["request_id"] for r in self.store.runs.values() if r["status"] == "failed"}
-        live = [
+        return [
             t.event_time
             for t in self.store.triggers.values()
             if (t.model_name, t.kind, t.decision) == (model_name, kind, "requested")
             and (t.waiting or t.request_id not in failed)
         ]
+
+    def _gap(self, a: datetime, b: datetime, counted: CountedGap) -> int:
+        lo, hi = min(a, b), max(a, b)
+        n = sum(1 for t, labelled in self.store.vectors if lo < t <= hi and (counted.unit == "events" or labelled))
+        return min(n, counted.up_to)
+
+    async def nearest_live_request(self, model_name: str, kind: str, event_time: datetime) -> datetime | None:
+        live = self._live(model_name, kind)
         return min(live, key=lambda t: abs((t - event_time).total_seconds()), default=None)
+
+    async def nearest_live_request_counted(
+        self, model_name: str, kind: str, event_time: datetime, counted: CountedGap
+    ) -> tuple[datetime, int] | None:
+        gaps = [(t, self._gap(t, event_time, counted)) for t in self._live(model_name, kind)]
+        return min(gaps, key=lambda g: (g[1], abs((g[0] - event_time).total_seconds())), default=None)
 
     async def latest_suppressed(self, near: Trigger, within_s: float) -> Trigger | None:
         suppressed = [
@@ -132,6 +149,15 @@ class FakeTransaction:
             for t in self.store.triggers.values()
             if (t.model_name, t.kind, t.decision) == (near.model_name, near.kind, "cooldown")
             and abs((t.event_time - near.event_time).total_seconds()) < within_s
+        ]
+        return max(suppressed, key=lambda t: t.event_time, default=None)
+
+    async def latest_suppressed_counted(self, near: Trigger, counted: CountedGap) -> Trigger | None:
+        suppressed = [
+            t
+            for t in self.store.triggers.values()
+            if (t.model_name, t.kind, t.decision) == (near.model_name, near.kind, "cooldown")
+            and self._gap(t.event_time, near.event_time, counted) < counted.up_to
         ]
         return max(suppressed, key=lambda t: t.event_time, default=None)
 

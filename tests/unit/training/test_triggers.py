@@ -9,6 +9,7 @@ import pytest
 
 from driftline.catalog import LABELS, TRAINING_REQUESTED
 from driftline.events import envelope
+from driftline.project import Project
 from driftline.records import LabelRecorded
 from driftline_training.requests import drift_request_id
 from driftline_training.trigger_policy import MAX_TRIGGER_ATTEMPTS, drift_trigger_id
@@ -18,6 +19,20 @@ from tests.unit.training.test_pipeline import examples
 ONSET = datetime(2025, 1, 1, tzinfo=UTC)  # where the examples of test_pipeline start
 MODEL = PROJECT.model.name
 MIN = PROJECT.training.min_examples
+
+
+def with_cooldown(cooldown: str) -> Project:
+    return PROJECT.model_copy(update={"training": PROJECT.training.model_copy(update={"cooldown": cooldown})})
+
+
+def vectors(n: int, per_second: float, labelled_every: int = 1) -> list[tuple[datetime, bool]]:
+    """``n`` stored feature vectors after ONSET at ``per_second``; the k-th is labelled when
+    ``labelled_every`` divides k (the k-th lies at :func:`at` (k))."""
+    return [(at(k, per_second), k % labelled_every == 0) for k in range(1, n + 1)]
+
+
+def at(k: int, per_second: float) -> datetime:
+    return ONSET + timedelta(seconds=k / per_second)
 
 
 # -- a drift that comes before its labels waits for them ----------------------------------------
@@ -70,10 +85,10 @@ async def test_a_redelivered_drift_finds_its_decision_and_requests_nothing_new()
 
 async def test_drifts_within_the_cooldown_cause_one_request_and_another_models_none() -> None:
     store = FakeStore(labelled=MIN)
-    h = handlers(store)
+    h = handlers(store, project=with_cooldown("60s"))
     first = drift_record(ONSET, at=ONSET)
     second = drift_record(ONSET, episode_id="episode-2", at=ONSET + timedelta(seconds=30))
-    later = drift_record(ONSET, episode_id="episode-3", at=ONSET + timedelta(seconds=PROJECT.training.cooldown_s))
+    later = drift_record(ONSET, episode_id="episode-3", at=ONSET + timedelta(seconds=60))
     other = drift_record(ONSET, episode_id="episode-x", model_name="someone-elses-model", at=ONSET)
     for drift in (first, second, later, other):
         await h.on_drift(drift)
@@ -107,12 +122,68 @@ async def test_the_first_model_is_requested_once_enough_labelled_examples_exist(
     assert published(h) == [[record.event_id]]
 
 
+# -- a cooldown in the units of the data -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_second", [3, 3000])
+@pytest.mark.parametrize(("cooldown", "labelled_every"), [("2000 events", 1), ("500 labels", 4)])
+async def test_a_count_cooldown_decides_the_same_at_any_event_rate(
+    per_second: float, cooldown: str, labelled_every: int
+) -> None:
+    # Every 4th vector labelled: 1,999 vectors hold 499 labelled examples, 2,000 hold 500.
+    store = FakeStore(labelled=MIN, vectors=vectors(5000, per_second, labelled_every))
+    h = handlers(store, project=with_cooldown(cooldown))
+    await h.on_drift(drift_record(ONSET, episode_id="first", at=ONSET))
+    await h.on_drift(drift_record(ONSET, episode_id="held", at=at(1999, per_second)))
+    await h.on_drift(drift_record(ONSET, episode_id="next", at=at(2000, per_second)))
+    decisions = {t.episode_id: t.decision for t in store.triggers.values()}
+    assert decisions == {"first": "requested", "held": "cooldown", "next": "requested"}
+    assert [r.drift_episode_id for r in store.staged_on(TRAINING_REQUESTED)] == ["first", "next"]
+    held = next(t for t in store.triggers.values() if t.episode_id == "held")
+    assert f"(cooldown {cooldown})" in held.reason
+
+
+@pytest.mark.parametrize(("per_second", "decision"), [(3, "requested"), (3000, "cooldown")])
+async def test_a_duration_cooldown_depends_on_the_event_rate(per_second: float, decision: str) -> None:
+    store = FakeStore(labelled=MIN, vectors=vectors(5000, per_second))
+    h = handlers(store, project=with_cooldown("60s"))
+    await h.on_drift(drift_record(ONSET, episode_id="first", at=ONSET))
+    await h.on_drift(drift_record(ONSET, episode_id="second", at=at(1999, per_second)))  # 666 s or 0.67 s later
+    assert {t.episode_id: t.decision for t in store.triggers.values()} == {"first": "requested", "second": decision}
+
+
+@pytest.mark.parametrize("another_live_run", [False, True])
+async def test_after_a_failed_run_a_count_cooldown_revives_the_drift_it_held_unless_another_run_holds_it(
+    another_live_run: bool,
+) -> None:
+    store = FakeStore(examples=examples(400, label="deny"), labelled=MIN, vectors=vectors(5000, 1))
+    h = handlers(store, project=with_cooldown("2000 events"))
+    await h.on_drift(drift_record(ONSET, episode_id="failing", at=ONSET))
+    if another_live_run:  # 3,000 events after the failing one: requested, its run still pending
+        await h.on_drift(drift_record(ONSET, episode_id="live", at=at(3000, 1)))
+    await h.on_drift(drift_record(ONSET, episode_id="held", at=at(1500, 1)))  # 1,500 events from either
+    assert store.triggers[drift_trigger_id(MODEL, "held")].decision == "cooldown"
+    (failing,) = [r for r in store.staged_on(TRAINING_REQUESTED) if r.drift_episode_id == "failing"]
+
+    await h.on_request(failing)  # one class only: fails for good
+    ((_, status, _, _),) = store.finished
+    assert status == "failed"
+    held = store.triggers[drift_trigger_id(MODEL, "held")]
+    if another_live_run:
+        assert held.decision == "cooldown"  # the live run lies 1,500 events from it
+        assert [r.drift_episode_id for r in store.staged_on(TRAINING_REQUESTED)] == ["failing", "live"]
+    else:
+        assert held.decision == "requested" and "failed" in held.reason
+        assert store.staged_on(TRAINING_REQUESTED)[-1].request_id == held.request_id == drift_request_id(MODEL, "held")
+
+
 # -- a failed drift run ---------------------------------------------------------------------------
 
 
-async def test_a_drift_run_that_failed_for_good_lets_a_suppressed_drift_be_requested() -> None:
-    store = FakeStore(examples=examples(400, label="deny"), labelled=MIN)
-    h = handlers(store)
+@pytest.mark.parametrize("cooldown", ["60s", "2000 events", "500 labels"])
+async def test_a_drift_run_that_failed_for_good_lets_a_suppressed_drift_be_requested(cooldown: str) -> None:
+    store = FakeStore(examples=examples(400, label="deny"), labelled=MIN)  # no vectors between the drifts
+    h = handlers(store, project=with_cooldown(cooldown))
     failing = drift_record(ONSET, episode_id="episode-1", at=ONSET)
     suppressed = drift_record(ONSET, episode_id="episode-2", at=ONSET + timedelta(seconds=30))
     await h.on_drift(failing)

@@ -124,6 +124,11 @@ class Event(Generic[R]):
     def correlation_id(self) -> str:
         return str(self.value["correlation_id"])
 
+    @property
+    def causation_id(self) -> str | None:
+        cause = self.value.get("causation_id")
+        return None if cause is None else str(cause)
+
 
 def record_of(topic: str, value: Mapping[str, Any], record_name: str | None = None) -> Any:
     """The typed record of a decoded value on ``topic`` (None for a topic outside the catalog)."""

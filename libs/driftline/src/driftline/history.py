@@ -104,6 +104,13 @@ def describe(event: Event[Any]) -> str:
     t = event.topic
     if t == DRIFT_DETECTED:
         feats = ",".join(v["features"]) or "-"
+        attempt = int(v.get("attempt") or 1)
+        if attempt > 1:  # a further training request of an open episode
+            return (
+                f"episode {v['episode_id']} attempt {attempt} ({v.get('reason')}) on {v['model_name']} "
+                f"v{v['model_version']}: {v['method']}={v['statistic']:.4g} (threshold {v['threshold']:.4g}), "
+                f"{v.get('labelled_since_onset')} labelled outcomes since the onset"
+            )
         return (
             f"{v['kind']} drift on {v['model_name']} v{v['model_version']}: {v['method']}={v['statistic']:.4g} "
             f"(threshold {v['threshold']:.4g}), window {v['window_size']}, features {feats}, episode {v['episode_id']}"

@@ -13,6 +13,7 @@ run a different project. An installed image has no checkout, so it must name its
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,42 @@ def parse_duration(value: str | int | float) -> float:
     if not m:
         raise ValueError(f"bad duration {value!r}: use e.g. 500ms, 30s, 15m, 2h, 7d")
     return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+_COUNT = re.compile(r"^\s*(\d+)\s*(events?|labels?)\s*$")
+CooldownUnit = Literal["s", "events", "labels"]
+
+
+@dataclass(frozen=True, slots=True)
+class CooldownSpec:
+    """A training cooldown: ``amount`` seconds between the two drift events' event times (unit
+    ``s``), or ``amount`` of training's stored examples whose event time lies between them: feature
+    vectors (``events``) or the labelled ones among them (``labels``)."""
+
+    amount: float
+    unit: CooldownUnit
+
+    @property
+    def is_duration(self) -> bool:
+        return self.unit == "s"
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}s" if self.is_duration else f"{self.amount:.0f} {self.unit}"
+
+
+def parse_cooldown(value: str) -> CooldownSpec:
+    """'5m' → 300 s; '2000 events' / '500 labels' → a count of the data ('1 label' is fine too)."""
+    m = _COUNT.match(value)
+    if m:
+        unit = m.group(2)
+        return CooldownSpec(float(m.group(1)), "events" if unit.startswith("event") else "labels")
+    try:
+        return CooldownSpec(parse_duration(value), "s")
+    except ValueError:
+        raise ValueError(
+            f"bad cooldown {value!r}: use a duration (e.g. 60s, 5m) or a count of the data "
+            "(e.g. 2000 events, 500 labels)"
+        ) from None
 
 
 class _Model(BaseModel):
@@ -153,14 +190,37 @@ class TrainingPolicy(_Model):
     holdout_fraction: float = Field(0.25, gt=0, lt=1)
     selection: Literal["recent", "since_drift"] = "since_drift"
     seed: int = 7
-    cooldown: str = "60s"
+    cooldown: str = Field(
+        "60s",
+        description="No second drift-triggered run within this of another requested one: a duration of "
+        "event time ('60s', '5m') or a count of the data between the two drift events: feature vectors "
+        "('2000 events') or labelled examples ('500 labels'), the same at any event rate.",
+    )
     initial_training_after: int = Field(
         0, description="Train the first model automatically once this many labelled examples exist (0: never)."
     )
 
+    @field_validator("cooldown")
+    @classmethod
+    def _valid_cooldown(cls, v: str) -> str:
+        parse_cooldown(v)
+        return v
+
+    @property
+    def cooldown_spec(self) -> CooldownSpec:
+        return parse_cooldown(self.cooldown)
+
     @property
     def cooldown_s(self) -> float:
-        return parse_duration(self.cooldown)
+        """The cooldown in seconds; only for a duration (a count has none: see :attr:`cooldown_spec`)."""
+        spec = self.cooldown_spec
+        if not spec.is_duration:
+            raise ValueError(f"training.cooldown {self.cooldown!r} is a count of {spec.unit}, not a duration")
+        return spec.amount
+
+
+Detector = Literal["page_hinkley", "adwin"]
+DETECTORS: tuple[Detector, ...] = ("page_hinkley", "adwin")
 
 
 class DriftPolicy(_Model):
@@ -175,12 +235,45 @@ class DriftPolicy(_Model):
     accuracy_drop: float = Field(0.1, description="Alarm when rolling accuracy falls this far below the holdout's.")
     page_hinkley_threshold: float = 50.0
     page_hinkley_delta: float = 0.005
+    detectors: list[Detector] = Field(
+        default_factory=lambda: list(DETECTORS),
+        description="Online detectors on the 0/1 error stream of joined predictions (either may raise).",
+    )
+    adwin_delta: float = Field(0.002, description="ADWIN's confidence (river's default).")
+    # The episode lifecycle, in labelled outcomes (the units of the data, not of the clock).
+    retry_after_labels: int = Field(
+        300,
+        description="While an episode is open and served performance is still degraded, ask for "
+        "training again once this many new labelled outcomes arrived since the last attempt.",
+    )
+    retry_growth: float = Field(1.5, description="Each further attempt waits this many times longer (in labels).")
+    max_attempts: int = Field(4, description="Training requests per episode, the first included (consolidation aside).")
+    consolidate_factor: float = Field(
+        4.0,
+        description="After a promotion in an episode, one more run once the labelled outcomes since the "
+        "onset reach this many times the promoted run's examples (capped by training.max_examples); 0: off.",
+    )
 
 
 class PromotionPolicy(_Model):
     metric: str = "accuracy"
     margin: float = Field(0.0, description="Candidate must beat the champion by at least this much.")
     floor: float = Field(0.6, description="Candidate must reach at least this value.")
+    confidence: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="For a proportion metric (accuracy…), the improvement over the champion must also "
+        "exceed the noise of the comparison: z(confidence) standard errors of the difference on the "
+        "compared examples (0: off).",
+    )
+    compare_recent: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Drift runs compare candidate and champion on this most recent fraction of the "
+        "holdout examples the champion did not train on (at least the minimum comparison size).",
+    )
 
 
 class Project(_Model):

@@ -187,6 +187,9 @@ class DriftDetected:
     model_version: int
     evidence: tuple[DriftEvidence, ...]
     onset: datetime | None = None
+    attempt: int = 1
+    reason: str = 'detected'
+    labelled_since_onset: int | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> DriftDetected:
@@ -210,6 +213,9 @@ class DriftDetected:
             model_version=d["model_version"],
             evidence=tuple(DriftEvidence.from_avro(x) for x in d["evidence"]),
             onset=d.get("onset", None),
+            attempt=d.get("attempt", 1),
+            reason=d.get("reason", 'detected'),
+            labelled_since_onset=d.get("labelled_since_onset", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -233,6 +239,9 @@ class DriftDetected:
             "model_version": self.model_version,
             "evidence": [x.to_avro() for x in self.evidence],
             "onset": self.onset,
+            "attempt": self.attempt,
+            "reason": self.reason,
+            "labelled_since_onset": self.labelled_since_onset,
         }
 
 
@@ -520,6 +529,8 @@ class ModelTrained:
     training_request_id: str | None = None
     comparison_metrics: dict[str, float] | None = None
     n_comparison: int | None = None
+    comparison_wins: int | None = None
+    comparison_losses: int | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> ModelTrained:
@@ -553,6 +564,8 @@ class ModelTrained:
             training_request_id=d.get("training_request_id", None),
             comparison_metrics=d.get("comparison_metrics", None),
             n_comparison=d.get("n_comparison", None),
+            comparison_wins=d.get("comparison_wins", None),
+            comparison_losses=d.get("comparison_losses", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -586,6 +599,8 @@ class ModelTrained:
             "training_request_id": self.training_request_id,
             "comparison_metrics": self.comparison_metrics,
             "n_comparison": self.n_comparison,
+            "comparison_wins": self.comparison_wins,
+            "comparison_losses": self.comparison_losses,
         }
 
 

@@ -18,20 +18,26 @@ Pure logic (no I/O) so it can be tested with plain data.
   reference score profile (methods ``score_psi`` and ``score_ks``).
 * Performance drift, on champion predictions joined with labels: rolling accuracy over the last
   ``performance_window`` outcomes (from ``min_labels`` on) more than ``accuracy_drop`` below the
-  reference (holdout) accuracy; or a Page-Hinkley alarm on the error stream (river, increases
-  only) while the rolling accuracy is below the reference by at least ``accuracy_drop / 2`` and
-  three standard errors. The guard exists because Page-Hinkley on a 0/1 error stream with a small
-  ``delta`` alarms on noise every few thousand outcomes when the error rate is 20-30 %; it keeps
-  Page-Hinkley as the early detector of a real change without letting noise through.
+  reference (holdout) accuracy; or an alarm of one of the policy's ``detectors`` on the error
+  stream (river's Page-Hinkley, increases only; river's ADWIN, counted when its estimate of the
+  error rate rose) while the rolling accuracy is below the reference by at least
+  ``accuracy_drop / 2`` and three standard errors. The guard exists because Page-Hinkley on a 0/1
+  error stream with a small ``delta`` alarms on noise every few thousand outcomes when the error
+  rate is 20-30 %; it keeps the detectors as early detectors of a real change without letting
+  noise through.
 * Tests run every ``check_every`` vectors once the window holds ``min_window`` of them;
   performance is checked at every outcome. Cost per record: O(features) to update the windows,
   plus one check (O(window x features)) every ``check_every`` records. The change-point estimate
   of a performance drift (O(performance_window)) is computed only for the detection that is
   published (:meth:`ModelMonitor.with_onset`), not at every outcome of an open episode. Memory:
   the windows.
-* Episodes: the first detection opens an episode and is the only one published; while it is
-  open, further detections (any kind) only refresh it. It resolves after ``resolve_after``
-  consecutive clean checks, or when the model changes (a new monitor is built).
+* Episodes (:class:`Episode`): the first detection opens an episode and is published; while it is
+  open, further detections refresh it, and the episode asks for training again while served
+  performance stays degraded (``retry_after_labels`` new labelled outcomes, growing by
+  ``retry_growth``, up to ``max_attempts``) and once more to consolidate a promotion made on few
+  post-drift examples (``consolidate_factor``). A new champion inherits it; it resolves after
+  ``resolve_after`` consecutive clean checks with the champion's performance back, or gives up
+  when its attempts are exhausted (docs/architecture.md, "Drift episodes").
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import numpy as np
-from river.drift import PageHinkley
+from river.drift import ADWIN, PageHinkley
 from scipy import stats
 
 from driftline.events import now_utc
@@ -69,6 +75,8 @@ class Reference:
     accuracy: float | None
     positive_class: str
     promotion_event_id: str
+    examples: int | None = None  # labelled examples of its run (train + holdout)
+    episode_id: str | None = None  # the drift episode whose request trained it, if any
 
     @classmethod
     def from_metadata(cls, model_name: str, version: int, metadata: Mapping[str, Any], event_id: str) -> Reference:
@@ -89,7 +97,14 @@ class Reference:
             accuracy=float(accuracy) if accuracy is not None else None,
             positive_class=str(metadata.get("positive_class") or ""),
             promotion_event_id=event_id,
+            examples=_examples_of(metadata),
+            episode_id=metadata.get("drift_episode_id"),
         )
+
+
+def _examples_of(metadata: Mapping[str, Any]) -> int | None:
+    n_train, n_holdout = metadata.get("n_train"), metadata.get("n_holdout")
+    return int(n_train) + int(n_holdout) if n_train is not None and n_holdout is not None else None
 
 
 @dataclass(frozen=True)
@@ -271,8 +286,52 @@ class BoundedMap(OrderedDict[str, V]):
             self.popitem(last=False)
 
 
+# 2 x the log-likelihood gain a split of an episode's error stream needs to move its onset: the
+# gain is the maximum over every split, so it is far above chi-square(1) under "no change"; at 20
+# a stationary error stream of a few thousand outcomes moves it about once in a thousand.
+ONSET_MOVE_GAIN = 20.0
+
+
+def change_point(outcomes: Sequence[tuple[int, bool]], margin: int = 10) -> tuple[int, float, bool]:
+    """The split of a time-ordered outcome stream that maximises the Bernoulli log-likelihood of
+    'one error rate before, another after': (event time of the first outcome after it, twice the
+    log-likelihood gain over 'one rate throughout', whether the error rate rose there). O(n)."""
+    times = [t for t, _ in outcomes]
+    errors = np.fromiter((0.0 if ok else 1.0 for _, ok in outcomes), dtype=np.float64)
+    n = errors.size
+    if n < 2 * margin + 1:
+        return (times[0] if times else 0), 0.0, False
+    k = np.arange(margin, n - margin)
+    before = np.cumsum(errors)[k - 1]
+    after = errors.sum() - before
+
+    def loglik(hits: np.ndarray, count: np.ndarray) -> np.ndarray:
+        p = np.clip(hits / count, 1e-9, 1 - 1e-9)
+        out: np.ndarray = hits * np.log(p) + (count - hits) * np.log(1 - p)
+        return out
+
+    score = loglik(before, k.astype(np.float64)) + loglik(after, (n - k).astype(np.float64))
+    best = int(np.argmax(score))
+    whole = float(loglik(np.asarray([errors.sum()]), np.asarray([float(n)]))[0])
+    split = int(k[best])
+    rose = after[best] / (n - split) > before[best] / split
+    return times[split], 2.0 * (float(score[best]) - whole), bool(rose)
+
+
+def _new_adwin(delta: float) -> ADWIN:
+    new: Callable[..., ADWIN] = ADWIN  # river leaves ADWIN.__init__ unannotated
+    return new(delta=delta)
+
+
 class PerformanceTracker:
-    """Rolling accuracy and Page-Hinkley on the error stream of joined predictions."""
+    """Rolling accuracy, and Page-Hinkley and ADWIN on the error stream of joined predictions.
+
+    Both detectors are river's. ADWIN (Bifet & Gavaldà) keeps an adaptive window and alarms when
+    two of its sub-windows' means differ beyond a Hoeffding-style bound at confidence ``adwin_delta``;
+    it alarms on a fall of the error rate as well, so only an alarm after which its estimate of the
+    error rate went up counts. Page-Hinkley (``mode="up"``) sees increases only. Either alarm counts
+    when the rolling accuracy is also below the reference by :meth:`guard`.
+    """
 
     def __init__(self, policy: DriftPolicy, reference_accuracy: float | None) -> None:
         self.policy = policy
@@ -287,8 +346,12 @@ class PerformanceTracker:
             mode="up",
         )
         self._ph_update: Callable[[float], None] = self.ph.update  # river leaves update() unannotated
+        self.use_ph = "page_hinkley" in policy.detectors
+        self.adwin: ADWIN | None = _new_adwin(policy.adwin_delta) if "adwin" in policy.detectors else None
         self.ph_alarm_since_check = False
         self.ph_alarms = 0
+        self.adwin_alarms = 0  # ADWIN changes with a rising error rate (those that count)
+        self.adwin_changes = 0  # every change ADWIN found, falls included
 
     @property
     def accuracy(self) -> float | None:
@@ -323,47 +386,68 @@ class PerformanceTracker:
         self.outcomes.append((event_time_ms, correct))
         self.correct += correct
         self.total += 1
-        self._ph_update(0.0 if correct else 1.0)
-        # At an alarm river has not reset its sums yet (it does at the next update).
-        ph_stat, ph_alarm = self.ph_statistic(), bool(self.ph.drift_detected)
+        error = 0.0 if correct else 1.0
+        ph_alarm = False
+        if self.use_ph:
+            self._ph_update(error)
+            ph_alarm = bool(self.ph.drift_detected)  # river resets its sums at the next update
+        ph_stat = self.ph_statistic()
+        adwin_alarm, adwin_rise = self._adwin_update(error)
         drop = self.drop
         if drop is None:
             return None
         policy = self.policy
         acc_drifted = drop > policy.accuracy_drop
-        ph_drifted = ph_alarm and drop > self.guard()
+        guard = self.guard()
+        ph_drifted = ph_alarm and drop > guard
+        adwin_drifted = adwin_alarm and drop > guard
         if ph_alarm:
             self.ph_alarms += 1
-            self.ph_alarm_since_check = self.ph_alarm_since_check or ph_drifted
+        if adwin_alarm:
+            self.adwin_alarms += 1
+        self.ph_alarm_since_check = self.ph_alarm_since_check or ph_drifted or adwin_drifted
         evidence = [
             Evidence(None, "accuracy_drop", drop, policy.accuracy_drop, None, acc_drifted),
-            Evidence(None, "page_hinkley", ph_stat, policy.page_hinkley_threshold, None, ph_drifted),
         ]
-        if not (acc_drifted or ph_drifted):
+        if self.use_ph:
+            evidence.append(Evidence(None, "page_hinkley", ph_stat, policy.page_hinkley_threshold, None, ph_drifted))
+        if self.adwin is not None:
+            # statistic: the rise of the error rate ADWIN estimated at this update; threshold: the
+            # accuracy drop the alarm needed (the guard).
+            evidence.append(Evidence(None, "adwin", adwin_rise, guard, None, adwin_drifted))
+        if not (acc_drifted or ph_drifted or adwin_drifted):
             return None
         window = (self.outcomes[0][0], self.outcomes[-1][0], len(self.outcomes))
         return main_detection(PERFORMANCE, evidence, window, [])  # its onset only if it is reported
 
+    def _adwin_update(self, error: float) -> tuple[bool, float]:
+        """Feed ADWIN; (an alarm with a rising error rate, the rise of its estimate)."""
+        if self.adwin is None:
+            return False, 0.0
+        before = float(self.adwin.estimation)
+        update: Callable[[float], None] = self.adwin.update  # river leaves update() unannotated
+        update(error)
+        if not self.adwin.drift_detected:
+            return False, 0.0
+        self.adwin_changes += 1
+        rise = float(self.adwin.estimation) - before
+        return rise > 0, rise
+
+    def degraded(self) -> bool:
+        """Served performance is still below the reference: the accuracy drop is known and beyond
+        :meth:`guard` (an open episode asks for training again only then)."""
+        drop = self.drop
+        return drop is not None and drop > self.guard()
+
+    def outcomes_since(self, ms: int) -> int:
+        """Outcomes in the window with event time at or after ``ms``."""
+        return sum(1 for t, _ in self.outcomes if t >= ms)
+
     def change_point_ms(self, margin: int = 10) -> int:
-        """Event time where the error rate most likely changed within the window: the split that
-        maximises the Bernoulli log-likelihood of 'one rate before, another after' (O(window):
-        computed only for a detection that is reported, see :meth:`ModelMonitor.with_onset`)."""
-        times = [t for t, _ in self.outcomes]
-        errors = np.fromiter((0.0 if ok else 1.0 for _, ok in self.outcomes), dtype=np.float64)
-        n = errors.size
-        if n < 2 * margin + 1:
-            return times[0]
-        k = np.arange(margin, n - margin)
-        before = np.cumsum(errors)[k - 1]
-        after = errors.sum() - before
-
-        def loglik(hits: np.ndarray, count: np.ndarray) -> np.ndarray:
-            p = np.clip(hits / count, 1e-9, 1 - 1e-9)
-            out: np.ndarray = hits * np.log(p) + (count - hits) * np.log(1 - p)
-            return out
-
-        score = loglik(before, k.astype(np.float64)) + loglik(after, (n - k).astype(np.float64))
-        return times[int(k[int(np.argmax(score))])]
+        """Event time where the error rate most likely changed within the window (see
+        :func:`change_point`; O(window): computed only for a detection that is reported, see
+        :meth:`ModelMonitor.with_onset`)."""
+        return change_point(self.outcomes, margin)[0]
 
     def summary(self, reset_alarm: bool = False) -> dict[str, Any]:
         drop = self.drop
@@ -375,6 +459,7 @@ class PerformanceTracker:
             "accuracy_drop": drop,
             "page_hinkley": self.ph_statistic(),
             "page_hinkley_alarms": self.ph_alarms,
+            "adwin_alarms": self.adwin_alarms,
             "degraded": (drop is not None and drop > self.policy.accuracy_drop) or self.ph_alarm_since_check,
         }
         if reset_alarm:
@@ -382,16 +467,126 @@ class PerformanceTracker:
         return out
 
 
+DETECTED, STILL_DEGRADED, CONSOLIDATION = "detected", "still_degraded", "consolidation"
+EPISODE_OUTCOMES = 5000  # outcomes an episode keeps to re-estimate its onset
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A further request for training of an open episode (``DriftDetected.attempt`` > 1)."""
+
+    number: int
+    reason: str  # still_degraded | consolidation
+    onset_ms: int | None
+    labelled_since_onset: int
+    statistic: float  # still_degraded: the accuracy drop; consolidation: the labelled outcomes since the onset
+    threshold: float  # still_degraded: the guard it is beyond; consolidation: the target it reached
+
+
 @dataclass
 class Episode:
+    """An open drift episode and its lifecycle (see :meth:`next_attempt`), in labelled outcomes.
+
+    It spans models: a model promoted while it is open inherits it (:meth:`ModelMonitor.carry`),
+    and it resolves only when served performance is back (:meth:`ModelMonitor.after_check`).
+    """
+
     episode_id: str
     kind: str
+    onset_ms: int | None = None
+    attempts: int = 1  # requests for training so far (the opening detection is the first)
+    labelled_since_onset: int = 0  # joined outcomes of events at or after the onset
+    labelled_at_attempt: int = 0  # labelled_since_onset when the last attempt went out
+    performance_onset: bool = False  # the onset is a performance change point
+    # The serving model's outcomes since the onset (bounded): where its errors began, for the next
+    # attempt's onset (see :meth:`next_attempt`).
+    outcomes: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=EPISODE_OUTCOMES))
+    promoted_examples: int | None = None  # examples of the run promoted in this episode, if any
+    consolidated: bool = False  # the episode's one consolidation run was asked for
     clean_checks: int = 0
     seen_at: datetime | None = None  # last detection not yet written to the report (last_seen_at)
     written_at: float = -math.inf  # time.monotonic() of the last write of last_seen_at
 
     def seen(self) -> None:
         self.seen_at = now_utc()
+
+    def count_outcome(self, event_time_ms: int, correct: bool) -> None:
+        if self.onset_ms is None or event_time_ms >= self.onset_ms:
+            self.labelled_since_onset += 1
+            self.outcomes.append((event_time_ms, correct))
+
+    def moved_onset(self) -> int | None:
+        """Where the serving model's errors since the onset began to rise, when that is clearly
+        later than the onset (a gradual or incremental change: the data before it is mostly the
+        old concept); else the onset. Onsets only move forward."""
+        if not self.outcomes:
+            return self.onset_ms
+        at, gain, rose = change_point(self.outcomes)
+        if rose and gain > ONSET_MOVE_GAIN and (self.onset_ms is None or at > self.onset_ms):
+            return at
+        return self.onset_ms
+
+    def retry_spacing(self, policy: DriftPolicy) -> int:
+        """New labelled outcomes the next retry waits for: ``retry_after_labels``, growing by
+        ``retry_growth`` with every attempt made."""
+        return math.ceil(policy.retry_after_labels * policy.retry_growth ** max(0, self.attempts - 1))
+
+    def consolidation_target(self, policy: DriftPolicy, max_examples: int | None) -> int | None:
+        """Labelled outcomes since the onset at which the consolidation run is due; None when none is
+        pending (no promotion in the episode, done already, off, or no larger set to train on)."""
+        if self.promoted_examples is None or self.consolidated or policy.consolidate_factor <= 0:
+            return None
+        target = math.ceil(policy.consolidate_factor * self.promoted_examples)
+        if max_examples is not None:
+            target = min(target, max_examples)
+        return target if target > self.promoted_examples else None
+
+    def next_attempt(
+        self, policy: DriftPolicy, *, degraded: bool, drop: float, guard: float, max_examples: int | None
+    ) -> Attempt | None:
+        """The attempt due now, if any (pure; :meth:`took` records it):
+
+        * consolidation: a model promoted in the episode was trained on few post-drift examples, and
+          the labelled outcomes since the onset reached :meth:`consolidation_target`;
+        * still_degraded: served performance is still degraded and :meth:`retry_spacing` new labelled
+          outcomes arrived since the last attempt, fewer than ``max_attempts`` made.
+        """
+        target = self.consolidation_target(policy, max_examples)
+        if target is not None and self.labelled_since_onset >= target:
+            return Attempt(
+                self.attempts + 1,
+                CONSOLIDATION,
+                self.onset_ms,
+                self.labelled_since_onset,
+                float(self.labelled_since_onset),
+                float(target),
+            )
+        if not degraded or self.attempts >= policy.max_attempts:
+            return None
+        if self.labelled_since_onset - self.labelled_at_attempt < self.retry_spacing(policy):
+            return None
+        return Attempt(self.attempts + 1, STILL_DEGRADED, self.moved_onset(), self.labelled_since_onset, drop, guard)
+
+    def took(self, attempt: Attempt) -> None:
+        self.attempts = max(self.attempts, attempt.number)
+        if attempt.onset_ms is not None and (self.onset_ms is None or attempt.onset_ms > self.onset_ms):
+            # The onset moved: what came before it is no longer the episode's post-drift data.
+            self.onset_ms = attempt.onset_ms
+            kept = [o for o in self.outcomes if o[0] >= attempt.onset_ms]
+            self.outcomes.clear()
+            self.outcomes.extend(kept)
+            self.labelled_since_onset = len(kept)
+        self.labelled_at_attempt = self.labelled_since_onset
+        if attempt.reason == CONSOLIDATION:
+            self.consolidated = True
+
+    def exhausted(self, policy: DriftPolicy) -> bool:
+        """Every attempt was made and the last one's spacing has passed: the episode gives up (it
+        closes, ``attempts_exhausted``; a later detection opens a new one)."""
+        return (
+            self.attempts >= policy.max_attempts
+            and self.labelled_since_onset - self.labelled_at_attempt >= self.retry_spacing(policy)
+        )
 
     def take_seen(self, now: float, every_s: float, *, force: bool = False) -> datetime | None:
         """The last detection time to write now (``last_seen_at``), if any is unwritten and the
@@ -412,6 +607,7 @@ class ModelMonitor:
     policy: DriftPolicy
     resolve_after: int = 3
     join_capacity: int = 50_000
+    max_examples: int | None = None  # the training policy's: caps the consolidation target
     features: list[str] = field(init=False)
     vectors: deque[tuple[int, tuple[Any, ...]]] = field(init=False)
     scores: deque[tuple[int, float]] = field(init=False)
@@ -455,6 +651,8 @@ class ModelMonitor:
             return None
         self.joined.put(source_event_id, True)
         predicted, event_time_ms = pending
+        if self.episode is not None:
+            self.episode.count_outcome(event_time_ms, predicted == label)
         return self.performance.add(event_time_ms, predicted == label)
 
     # -- the periodic check ----------------------------------------------------------------------
@@ -496,24 +694,88 @@ class ModelMonitor:
             return replace(detection, onset_ms=self.performance.change_point_ms())
         return detection
 
-    def should_open(self, detection: Detection) -> bool:
-        """A detection opens an episode only when none is open; otherwise it keeps it open."""
-        if self.episode is not None:
-            self.episode.clean_checks = 0
-            return False
-        return True
+    def open(self, episode_id: str, detection: Detection) -> Episode:
+        """The episode a published detection (with its onset, see :meth:`with_onset`) opens."""
+        onset = detection.onset_ms if detection.onset_ms is not None else detection.window_start_ms
+        self.episode = Episode(
+            episode_id,
+            detection.kind,
+            onset_ms=onset,
+            labelled_since_onset=self.performance.outcomes_since(onset),
+            performance_onset=detection.kind == PERFORMANCE,
+        )
+        self.episode.outcomes.extend(o for o in self.performance.outcomes if o[0] >= onset)
+        self.episode.labelled_at_attempt = self.episode.labelled_since_onset
+        return self.episode
 
-    def after_check(self, result: CheckResult) -> Episode | None:
-        """Count clean checks of the open episode; the episode when it is now resolved."""
-        if self.episode is None:
+    def should_open(self, detection: Detection) -> bool:
+        """A detection opens an episode only when none is open; otherwise it keeps it open. The first
+        performance detection of an episode opened on the inputs moves its onset to the error
+        stream's change point: that is when the model started to be wrong."""
+        episode = self.episode
+        if episode is None:
+            return True
+        episode.clean_checks = 0
+        if detection.kind == PERFORMANCE and not episode.performance_onset:
+            episode.onset_ms = self.performance.change_point_ms()
+            episode.labelled_since_onset = self.performance.outcomes_since(episode.onset_ms)
+            episode.outcomes.clear()
+            episode.outcomes.extend(o for o in self.performance.outcomes if o[0] >= episode.onset_ms)
+            episode.labelled_at_attempt = min(episode.labelled_at_attempt, episode.labelled_since_onset)
+            episode.performance_onset = True
+        return False
+
+    def carry(self, episode: Episode | None) -> None:
+        """A new champion inherits the open episode of the model it replaces; when the episode's own
+        request trained it, a consolidation run may follow (:meth:`Episode.consolidation_target`)."""
+        self.episode = episode
+        if episode is not None:
+            episode.outcomes.clear()  # the errors of the model it replaces say nothing about this one
+        if episode is not None and self.reference.episode_id == episode.episode_id:
+            episode.promoted_examples = self.reference.examples  # consolidation: once per episode
+            episode.clean_checks = 0
+
+    def due_attempt(self) -> Attempt | None:
+        """The further training request the open episode makes now, if any (see
+        :meth:`Episode.next_attempt`); call :meth:`Episode.took` once it is recorded."""
+        episode = self.episode
+        if episode is None:
             return None
-        if not result.clean:
-            self.episode.clean_checks = 0
+        perf = self.performance
+        return episode.next_attempt(
+            self.policy,
+            degraded=perf.degraded(),
+            drop=perf.drop or 0.0,
+            guard=perf.guard(),
+            max_examples=self.max_examples,
+        )
+
+    def after_check(self, result: CheckResult) -> tuple[Episode, str] | None:
+        """Count clean checks of the open episode; (the episode, why) when it ends now.
+
+        A check is clean when it found no drift and served performance is not degraded; while
+        labels flow, the current champion's performance must also be known (``min_labels`` of its
+        outcomes) and within :meth:`PerformanceTracker.guard` of its reference. A pending
+        consolidation keeps the episode open. An episode whose attempts are exhausted while still
+        degraded ends as well (``attempts_exhausted``)."""
+        episode = self.episode
+        if episode is None:
             return None
-        self.episode.clean_checks += 1
-        if self.episode.clean_checks >= self.resolve_after:
-            resolved, self.episode = self.episode, None
-            return resolved
+        perf = self.performance
+        if perf.degraded() and episode.exhausted(self.policy):
+            self.episode = None
+            return episode, "attempts_exhausted"
+        back = result.clean and not perf.degraded() and (perf.total == 0 or perf.drop is not None)
+        if not back:
+            episode.clean_checks = 0
+            return None
+        episode.clean_checks += 1
+        if (
+            episode.clean_checks >= self.resolve_after
+            and episode.consolidation_target(self.policy, self.max_examples) is None
+        ):
+            self.episode = None
+            return episode, "back_to_normal"
         return None
 
 

@@ -1,10 +1,13 @@
 """What a check leaves behind and how a drift episode is recorded and published.
 
-Pure shaping first (:func:`window_summary`, :func:`drift_detected`); then :class:`Episodes`, the
-episode's I/O in its order: the report is stored (``drift_reports``; a partial unique index allows
-one open episode per model across instances), then ``drift.detected`` is published, then the report
-is marked published (an unpublished one is re-sent at start-up). Side effects are retried here
-until they succeed, so the consumer never replays a batch into windows that already hold it.
+Pure shaping first (:func:`window_summary`, :func:`drift_detected`, :func:`attempt_record`); then
+:class:`Episodes`, the episode's I/O in its order: the report is stored (``drift_reports``; a
+partial unique index allows one open episode per model across instances), then ``drift.detected``
+is published, then the report is marked published (an unpublished one is re-sent at start-up).
+A further attempt of the episode (see :class:`driftline_monitoring.drift.Episode`) goes the same
+way through ``episode_attempts``: one ``drift.detected`` with the same episode id and correlation
+id and ``attempt`` > 1. Side effects are retried here until they succeed, so the consumer never
+replays a batch into windows that already hold it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from typing import Any, TypeVar
 from prometheus_client import Counter, Gauge
 
 from driftline.catalog import DRIFT_DETECTED
-from driftline.events import Envelope, as_utc, derived_event_id
+from driftline.events import Envelope, as_utc, derived_event_id, epoch_ms
 from driftline.logging import get_logger
 from driftline.producer import EventProducer
 from driftline.records import DriftDetected
 from driftline.retry import retry_transient
 from driftline_monitoring.drift import (
+    PERFORMANCE,
+    Attempt,
     CheckResult,
     Detection,
     Episode,
@@ -39,6 +44,10 @@ T = TypeVar("T")
 
 CHECKS = Counter("driftline_monitoring_checks_total", "Window checks run", ["model"])
 DRIFTS = Counter("driftline_monitoring_drift_events_total", "drift.detected events published", ["model", "kind"])
+ATTEMPTS = Counter(
+    "driftline_monitoring_episode_attempts_total", "Further training requests of open episodes", ["model", "reason"]
+)
+RESOLVED = Counter("driftline_monitoring_episodes_resolved_total", "Episodes ended", ["model", "resolution"])
 FEATURE_PSI = Gauge("driftline_monitoring_psi", "PSI of the last check", ["model", "feature"])
 
 
@@ -94,8 +103,10 @@ def window_summary(reference: Reference, result: CheckResult) -> WindowSummary:
     )
 
 
-def drift_detected(env: Envelope, episode_id: str, reference: Reference, detection: Detection) -> DriftDetected:
-    """The one ``drift.detected`` of an episode."""
+def drift_detected(
+    env: Envelope, episode_id: str, reference: Reference, detection: Detection, labelled_since_onset: int | None = None
+) -> DriftDetected:
+    """The ``drift.detected`` that opens an episode."""
     return DriftDetected(
         **env,
         episode_id=episode_id,
@@ -111,6 +122,41 @@ def drift_detected(env: Envelope, episode_id: str, reference: Reference, detecti
         model_name=reference.model_name,
         model_version=reference.version,
         evidence=tuple(e.as_record() for e in detection.evidence),
+        labelled_since_onset=labelled_since_onset,
+    )
+
+
+def episode_correlation_id(episode_id: str) -> str:
+    """An episode's causal chain: the event id of the detection that opened it."""
+    return derived_event_id(DRIFT_DETECTED, episode_id)
+
+
+def attempt_record(env: Envelope, episode_id: str, monitor: ModelMonitor, attempt: Attempt) -> DriftDetected:
+    """The ``drift.detected`` of a further attempt: the evidence is the serving model's performance
+    (still degraded) or the grown post-drift labelled set (consolidation)."""
+    perf = monitor.performance
+    outcomes = perf.outcomes
+    start, end = (outcomes[0][0], outcomes[-1][0]) if outcomes else (0, 0)
+    method = "accuracy_drop" if attempt.reason == "still_degraded" else "labelled_since_onset"
+    evidence = Evidence(None, method, attempt.statistic, attempt.threshold, None, True)
+    return DriftDetected(
+        **env,
+        episode_id=episode_id,
+        kind=PERFORMANCE,
+        method=method,
+        statistic=float(attempt.statistic),
+        threshold=float(attempt.threshold),
+        window_start=as_utc(start),
+        window_end=as_utc(end),
+        window_size=len(outcomes),
+        onset=as_utc(attempt.onset_ms) if attempt.onset_ms is not None else None,
+        features=(),
+        model_name=monitor.reference.model_name,
+        model_version=monitor.reference.version,
+        evidence=(evidence.as_record(),),
+        attempt=attempt.number,
+        reason=attempt.reason,
+        labelled_since_onset=attempt.labelled_since_onset,
     )
 
 
@@ -135,22 +181,24 @@ class Episodes:
             await self._publish(record)
 
     async def restore(self, name: str, monitor: ModelMonitor | None) -> None:
-        """Start-up: the model's open episode goes on when its version is the one monitored, and
-        is closed (``model_changed``) otherwise."""
+        """Start-up: the model's open episode goes on, on the monitored champion (episodes span
+        models), with the attempts it made. Its label counts start again from zero: the next retry
+        waits a full spacing (conservative; the windows are rebuilt from new records too)."""
+        if monitor is None:
+            return
         report = await self._retry(lambda: self.store.open_episode_of(name), "open episode")
         if report is None:
             return
-        if monitor is not None and monitor.reference.version == report.model_version:
-            monitor.episode = Episode(report.episode_id, report.kind)
-            log.info("drift_episode_restored", model=name, episode_id=report.episode_id)
-        else:
-            await self._retry(lambda: self.store.resolve(report.episode_id, "model_changed"), "resolve episode")
-
-    async def model_changed(self, name: str) -> None:
-        """Another champion of ``name`` is seen serving: its open episodes close."""
-        resolved = await self._retry(lambda: self.store.resolve_open(name, "model_changed"), "resolve episodes")
-        if resolved:
-            log.info("drift_episodes_closed_model_changed", model=name, episodes=resolved)
+        episode = Episode(
+            report.episode_id,
+            report.kind,
+            onset_ms=None if report.onset is None else epoch_ms(report.onset),
+            attempts=report.attempts,
+            performance_onset=report.kind == PERFORMANCE,
+        )
+        monitor.carry(episode)
+        episode.consolidated = episode.consolidated or report.consolidated
+        log.info("drift_episode_restored", model=name, episode_id=report.episode_id, attempts=report.attempts)
 
     async def checked(self, monitor: ModelMonitor, result: CheckResult) -> None:
         """A concluded check: its summary is stored, its drift opens or refreshes the episode, and
@@ -164,10 +212,50 @@ class Episodes:
         if result.detection is not None:
             await self.detected(monitor, result.detection)
         await self.touch(monitor, force=True)  # detections since the last write, one write per check
-        resolved = monitor.after_check(result)
-        if resolved is not None:
-            await self._retry(lambda: self.store.resolve(resolved.episode_id, "back_to_normal"), "resolve episode")
-            log.info("drift_episode_resolved", model=name, episode_id=resolved.episode_id)
+        ended = monitor.after_check(result)
+        if ended is not None:
+            episode, resolution = ended
+            await self._retry(lambda: self.store.resolve(episode.episode_id, resolution), "resolve episode")
+            RESOLVED.labels(name, resolution).inc()
+            log.info(
+                "drift_episode_resolved",
+                model=name,
+                episode_id=episode.episode_id,
+                resolution=resolution,
+                attempts=episode.attempts,
+            )
+
+    async def maybe_attempt(self, monitor: ModelMonitor) -> Attempt | None:
+        """After a joined outcome: the open episode's further training request, when one is due."""
+        episode = monitor.episode
+        attempt = monitor.due_attempt()
+        if episode is None or attempt is None:
+            return None
+        episode.took(attempt)  # before any await: the next outcome does not ask again
+        correlation = episode_correlation_id(episode.episode_id)
+        outcomes = monitor.performance.outcomes
+        env = self.producer.envelope(
+            event_id=derived_event_id(DRIFT_DETECTED, episode.episode_id, attempt.number),
+            correlation_id=correlation,
+            event_time=as_utc(outcomes[-1][0]) if outcomes else None,  # the data's time, as the opening's
+        )
+        env["causation_id"] = correlation
+        record = attempt_record(env, episode.episode_id, monitor, attempt)
+        await self._retry(lambda: self.store.save_attempt(record), "save episode attempt")
+        await self._publish(record)
+        ATTEMPTS.labels(record.model_name, attempt.reason).inc()
+        log.warning(
+            "drift_episode_attempt",
+            model=record.model_name,
+            version=record.model_version,
+            episode_id=episode.episode_id,
+            attempt=attempt.number,
+            reason=attempt.reason,
+            labelled_since_onset=attempt.labelled_since_onset,
+            statistic=round(attempt.statistic, 6),
+            threshold=round(attempt.threshold, 6),
+        )
+        return attempt
 
     async def touch(self, monitor: ModelMonitor, *, force: bool = False) -> None:
         """Write the open episode's last detection time, when due (see :meth:`Episode.take_seen`)."""
@@ -188,17 +276,20 @@ class Episodes:
             return
         detection = monitor.with_onset(detection)  # before any await: the windows are as detected
         episode_id = str(uuid.uuid4())
-        event_id = derived_event_id(DRIFT_DETECTED, episode_id)
+        episode = monitor.open(episode_id, detection)
+        event_id = episode_correlation_id(episode_id)
         # A drift episode starts a causal chain: its correlation id is its own event id.
-        env = self.producer.envelope(event_id=event_id, correlation_id=event_id)
-        record = drift_detected(env, episode_id, monitor.reference, detection)
+        # Its event time is the data's (the drifted window's last record), as for every record
+        # derived from the data: training's cooldown compares it with the examples' event times.
+        env = self.producer.envelope(
+            event_id=event_id, correlation_id=event_id, event_time=as_utc(detection.window_end_ms)
+        )
+        record = drift_detected(env, episode_id, monitor.reference, detection, episode.labelled_since_onset)
         opened = await self._retry(lambda: self.store.open_episode(record), "open episode")
         if not opened:  # another instance opened one for this model: join it
-            report = await self._retry(lambda: self.store.open_episode_of(name), "open episode")
-            if report is not None:
-                monitor.episode = Episode(report.episode_id, report.kind)
+            monitor.episode = None
+            await self.restore(name, monitor)
             return
-        monitor.episode = Episode(episode_id, detection.kind)
         await self._publish(record)
         DRIFTS.labels(name, detection.kind).inc()
         log.warning(
@@ -215,4 +306,4 @@ class Episodes:
 
     async def _publish(self, record: DriftDetected) -> None:
         await self._retry(lambda: self.producer.publish(DRIFT_DETECTED, record), "publish drift.detected")
-        await self._retry(lambda: self.store.mark_published(record.episode_id), "mark published")
+        await self._retry(lambda: self.store.mark_published(record.episode_id, record.attempt), "mark published")

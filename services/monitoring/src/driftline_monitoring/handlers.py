@@ -67,8 +67,10 @@ class Monitoring:
         artifacts: Callable[[str], ArtifactStore],
         resolve_after: int = 3,
         join_capacity: int = 50_000,
+        max_examples: int | None = None,
     ) -> None:
         self.policy = policy
+        self.max_examples = max_examples
         self.episodes = episodes
         self.artifacts = artifacts
         self.resolve_after = resolve_after
@@ -140,27 +142,29 @@ class Monitoring:
         self, promotion: ModelPromoted, reference: Reference, *, why: str, forward_only: bool = False
     ) -> None:
         """Monitor the champion of ``promotion`` from now on: new windows; the open episode of the
-        previous champion, if any, closes (``model_changed``)."""
+        previous champion, if any, goes on with the new one (it ends when served performance is back)."""
         name = reference.model_name
         async with self._switching:  # a status and a prediction may show the same swap at once
             current = self.monitors.get(name)
             if self.serving.switch(promotion, forward_only=forward_only) is not Switch.NEW_MONITOR:
                 return
-            self._monitor(promotion, reference)
+            monitor = self._monitor(promotion, reference)
+            monitor.carry(current.episode if current else None)
             log.info(
                 "monitoring_champion",
                 model=name,
                 version=reference.version,
                 previous=current.reference.version if current else None,
+                episode_id=monitor.episode.episode_id if monitor.episode else None,
                 why=why,
             )
-            await self.episodes.model_changed(name)
 
-    def _monitor(self, promotion: ModelPromoted, reference: Reference) -> None:
-        self.monitors[reference.model_name] = ModelMonitor(
-            reference, self.policy, self.resolve_after, self.join_capacity
+    def _monitor(self, promotion: ModelPromoted, reference: Reference) -> ModelMonitor:
+        monitor = self.monitors[reference.model_name] = ModelMonitor(
+            reference, self.policy, self.resolve_after, self.join_capacity, self.max_examples
         )
         self.serving.follow(promotion)
+        return monitor
 
     async def _reference(self, promotion: ModelPromoted) -> Reference | None:
         """The reference profile of a promotion (from its metadata document, cached)."""
@@ -234,6 +238,8 @@ class Monitoring:
             ROLLING_ACCURACY.labels(monitor.reference.model_name).set(acc)
         if detection is not None:
             await self.episodes.detected(monitor, detection)
+        if monitor.episode is not None and self._is_current(monitor):
+            await self.episodes.maybe_attempt(monitor)
 
     def _is_current(self, monitor: ModelMonitor) -> bool:
         return self.monitors.get(monitor.reference.model_name) is monitor

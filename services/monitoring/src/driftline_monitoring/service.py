@@ -22,7 +22,8 @@ from driftline_monitoring.store import MonitoringStore
 
 async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDeps]:
     assert rt.pool is not None
-    policy = project_from_settings(settings.stack).drift
+    project = project_from_settings(settings.stack)
+    policy = project.drift
     store = MonitoringStore(rt.pool)
     monitoring = Monitoring(
         policy=policy,
@@ -30,6 +31,7 @@ async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDe
         artifacts=rt.artifacts_for,
         resolve_after=settings.resolve_after,
         join_capacity=settings.join_capacity,
+        max_examples=project.training.max_examples,
     )
     data: Routes = {
         FEATURES_VECTORS: monitoring.on_vector,

@@ -51,11 +51,14 @@ def _row(record: asyncpg.Record) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class OpenReport:
-    """The open episode of a model, as stored."""
+    """The open episode of a model, as stored, with its further attempts."""
 
     episode_id: str
     model_version: int
     kind: str
+    onset: datetime | None = None
+    attempts: int = 1  # the opening detection and every stored further attempt
+    consolidated: bool = False  # a consolidation attempt was made
 
 
 class MonitoringStore:
@@ -114,18 +117,75 @@ class MonitoringStore:
 
     async def open_episode_of(self, model_name: str) -> OpenReport | None:
         row = await self.pool.fetchrow(
-            "SELECT episode_id, model_version, kind FROM drift_reports WHERE model_name = $1 AND resolved_at IS NULL",
+            """
+            SELECT r.episode_id, r.model_version, r.kind, r.record,
+                   coalesce(max(a.attempt), 1) AS attempts,
+                   coalesce(bool_or(a.reason = 'consolidation'), false) AS consolidated
+            FROM drift_reports r LEFT JOIN episode_attempts a USING (episode_id)
+            WHERE r.model_name = $1 AND r.resolved_at IS NULL
+            GROUP BY r.episode_id
+            """,
             model_name,
         )
-        return OpenReport(row["episode_id"], row["model_version"], row["kind"]) if row else None
+        if row is None:
+            return None
+        onset = _row(row)["record"].get("onset")
+        return OpenReport(
+            row["episode_id"],
+            row["model_version"],
+            row["kind"],
+            onset=None if onset is None else as_utc(onset),
+            attempts=row["attempts"],
+            consolidated=row["consolidated"],
+        )
+
+    async def save_attempt(self, record: DriftDetected) -> None:
+        """A further attempt of an open episode (idempotent: one row per episode and attempt)."""
+        await self.pool.execute(
+            """
+            INSERT INTO episode_attempts (episode_id, attempt, event_id, reason, model_version,
+                labelled_since_onset, record)
+            VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+            ON CONFLICT (episode_id, attempt) DO NOTHING
+            """,
+            record.episode_id,
+            record.attempt,
+            record.event_id,
+            record.reason,
+            record.model_version,
+            record.labelled_since_onset or 0,
+            record_json(record),
+        )
+
+    async def attempts(self, episode_id: str) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT attempt, event_id, reason, model_version, labelled_since_onset, created_at, published_at"
+            " FROM episode_attempts WHERE episode_id = $1 ORDER BY attempt",
+            episode_id,
+        )
+        return [_row(r) for r in rows]
 
     async def unpublished(self) -> list[DriftDetected]:
-        """Reports stored but not marked published, oldest first."""
-        rows = await self.pool.fetch("SELECT record FROM drift_reports WHERE published_at IS NULL ORDER BY detected_at")
+        """Episodes and attempts stored but not marked published, oldest first."""
+        rows = await self.pool.fetch(
+            """
+            SELECT record, detected_at AS at FROM drift_reports WHERE published_at IS NULL
+            UNION ALL
+            SELECT record, created_at AS at FROM episode_attempts WHERE published_at IS NULL
+            ORDER BY at
+            """
+        )
         return [record_from_json(_row(r)["record"]) for r in rows]
 
-    async def mark_published(self, episode_id: str) -> None:
-        await self.pool.execute("UPDATE drift_reports SET published_at = now() WHERE episode_id = $1", episode_id)
+    async def mark_published(self, episode_id: str, attempt: int = 1) -> None:
+        if attempt == 1:
+            await self.pool.execute("UPDATE drift_reports SET published_at = now() WHERE episode_id = $1", episode_id)
+        else:
+            await self.pool.execute(
+                "UPDATE episode_attempts SET published_at = now() WHERE episode_id = $1 AND attempt = $2",
+                episode_id,
+                attempt,
+            )
 
     async def touch(self, episode_id: str, seen_at: datetime) -> None:
         """The episode was detected again at ``seen_at`` (written in batches, see Episodes.touch)."""
@@ -142,17 +202,6 @@ class MonitoringStore:
             episode_id,
             resolution,
         )
-
-    async def resolve_open(self, model_name: str, resolution: str) -> list[str]:
-        rows = await self.pool.fetch(
-            """
-            UPDATE drift_reports SET resolved_at = now(), resolution = $2
-            WHERE model_name = $1 AND resolved_at IS NULL RETURNING episode_id
-            """,
-            model_name,
-            resolution,
-        )
-        return [r["episode_id"] for r in rows]
 
     async def reports(
         self, *, model_name: str | None = None, open_only: bool = False, limit: int = 50

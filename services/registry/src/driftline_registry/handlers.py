@@ -166,6 +166,9 @@ class RegistryHandlers:
                         evaluated_against=e.champion_version,
                         champion_metrics=e.champion_metrics,
                         comparison_metrics=e.comparison_metrics,
+                        n_compared=e.n_comparison,
+                        wins=e.comparison_wins,
+                        losses=e.comparison_losses,
                     )
                     record = self._policy_record(e, version, decision, model["champion_version"])
                     await self._announce(conn, record)

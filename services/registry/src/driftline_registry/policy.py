@@ -1,9 +1,16 @@
 """The promotion policy and the rollback rule, as pure functions.
 
-Promotion (from the project file: metric, margin, floor): a candidate must reach the floor on
-its holdout; the first model of a name is promoted when it does; after that a candidate is
-promoted only if it beats the champion **on the same holdout** (the run evaluated the current
-champion on it) by at least the margin. The comparison uses the candidate's metrics on the very
+Promotion (from the project file: metric, margin, floor, confidence): a candidate must reach the
+floor on its holdout; the first model of a name is promoted when it does; after that a candidate
+is promoted only if it beats the champion **on the same holdout** (the run evaluated the current
+champion on it) by at least the margin and, for a proportion metric, by more than sampling
+noise. With the run's paired counts (``wins``: comparison examples only the candidate predicts
+right; ``losses``: only the champion) that is McNemar's one-sided test: wins - losses must exceed
+z(confidence) x sqrt(wins + losses). Without them (older records) it is z(confidence) standard
+errors of the difference of two independent proportions on ``n_compared`` examples, which is
+conservative (both scores come from the same examples). Without such a bound a candidate fitted
+on a few hundred examples after a false alarm replaces a champion fitted on thousands whenever it
+wins a 50-example comparison by luck. The comparison uses the candidate's metrics on the very
 examples the champion was scored on (``comparison_metrics``: the holdout examples after the end
 of the champion's training data), not its whole holdout. A candidate that did not compare itself
 with the current champion is rejected: there is no fair comparison to decide on.
@@ -11,14 +18,37 @@ with the current champion is rejected: there is no fair comparison to decide on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import TypedDict
 
 from driftline.project import PromotionPolicy
 
 # Metrics where smaller is better; for them the floor is a ceiling.
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "brier_score", "mse", "rmse", "mae"})
+# Metrics that are proportions of the compared examples (their noise is binomial).
+PROPORTIONS = frozenset({"accuracy", "precision", "recall", "f1", "balanced_accuracy"})
+
+
+def paired_noise_bound(wins: int, losses: int, n: int, confidence: float) -> float:
+    """McNemar: the accuracy improvement, (wins - losses) / n, that z(confidence) standard errors
+    of wins - losses under "equally good" (sqrt(wins + losses)) reach."""
+    if confidence <= 0 or n <= 0:
+        return 0.0
+    return NormalDist().inv_cdf(confidence) * math.sqrt(wins + losses) / n
+
+
+def noise_bound(candidate: float, champion: float, n: int, confidence: float) -> float:
+    """z(confidence) standard errors of the difference of two proportions on ``n`` examples."""
+    if confidence <= 0 or n <= 0:
+        return 0.0
+    p1, p2 = min(max(candidate, 0.0), 1.0), min(max(champion, 0.0), 1.0)
+    z = NormalDist().inv_cdf(confidence)
+    return z * math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+
+
 # 0.82 - 0.80 is 0.01999… in floating point: a margin reached exactly counts as reached.
 _TOLERANCE = 1e-9
 
@@ -65,6 +95,9 @@ def decide(
     evaluated_against: int | None,
     champion_metrics: Mapping[str, float] | None,
     comparison_metrics: Mapping[str, float] | None = None,
+    n_compared: int | None = None,
+    wins: int | None = None,
+    losses: int | None = None,
 ) -> Decision:
     """Promote or reject a candidate with ``metrics`` given the registry's current champion.
 
@@ -99,8 +132,26 @@ def decide(
         return result(False, f"the candidate has no {metric} on the examples the champion was scored on", None)
     improvement = (champion - contender) if lower else (contender - champion)
     verdict = f"{metric} {_fmt(contender)} vs champion v{champion_version}'s {_fmt(champion)} on the same holdout"
+    noise = 0.0
+    if n_compared is not None and metric in PROPORTIONS:
+        noise = (
+            paired_noise_bound(wins, losses, n_compared, policy.confidence)
+            if wins is not None and losses is not None and metric == "accuracy"
+            else noise_bound(contender, champion, n_compared, policy.confidence)
+        )
+    if noise > 0 and improvement > 0 and improvement >= margin - _TOLERANCE and improvement <= noise:
+        return result(
+            False,
+            f"{verdict}: better by {_fmt(improvement)}, within the noise of {n_compared} examples "
+            f"({_fmt(noise)} at confidence {policy.confidence:g})",
+            contender,
+            champion,
+        )
     if improvement > 0 and improvement >= margin - _TOLERANCE:
-        return result(True, f"{verdict}: better by {_fmt(improvement)} (margin {_fmt(margin)})", contender, champion)
+        beyond = f", beyond the noise {_fmt(noise)}" if noise > 0 else ""
+        return result(
+            True, f"{verdict}: better by {_fmt(improvement)} (margin {_fmt(margin)}{beyond})", contender, champion
+        )
     return result(
         False, f"{verdict}: does not beat it by the margin {_fmt(margin)} ({_fmt(improvement)})", contender, champion
     )

@@ -60,6 +60,8 @@ class ChampionComparison:
     n_examples: int = 0
     champion_metrics: dict[str, float] | None = None
     candidate_metrics: dict[str, float] | None = None
+    wins: int | None = None  # comparison examples only the candidate predicts right
+    losses: int | None = None  # ... only the champion
     error: str | None = None
 
     @property
@@ -81,6 +83,8 @@ class ChampionComparison:
             "n_holdout_excluded": n_holdout - self.n_examples,
             "candidate_metrics": self.candidate_metrics,
             "champion_metrics": self.champion_metrics,
+            "wins": self.wins,
+            "losses": self.losses,
             "error": self.error,
         }
 
@@ -94,19 +98,34 @@ class ChampionEvaluator:
     artifacts: RunArtifacts
     positive_class: str
     min_comparison_examples: int = 50
+    recent_fraction: float = 1.0  # drift runs: the most recent part of the comparison set (policy)
 
-    async def compare(self, champion: Champion | None, result: FitResult) -> ChampionComparison:
-        """The champion and the candidate on the same examples, or why the champion could not be evaluated."""
+    async def compare(
+        self, champion: Champion | None, result: FitResult, *, drift_run: bool = False
+    ) -> ChampionComparison:
+        """The champion and the candidate on the same examples, or why the champion could not be
+        evaluated. A drift run compares on the most recent ``recent_fraction`` of them."""
         if champion is None:
             return ChampionComparison()
         comparison = ChampionComparison(version=champion.version, n_examples=len(result.holdout))
         try:
             comparison.train_end = await self._train_end(champion)
-            examples = pipeline.comparison_set(result.holdout, comparison.train_end)
+            examples = pipeline.comparison_set(
+                result.holdout,
+                comparison.train_end,
+                recent=self.recent_fraction if drift_run else 1.0,
+                minimum=self.min_comparison_examples,
+            )
             comparison.n_examples = len(examples)
             self._check_enough(champion, comparison, len(result.holdout))
-            comparison.champion_metrics = await self._score_champion(champion, examples)
+            model = await self._champion_model(champion)
+            comparison.champion_metrics = await asyncio.to_thread(
+                pipeline.evaluate_on_holdout, model, examples, champion.feature_names, self.positive_class
+            )
             comparison.candidate_metrics = await self._score_candidate(result, examples)
+            comparison.wins, comparison.losses = await asyncio.to_thread(
+                pipeline.paired_counts, result.model, result.feature_names, model, champion.feature_names, examples
+            )
             return comparison
         except TrainingFailure as failure:
             if failure.error_type == "object_store_unavailable":
@@ -120,6 +139,7 @@ class ChampionEvaluator:
             error = f"champion v{champion.version} could not be evaluated: {exc!r}"[:1000]
         log.warning("champion_not_evaluated", champion_version=champion.version, error=error)
         comparison.champion_metrics = comparison.candidate_metrics = None
+        comparison.wins = comparison.losses = None
         comparison.error = error
         return comparison
 
@@ -143,14 +163,11 @@ class ChampionEvaluator:
             f"{self.min_comparison_examples}"
         )
 
-    async def _score_champion(self, champion: Champion, examples: list[pipeline.Example]) -> dict[str, float]:
+    async def _champion_model(self, champion: Champion) -> Any:
         data = await self.artifacts.get(
             champion.artifact_key, champion.artifact_sha256, f"the download of champion v{champion.version}"
         )
-        model = await asyncio.to_thread(load_model, data)
-        return await asyncio.to_thread(
-            pipeline.evaluate_on_holdout, model, examples, champion.feature_names, self.positive_class
-        )
+        return await asyncio.to_thread(load_model, data)
 
     async def _score_candidate(self, result: FitResult, examples: list[pipeline.Example]) -> dict[str, float]:
         if len(examples) == len(result.holdout):

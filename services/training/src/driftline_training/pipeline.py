@@ -255,15 +255,42 @@ def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -
     )
 
 
-def comparison_set(holdout: Sequence[Example], champion_train_end: datetime | None) -> list[Example]:
-    """The holdout examples a champion did not train on: those after the end of its training data.
+def comparison_set(
+    holdout: Sequence[Example],
+    champion_train_end: datetime | None,
+    *,
+    recent: float = 1.0,
+    minimum: int = 0,
+) -> list[Example]:
+    """The holdout examples a champion did not train on: those after the end of its training data;
+    of those, the most recent ``recent`` fraction (at least ``minimum``, when there are that many).
 
     ``champion_train_end`` is the event time of the champion's last training example (its
-    metadata's ``selection.train_end``); None (unknown) keeps the whole holdout.
+    metadata's ``selection.train_end``); None (unknown) keeps the whole holdout. ``recent`` < 1 is
+    for drift runs: during a transition the older part of the holdout still mixes the concepts,
+    and the candidate must be judged on the concept it will serve (see docs/architecture.md).
     """
-    if champion_train_end is None:
-        return list(holdout)
-    return [e for e in holdout if e.event_time > champion_train_end]
+    unseen = list(holdout) if champion_train_end is None else [e for e in holdout if e.event_time > champion_train_end]
+    if recent >= 1.0:
+        return unseen
+    keep = max(minimum, math.ceil(recent * len(unseen)))
+    return unseen[-keep:] if keep < len(unseen) else unseen
+
+
+def paired_counts(
+    candidate: Any,
+    candidate_features: Sequence[str],
+    champion: Any,
+    champion_features: Sequence[str],
+    examples: Sequence[Example],
+) -> tuple[int, int]:
+    """(wins, losses) of the candidate against the champion on the same examples: those only the
+    candidate predicts right, and those only the champion does (the discordant pairs of McNemar's
+    test; examples both get right or both get wrong say nothing about which is better)."""
+    y = np.asarray([str(e.label) for e in examples])
+    right_candidate = np.asarray([str(p) for p in candidate.predict(feature_matrix(examples, candidate_features))]) == y
+    right_champion = np.asarray([str(p) for p in champion.predict(feature_matrix(examples, champion_features))]) == y
+    return int(np.sum(right_candidate & ~right_champion)), int(np.sum(right_champion & ~right_candidate))
 
 
 def evaluate_on_holdout(

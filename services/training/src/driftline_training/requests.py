@@ -27,9 +27,14 @@ def trigger_of(request: TrainingRequested) -> str:
     return "drift" if request.reason == "drift" else "request"
 
 
-def drift_request_id(model_name: str, episode_id: str, attempt: int | None = None) -> str:
-    """The request a drift episode makes; ``attempt`` numbers a request made after waiting for labels."""
-    parts: tuple[object, ...] = (model_name, episode_id) if attempt is None else (model_name, episode_id, attempt)
+def drift_request_id(model_name: str, episode_id: str, attempt: int | None = None, episode_attempt: int = 1) -> str:
+    """The request a drift episode makes; ``episode_attempt`` numbers the episode's requests
+    (``DriftDetected.attempt``), ``attempt`` a request made again after waiting for labels."""
+    parts: tuple[object, ...] = (model_name, episode_id)
+    if episode_attempt > 1:
+        parts += (f"episode-attempt-{episode_attempt}",)
+    if attempt is not None:
+        parts += (attempt,)
     return derived_event_id("drift-request", *parts)
 
 

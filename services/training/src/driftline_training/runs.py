@@ -190,7 +190,7 @@ class Runs:
         timings.update(result.timings)
         with _timed(timings, "champion_s"):
             champion = await self.store.get_champion(request.model_name)
-            comparison = await self.champions.compare(champion, result)
+            comparison = await self.champions.compare(champion, result, drift_run=since is not None)
         with _timed(timings, "upload_s"):
             model_ref = await self._store_model(request.model_name, run_id, result)
         trained = TrainedModel(
@@ -303,6 +303,8 @@ class Runs:
             champion_version=comparison.compared_version,
             comparison_metrics=comparison.candidate_metrics,
             n_comparison=comparison.n_compared,
+            comparison_wins=comparison.wins,
+            comparison_losses=comparison.losses,
             dataset_fingerprint=result.dataset_fingerprint,
             holdout_fingerprint=result.holdout_fingerprint,
             feature_set_version=self.project.features.version,

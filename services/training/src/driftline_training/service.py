@@ -46,7 +46,12 @@ def assemble(
         project=project,
         store=store,
         artifacts=run_artifacts,
-        champions=ChampionEvaluator(run_artifacts, project.label.positive_class, settings.min_comparison_examples),
+        champions=ChampionEvaluator(
+            run_artifacts,
+            project.label.positive_class,
+            settings.min_comparison_examples,
+            project.promotion.compare_recent,
+        ),
         triggers=triggers,
         outbox=outbox,
         producer_name=producer_name,

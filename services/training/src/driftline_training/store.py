@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -40,7 +41,40 @@ RUN_COLUMNS = (
 _JSON_COLUMNS = ("parameters", "metrics", "champion_metrics", "comparison_metrics")
 _TRIGGER_COLUMNS = (
     "trigger_id, kind, model_name, event_time, source_event_id, episode_id, correlation_id, since, decision, "
-    "reason, request_id, attempts, waiting"
+    "reason, request_id, attempts, waiting, episode_attempt"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CountedGap:
+    """How a count cooldown measures the gap between two event times ``a <= b``: training's feature
+    vectors of ``feature_set_version`` with ``a < event_time <= b`` (unit ``events``), or the
+    labelled ones among them (``labels``: a label of ``classes``), counted up to ``up_to`` (the
+    cooldown: a decision needs no more)."""
+
+    unit: str  # events | labels
+    up_to: int
+    feature_set_version: str
+    classes: tuple[str, ...]
+
+
+def _counted_examples(counted: CountedGap, first: int) -> tuple[str, list[Any]]:
+    """``FROM … WHERE …`` of the examples ``counted`` counts, its parameters numbered from ``$first``."""
+    if counted.unit == "events":
+        return f"FROM vectors v WHERE v.feature_set_version = ${first}", [counted.feature_set_version]
+    return (
+        f"FROM vectors v JOIN labels l ON l.labelled_event_id = v.source_event_id "
+        f"WHERE v.feature_set_version = ${first} AND l.label = ANY(${first + 1}::text[])",
+        [counted.feature_set_version, list(counted.classes)],
+    )
+
+
+# Requested triggers of a model and kind ($1, $2) whose run has not failed for good: a trigger
+# counts while its run is pending, running or succeeded, and while it waits to be asked again.
+_LIVE_REQUESTS = (
+    "SELECT t.event_time FROM triggers t WHERE t.model_name = $1 AND t.kind = $2 "
+    "AND t.decision = 'requested' AND (t.waiting OR NOT EXISTS "
+    "(SELECT 1 FROM runs r WHERE r.request_id = t.request_id AND r.status = 'failed'))"
 )
 
 
@@ -283,17 +317,41 @@ class TrainingTransaction:
 
         A trigger counts while its run is pending, running or succeeded, and while it waits to be
         asked again (labels lag); a run that failed does not use up the cooldown of other drifts.
+        For a duration cooldown; a count one uses :meth:`nearest_live_request_counted`.
         """
         value: datetime | None = await self.conn.fetchval(
-            "SELECT t.event_time FROM triggers t WHERE t.model_name = $1 AND t.kind = $2 "
-            "AND t.decision = 'requested' AND (t.waiting OR NOT EXISTS "
-            "(SELECT 1 FROM runs r WHERE r.request_id = t.request_id AND r.status = 'failed')) "
-            "ORDER BY abs(extract(epoch FROM (t.event_time - $3::timestamptz))) LIMIT 1",
+            f"{_LIVE_REQUESTS} ORDER BY abs(extract(epoch FROM (t.event_time - $3::timestamptz))) LIMIT 1",
             model_name,
             kind,
             event_time,
         )
         return value
+
+    async def nearest_live_request_counted(
+        self, model_name: str, kind: str, event_time: datetime, counted: CountedGap
+    ) -> tuple[datetime, int] | None:
+        """The live requested trigger (as :meth:`nearest_live_request`) with the fewest examples
+        ``counted`` counts between its event time and ``event_time``: its event time and that count.
+
+        The count only grows with the distance, so the nearest one is the nearest live request
+        before (or at) ``event_time`` or the nearest after it, whichever has fewer in between.
+        """
+        examples, args = _counted_examples(counted, 5)
+        row = await self.conn.fetchrow(
+            f"WITH live AS ({_LIVE_REQUESTS}), near AS ("  # noqa: S608
+            "(SELECT event_time FROM live WHERE event_time <= $3 ORDER BY event_time DESC LIMIT 1) UNION ALL "
+            "(SELECT event_time FROM live WHERE event_time > $3 ORDER BY event_time LIMIT 1)) "
+            f"SELECT n.event_time, (SELECT count(*) FROM (SELECT 1 {examples} "
+            "AND v.event_time > least(n.event_time, $3) AND v.event_time <= greatest(n.event_time, $3) "
+            "LIMIT $4) c) AS gap FROM near n "
+            "ORDER BY gap, abs(extract(epoch FROM (n.event_time - $3::timestamptz))) LIMIT 1",
+            model_name,
+            kind,
+            event_time,
+            counted.up_to,
+            *args,
+        )
+        return (row["event_time"], int(row["gap"])) if row is not None else None
 
     async def latest_suppressed(self, near: Trigger, within_s: float) -> Trigger | None:
         """The most recent trigger of ``near``'s model and kind decided ``cooldown`` within ``within_s`` of it."""
@@ -309,11 +367,37 @@ class TrainingTransaction:
         )
         return _trigger(row) if row is not None else None
 
+    async def latest_suppressed_counted(self, near: Trigger, counted: CountedGap) -> Trigger | None:
+        """The most recent trigger of ``near``'s model and kind decided ``cooldown`` with fewer than
+        ``counted.up_to`` examples ``counted`` counts between it and ``near``.
+
+        Those lie between two event times: at or after the ``up_to``-th counted example at or
+        before ``near`` and before the ``up_to``-th one after it (no bound where there are fewer).
+        """
+        if counted.up_to <= 0:
+            return None
+        examples, args = _counted_examples(counted, 5)
+        before = f"SELECT v.event_time {examples} AND v.event_time <= $3 ORDER BY v.event_time DESC OFFSET $4 LIMIT 1"
+        after = f"SELECT v.event_time {examples} AND v.event_time > $3 ORDER BY v.event_time OFFSET $4 LIMIT 1"
+        row = await self.conn.fetchrow(
+            f"SELECT {_TRIGGER_COLUMNS} FROM triggers t "  # noqa: S608
+            "WHERE t.model_name = $1 AND t.kind = $2 AND t.decision = 'cooldown' "
+            f"AND t.event_time >= coalesce(({before}), '-infinity') "
+            f"AND t.event_time < coalesce(({after}), 'infinity') "
+            "ORDER BY t.event_time DESC, t.decided_at DESC LIMIT 1",
+            near.model_name,
+            near.kind,
+            near.event_time,
+            counted.up_to - 1,
+            *args,
+        )
+        return _trigger(row) if row is not None else None
+
     async def insert_trigger(self, t: Trigger) -> None:
         await self.conn.execute(
             "INSERT INTO triggers (trigger_id, kind, model_name, source_event_id, episode_id, event_time, "
-            "decision, reason, request_id, correlation_id, since, waiting, attempts) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "decision, reason, request_id, correlation_id, since, waiting, attempts, episode_attempt) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             t.trigger_id,
             t.kind,
             t.model_name,
@@ -327,6 +411,7 @@ class TrainingTransaction:
             t.since,
             t.waiting,
             t.attempts,
+            t.episode_attempt,
         )
 
     async def mark_requested(self, trigger_id: str, reason: str, request_id: str) -> bool:

@@ -15,7 +15,7 @@ from driftline.catalog import TRAINING_REQUESTED
 from driftline.events import as_utc, now_utc
 from driftline.logging import get_logger
 from driftline.outbox import Outbox
-from driftline.project import Project
+from driftline.project import CooldownSpec, Project
 from driftline.records import DriftDetected, TrainingRequested
 from driftline_training import trigger_policy
 from driftline_training.requests import (
@@ -24,7 +24,7 @@ from driftline_training.requests import (
     request_event_id_of,
     request_record,
 )
-from driftline_training.store import TrainingStore, TrainingTransaction
+from driftline_training.store import CountedGap, TrainingStore, TrainingTransaction
 from driftline_training.trigger_policy import Ask, Trigger, TriggerDecision, TriggerState
 
 log = get_logger(__name__)
@@ -54,7 +54,7 @@ class Triggers:
         # (performance drift), else the start of the window that drifted.
         onset = as_utc(e.onset or e.window_start)
         ask = Ask(
-            trigger_id=trigger_policy.drift_trigger_id(model, episode),
+            trigger_id=trigger_policy.drift_trigger_id(model, episode, e.attempt),
             kind="drift",
             model_name=model,
             event_time=as_utc(e.event_time),
@@ -62,9 +62,10 @@ class Triggers:
             episode_id=episode,
             correlation_id=e.correlation_id,
             since=onset,
+            episode_attempt=e.attempt,
         )
         request = request_record(
-            request_id=drift_request_id(model, episode),
+            request_id=drift_request_id(model, episode, episode_attempt=e.attempt),
             model_name=model,
             reason="drift",
             requested_by=DRIFT_POLICY,
@@ -79,6 +80,8 @@ class Triggers:
         log.info(
             "drift_trigger_decided",
             episode_id=episode,
+            episode_attempt=e.attempt,
+            why=e.reason,
             decision=decision.decision,
             reason=decision.reason,
             request_id=decision.request_id,
@@ -108,7 +111,7 @@ class Triggers:
             producer=self.producer_name,
         )
         ask = Ask(trigger_id=trigger_id, kind="initial", model_name=model, event_time=now_utc())
-        await self._decide(ask, request, cooldown_s=0.0)
+        await self._decide(ask, request, cooldown=trigger_policy.NO_COOLDOWN)
         log.info("initial_training_requested", request_id=request.request_id, labelled=labelled)
         self._initial_done = True
 
@@ -123,7 +126,9 @@ class Triggers:
             if not trigger_policy.enough_labelled(labelled, self.project.training.min_examples):
                 continue
             attempt = t.attempts + 1
-            request = self._request_for(t, drift_request_id(t.model_name, str(t.episode_id), attempt))
+            request = self._request_for(
+                t, drift_request_id(t.model_name, str(t.episode_id), attempt, t.episode_attempt)
+            )
             async with self.store.transaction() as tx:
                 taken = await tx.take_waiting(t.trigger_id, request.request_id)
                 if taken:
@@ -145,22 +150,34 @@ class Triggers:
             await tx.set_waiting(trigger_id)
 
     async def revive_suppressed(self, failed_trigger_id: str) -> None:
-        """A failed drift run does not use up the cooldown: request the latest drift it suppressed."""
-        cooldown_s = self.project.training.cooldown_s
+        """A failed drift run does not use up the cooldown: request the latest drift it suppressed
+        (within the cooldown of the failed one, in its unit), unless another live run lies within its own."""
+        cooldown = self.project.training.cooldown_spec
+        counted = self._counted(cooldown)
         async with self.store.transaction() as tx:
             failed = await tx.trigger(failed_trigger_id)
             if failed is None or not trigger_policy.frees_its_cooldown(failed):
                 return
             await tx.lock_model_triggers(failed.model_name)
-            suppressed = await tx.latest_suppressed(failed, cooldown_s)
+            if counted is None:
+                suppressed = await tx.latest_suppressed(failed, cooldown.amount)
+            else:
+                suppressed = await tx.latest_suppressed_counted(failed, counted)
             if suppressed is None:
                 return
-            nearest = await tx.nearest_live_request(suppressed.model_name, failed.kind, suppressed.event_time)
-            reason = trigger_policy.revival(failed_trigger_id, suppressed, nearest, cooldown_s)
+            nearest, gap = await self._nearest_live(
+                tx, suppressed.model_name, failed.kind, suppressed.event_time, counted
+            )
+            reason = trigger_policy.revival(failed_trigger_id, suppressed, nearest, cooldown, gap)
             if reason is None:
                 return
             # The request the drift event would have made had it not been suppressed.
-            request = self._request_for(suppressed, drift_request_id(suppressed.model_name, str(suppressed.episode_id)))
+            request = self._request_for(
+                suppressed,
+                drift_request_id(
+                    suppressed.model_name, str(suppressed.episode_id), episode_attempt=suppressed.episode_attempt
+                ),
+            )
             if not await tx.mark_requested(suppressed.trigger_id, reason, request.request_id):
                 return
             await tx.stage(TRAINING_REQUESTED, request)
@@ -177,22 +194,27 @@ class Triggers:
         ask: Ask,
         request: TrainingRequested,
         *,
-        cooldown_s: float | None = None,
+        cooldown: CooldownSpec | None = None,
         ignore: str | None = None,
         labelled: int | None = None,
     ) -> TriggerDecision:
-        """Decide once per trigger under the model's lock; stage ``request`` when the decision makes it."""
+        """Decide once per trigger under the model's lock; stage ``request`` when the decision makes it.
+
+        What the cooldown needs (the nearest live request and, for a count, the examples between it
+        and this trigger) is read in the same transaction, under the lock.
+        """
         policy = self.project.training
+        cooldown = policy.cooldown_spec if cooldown is None else cooldown
+        counted = self._counted(cooldown)
         async with self.store.transaction() as tx:
             await tx.lock_model_triggers(ask.model_name)
-            state = TriggerState(
-                earlier=await tx.trigger(ask.trigger_id),
-                nearest_live_request=await tx.nearest_live_request(ask.model_name, ask.kind, ask.event_time),
-            )
+            earlier = await tx.trigger(ask.trigger_id)
+            nearest, gap = await self._nearest_live(tx, ask.model_name, ask.kind, ask.event_time, counted)
+            state = TriggerState(earlier=earlier, nearest_live_request=nearest, gap=gap)
             decision = trigger_policy.decide(
                 ask,
                 state,
-                cooldown_s=policy.cooldown_s if cooldown_s is None else cooldown_s,
+                cooldown=cooldown,
                 ignore=ignore,
                 labelled=labelled,
                 min_examples=policy.min_examples,
@@ -205,6 +227,24 @@ class Triggers:
         if decision.request_id:
             await self.outbox.publish([request_event_id_of(decision.request_id)])
         return decision
+
+    def _counted(self, cooldown: CooldownSpec) -> CountedGap | None:
+        """What a count cooldown counts: this project's examples (None: a duration)."""
+        if cooldown.is_duration:
+            return None
+        return CountedGap(
+            cooldown.unit, int(cooldown.amount), self.project.features.version, tuple(self.project.label.classes)
+        )
+
+    @staticmethod
+    async def _nearest_live(
+        tx: TrainingTransaction, model_name: str, kind: str, event_time: datetime, counted: CountedGap | None
+    ) -> tuple[datetime | None, int | None]:
+        """The nearest live request's event time and, for a count cooldown, the examples in between."""
+        if counted is None:
+            return await tx.nearest_live_request(model_name, kind, event_time), None
+        nearest = await tx.nearest_live_request_counted(model_name, kind, event_time, counted)
+        return nearest if nearest is not None else (None, None)
 
     async def _labelled_since(self, since: datetime | None) -> int:
         """Labelled examples a drift run would train on: since the onset with selection since_drift."""

@@ -23,8 +23,12 @@ from aiokafka import AIOKafkaConsumer
 from driftline.catalog import (
     DEPLOYMENTS_STATUS,
     DRIFT_DETECTED,
+    MODELS_PROMOTED,
+    MODELS_REJECTED,
     MODELS_TRAINED,
     PREDICTIONS,
+    TRAINING_FAILED,
+    TRAINING_REQUESTED,
 )
 from driftline.events import Event
 from driftline.history import CHAIN_TOPICS, describe
@@ -46,6 +50,7 @@ class ScenarioConfig:
     after_new_model: int = 1000  # events scored by the new model
     from_function: int = 2
     to_function: int = 7
+    drift_width: int = 0  # 0: a sudden switch; else the share of the new concept grows over this many events
     rate: float = 300.0  # events per second
     batch: int = 50
     label_delay: int = 40  # a label is published this many events after its event
@@ -76,8 +81,11 @@ class Summary:
     n_before: int = 0
     n_after: int = 0
     n_new: int = 0
-    drift_events: int = 0
+    drift_events: int = 0  # drift.detected records after the onset: episodes opened and their further attempts
+    episodes: int = 0  # distinct episodes among them
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # the first episode's: attempt, reason, run outcome
     runs_after_drift: int = 0
+    runs_to_recover: int = 0  # runs of the first episode up to the one whose model serves
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -282,8 +290,9 @@ class Scenario:
         await self._stream(pub, cfg.before_drift)
 
         s.onset_index = self.published
-        self.stream.schedule_concept_drift(at=self.stream.position, function=cfg.to_function)
-        self.say(f"phase 4: concept drift — labels now follow f{cfg.to_function} (onset at event {s.onset_index})")
+        self.stream.schedule_concept_drift(at=self.stream.position, function=cfg.to_function, width=cfg.drift_width)
+        how = f"over {cfg.drift_width} events" if cfg.drift_width else "at once"
+        self.say(f"phase 4: concept drift — labels move to f{cfg.to_function} {how} (onset at event {s.onset_index})")
         await self._stream(pub, cfg.after_drift_max, until=lambda: self._serving_new is not None)
         await self._flush_labels(pub)
         await self._wait(lambda: self._serving_new is not None, 120, "the retrained model to be deployed")
@@ -334,11 +343,41 @@ class Scenario:
             s.drift_to_serving_s = (
                 self._serving_new.value["produced_at"] - self._drift.value["produced_at"]
             ).total_seconds()
-        s.drift_events = sum(1 for e in self.events if e.topic == DRIFT_DETECTED)
-        s.runs_after_drift = sum(
-            1
-            for e in self.events
-            if e.topic == MODELS_TRAINED and self._drift is not None and e.correlation_id == self._drift.correlation_id
-        )
+        drifts = [e for e in self.events if e.topic == DRIFT_DETECTED]
+        s.drift_events = len(drifts)
+        s.episodes = len({e.value["episode_id"] for e in drifts})
+        if self._drift is not None:
+            s.runs_after_drift, s.runs_to_recover, s.attempts = self._episode_runs(self._drift)
         if not s.closed and not s.reason:
             s.reason = "the loop did not close"
+
+    def _episode_runs(self, drift: Event) -> tuple[int, int, list[dict[str, Any]]]:
+        """The first episode's chain: its runs, those up to the one whose model serves, and each
+        attempt with what became of its run (promoted / rejected / failed / pending)."""
+        chain = [e for e in self.events if e.correlation_id == drift.correlation_id]
+        runs = {e.event_id: e for e in chain if e.topic == MODELS_TRAINED}
+        outcome: dict[str, str] = {}
+        for e in chain:
+            if e.topic in (MODELS_PROMOTED, MODELS_REJECTED) and e.causation_id in runs:
+                cause = runs[e.causation_id].causation_id
+                outcome[cause or ""] = "promoted" if e.topic == MODELS_PROMOTED else "rejected"
+            if e.topic == TRAINING_FAILED:
+                outcome[e.causation_id or ""] = "failed"
+        attempts = []
+        request_events = {e.event_id: e for e in chain if e.topic == TRAINING_REQUESTED}
+        for e in chain:
+            if e.topic != DRIFT_DETECTED:
+                continue
+            asked = [r for r in request_events.values() if r.causation_id == e.event_id]
+            attempts.append(
+                {
+                    "attempt": int(e.value.get("attempt") or 1),
+                    "reason": e.value.get("reason") or "detected",
+                    "outcome": next((outcome[r.event_id] for r in asked if r.event_id in outcome), "pending"),
+                }
+            )
+        serving = self._serving_new
+        recovered = [
+            e for e in runs.values() if serving is None or e.value["produced_at"] <= serving.value["produced_at"]
+        ]
+        return len(runs), len(recovered), attempts

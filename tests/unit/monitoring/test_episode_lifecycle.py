@@ -1,0 +1,173 @@
+"""The drift episode's lifecycle (pure, no I/O): further attempts while served performance stays
+degraded, consolidation after a promotion on few post-drift examples, and resolution only once
+performance is back."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from driftline.project import DriftPolicy, load_project
+from driftline_monitoring.drift import (
+    CONSOLIDATION,
+    PERFORMANCE,
+    STILL_DEGRADED,
+    CheckResult,
+    Detection,
+    Episode,
+    ModelMonitor,
+    PerformanceTracker,
+    Reference,
+)
+
+POLICY = load_project().drift
+
+
+def reference(
+    version: int = 1, accuracy: float = 0.95, examples: int | None = 3000, episode: str | None = None
+) -> Reference:
+    return Reference("m", version, {}, None, accuracy, "1", f"p{version}", examples=examples, episode_id=episode)
+
+
+def clean_check(n: int) -> CheckResult:
+    return CheckResult(n, (0, n, n), [], [], 0, {}, None)
+
+
+def feed(monitor: ModelMonitor, n: int, error_rate: float, start: int, seed: int = 0) -> list[tuple[int, object]]:
+    """``n`` joined outcomes at the given error rate; the attempts they made (taken as Episodes does)."""
+    rng = np.random.default_rng(seed)
+    made = []
+    for i, wrong in enumerate(rng.random(n) < error_rate):
+        t = start + i
+        monitor.predictions.put(str(t), ("a", t))
+        monitor.add_label(str(t), "b" if wrong else "a")
+        attempt = monitor.due_attempt()
+        if attempt is not None and monitor.episode is not None:
+            monitor.episode.took(attempt)
+            made.append((t, attempt))
+    return made
+
+
+def performance_detection(t: int) -> Detection:
+    return Detection(PERFORMANCE, "adwin", 0.3, 0.1, [], [], 0, t, 300)
+
+
+def test_a_degraded_episode_asks_again_with_growing_spacing_up_to_its_cap() -> None:
+    monitor = ModelMonitor(reference(), POLICY, max_examples=4000)
+    feed(monitor, 400, 0.05, 0)
+    episode = monitor.open("e", monitor.with_onset(performance_detection(400)))
+    made = feed(monitor, 6000, 0.45, 400)
+    assert [a.number for _, a in made] == list(range(2, POLICY.max_attempts + 1))
+    assert {a.reason for _, a in made} == {STILL_DEGRADED}
+    gaps = np.diff([t for t, _ in made])  # one labelled outcome per t
+    for k, gap in enumerate(gaps, start=3):
+        assert gap >= math.ceil(POLICY.retry_after_labels * POLICY.retry_growth ** (k - 2))
+    assert episode.exhausted(POLICY)
+    ended = monitor.after_check(clean_check(6400))
+    assert ended is not None and ended[1] == "attempts_exhausted" and monitor.episode is None
+
+
+def test_no_attempt_while_performance_is_fine_and_none_before_enough_new_labels() -> None:
+    monitor = ModelMonitor(reference(accuracy=0.9), POLICY, max_examples=4000)
+    feed(monitor, 400, 0.1, 0)
+    monitor.open("e", Detection("input", "psi", 0.5, 0.25, ["x"], [], 0, 400, 600))  # a covariate shift
+    assert feed(monitor, 3000, 0.1, 400) == []  # labels flow, accuracy as its reference: nothing to retry
+
+
+def test_a_promotion_in_the_episode_is_consolidated_once_and_the_episode_then_resolves() -> None:
+    old = ModelMonitor(reference(), POLICY, max_examples=4000)
+    feed(old, 400, 0.05, 0)
+    episode = old.open("e", old.with_onset(performance_detection(400)))
+    feed(old, 250, 0.45, 400)
+    # The emergency run trained on 250 post-drift examples and was promoted: the new champion inherits.
+    new = ModelMonitor(reference(2, accuracy=0.9, examples=250, episode="e"), POLICY, max_examples=4000)
+    new.carry(old.episode)
+    assert new.episode is episode and episode.promoted_examples == 250
+    target = episode.consolidation_target(POLICY, 4000)
+    assert target == min(math.ceil(POLICY.consolidate_factor * 250), 4000)
+    # Performance is back at once, but the episode stays open until the consolidation run is asked.
+    made = feed(new, 400, 0.1, 650)
+    for k in range(new.resolve_after + 1):
+        assert new.after_check(clean_check(k)) is None
+    made += feed(new, target, 0.1, 1050)
+    assert [(a.number, a.reason) for _, a in made] == [(2, CONSOLIDATION)]
+    assert made[0][1].labelled_since_onset == target
+    # The clean checks counted meanwhile: the next one ends it.
+    assert new.after_check(clean_check(99)) == (episode, "back_to_normal") and new.episode is None
+
+
+def test_an_episode_does_not_resolve_before_the_new_champions_performance_is_known() -> None:
+    monitor = ModelMonitor(reference(), POLICY, max_examples=4000)
+    feed(monitor, 400, 0.05, 0)
+    episode = monitor.open("e", monitor.with_onset(performance_detection(400)))
+    new = ModelMonitor(reference(2, episode="other"), POLICY, max_examples=4000)
+    new.carry(episode)
+    feed(new, POLICY.min_labels - 1, 0.05, 1000)
+    assert all(new.after_check(clean_check(k)) is None for k in range(2 * new.resolve_after))
+    feed(new, 1, 0.0, 2000)
+    ended = [new.after_check(clean_check(k)) for k in range(new.resolve_after)]
+    assert ended[-1] == (episode, "back_to_normal")
+
+
+def test_a_performance_detection_moves_an_input_episodes_onset_to_the_error_change_point() -> None:
+    monitor = ModelMonitor(reference(), POLICY, max_examples=4000)
+    feed(monitor, 300, 0.05, 0)
+    episode = monitor.open("e", Detection("input", "psi", 0.5, 0.25, ["x"], [], 0, 300, 600))
+    assert episode.onset_ms == 0 and not episode.performance_onset
+    feed(monitor, 150, 0.5, 300, seed=1)  # the outcome window (300) now spans the change
+    assert not monitor.should_open(performance_detection(450))
+    assert episode.performance_onset and abs((episode.onset_ms or 0) - 300) < 60
+    assert episode.labelled_since_onset == monitor.performance.outcomes_since(episode.onset_ms or 0)
+
+
+def test_adwin_raises_on_a_rising_error_rate_and_not_on_a_falling_one() -> None:
+    policy = DriftPolicy.model_validate({**POLICY.model_dump(), "detectors": ["adwin"]})
+    rng = np.random.default_rng(5)
+    rising = PerformanceTracker(policy, reference_accuracy=0.9)
+    errors = np.concatenate([rng.random(1000) < 0.1, rng.random(1000) < 0.4])
+    first = next((t for t, wrong in enumerate(errors) if rising.add(t, not wrong) is not None), None)
+    assert first is not None and 1000 <= first < 1300
+    falling = PerformanceTracker(policy, reference_accuracy=0.9)
+    errors = np.concatenate([rng.random(1000) < 0.4, rng.random(1000) < 0.1])
+    for t, wrong in enumerate(errors):
+        detection = falling.add(t, not wrong)
+        assert detection is None or detection.method == "accuracy_drop"  # the level, not an ADWIN alarm
+    assert falling.adwin_changes > 0  # ADWIN saw the change: a fall
+    assert falling.adwin_alarms == 0  # is not a drift to retrain on
+
+
+def test_episode_spacing_is_in_labelled_outcomes() -> None:
+    e = Episode("e", PERFORMANCE)
+    assert e.retry_spacing(POLICY) == POLICY.retry_after_labels
+    e.attempts = 3
+    assert e.retry_spacing(POLICY) == math.ceil(POLICY.retry_after_labels * POLICY.retry_growth**2)
+
+
+def test_a_gradual_change_moves_the_next_attempts_onset_to_where_errors_rose() -> None:
+    monitor = ModelMonitor(reference(), POLICY, max_examples=4000)
+    feed(monitor, 400, 0.05, 0)
+    # The alarm comes early in a transition; the error rate climbs from 5 % to 45 % over 1,500 outcomes.
+    episode = monitor.open("e", Detection(PERFORMANCE, "adwin", 0.3, 0.1, [], [], 0, 400, 300, onset_ms=400))
+    rng = np.random.default_rng(9)
+    onsets = []
+    for i in range(1500):
+        t = 400 + i
+        monitor.predictions.put(str(t), ("a", t))
+        monitor.add_label(str(t), "b" if rng.random() < 0.05 + 0.4 * i / 1500 else "a")
+        attempt = monitor.due_attempt()
+        if attempt is not None:
+            episode.took(attempt)
+            onsets.append(attempt.onset_ms)
+    # Early attempts see too little of the climb to move it; later ones train on what came after
+    # the errors rose (never going back).
+    assert len(onsets) >= 2 and onsets == sorted(onsets) and onsets[-1] > 400, onsets
+    assert episode.onset_ms == onsets[-1]
+
+
+def test_a_stationary_error_stream_keeps_the_onset() -> None:
+    episode = Episode("e", PERFORMANCE, onset_ms=0)
+    rng = np.random.default_rng(4)
+    for t, wrong in enumerate(rng.random(3000) < 0.3):
+        episode.count_outcome(t, not wrong)
+    assert episode.moved_onset() == 0
