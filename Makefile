@@ -95,7 +95,7 @@ bench: venv install ## the benchmarks in bench/, each next to a raw baseline (on
 	  echo "== bench/$$b.py"; $(PY) bench/$$b.py; done'
 
 bench-loop: venv ## the closed-loop benchmark (in-process, no stack): retraining policies on drifting streams
-	@$(PY) bench/loop.py
+	@$(PY) bench/loop.py --policies never,cron,adwin,oracle,driftline $(BENCH_LOOP_ARGS)
 
 services-up: venv ## run the six services with honcho against the local stack (waits until ready)
 	@infra/services.sh start

@@ -12,7 +12,7 @@ and every policy's numbers come from the same run on the same data:
 * ``oracle``: knows when the stream changes (see below) and retrains on data after the change
   with the same rule as ``adwin`` (``--min-examples``, then ``--window`` labels after it).
 
-Run (the default: loan and hyperplane families x 6 kinds x 3 seeds x 20 000 events)::
+Run (the default: loan, hyperplane and sea families x 6 kinds (sea: 5) x 3 seeds x 20 000 events)::
 
     .venv/bin/python bench/loop.py [--families loan,hyperplane] [--kinds ...] [--seeds 1,2,3]
         [--events 20000] [--label-delay 200] [--cron-every 2000] [--window 3000] [--json PATH]
@@ -53,33 +53,17 @@ River's ADWIN (0.26) empties its window at the first update after a detection, a
 a fall of the error rate as much as to a rise; the policy gives it a fresh detector for every new
 model and only the errors of the model that served the labelled event.
 
-Adding the Driftline column (not done here). Write a class that satisfies :class:`Policy` and add
-it to :data:`POLICIES`, with the platform's own decision code run in-process on the same records:
-
-* ``observes = True``: ``observe(t, x, prediction)`` gets every served event; build the
-  ``FeatureVectorComputed`` / ``PredictionMade`` records (event time = a fixed start + t seconds,
-  event id from t) and feed them through monitoring's handler logic: a ``ModelMonitor``
-  (``driftline_monitoring.drift``) per serving version, with the ``Reference`` that training's
-  ``pipeline.fit`` produced; ``on_label`` feeds ``LabelRecorded`` records (``add_label``), so
-  performance drift sees the same delayed labels as ``adwin``. Record the label of each
-  published detection in ``detections`` (``detects = True``).
-* ``wants_retrain``: training's trigger decision (``driftline_training.trigger_policy.decide``:
-  cooldown, waiting for ``min_examples`` labels since the onset; ``initial_due`` for the first
-  model) on the published ``DriftDetected``, with ``since`` = its estimated onset (the project's
-  ``selection: since_drift``) and the project's ``max_examples`` (return a larger window via a
-  Retrain of its own if needed).
-* ``fit``: build ``pipeline.Example`` records from the ``Labelled`` examples (their indices map to
-  the events it observed), run ``pipeline.fit`` (time split, holdout, champion evaluation) and the
-  registry's ``policy.decide``; return the model when promoted, None when rejected (the champion
-  keeps serving, and the run still counts).
-* ``on_model``: start the new version's monitor, as deployment and monitoring do on a promotion.
-
-That is faithful because those functions are the ones the services call on the same records
-(the handlers are thin and the decisions pure), the simulator enforces the same visibility of
-labels for every column, and the streams, seeds, delay, estimator and accuracy accounting are
-those of the baselines. What it leaves out is Kafka/DB latency and the time a run takes; a
-``--train-latency`` (events between a retrain request and its model serving) would add the latter
-to every column alike.
+The ``driftline`` column (``--policies ...,driftline``; ``make bench-loop`` runs it) is the
+platform's own decision code run in-process on the same records, in ``bench/loop_driftline.py``:
+monitoring's ``ModelMonitor`` (windows, tests, detectors, the episode lifecycle: retries while
+degraded, consolidation, resolution), training's trigger policy and ``pipeline.fit`` with the
+champion comparison, and the registry's promotion policy, with the shipped project's policies
+(``--project`` for another file) on every family. That is faithful because those functions are the
+ones the services call on the same records (the handlers are thin and the decisions pure), the
+simulator enforces the same visibility of labels for every column, and the streams, seeds, delay,
+estimator and accuracy accounting are those of the baselines. What it leaves out is Kafka/DB
+latency, re-delivery and the time a run takes (a run's model serves from the event at which it
+was asked, as for every column).
 """
 
 from __future__ import annotations
@@ -630,7 +614,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=20_000, help="events per stream (default 20000)")
     parser.add_argument("--seeds", type=_csv, default=["1", "2", "3"], help="comma-separated seeds (default 1,2,3)")
     parser.add_argument(
-        "--families", type=_csv, default=["loan", "hyperplane"], help=f"comma-separated, of {','.join(FAMILIES)}"
+        "--families", type=_csv, default=["loan", "hyperplane", "sea"], help=f"comma-separated, of {','.join(FAMILIES)}"
     )
     parser.add_argument("--kinds", type=_csv, default=list(KINDS), help=f"comma-separated, of {','.join(KINDS)}")
     parser.add_argument("--policies", type=_csv, default=list(POLICY_NAMES), help="comma-separated columns")

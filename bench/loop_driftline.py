@@ -336,6 +336,11 @@ class Driftline:
             self.project.model.name, version, self._next_reference, f"promotion-{version}"
         )
         previous = self.monitor
-        self.monitor = ModelMonitor(reference, self.project.drift, max_examples=self.project.training.max_examples)
+        self.monitor = ModelMonitor(
+            reference,
+            self.project.drift,
+            max_examples=self.project.training.max_examples,
+            min_examples=self.project.training.min_examples,
+        )
         self.monitor.carry(previous.episode if previous is not None else None)
         self.waiting_labels = {}

@@ -142,7 +142,7 @@ async def test_a_stationary_stream_raises_no_drift(world: World) -> None:
         svc.stop()
 
 
-async def test_a_shift_raises_exactly_one_drift_event_naming_the_feature_until_a_new_champion(world: World) -> None:
+async def test_a_shift_raises_one_drift_event_naming_the_feature_and_its_episode_spans_models(world: World) -> None:
     promoted = await synthetic.publish_promotion(world.producer, world.store, model(1), 1)
     svc = start_monitoring(world.ns)
     try:
@@ -195,16 +195,28 @@ async def test_a_shift_raises_exactly_one_drift_event_naming_the_feature_until_a
             (r,) = (await http.get(f"{svc.url}/v1/reports")).json()["reports"]
             assert r["resolved_at"] is None
 
-            # v2 is then deployed (its predictions arrive): the episode closes and the windows
-            # start again against its reference.
+            # v2 is then deployed (its predictions arrive): the windows start again against its
+            # reference, and the episode goes on with it (episodes span models) ...
             await world.send(model(2), *synthetic.generate(50, seed=205), version=2)
 
-            async def closed() -> None:
+            async def inherited() -> None:
                 (r,) = (await http.get(f"{svc.url}/v1/reports")).json()["reports"]
-                assert r["resolution"] == "model_changed"
-                assert (await drift_state(svc))["model_version"] == 2
+                assert r["resolved_at"] is None
+                state = await drift_state(svc)
+                assert state["model_version"] == 2 and state["episode"]["episode_id"] == d.episode_id
 
-            await eventually(closed, timeout_s=60)
+            await eventually(inherited, timeout_s=60)
+
+            # ... until served performance is back: v2 on normal data, its accuracy known and within
+            # the guard of its reference, no drift for resolve_after checks in a row.
+            await world.send(model(2), *synthetic.generate(900, seed=206), version=2)
+
+            async def back() -> None:
+                (r,) = (await http.get(f"{svc.url}/v1/reports")).json()["reports"]
+                assert r["resolution"] == "back_to_normal"
+                assert (await drift_state(svc))["episode"] is None
+
+            await eventually(back, timeout_s=90)
         assert promoted["model_name"] == MODEL_NAME
     finally:
         svc.stop()
@@ -223,15 +235,33 @@ async def test_a_label_driven_accuracy_drop_is_detected(world: World) -> None:
         await world.send(model(1), *synthetic.generate(1500, seed=302, concept="b"))
         await world.drift.wait_for(lambda evs: len(evs) >= 1, timeout_s=120, what="drift.detected")
         state = await processed(svc, 2700, 2700)
-        await world.drift.poll(1.0)
-        (drift,) = world.drift.on(DRIFT_DETECTED)
+        asked = state["episode"]["attempts"]  # every one of them is on the topic (stored, then published)
+        await world.drift.wait_for(
+            lambda evs: sum(e.topic == DRIFT_DETECTED for e in evs) >= asked,
+            timeout_s=60,
+            what=f"{asked} drift.detected",
+        )
+        drift, *further = world.drift.on(DRIFT_DETECTED)
         d: DriftDetected = drift.record
-        assert d.kind == "performance" and d.method in ("accuracy_drop", "page_hinkley")
+        assert d.attempt == 1 and d.reason == "detected"
+        assert d.kind == "performance" and d.method in ("accuracy_drop", "page_hinkley", "adwin")
         assert d.features == () and d.statistic > d.threshold
-        assert {e.method for e in d.evidence} == {"accuracy_drop", "page_hinkley"}
+        assert {e.method for e in d.evidence} == {"accuracy_drop", "page_hinkley", "adwin"}
         assert state["performance"]["accuracy"] < model(1).accuracy - POLICY.accuracy_drop
         delay = records_after(d.window_end, 1200)
         assert 0 < delay <= 1500
         print(f"\naccuracy drop detected about {delay} labelled predictions after the concept changed ({d.method})")
+        # Nobody retrains here: served accuracy stays down, so the open episode asks again in its
+        # chain as labels arrive, each attempt stored before it is published.
+        attempts: list[DriftDetected] = [e.record for e in further]
+        assert attempts and [a.attempt for a in attempts] == list(range(2, len(attempts) + 2))
+        assert {(a.episode_id, a.reason, a.correlation_id) for a in attempts} == {
+            (d.episode_id, "still_degraded", d.event_id)
+        }
+        assert asked == 1 + len(attempts)
+        async with httpx.AsyncClient(timeout=30) as http:
+            (report,) = (await http.get(f"{svc.url}/v1/reports")).json()["reports"]
+        assert [a["attempt"] for a in report["attempts"]] == [a.attempt for a in attempts]
+        assert all(a["published_at"] is not None for a in report["attempts"])
     finally:
         svc.stop()

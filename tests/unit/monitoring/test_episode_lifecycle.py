@@ -75,7 +75,7 @@ def test_no_attempt_while_performance_is_fine_and_none_before_enough_new_labels(
     assert feed(monitor, 3000, 0.1, 400) == []  # labels flow, accuracy as its reference: nothing to retry
 
 
-def test_a_promotion_in_the_episode_is_consolidated_once_and_the_episode_then_resolves() -> None:
+def test_a_promotion_in_the_episode_is_consolidated_as_the_post_drift_set_grows_and_then_resolves() -> None:
     old = ModelMonitor(reference(), POLICY, max_examples=4000)
     feed(old, 400, 0.05, 0)
     episode = old.open("e", old.with_onset(performance_detection(400)))
@@ -93,7 +93,13 @@ def test_a_promotion_in_the_episode_is_consolidated_once_and_the_episode_then_re
     made += feed(new, target, 0.1, 1050)
     assert [(a.number, a.reason) for _, a in made] == [(2, CONSOLIDATION)]
     assert made[0][1].labelled_since_onset == target
-    # The clean checks counted meanwhile: the next one ends it.
+    # Rejected or not, the next consolidation waits for factor x as many again, up to the cap.
+    second = episode.consolidation_target(POLICY, 4000)
+    assert second == min(math.ceil(POLICY.consolidate_factor * target), 4000)
+    assert new.after_check(clean_check(98)) is None  # still pending: the episode stays open
+    made = feed(new, second - episode.labelled_since_onset, 0.1, 5000)
+    assert [(a.number, a.reason, a.labelled_since_onset) for _, a in made] == [(3, CONSOLIDATION, second)]
+    assert episode.consolidation_target(POLICY, 4000) is None  # at the cap: done
     assert new.after_check(clean_check(99)) == (episode, "back_to_normal") and new.episode is None
 
 

@@ -70,7 +70,9 @@ class FakeStore:
                     record.kind,
                     onset=record.onset,
                     attempts=max([1, *(a.attempt for a in attempts)]),
-                    consolidated=any(a.reason == "consolidation" for a in attempts),
+                    consolidated_to=max(
+                        [0, *(a.labelled_since_onset or 0 for a in attempts if a.reason == "consolidation")]
+                    ),
                 )
         return None
 

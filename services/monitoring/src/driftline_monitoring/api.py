@@ -58,9 +58,7 @@ def monitor_view(m: ModelMonitor, pending_versions: list[int]) -> dict[str, Any]
         "records_seen": m.records_seen,
         "windows": {"vectors": len(m.vectors), "scores": len(m.scores), "labelled": len(m.performance.outcomes)},
         "performance": m.performance.summary(),
-        "episode": None
-        if m.episode is None
-        else {"episode_id": m.episode.episode_id, "kind": m.episode.kind, "clean_checks": m.episode.clean_checks},
+        "episode": None if m.episode is None else episode_view(m),
         "last_check": None
         if last is None
         else {
@@ -72,6 +70,25 @@ def monitor_view(m: ModelMonitor, pending_versions: list[int]) -> dict[str, Any]
             "score": score_summary(last.scores, last.score_window),
             "drift": detection_view(last.detection),
         },
+    }
+
+
+def episode_view(m: ModelMonitor) -> dict[str, Any]:
+    """The open episode's lifecycle: attempts made, what the next one waits for."""
+    e = m.episode
+    assert e is not None
+    target = e.consolidation_target(m.policy, m.max_examples)
+    return {
+        "episode_id": e.episode_id,
+        "kind": e.kind,
+        "onset": as_utc(e.onset_ms).isoformat() if e.onset_ms is not None else None,
+        "attempts": e.attempts,
+        "max_attempts": m.policy.max_attempts,
+        "labelled_since_onset": e.labelled_since_onset,
+        "next_retry_after_labels": e.labelled_at_attempt + e.retry_spacing(m.policy),
+        "still_degraded": m.performance.degraded(),
+        "consolidation_at_labels": target,
+        "clean_checks": e.clean_checks,
     }
 
 
@@ -92,7 +109,11 @@ async def drift(deps: Deps) -> dict[str, Any]:
     return {"policy": deps.policy.model_dump(), "models": models, "last_stored_checks": stored}
 
 
-@router.get("/v1/reports", tags=["monitoring"], summary="Drift reports (one per episode), newest first")
+@router.get(
+    "/v1/reports",
+    tags=["monitoring"],
+    summary="Drift reports (one per episode, with its further attempts), newest first",
+)
 async def reports(
     deps: Deps,
     model: str | None = Query(None, description="Only this model."),

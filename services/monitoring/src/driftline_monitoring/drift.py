@@ -367,8 +367,13 @@ class PerformanceTracker:
     def guard(self) -> float:
         """Accuracy drop a Page-Hinkley alarm needs to count: half the policy's drop, and at least
         three standard errors of the rolling accuracy (noisy error streams need more)."""
+        return float(max(self.policy.accuracy_drop / 2, self.noise()))
+
+    def noise(self) -> float:
+        """Three standard errors of the rolling accuracy. An ADWIN alarm needs only this much of a
+        drop: ADWIN bounds its own false alarms (``adwin_delta``), Page-Hinkley does not."""
         acc, n = self.accuracy or 0.0, max(1, len(self.outcomes))
-        return float(max(self.policy.accuracy_drop / 2, 3 * math.sqrt(acc * (1 - acc) / n)))
+        return float(3 * math.sqrt(acc * (1 - acc) / n))
 
     def ph_statistic(self) -> float:
         """The Page-Hinkley statistic that river compares with its threshold (0 before any outcome).
@@ -392,7 +397,7 @@ class PerformanceTracker:
             self._ph_update(error)
             ph_alarm = bool(self.ph.drift_detected)  # river resets its sums at the next update
         ph_stat = self.ph_statistic()
-        adwin_alarm, adwin_rise = self._adwin_update(error)
+        adwin_alarm, _ = self._adwin_update(error)
         drop = self.drop
         if drop is None:
             return None
@@ -400,7 +405,7 @@ class PerformanceTracker:
         acc_drifted = drop > policy.accuracy_drop
         guard = self.guard()
         ph_drifted = ph_alarm and drop > guard
-        adwin_drifted = adwin_alarm and drop > guard
+        adwin_drifted = adwin_alarm and drop > self.noise()
         if ph_alarm:
             self.ph_alarms += 1
         if adwin_alarm:
@@ -412,9 +417,9 @@ class PerformanceTracker:
         if self.use_ph:
             evidence.append(Evidence(None, "page_hinkley", ph_stat, policy.page_hinkley_threshold, None, ph_drifted))
         if self.adwin is not None:
-            # statistic: the rise of the error rate ADWIN estimated at this update; threshold: the
-            # accuracy drop the alarm needed (the guard).
-            evidence.append(Evidence(None, "adwin", adwin_rise, guard, None, adwin_drifted))
+            # An ADWIN change of the error rate counts when the accuracy drop is beyond three
+            # standard errors: that drop is its statistic, those three standard errors its threshold.
+            evidence.append(Evidence(None, "adwin", drop, self.noise(), None, adwin_drifted))
         if not (acc_drifted or ph_drifted or adwin_drifted):
             return None
         window = (self.outcomes[0][0], self.outcomes[-1][0], len(self.outcomes))
@@ -502,7 +507,7 @@ class Episode:
     # attempt's onset (see :meth:`next_attempt`).
     outcomes: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=EPISODE_OUTCOMES))
     promoted_examples: int | None = None  # examples of the run promoted in this episode, if any
-    consolidated: bool = False  # the episode's one consolidation run was asked for
+    consolidated_to: int = 0  # the largest consolidation target asked for so far
     clean_checks: int = 0
     seen_at: datetime | None = None  # last detection not yet written to the report (last_seen_at)
     written_at: float = -math.inf  # time.monotonic() of the last write of last_seen_at
@@ -532,14 +537,19 @@ class Episode:
         return math.ceil(policy.retry_after_labels * policy.retry_growth ** max(0, self.attempts - 1))
 
     def consolidation_target(self, policy: DriftPolicy, max_examples: int | None) -> int | None:
-        """Labelled outcomes since the onset at which the consolidation run is due; None when none is
-        pending (no promotion in the episode, done already, off, or no larger set to train on)."""
-        if self.promoted_examples is None or self.consolidated or policy.consolidate_factor <= 0:
+        """Labelled outcomes since the onset at which the next consolidation run is due: the
+        ``consolidate_factor`` multiple of the examples of the model promoted in the episode, capped
+        by ``max_examples``; None when none is pending (no promotion in the episode, off, or no
+        larger set than the promoted model's or the last consolidation's to train on). A promoted
+        consolidation is followed by the next (whether it was promoted or not), so the post-drift
+        set grows geometrically (300, 1,200, 4,000 with the shipped policy) and stops at the cap."""
+        if self.promoted_examples is None or policy.consolidate_factor <= 0:
             return None
-        target = math.ceil(policy.consolidate_factor * self.promoted_examples)
+        base = max(self.promoted_examples, self.consolidated_to)
+        target = math.ceil(policy.consolidate_factor * base)
         if max_examples is not None:
             target = min(target, max_examples)
-        return target if target > self.promoted_examples else None
+        return target if target > base else None
 
     def next_attempt(
         self, policy: DriftPolicy, *, degraded: bool, drop: float, guard: float, max_examples: int | None
@@ -578,7 +588,7 @@ class Episode:
             self.labelled_since_onset = len(kept)
         self.labelled_at_attempt = self.labelled_since_onset
         if attempt.reason == CONSOLIDATION:
-            self.consolidated = True
+            self.consolidated_to = max(self.consolidated_to, round(attempt.threshold))
 
     def exhausted(self, policy: DriftPolicy) -> bool:
         """Every attempt was made and the last one's spacing has passed: the episode gives up (it
@@ -608,6 +618,7 @@ class ModelMonitor:
     resolve_after: int = 3
     join_capacity: int = 50_000
     max_examples: int | None = None  # the training policy's: caps the consolidation target
+    min_examples: int = 0  # the training policy's: a drift run waits for these since the onset
     features: list[str] = field(init=False)
     vectors: deque[tuple[int, tuple[Any, ...]]] = field(init=False)
     scores: deque[tuple[int, float]] = field(init=False)
@@ -705,7 +716,9 @@ class ModelMonitor:
             performance_onset=detection.kind == PERFORMANCE,
         )
         self.episode.outcomes.extend(o for o in self.performance.outcomes if o[0] >= onset)
-        self.episode.labelled_at_attempt = self.episode.labelled_since_onset
+        # Training holds the first request until min_examples are labelled since the onset: the
+        # first retry's spacing counts from then, not from the detection.
+        self.episode.labelled_at_attempt = max(self.episode.labelled_since_onset, self.min_examples)
         return self.episode
 
     def should_open(self, detection: Detection) -> bool:
@@ -732,7 +745,7 @@ class ModelMonitor:
         if episode is not None:
             episode.outcomes.clear()  # the errors of the model it replaces say nothing about this one
         if episode is not None and self.reference.episode_id == episode.episode_id:
-            episode.promoted_examples = self.reference.examples  # consolidation: once per episode
+            episode.promoted_examples = self.reference.examples
             episode.clean_checks = 0
 
     def due_attempt(self) -> Attempt | None:

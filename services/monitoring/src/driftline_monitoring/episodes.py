@@ -197,7 +197,7 @@ class Episodes:
             performance_onset=report.kind == PERFORMANCE,
         )
         monitor.carry(episode)
-        episode.consolidated = episode.consolidated or report.consolidated
+        episode.consolidated_to = max(episode.consolidated_to, report.consolidated_to)
         log.info("drift_episode_restored", model=name, episode_id=report.episode_id, attempts=report.attempts)
 
     async def checked(self, monitor: ModelMonitor, result: CheckResult) -> None:

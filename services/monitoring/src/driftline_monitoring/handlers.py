@@ -68,9 +68,11 @@ class Monitoring:
         resolve_after: int = 3,
         join_capacity: int = 50_000,
         max_examples: int | None = None,
+        min_examples: int = 0,
     ) -> None:
         self.policy = policy
         self.max_examples = max_examples
+        self.min_examples = min_examples
         self.episodes = episodes
         self.artifacts = artifacts
         self.resolve_after = resolve_after
@@ -161,7 +163,7 @@ class Monitoring:
 
     def _monitor(self, promotion: ModelPromoted, reference: Reference) -> ModelMonitor:
         monitor = self.monitors[reference.model_name] = ModelMonitor(
-            reference, self.policy, self.resolve_after, self.join_capacity, self.max_examples
+            reference, self.policy, self.resolve_after, self.join_capacity, self.max_examples, self.min_examples
         )
         self.serving.follow(promotion)
         return monitor

@@ -32,6 +32,7 @@ async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDe
         resolve_after=settings.resolve_after,
         join_capacity=settings.join_capacity,
         max_examples=project.training.max_examples,
+        min_examples=project.training.min_examples,
     )
     data: Routes = {
         FEATURES_VECTORS: monitoring.on_vector,

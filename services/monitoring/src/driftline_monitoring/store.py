@@ -40,7 +40,7 @@ def record_from_json(doc: dict[str, Any]) -> DriftDetected:
 
 def _row(record: asyncpg.Record) -> dict[str, Any]:
     out = dict(record)
-    for key in ("features", "score", "performance", "evidence", "record"):
+    for key in ("features", "score", "performance", "evidence", "record", "attempts"):
         if isinstance(out.get(key), str):
             out[key] = json.loads(out[key])
     for key, value in out.items():
@@ -58,7 +58,7 @@ class OpenReport:
     kind: str
     onset: datetime | None = None
     attempts: int = 1  # the opening detection and every stored further attempt
-    consolidated: bool = False  # a consolidation attempt was made
+    consolidated_to: int = 0  # the largest consolidation target asked for (its labelled_since_onset)
 
 
 class MonitoringStore:
@@ -120,7 +120,8 @@ class MonitoringStore:
             """
             SELECT r.episode_id, r.model_version, r.kind, r.record,
                    coalesce(max(a.attempt), 1) AS attempts,
-                   coalesce(bool_or(a.reason = 'consolidation'), false) AS consolidated
+                   coalesce(max(a.labelled_since_onset) FILTER (WHERE a.reason = 'consolidation'), 0)
+                       AS consolidated_to
             FROM drift_reports r LEFT JOIN episode_attempts a USING (episode_id)
             WHERE r.model_name = $1 AND r.resolved_at IS NULL
             GROUP BY r.episode_id
@@ -136,7 +137,7 @@ class MonitoringStore:
             row["kind"],
             onset=None if onset is None else as_utc(onset),
             attempts=row["attempts"],
-            consolidated=row["consolidated"],
+            consolidated_to=row["consolidated_to"],
         )
 
     async def save_attempt(self, record: DriftDetected) -> None:
@@ -210,8 +211,13 @@ class MonitoringStore:
             """
             SELECT episode_id, event_id, model_name, model_version, kind, method, statistic, threshold, features,
                 window_start, window_end, window_size, evidence, detected_at, published_at, last_seen_at,
-                resolved_at, resolution
-            FROM drift_reports
+                resolved_at, resolution,
+                (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                            'attempt', a.attempt, 'reason', a.reason, 'model_version', a.model_version,
+                            'labelled_since_onset', a.labelled_since_onset, 'event_id', a.event_id,
+                            'created_at', a.created_at, 'published_at', a.published_at) ORDER BY a.attempt), '[]')
+                 FROM episode_attempts a WHERE a.episode_id = r.episode_id) AS attempts
+            FROM drift_reports r
             WHERE ($1::text IS NULL OR model_name = $1) AND (NOT $2 OR resolved_at IS NULL)
             ORDER BY detected_at DESC LIMIT $3
             """,
