@@ -588,12 +588,56 @@ def render(rows: list[Row], policies: Sequence[str]) -> str:
     header2 += ["promotions driftline"] if "driftline" in detecting else []
     for p in detecting:
         header2 += [f"{p} alarms", f"{p} false", f"{p} delay (labels)", f"{p} missed"]
-    return (
+    out = (
         "Served accuracy (mean ± std over seeds; all = from the first model on, last¼ = last quarter)\n\n"
         + _table(header, accuracy)
         + "\n\nRetraining and detection (retrains: training runs after the first model; runs per episode ="
         " retrains / episodes)\n\n" + _table(header2, second)
     )
+    if {"driftline", "cron", "adwin"} <= set(policies):
+        out += "\n\n" + verdicts(rows)
+    return out
+
+
+def verdicts(rows: list[Row]) -> str:
+    """The driftline column against the baselines, per row, on the means over seeds: served
+    accuracy >= cron and >= adwin (all of the stream), fewer retrains than cron, and on a
+    stationary stream no alarm and no run; on a sudden drift a detection delay <= adwin's."""
+
+    def mean(row: Row, p: str, key: str) -> float:
+        return statistics.fmean(row.values(p, key))
+
+    def delay(row: Row, p: str) -> float | None:
+        ds = [d for r in row.results for d in r["policies"][p]["delays"] if d is not None]
+        return statistics.fmean(ds) if ds else None
+
+    def mark(ok: bool, detail: str) -> str:
+        return ("yes " if ok else "NO ") + detail
+
+    body = []
+    for row in rows:
+        acc = mean(row, "driftline", "accuracy")
+        cron, adwin = mean(row, "cron", "accuracy"), mean(row, "adwin", "accuracy")
+        runs, cron_runs = mean(row, "driftline", "retrains"), mean(row, "cron", "retrains")
+        cells = [
+            row.family,
+            row.kind,
+            mark(acc >= cron, f"{acc - cron:+.3f}"),
+            mark(acc >= adwin, f"{acc - adwin:+.3f}"),
+            mark(runs < cron_runs, f"{runs:.1f} vs {cron_runs:.1f}"),
+        ]
+        if row.kind == "stationary":
+            alarms = mean(row, "driftline", "alarms")
+            cells.append(mark(alarms == 0 and runs == 0, f"{alarms:.1f} alarms, {runs:.1f} runs"))
+        elif row.kind == "sudden":
+            ours, theirs = delay(row, "driftline"), delay(row, "adwin")
+            ok = ours is not None and (theirs is None or ours <= theirs)
+            cells.append(mark(ok, f"delay {ours or float('nan'):.0f} vs {theirs or float('nan'):.0f}"))
+        else:
+            cells.append("")
+        body.append(cells)
+    header = ["family", "kind", "acc >= cron", "acc >= adwin", "fewer runs than cron", "stationary / sudden"]
+    return "Driftline against the bar (means over seeds)\n\n" + _table(header, body)
 
 
 # ---------------------------------------------------------------------------------------------

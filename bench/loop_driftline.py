@@ -296,11 +296,11 @@ class Driftline:
             )
             if len(compared) >= MIN_COMPARISON_EXAMPLES:
                 champion_metrics = pipeline.evaluate_on_holdout(self.champion, compared, self.names, self.positive)
-                paired = pipeline.paired_counts(result.model, self.names, self.champion, self.names, compared)
+                paired = pipeline.paired_counts(result.judged, self.names, self.champion, self.names, compared)
                 comparison_metrics = (
                     dict(result.metrics)
                     if len(compared) == len(result.holdout)
-                    else pipeline.evaluate_on_holdout(result.model, compared, self.names, self.positive)
+                    else pipeline.evaluate_on_holdout(result.judged, compared, self.names, self.positive)
                 )
         decision = registry_policy.decide(
             self.project.promotion,
@@ -317,7 +317,7 @@ class Driftline:
         if not decision.promote:
             return None
         self._flush()  # the old champion's buffered events are its own
-        self.champion, self.champion_train_end = result.model, result.train[-1].event_time
+        self.champion, self.champion_train_end = result.model, result.fitted_until
         metadata = {
             "reference_profile": result.reference_profile,
             "metrics": result.metrics,

@@ -132,7 +132,7 @@ async def test_gradual_drift_retries_until_a_candidate_is_promoted(
         seed=23,
         warmup=700,
         before_drift=700,
-        drift_width=4000,
+        drift_width=3000,
         after_drift_max=9000,
         after_new_model=300,
         rate=300,

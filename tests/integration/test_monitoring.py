@@ -165,9 +165,12 @@ async def test_a_shift_raises_one_drift_event_naming_the_feature_and_its_episode
         await world.send(model(1), *synthetic.generate(900, seed=203, salary_scale=1.6))
         await processed(svc, 900, 900)
         await world.drift.poll(2.0)
-        (drift,) = world.drift.on(DRIFT_DETECTED)
+        # One detection for the episode, across the restart; its only further requests, if any, are
+        # consolidations as the post-drift labelled set grows (the accuracy holds).
+        drift, *further = world.drift.on(DRIFT_DETECTED)
+        assert {e.record.reason for e in further} <= {"consolidation"}
         d: DriftDetected = drift.record
-        assert d.kind == "input" and "salary" in d.features
+        assert d.attempt == 1 and d.kind == "input" and "salary" in d.features
         assert {"age", "car", "elevel", "zipcode", "loan", "hyears", "hvalue"}.isdisjoint(d.features)
         assert d.correlation_id == d.event_id and d.causation_id is None
         assert (d.model_name, d.model_version) == (MODEL_NAME, 1)

@@ -273,10 +273,12 @@ async def test_a_training_request_produces_a_verified_artifact_and_a_models_trai
             model = load_model(data)
             holdout = rows[-150:]
             predicted = model.predict(to_matrix([r.features for r in holdout], v["feature_names"]))
-            assert np.mean(predicted == np.asarray([r.label for r in holdout])) == pytest.approx(
-                v["metrics"]["accuracy"]
-            )
+            # The metrics are the split model's on the holdout; the stored model was refitted on
+            # every example (training.refit), the holdout included, so it does at least as well there
+            # and its metadata says its training data ends where the holdout ends.
+            assert np.mean(predicted == np.asarray([r.label for r in holdout])) >= v["metrics"]["accuracy"]
             metadata = await store.get_json(v["metadata_key"], v["metadata_sha256"])
+            assert metadata["selection"]["train_end"] == metadata["selection"]["holdout_end"]
             assert set(metadata) >= REQUIRED_METADATA
             assert metadata["artifact_sha256"] == v["artifact_sha256"]
             assert metadata["dataset_fingerprint"] == v["dataset_fingerprint"]

@@ -61,8 +61,11 @@ async def test_the_champion_is_scored_only_on_holdout_examples_after_its_trainin
     positive = PROJECT.label.positive_class
     expected = pipeline.evaluate_on_holdout(champion_model, unseen, champion.feature_names, positive)
     assert r.champion_metrics == expected
+    # The candidate is judged by the model fitted on its training split, never by the stored model
+    # refitted on every example (the holdout included): that one would score its own training data.
+    assert outcome.result.refit and outcome.result.judged is not outcome.result.model
     assert r.comparison_metrics == pipeline.evaluate_on_holdout(
-        outcome.result.model, unseen, outcome.result.feature_names, positive
+        outcome.result.judged, unseen, outcome.result.feature_names, positive
     )
     metadata = json.loads(artifacts.objects[r.metadata_key])
     assert metadata["comparison"]["n_holdout_excluded"] == 50

@@ -130,3 +130,19 @@ def test_the_champion_is_evaluated_with_its_own_feature_columns() -> None:
     champion.fit(pipeline.feature_matrix(train, ["salary", "loan"]), [e.label for e in train])
     metrics = pipeline.evaluate_on_holdout(champion, holdout, ["salary", "loan"], "approve")
     assert metrics["accuracy"] > 0.85
+
+
+def test_with_refit_the_stored_model_learns_the_holdout_and_the_metrics_are_the_split_models() -> None:
+    data = examples(400)
+    refit = pipeline.fit(PROJECT, data, POLICY)
+    split = pipeline.fit(PROJECT, data, POLICY.model_copy(update={"refit": False}))
+    # The holdout metrics (and so the champion comparison) are the split model's either way ...
+    assert refit.metrics == split.metrics and refit.refit and not split.refit
+    x = pipeline.feature_matrix(refit.holdout, refit.feature_names)
+    assert (refit.judged.predict_proba(x) == split.model.predict_proba(x)).all()
+    # ... and the stored model is another fit, on every example, which a later run knows.
+    stored = load_model(refit.model_bytes)
+    assert (stored.predict_proba(x) == refit.model.predict_proba(x)).all()
+    assert not (stored.predict_proba(x) == split.model.predict_proba(x)).all()
+    assert refit.time_ranges()["train_end"] == refit.holdout[-1].event_time.isoformat()
+    assert split.time_ranges()["train_end"] == split.train[-1].event_time.isoformat()

@@ -196,6 +196,12 @@ class TrainingPolicy(_Model):
         "event time ('60s', '5m') or a count of the data between the two drift events: feature vectors "
         "('2000 events') or labelled examples ('500 labels'), the same at any event rate.",
     )
+    refit: bool = Field(
+        True,
+        description="After the holdout evaluation and the champion comparison (made with the model fitted "
+        "on the training split), the model that is stored and served is fitted again on every selected "
+        "example, holdout included: the newest examples are the most valuable after a drift.",
+    )
     initial_training_after: int = Field(
         0, description="Train the first model automatically once this many labelled examples exist (0: never)."
     )
@@ -247,7 +253,7 @@ class DriftPolicy(_Model):
         "training again once this many new labelled outcomes arrived since the last attempt.",
     )
     retry_growth: float = Field(1.5, description="Each further attempt waits this many times longer (in labels).")
-    max_attempts: int = Field(4, description="Training requests per episode, the first included (consolidation aside).")
+    max_attempts: int = Field(5, description="Training requests per episode, the first included (consolidation aside).")
     consolidate_factor: float = Field(
         4.0,
         description="After a promotion in an episode, one more run once the labelled outcomes since the "

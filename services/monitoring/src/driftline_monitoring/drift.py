@@ -57,7 +57,7 @@ from scipy import stats
 from driftline.events import now_utc
 from driftline.project import DriftPolicy
 from driftline.records import DriftEvidence
-from driftline_ml.profiles import category_key, ks, psi
+from driftline_ml.profiles import category_key, ks, numeric_profile, psi
 
 INPUT, PREDICTION, PERFORMANCE = "input", "prediction", "performance"
 
@@ -76,6 +76,9 @@ class Reference:
     positive_class: str
     promotion_event_id: str
     examples: int | None = None  # labelled examples of its run (train + holdout)
+    # The score profile comes from the model's first ``window`` served scores (a model refitted on
+    # its holdout has no out-of-sample scores to profile at training time).
+    scores_from_serving: bool = False
     episode_id: str | None = None  # the drift episode whose request trained it, if any
 
     @classmethod
@@ -89,11 +92,13 @@ class Reference:
             # Input drift is about the model's inputs: a vector's other features (say, a windowed
             # count the model does not use) may move without the model caring.
             profiles = {name: p for name, p in profiles.items() if name in set(inputs)}
+        from_serving = profile.get("score_reference") == "first_served_window"
         return cls(
             model_name=model_name,
             version=version,
             profiles=profiles,
-            score_profile=profile.get("score"),
+            score_profile=None if from_serving else profile.get("score"),
+            scores_from_serving=from_serving,
             accuracy=float(accuracy) if accuracy is not None else None,
             positive_class=str(metadata.get("positive_class") or ""),
             promotion_event_id=event_id,
@@ -508,6 +513,7 @@ class Episode:
     outcomes: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=EPISODE_OUTCOMES))
     promoted_examples: int | None = None  # examples of the run promoted in this episode, if any
     consolidated_to: int = 0  # the largest consolidation target asked for so far
+    first_examples: int = 0  # labelled outcomes since the onset the first request could train on
     clean_checks: int = 0
     seen_at: datetime | None = None  # last detection not yet written to the report (last_seen_at)
     written_at: float = -math.inf  # time.monotonic() of the last write of last_seen_at
@@ -543,9 +549,15 @@ class Episode:
         larger set than the promoted model's or the last consolidation's to train on). A promoted
         consolidation is followed by the next (whether it was promoted or not), so the post-drift
         set grows geometrically (300, 1,200, 4,000 with the shipped policy) and stops at the cap."""
-        if self.promoted_examples is None or policy.consolidate_factor <= 0:
+        first = self.promoted_examples
+        if first is None and not self.performance_onset:
+            # An input (or prediction) episode whose first candidate was not promoted, its served
+            # performance not degraded: the post-drift set grows the same way, and a candidate
+            # fitted on more of the new inputs may yet beat the champion there.
+            first = self.first_examples or None
+        if first is None or policy.consolidate_factor <= 0:
             return None
-        base = max(self.promoted_examples, self.consolidated_to)
+        base = max(first, self.consolidated_to)
         target = math.ceil(policy.consolidate_factor * base)
         if max_examples is not None:
             target = min(target, max_examples)
@@ -626,12 +638,14 @@ class ModelMonitor:
     predictions: BoundedMap[tuple[str, int]] = field(init=False)  # source event id → (predicted class, event time ms)
     joined: BoundedMap[bool] = field(init=False)  # source event ids already counted (replays)
     episode: Episode | None = None
+    score_profile: Mapping[str, Any] | None = None  # the reference's, or the first served window's
     records_seen: int = 0
     since_check: int = 0
     last_check: CheckResult | None = None
 
     def __post_init__(self) -> None:
         self.features = list(self.reference.profiles)
+        self.score_profile = self.reference.score_profile
         self.vectors = deque(maxlen=self.policy.window)
         self.scores = deque(maxlen=self.policy.window)
         self.performance = PerformanceTracker(self.policy, self.reference.accuracy)
@@ -652,6 +666,10 @@ class ModelMonitor:
 
     def add_prediction(self, source_event_id: str, event_time_ms: int, score: float, predicted: str | None) -> None:
         self.scores.append((event_time_ms, score))
+        if self.score_profile is None and self.reference.scores_from_serving and len(self.scores) == self.policy.window:
+            # The first served window is the reference; the test starts on the windows after it.
+            self.score_profile = numeric_profile([s for _, s in self.scores])
+            self.scores.clear()
         if predicted is not None and source_event_id not in self.joined:
             self.predictions.put(source_event_id, (predicted, event_time_ms))
 
@@ -680,8 +698,8 @@ class ModelMonitor:
         policy = self.policy
         inputs = input_tests(self.reference.profiles, columns, policy)
         score_evidence: list[Evidence] = []
-        if self.reference.score_profile and len(scores) >= policy.min_window:
-            score_evidence = score_tests(self.reference.score_profile, scores, policy)
+        if self.score_profile and len(scores) >= policy.min_window:
+            score_evidence = score_tests(self.score_profile, scores, policy)
         drifted_features = sorted({e.feature for e in inputs if e.drifted and e.feature is not None})
         detection = None
         if len(drifted_features) >= policy.min_drifted_features:
@@ -719,6 +737,7 @@ class ModelMonitor:
         # Training holds the first request until min_examples are labelled since the onset: the
         # first retry's spacing counts from then, not from the detection.
         self.episode.labelled_at_attempt = max(self.episode.labelled_since_onset, self.min_examples)
+        self.episode.first_examples = self.episode.labelled_at_attempt
         return self.episode
 
     def should_open(self, detection: Detection) -> bool:
@@ -783,10 +802,12 @@ class ModelMonitor:
             episode.clean_checks = 0
             return None
         episode.clean_checks += 1
-        if (
-            episode.clean_checks >= self.resolve_after
-            and episode.consolidation_target(self.policy, self.max_examples) is None
-        ):
+        # A promotion of the episode waits for its consolidation; an input episode whose inputs are
+        # back needs none.
+        pending = episode.promoted_examples is not None and (
+            episode.consolidation_target(self.policy, self.max_examples) is not None
+        )
+        if episode.clean_checks >= self.resolve_after and not pending:
             self.episode = None
             return episode, "back_to_normal"
         return None

@@ -124,7 +124,7 @@ class ChampionEvaluator:
             )
             comparison.candidate_metrics = await self._score_candidate(result, examples)
             comparison.wins, comparison.losses = await asyncio.to_thread(
-                pipeline.paired_counts, result.model, result.feature_names, model, champion.feature_names, examples
+                pipeline.paired_counts, result.judged, result.feature_names, model, champion.feature_names, examples
             )
             return comparison
         except TrainingFailure as failure:
@@ -173,5 +173,5 @@ class ChampionEvaluator:
         if len(examples) == len(result.holdout):
             return dict(result.metrics)
         return await asyncio.to_thread(
-            pipeline.evaluate_on_holdout, result.model, examples, result.feature_names, self.positive_class
+            pipeline.evaluate_on_holdout, result.judged, examples, result.feature_names, self.positive_class
         )

@@ -145,7 +145,7 @@ def jsonable_params(model: Any) -> dict[str, Any]:
 
 @dataclass
 class FitResult:
-    model: Any
+    model: Any  # what is stored and served (refitted on every example with ``refit``)
     model_bytes: bytes
     metrics: dict[str, float]
     params: dict[str, Any]
@@ -160,11 +160,27 @@ class FitResult:
     label_counts: dict[str, dict[str, int]]
     fit_seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    # The model fitted on the training split only: the one the holdout metrics and the champion
+    # comparison are about (``model`` itself when there is no refit).
+    evaluated_model: Any = None
+    refit: bool = False
+
+    @property
+    def judged(self) -> Any:
+        """The model to score on the holdout (never one that trained on it)."""
+        return self.model if self.evaluated_model is None else self.evaluated_model
+
+    @property
+    def fitted_until(self) -> datetime:
+        """Event time of the last example the stored model was fitted on."""
+        return (self.holdout if self.refit else self.train)[-1].event_time
 
     def time_ranges(self) -> dict[str, str]:
         return {
             "train_start": self.train[0].event_time.isoformat(),
-            "train_end": self.train[-1].event_time.isoformat(),
+            # The stored model's last training example: a later run compares on what comes after.
+            "train_end": self.fitted_until.isoformat(),
+            "split_train_end": self.train[-1].event_time.isoformat(),
             "holdout_start": self.holdout[0].event_time.isoformat(),
             "holdout_end": self.holdout[-1].event_time.isoformat(),
         }
@@ -214,12 +230,26 @@ def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -
 
     started = time.perf_counter()
     all_names = project.features.names
-    reference = {
+    reference: dict[str, Any] = {
         "features": build_profiles(_profile_matrix(train, all_names), all_names, project.features.categorical),
         # Scores on the holdout: out of sample, as the model's scores will be in production.
         "score": numeric_profile(positive_scores(model, x_holdout, positive)),
     }
     timings["profile_s"] = time.perf_counter() - started
+
+    evaluated = model
+    if policy.refit:
+        started = time.perf_counter()
+        model = build_estimator(project.model, seed=policy.seed)
+        try:
+            model.fit(np.vstack([x_train, x_holdout]), np.asarray(y_train + [e.label for e in holdout]))
+        except (ValueError, TypeError) as exc:
+            raise TrainingFailure("fit_error", f"{project.model.estimator}.fit (refit) failed: {exc}") from None
+        timings["refit_s"] = time.perf_counter() - started
+        # The score profile above is the split model's: the stored model scores differently, and
+        # it has no out-of-sample scores (it saw the holdout). Monitoring takes the stored model's
+        # reference scores from its first served window instead ("score_reference").
+        reference["score_reference"] = "first_served_window"
 
     started = time.perf_counter()
     model_bytes = dump_model(model)
@@ -252,6 +282,8 @@ def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -
         },
         fit_seconds=fit_seconds,
         timings=timings,
+        evaluated_model=evaluated if policy.refit else None,
+        refit=policy.refit,
     )
 
 
