@@ -74,7 +74,14 @@ def demo(
         "n/a" if summary.drift_to_serving_s is None else f"{summary.drift_to_serving_s:.1f} s",
     )
     table.add_row("new model", f"v{summary.new_version}")
-    table.add_row("drift events / retrains in the episode", f"{summary.drift_events} / {summary.runs_after_drift}")
+    table.add_row(
+        "episodes / runs to recover / runs in the episode",
+        f"{summary.episodes} / {summary.runs_to_recover} / {summary.runs_after_drift}",
+    )
+    table.add_row(
+        "the episode's attempts",
+        ", ".join(f"#{a['attempt']} {a['reason']}: {a['outcome']}" for a in summary.attempts) or "-",
+    )
     table.add_row("episode correlation id", str(summary.correlation_id))
     console.print(table)
 
