@@ -3,6 +3,7 @@ one, rollback, and a champion whose artifact was tampered with."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from driftline.catalog import (
 )
 from driftline.events import Event
 from driftline.producer import EventProducer
+from driftline.project import load_project
 from tests.integration.test_training import (
     AUTH,
     PROJECT,
@@ -91,7 +93,9 @@ async def test_training_and_registry_close_the_loop(
             await wait_examples(client, t, 600)
 
             # 1. The first model passes the floor and is promoted.
-            first = await request_run(client, t)
+            # Without refit, so that v1's training data ends before the holdout (step 2 is scored on the
+            # examples after it).
+            first = await request_run(client, t, parameters={"refit": "false"})
             trained_1 = await wait_result(reader, first["run_id"])
             assert trained_1.topic == MODELS_TRAINED, trained_1.value
             promoted_1 = await decision_for(reader, first["run_id"])
@@ -140,7 +144,9 @@ async def test_training_and_registry_close_the_loop(
             assert promoted_3.value["causation_id"] == trained_3.event_id
             assert trained_3.value["n_train"] + trained_3.value["n_holdout"] == 600
             assert trained_3.value["champion_version"] == 1
-            assert trained_3.value["n_comparison"] == trained_3.value["n_holdout"]  # all after v1's data
+            # All of its holdout comes after v1's data; a drift run compares on the most recent part.
+            recent = load_project().promotion.compare_recent
+            assert trained_3.value["n_comparison"] == max(50, math.ceil(recent * trained_3.value["n_holdout"]))
             assert trained_3.value["metrics"]["accuracy"] > 0.85 > trained_3.value["champion_metrics"]["accuracy"]
             p3 = promoted_3.value
             assert (p3["version"], p3["previous_version"], p3["drift_episode_id"]) == (3, 1, "episode-1")

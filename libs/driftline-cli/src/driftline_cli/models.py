@@ -234,7 +234,8 @@ def retrain(
         typer.Option(
             "--param",
             "-p",
-            help="Training-policy override key=value (min_examples, max_examples, holdout_fraction, selection, seed).",
+            help="Training-policy override key=value "
+            "(min_examples, max_examples, holdout_fraction, selection, seed, refit).",
         ),
     ] = None,
     request_id: Annotated[str | None, typer.Option(help="Idempotency key: the same id never runs twice.")] = None,

@@ -32,7 +32,7 @@ from driftline_ml.models import (
 from driftline_ml.profiles import build_profiles, numeric_profile
 
 # Policy values a training request may override (TrainingRequested.parameters).
-OVERRIDABLE = ("min_examples", "max_examples", "holdout_fraction", "selection", "seed")
+OVERRIDABLE = ("min_examples", "max_examples", "holdout_fraction", "selection", "seed", "refit")
 # Failures worth another attempt of the same run after a pause (an outage of a dependency).
 # Other retryable failures (too few examples, one class) need new data, not a pause.
 RETRIED_IN_PLACE = frozenset({"object_store_unavailable"})
