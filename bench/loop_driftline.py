@@ -41,7 +41,8 @@ from bench.loop import Labelled, LoopConfig, Model, Retrain, StreamInfo
 from driftline.events import epoch_ms
 from driftline.project import Project, load_project
 from driftline_ml.models import positive_scores
-from driftline_monitoring.drift import Attempt, Detection, ModelMonitor, Reference
+from driftline_monitoring.drift import Detection, ModelMonitor, Reference
+from driftline_monitoring.lifecycle import Attempt
 from driftline_registry import policy as registry_policy
 from driftline_training import pipeline, trigger_policy
 from driftline_training.pipeline import Example, TrainingFailure

@@ -9,17 +9,8 @@ import math
 import numpy as np
 
 from driftline.project import DriftPolicy, load_project
-from driftline_monitoring.drift import (
-    CONSOLIDATION,
-    PERFORMANCE,
-    STILL_DEGRADED,
-    CheckResult,
-    Detection,
-    Episode,
-    ModelMonitor,
-    PerformanceTracker,
-    Reference,
-)
+from driftline_monitoring.drift import PERFORMANCE, CheckResult, Detection, ModelMonitor, PerformanceTracker, Reference
+from driftline_monitoring.lifecycle import CONSOLIDATION, STILL_DEGRADED, Episode
 
 POLICY = load_project().drift
 

@@ -54,10 +54,10 @@ import numpy as np
 from river.drift import ADWIN, PageHinkley
 from scipy import stats
 
-from driftline.events import now_utc
 from driftline.project import DriftPolicy
 from driftline.records import DriftEvidence
 from driftline_ml.profiles import category_key, ks, numeric_profile, psi
+from driftline_monitoring.lifecycle import Attempt, Episode, change_point
 
 INPUT, PREDICTION, PERFORMANCE = "input", "prediction", "performance"
 
@@ -291,38 +291,6 @@ class BoundedMap(OrderedDict[str, V]):
             self.popitem(last=False)
 
 
-# 2 x the log-likelihood gain a split of an episode's error stream needs to move its onset: the
-# gain is the maximum over every split, so it is far above chi-square(1) under "no change"; at 20
-# a stationary error stream of a few thousand outcomes moves it about once in a thousand.
-ONSET_MOVE_GAIN = 20.0
-
-
-def change_point(outcomes: Sequence[tuple[int, bool]], margin: int = 10) -> tuple[int, float, bool]:
-    """The split of a time-ordered outcome stream that maximises the Bernoulli log-likelihood of
-    'one error rate before, another after': (event time of the first outcome after it, twice the
-    log-likelihood gain over 'one rate throughout', whether the error rate rose there). O(n)."""
-    times = [t for t, _ in outcomes]
-    errors = np.fromiter((0.0 if ok else 1.0 for _, ok in outcomes), dtype=np.float64)
-    n = errors.size
-    if n < 2 * margin + 1:
-        return (times[0] if times else 0), 0.0, False
-    k = np.arange(margin, n - margin)
-    before = np.cumsum(errors)[k - 1]
-    after = errors.sum() - before
-
-    def loglik(hits: np.ndarray, count: np.ndarray) -> np.ndarray:
-        p = np.clip(hits / count, 1e-9, 1 - 1e-9)
-        out: np.ndarray = hits * np.log(p) + (count - hits) * np.log(1 - p)
-        return out
-
-    score = loglik(before, k.astype(np.float64)) + loglik(after, (n - k).astype(np.float64))
-    best = int(np.argmax(score))
-    whole = float(loglik(np.asarray([errors.sum()]), np.asarray([float(n)]))[0])
-    split = int(k[best])
-    rose = after[best] / (n - split) > before[best] / split
-    return times[split], 2.0 * (float(score[best]) - whole), bool(rose)
-
-
 def _new_adwin(delta: float) -> ADWIN:
     new: Callable[..., ADWIN] = ADWIN  # river leaves ADWIN.__init__ unannotated
     return new(delta=delta)
@@ -475,150 +443,6 @@ class PerformanceTracker:
         if reset_alarm:
             self.ph_alarm_since_check = False
         return out
-
-
-DETECTED, STILL_DEGRADED, CONSOLIDATION = "detected", "still_degraded", "consolidation"
-EPISODE_OUTCOMES = 5000  # outcomes an episode keeps to re-estimate its onset
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """A further request for training of an open episode (``DriftDetected.attempt`` > 1)."""
-
-    number: int
-    reason: str  # still_degraded | consolidation
-    onset_ms: int | None
-    labelled_since_onset: int
-    statistic: float  # still_degraded: the accuracy drop; consolidation: the labelled outcomes since the onset
-    threshold: float  # still_degraded: the guard it is beyond; consolidation: the target it reached
-
-
-@dataclass
-class Episode:
-    """An open drift episode and its lifecycle (see :meth:`next_attempt`), in labelled outcomes.
-
-    It spans models: a model promoted while it is open inherits it (:meth:`ModelMonitor.carry`),
-    and it resolves only when served performance is back (:meth:`ModelMonitor.after_check`).
-    """
-
-    episode_id: str
-    kind: str
-    onset_ms: int | None = None
-    attempts: int = 1  # requests for training so far (the opening detection is the first)
-    labelled_since_onset: int = 0  # joined outcomes of events at or after the onset
-    labelled_at_attempt: int = 0  # labelled_since_onset when the last attempt went out
-    performance_onset: bool = False  # the onset is a performance change point
-    # The serving model's outcomes since the onset (bounded): where its errors began, for the next
-    # attempt's onset (see :meth:`next_attempt`).
-    outcomes: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=EPISODE_OUTCOMES))
-    promoted_examples: int | None = None  # examples of the run promoted in this episode, if any
-    consolidated_to: int = 0  # the largest consolidation target asked for so far
-    first_examples: int = 0  # labelled outcomes since the onset the first request could train on
-    clean_checks: int = 0
-    seen_at: datetime | None = None  # last detection not yet written to the report (last_seen_at)
-    written_at: float = -math.inf  # time.monotonic() of the last write of last_seen_at
-
-    def seen(self) -> None:
-        self.seen_at = now_utc()
-
-    def count_outcome(self, event_time_ms: int, correct: bool) -> None:
-        if self.onset_ms is None or event_time_ms >= self.onset_ms:
-            self.labelled_since_onset += 1
-            self.outcomes.append((event_time_ms, correct))
-
-    def moved_onset(self) -> int | None:
-        """Where the serving model's errors since the onset began to rise, when that is clearly
-        later than the onset (a gradual or incremental change: the data before it is mostly the
-        old concept); else the onset. Onsets only move forward."""
-        if not self.outcomes:
-            return self.onset_ms
-        at, gain, rose = change_point(self.outcomes)
-        if rose and gain > ONSET_MOVE_GAIN and (self.onset_ms is None or at > self.onset_ms):
-            return at
-        return self.onset_ms
-
-    def retry_spacing(self, policy: DriftPolicy) -> int:
-        """New labelled outcomes the next retry waits for: ``retry_after_labels``, growing by
-        ``retry_growth`` with every attempt made."""
-        return math.ceil(policy.retry_after_labels * policy.retry_growth ** max(0, self.attempts - 1))
-
-    def consolidation_target(self, policy: DriftPolicy, max_examples: int | None) -> int | None:
-        """Labelled outcomes since the onset at which the next consolidation run is due: the
-        ``consolidate_factor`` multiple of the examples of the model promoted in the episode, capped
-        by ``max_examples``; None when none is pending (no promotion in the episode, off, or no
-        larger set than the promoted model's or the last consolidation's to train on). A promoted
-        consolidation is followed by the next (whether it was promoted or not), so the post-drift
-        set grows geometrically (300, 1,200, 4,000 with the shipped policy) and stops at the cap."""
-        first = self.promoted_examples
-        if first is None and not self.performance_onset:
-            # An input (or prediction) episode whose first candidate was not promoted, its served
-            # performance not degraded: the post-drift set grows the same way, and a candidate
-            # fitted on more of the new inputs may yet beat the champion there.
-            first = self.first_examples or None
-        if first is None or policy.consolidate_factor <= 0:
-            return None
-        base = max(first, self.consolidated_to)
-        target = math.ceil(policy.consolidate_factor * base)
-        if max_examples is not None:
-            target = min(target, max_examples)
-        return target if target > base else None
-
-    def next_attempt(
-        self, policy: DriftPolicy, *, degraded: bool, drop: float, guard: float, max_examples: int | None
-    ) -> Attempt | None:
-        """The attempt due now, if any (pure; :meth:`took` records it):
-
-        * consolidation: a model promoted in the episode was trained on few post-drift examples, and
-          the labelled outcomes since the onset reached :meth:`consolidation_target`;
-        * still_degraded: served performance is still degraded and :meth:`retry_spacing` new labelled
-          outcomes arrived since the last attempt, fewer than ``max_attempts`` made.
-        """
-        target = self.consolidation_target(policy, max_examples)
-        if target is not None and self.labelled_since_onset >= target:
-            return Attempt(
-                self.attempts + 1,
-                CONSOLIDATION,
-                self.onset_ms,
-                self.labelled_since_onset,
-                float(self.labelled_since_onset),
-                float(target),
-            )
-        if not degraded or self.attempts >= policy.max_attempts:
-            return None
-        if self.labelled_since_onset - self.labelled_at_attempt < self.retry_spacing(policy):
-            return None
-        return Attempt(self.attempts + 1, STILL_DEGRADED, self.moved_onset(), self.labelled_since_onset, drop, guard)
-
-    def took(self, attempt: Attempt) -> None:
-        self.attempts = max(self.attempts, attempt.number)
-        if attempt.onset_ms is not None and (self.onset_ms is None or attempt.onset_ms > self.onset_ms):
-            # The onset moved: what came before it is no longer the episode's post-drift data.
-            self.onset_ms = attempt.onset_ms
-            kept = [o for o in self.outcomes if o[0] >= attempt.onset_ms]
-            self.outcomes.clear()
-            self.outcomes.extend(kept)
-            self.labelled_since_onset = len(kept)
-        self.labelled_at_attempt = self.labelled_since_onset
-        if attempt.reason == CONSOLIDATION:
-            self.consolidated_to = max(self.consolidated_to, round(attempt.threshold))
-
-    def exhausted(self, policy: DriftPolicy) -> bool:
-        """Every attempt was made and the last one's spacing has passed: the episode gives up (it
-        closes, ``attempts_exhausted``; a later detection opens a new one)."""
-        return (
-            self.attempts >= policy.max_attempts
-            and self.labelled_since_onset - self.labelled_at_attempt >= self.retry_spacing(policy)
-        )
-
-    def take_seen(self, now: float, every_s: float, *, force: bool = False) -> datetime | None:
-        """The last detection time to write now (``last_seen_at``), if any is unwritten and the
-        last write is ``every_s`` old (or ``force``); it then counts as written at ``now``
-        (``time.monotonic()``). An open episode may see a detection at every label: written at
-        each one, a label would cost a database round trip."""
-        if self.seen_at is None or (not force and now - self.written_at < every_s):
-            return None
-        seen_at, self.seen_at, self.written_at = self.seen_at, None, now
-        return seen_at
 
 
 @dataclass

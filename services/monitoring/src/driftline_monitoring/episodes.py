@@ -27,15 +27,14 @@ from driftline.records import DriftDetected
 from driftline.retry import retry_transient
 from driftline_monitoring.drift import (
     PERFORMANCE,
-    Attempt,
     CheckResult,
     Detection,
-    Episode,
     Evidence,
     ModelMonitor,
     Reference,
     WindowSummary,
 )
+from driftline_monitoring.lifecycle import Attempt, Episode
 from driftline_monitoring.store import MonitoringStore
 
 log = get_logger(__name__)
