@@ -151,7 +151,10 @@ async def test_gradual_drift_retries_until_a_candidate_is_promoted(
     assert outcomes[0][:1] == (1,) and outcomes[0][2] == "rejected", outcomes
     assert promoted[0] > 0 and outcomes[promoted[0]][1] == "still_degraded", outcomes
     assert summary.runs_to_recover >= 2
-    assert summary.accuracy_new_model is not None and summary.accuracy_new_model >= ACCURACY_FLOOR
+    # Mid-transition there is no 0.85 to reach yet: the promoted model must beat the old one on the
+    # events just before it took over (where the old one still served), by a clear margin.
+    new, old = summary.accuracy_new_model, summary.accuracy_just_before_new_model
+    assert new is not None and old is not None and new >= old + 0.1, (new, old)
 
     assert summary.correlation_id is not None
     cli = await trace(namespace, summary.correlation_id)

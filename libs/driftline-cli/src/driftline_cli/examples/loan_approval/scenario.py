@@ -78,6 +78,9 @@ class Summary:
     accuracy_before_drift: float | None = None
     accuracy_after_drift: float | None = None
     accuracy_new_model: float | None = None
+    # The first model on as many events just before the new one took over: during a gradual
+    # change, the fair "before" for the new model's accuracy.
+    accuracy_just_before_new_model: float | None = None
     n_before: int = 0
     n_after: int = 0
     n_new: int = 0
@@ -333,6 +336,8 @@ class Scenario:
         s.accuracy_before_drift, s.n_before = accuracy(ordered[:onset], s.first_version)
         s.accuracy_after_drift, s.n_after = accuracy(ordered[onset:new_from], s.first_version)
         s.accuracy_new_model, s.n_new = accuracy(ordered[new_from:], s.new_version)
+        just_before = ordered[max(onset, new_from - max(s.n_new, 1)) : new_from]
+        s.accuracy_just_before_new_model, _ = accuracy(just_before, s.first_version)
         if s.detection_index is not None and s.onset_index is not None:
             s.events_to_detection = s.detection_index - s.onset_index
         if self._drift is not None:
