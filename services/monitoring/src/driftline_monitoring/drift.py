@@ -370,7 +370,7 @@ class PerformanceTracker:
             self._ph_update(error)
             ph_alarm = bool(self.ph.drift_detected)  # river resets its sums at the next update
         ph_stat = self.ph_statistic()
-        adwin_alarm, _ = self._adwin_update(error)
+        adwin_alarm = self._adwin_update(error)
         drop = self.drop
         if drop is None:
             return None
@@ -398,18 +398,17 @@ class PerformanceTracker:
         window = (self.outcomes[0][0], self.outcomes[-1][0], len(self.outcomes))
         return main_detection(PERFORMANCE, evidence, window, [])  # its onset only if it is reported
 
-    def _adwin_update(self, error: float) -> tuple[bool, float]:
-        """Feed ADWIN; (an alarm with a rising error rate, the rise of its estimate)."""
+    def _adwin_update(self, error: float) -> bool:
+        """Feed ADWIN; True at a change after which its estimate of the error rate went up."""
         if self.adwin is None:
-            return False, 0.0
+            return False
         before = float(self.adwin.estimation)
         update: Callable[[float], None] = self.adwin.update  # river leaves update() unannotated
         update(error)
         if not self.adwin.drift_detected:
-            return False, 0.0
+            return False
         self.adwin_changes += 1
-        rise = float(self.adwin.estimation) - before
-        return rise > 0, rise
+        return float(self.adwin.estimation) > before
 
     def degraded(self) -> bool:
         """Served performance is still below the reference: the accuracy drop is known and beyond

@@ -158,14 +158,6 @@ class MonitoringStore:
             record_json(record),
         )
 
-    async def attempts(self, episode_id: str) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            "SELECT attempt, event_id, reason, model_version, labelled_since_onset, created_at, published_at"
-            " FROM episode_attempts WHERE episode_id = $1 ORDER BY attempt",
-            episode_id,
-        )
-        return [_row(r) for r in rows]
-
     async def unpublished(self) -> list[DriftDetected]:
         """Episodes and attempts stored but not marked published, oldest first."""
         rows = await self.pool.fetch(
