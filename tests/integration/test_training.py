@@ -189,7 +189,7 @@ async def training(namespace: Namespace) -> AsyncIterator[ServiceProcess]:
 
 async def wait_examples(client: httpx.AsyncClient, url: str, labelled: int) -> None:
     async def check() -> None:
-        r = await client.get(f"{url}/v1/examples")
+        r = await client.get(f"{url}/v1/examples", params={"project": PROJECT.name})
         assert r.status_code == 200 and r.json()["labelled"] >= labelled, r.text
 
     await eventually(check, timeout_s=120, interval_s=0.5)

@@ -16,22 +16,26 @@ T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 
 class FakeLatest:
     def __init__(self, *rows: dict[str, Any]) -> None:
-        self.rows = {(r["entity_id"], r["feature_set_version"]): r for r in rows}
-        self.asked: list[tuple[str, str]] = []
+        self.rows = {(r["project"], r["entity_id"], r["feature_set_version"]): r for r in rows}
+        self.asked: list[tuple[str, str, str]] = []
 
-    async def latest(self, entity_id: str, feature_set_version: str) -> dict[str, Any] | None:
-        self.asked.append((entity_id, feature_set_version))
-        return self.rows.get((entity_id, feature_set_version))
+    async def latest(self, entity_id: str, feature_set_version: str, project: str = "") -> dict[str, Any] | None:
+        self.asked.append((project, entity_id, feature_set_version))
+        return self.rows.get((project, entity_id, feature_set_version))
 
 
 @dataclass
 class Deps:
     store: FakeLatest = field(default_factory=FakeLatest)
-    feature_set_version: str = "2"
+    versions: dict[str, str] = field(default_factory=lambda: {"loans": "2"})
+
+    def current_versions(self) -> dict[str, str]:
+        return self.versions
 
 
-def row(entity_id: str, version: str) -> dict[str, Any]:
+def row(entity_id: str, version: str, project: str = "loans") -> dict[str, Any]:
     return {
+        "project": project,
         "entity_id": entity_id,
         "feature_set_version": version,
         "event_id": f"v-{entity_id}-{version}",
@@ -59,7 +63,19 @@ def test_latest_vector_of_the_current_version_or_the_asked_one() -> None:
     assert r.status_code == 200
     assert r.json()["event_id"] == "v-c1-2" and r.json()["features"] == {"income": 1.0, "kind": "a", "n_1h": None}
     assert client.get("/v1/features/c1", params={"version": "1"}).json()["event_id"] == "v-c1-1"
-    assert deps.store.asked == [("c1", "2"), ("c1", "1")]
+    assert deps.store.asked == [("loans", "c1", "2"), ("loans", "c1", "1")]
+
+
+def test_with_several_projects_the_project_is_named_and_each_has_its_own_latest_vector() -> None:
+    deps = Deps(FakeLatest(row("c1", "2"), row("c1", "1", "machines")), {"loans": "2", "machines": "1"})
+    client = app_with(deps)
+    unnamed = client.get("/v1/features/c1")
+    assert unnamed.status_code == 400 and unnamed.json()["detail"]["error"] == "project_required"
+    assert "loans, machines" in unnamed.json()["detail"]["reason"]
+    assert client.get("/v1/features/c1", params={"project": "machines"}).json()["event_id"] == "v-c1-1"
+    assert client.get("/v1/features/c1", params={"project": "loans"}).json()["event_id"] == "v-c1-2"
+    unknown = client.get("/v1/features/c1", params={"project": "nope"})
+    assert unknown.status_code == 404 and "no project 'nope'" in unknown.json()["detail"]["reason"]
 
 
 def test_an_unknown_entity_is_a_404_with_a_reason() -> None:

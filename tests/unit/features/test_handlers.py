@@ -17,6 +17,7 @@ from driftline_features.handlers import FeatureProcessor, SourceRecord
 from driftline_features.store import VectorRow
 from driftline_ml.featuredefs import FeatureSet
 from tests.fakes import FakeProducer, JsonSerde
+from tests.support import ROOT
 
 PROJECT = load_project()
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
@@ -200,7 +201,8 @@ async def test_stopping_during_an_outage_gives_up_without_acknowledging() -> Non
 async def test_a_record_that_keeps_failing_is_isolated_and_dead_lettered() -> None:
     producer = FakeProducer()
     p = processor(producer=producer)
-    fs = p.features
+    (pf,) = p.sets.all()
+    fs = pf.features
     original_row = fs.row
 
     def row(payload: Any) -> Any:
@@ -227,3 +229,62 @@ async def test_a_redelivery_the_state_forgot_gets_the_stored_vector_again() -> N
     assert again.event_id == first.event_id
     assert again.features == first.features and again.late is False
     assert len(store.rows) == 3
+
+
+def two_projects() -> Any:
+    """The loan project and the machine-health example, as the projects topic holds them."""
+    from driftline.projects import Definition, ProjectBook, applied_record, plan
+
+    book = ProjectBook()
+    for path in ("examples/loan_approval/project.yaml", "examples/machine_health/project.yaml"):
+        d = Definition.from_file(ROOT / path)
+        book.take(applied_record(d, plan(d, None), producer="t", applied_by="t"))
+    return book
+
+
+def reading(entity: str, minute: int, vibration: float) -> RawEvent:
+    return RawEvent(
+        **envelope("ingestion", event_time=T0 + timedelta(minutes=minute)),
+        event_type="machine_reading",
+        entity_id=entity,
+        payload={
+            "machine_id": entity,
+            "temperature": 60.0,
+            "vibration": vibration,
+            "pressure": 100.0,
+            "rpm": 1000.0,
+            "line": 1,
+        },
+        source="http",
+        project="machine-health",
+    )
+
+
+async def test_each_project_computes_its_own_feature_set_and_windows() -> None:
+    from driftline_features.handlers import FeatureSets
+
+    sets = FeatureSets()
+    sets.update(two_projects().values())
+    producer = FakeProducer()
+    p = FeatureProcessor(sets=sets, decoder=SERDE, producer=producer, store=FakeStore(), group="t.features")
+    states = DictStates()
+    # The same entity id in both projects, and an event of no project's type.
+    batch = [
+        raw_event("e1", 0, 100.0),
+        reading("e1", 1, 2.0),
+        reading("e1", 2, 4.0),
+        raw_event("e1", 3, 300.0),
+        replace(raw_event("e1", 4, 1.0), event_type="parcel_scan"),
+    ]
+    await p.handle(records(*(encode(r) for r in batch)), states)
+    vectors = producer.records(FeatureVectorComputed)
+    assert [v.project for v in vectors] == ["loan-approval", "machine-health", "machine-health", "loan-approval"]
+    machine = [v for v in vectors if v.project == "machine-health"]
+    assert set(machine[0].features) == set(sets.by_project["machine-health"].features.names)
+    assert machine[1].features["vibration_mean_30m"] == pytest.approx(3.0)  # its own two readings only
+    loans = [v for v in vectors if v.project == "loan-approval"]
+    assert loans[1].features["applications_1h"] == 2  # the loan events only
+    assert {v.feature_set_version for v in vectors} == {"1"}
+    assert len(states.data) == 2  # one window state per (project, entity)
+    (dead,) = producer.dead
+    assert dead["error_type"] == "unknown_event_type" and "parcel_scan" in dead["reason"]

@@ -72,13 +72,13 @@ class FakeStore:
         n = len(self.examples) if self.labelled is None else self.labelled
         return {"vectors": n, "labels": n, "labelled": n}
 
-    async def count_labelled(self, _fsv: str, _classes: Any, since: datetime | None) -> int:
+    async def count_labelled(self, _fsv: str, _classes: Any, since: datetime | None, project: Any = None) -> int:
         self.counted_since.append(since)
         if self.labelled is not None:
             return self.labelled
         return sum(1 for e in self.examples if since is None or e.event_time >= since)
 
-    async def select_examples(self, *_: Any, since: datetime | None, limit: int) -> list[Example]:
+    async def select_examples(self, *_: Any, since: datetime | None, limit: int, project: Any = None) -> list[Example]:
         self.selected += 1
         if self.select_error is not None:
             raise self.select_error
@@ -240,9 +240,11 @@ class FlakyArtifacts(RecordingArtifacts):
 
 @dataclass
 class SlowStore(FakeStore):
-    async def select_examples(self, *args: Any, since: datetime | None, limit: int) -> list[Example]:
+    async def select_examples(
+        self, *args: Any, since: datetime | None, limit: int, project: Any = None
+    ) -> list[Example]:
         await asyncio.sleep(5)
-        return await super().select_examples(*args, since=since, limit=limit)
+        return await super().select_examples(*args, since=since, limit=limit, project=project)
 
 
 def handlers(

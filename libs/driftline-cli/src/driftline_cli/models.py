@@ -79,15 +79,20 @@ def _version(value: int | None) -> str:
 
 
 @models_app.command("list")
-def list_models(url: RegistryUrl = DEFAULT_REGISTRY_URL) -> None:
-    """Every model with its champion, challenger and latest version."""
-    models = _call("GET", f"{url}/v1/models")["models"]
+def list_models(
+    url: RegistryUrl = DEFAULT_REGISTRY_URL,
+    project: Annotated[str | None, typer.Option("--project", help="Only the model of this project.")] = None,
+) -> None:
+    """Every model with its project, champion, challenger and latest version."""
+    query = f"?project={project}" if project else ""
+    models = _call("GET", f"{url}/v1/models{query}")["models"]
     table = Table(title="models")
-    for col in ("model", "champion", "challenger", "latest", "versions", "updated"):
+    for col in ("model", "project", "champion", "challenger", "latest", "versions", "updated"):
         table.add_column(col)
     for m in models:
         table.add_row(
             m["name"],
+            m.get("project") or "—",
             _version(m["champion_version"]),
             _version(m["challenger_version"]),
             _version(m["latest_version"]),

@@ -70,6 +70,8 @@ class TopicFollower(TopicConsumer):
         return list(tps)
 
     async def _decode(self, rec: ConsumerRecord[bytes, bytes], *, live: bool) -> Event[Any] | None:
+        if rec.value is None:
+            return None  # a tombstone of a compacted topic: the record before it said what it ends
         try:
             return await self._event(rec)
         except DecodeError as exc:

@@ -67,6 +67,8 @@ async def read_topics(stack: StackSettings, topics: Sequence[str], *, timeout_s:
             for tp, records in batch.items():
                 for rec in records:
                     topic = rec.topic[len(stack.topic_prefix) :]
+                    if rec.value is None:
+                        continue  # a tombstone (projects delete): its key has no value any more
                     try:
                         value, sid = await serde.decode(rec.value, topic)
                     except DecodeError:

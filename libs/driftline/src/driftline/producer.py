@@ -153,6 +153,11 @@ class EventProducer:
         fut: asyncio.Future[Any] = await self._producer.send(self.prefix + topic, value=value, key=key)
         return _track(fut)
 
+    async def tombstone(self, topic: str, key: bytes) -> Any:
+        """Write a null value for ``key`` on a compacted topic and wait for the acknowledgement."""
+        fut: asyncio.Future[Any] = await self._producer.send(self.prefix + topic, value=None, key=key)
+        return await fut
+
     async def publish(self, topic: str, record: Outgoing, *, key: bytes | None = None) -> Any:
         """Send one record and wait for the broker's acknowledgement (acks=all); a failure raises here."""
         return await (await self._enqueue(topic, record, key))

@@ -261,6 +261,7 @@ class FeatureVectorComputed:
     feature_set_version: str
     features: dict[str, float | str | None]
     late: bool = False
+    project: str | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> FeatureVectorComputed:
@@ -276,6 +277,7 @@ class FeatureVectorComputed:
             feature_set_version=d["feature_set_version"],
             features=d["features"],
             late=d.get("late", False),
+            project=d.get("project", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -291,6 +293,7 @@ class FeatureVectorComputed:
             "feature_set_version": self.feature_set_version,
             "features": self.features,
             "late": self.late,
+            "project": self.project,
         }
 
 
@@ -666,6 +669,67 @@ class PredictionMade:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProjectApplied:
+    """A project's definition, applied at run time (topic projects, compacted: the latest record per project is its current definition)."""
+
+    RECORD: ClassVar[str] = "ProjectApplied"
+    event_id: str
+    event_time: datetime
+    produced_at: datetime
+    producer: str
+    correlation_id: str
+    causation_id: str | None = None
+    project: str
+    version: int
+    deleted: bool = False
+    spec: str
+    payload_schema: str
+    digest: str
+    feature_set_version: str
+    changes: tuple[str, ...] = ()
+    applied_by: str = ''
+
+    @classmethod
+    def from_avro(cls, d: Mapping[str, Any]) -> ProjectApplied:
+        return cls(
+            event_id=d["event_id"],
+            event_time=d["event_time"],
+            produced_at=d["produced_at"],
+            producer=d["producer"],
+            correlation_id=d["correlation_id"],
+            causation_id=d.get("causation_id", None),
+            project=d["project"],
+            version=d["version"],
+            deleted=d.get("deleted", False),
+            spec=d["spec"],
+            payload_schema=d["payload_schema"],
+            digest=d["digest"],
+            feature_set_version=d["feature_set_version"],
+            changes=tuple(d.get("changes", ())),
+            applied_by=d.get("applied_by", ''),
+        )
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "event_time": self.event_time,
+            "produced_at": self.produced_at,
+            "producer": self.producer,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "project": self.project,
+            "version": self.version,
+            "deleted": self.deleted,
+            "spec": self.spec,
+            "payload_schema": self.payload_schema,
+            "digest": self.digest,
+            "feature_set_version": self.feature_set_version,
+            "changes": list(self.changes),
+            "applied_by": self.applied_by,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RawEvent:
     """A domain event accepted by ingestion (topic events.raw). The payload was validated against the project's event schema."""
 
@@ -680,6 +744,7 @@ class RawEvent:
     entity_id: str
     payload: dict[str, bool | int | float | str | None]
     source: str = 'http'
+    project: str | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> RawEvent:
@@ -694,6 +759,7 @@ class RawEvent:
             entity_id=d["entity_id"],
             payload=d["payload"],
             source=d.get("source", 'http'),
+            project=d.get("project", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -708,6 +774,7 @@ class RawEvent:
             "entity_id": self.entity_id,
             "payload": self.payload,
             "source": self.source,
+            "project": self.project,
         }
 
 
@@ -821,7 +888,7 @@ class TrainingRequested:
         }
 
 
-Record = DeadLetter | DeploymentStatusChanged | DriftDetected | FeatureVectorComputed | LabelRecorded | ModelPromoted | ModelRejected | ModelTrained | PredictionMade | RawEvent | TrainingFailed | TrainingRequested
+Record = DeadLetter | DeploymentStatusChanged | DriftDetected | FeatureVectorComputed | LabelRecorded | ModelPromoted | ModelRejected | ModelTrained | PredictionMade | ProjectApplied | RawEvent | TrainingFailed | TrainingRequested
 """Any top-level record type (the value of a topic)."""
 
 RECORD_TYPES: dict[str, type[Record]] = {
@@ -834,6 +901,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "ModelRejected": ModelRejected,
     "ModelTrained": ModelTrained,
     "PredictionMade": PredictionMade,
+    "ProjectApplied": ProjectApplied,
     "RawEvent": RawEvent,
     "TrainingFailed": TrainingFailed,
     "TrainingRequested": TrainingRequested,

@@ -21,6 +21,7 @@ from driftline.artifacts import ArtifactStore
 from driftline.consumer import BatchHandler, ConsumerRunner, Handler
 from driftline.logging import get_logger
 from driftline.producer import EventProducer
+from driftline.projects import ProjectBook
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings
 
@@ -37,6 +38,9 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     artifacts: ArtifactStore | None = None
     runners: list[ConsumerRunner] = field(default_factory=list)
+    # Every project on the projects topic: filled at start (see driftline.projects.apply_at_start),
+    # then kept live by the service's projects follower.
+    projects: ProjectBook = field(default_factory=ProjectBook)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _buckets: dict[str, ArtifactStore] = field(default_factory=dict)
 

@@ -9,7 +9,9 @@ checks. The library owns the rest, in this order:
 
 1. start the runtime (registry client and serde, producer, pool + migrations, object store);
 2. ``wire`` the service;
-3. start the followers; once every follower has replayed its history (the caught-up gate),
+3. start the followers (every service follows the ``projects`` topic into ``rt.projects``, having
+   applied its ``DRIFTLINE_PROJECT_FILE`` at step 1, see :func:`driftline.projects.apply_at_start`);
+   once every follower has replayed its history (the caught-up gate),
    start the consumer groups and the background loops (an outbox relay, say), so no record is
    handled and nothing is announced before the state it depends on is known;
 4. serve HTTP; ``/readyz`` checks every dependency, every consumer
@@ -34,10 +36,12 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 
 from driftline.api import ReadinessCheck, create_app
+from driftline.catalog import PROJECTS
 from driftline.consumer import BatchHandler, Handler, Routes, dispatch
 from driftline.events import Event
 from driftline.follow import TopicFollower
 from driftline.logging import configure_logging, get_logger
+from driftline.projects import apply_at_start
 from driftline.runtime import Runtime
 from driftline.settings import ServiceSettings
 
@@ -135,7 +139,12 @@ class Running(Generic[D]):
                 batch_handler=consume.batch,
                 **dict(consume.options),
             )
-        for follow in self.wiring.follows:
+        # Every service follows the projects: consumers start once the projects are known too.
+        book = rt.projects
+        projects = Follow(
+            name="projects", topics=[PROJECTS], on_replayed=book.replay, routes={PROJECTS: book.on_record}
+        )
+        for follow in [projects, *self.wiring.follows]:
             follower = TopicFollower(
                 name=follow.name,
                 topics=follow.topics,
@@ -218,6 +227,7 @@ async def wire_service(service: Service[S, D], settings: S) -> tuple[Runtime, Wi
         producer_options=service.producer_options(settings),
     )
     try:
+        await apply_at_start(rt)
         wiring = await service.wire(rt, settings)
     except BaseException:
         await rt.stop()

@@ -395,12 +395,14 @@ class EventType:
     name: str
     schema: PayloadSchema
     entity_key: str
+    project: str | None = None  # the project the event type belongs to (RawEvent.project)
 
     def describe(self) -> dict[str, Any]:
         return {
             "type": self.name,
             "schema": self.schema.name,
             "entity_key": self.entity_key,
+            "project": self.project,
             "fields": self.schema.describe(),
             "avro": self.schema.avsc,
         }
@@ -496,13 +498,32 @@ class Validator:
 
     @classmethod
     def from_project(cls, project: Project) -> Validator:
+        return cls.from_definition(project, find_event_schema(project.event.schema_name, project.path))
+
+    @classmethod
+    def from_definition(cls, project: Project, payload_schema: Mapping[str, Any]) -> Validator:
+        """The validator of a project whose payload schema is given (a ``projects`` record's)."""
         spec = project.event
-        schema = PayloadSchema(find_event_schema(spec.schema_name, project.path))
+        schema = PayloadSchema(payload_schema)
         if spec.entity_key not in schema.fields:
             raise SchemaNotSupported(f"entity_key {spec.entity_key!r} is not a field of {schema.name}")
         return cls(
-            {spec.type: EventType(spec.type, schema, spec.entity_key)}, list(project.label.classes), project.label.name
+            {spec.type: EventType(spec.type, schema, spec.entity_key, project.name)},
+            list(project.label.classes),
+            project.label.name,
         )
+
+    @classmethod
+    def merged(cls, validators: Sequence[Validator]) -> Validator:
+        """One validator for several projects: every event type (each routes to its project), and
+        a label is one of any project's classes (a label does not name its project)."""
+        event_types: dict[str, EventType] = {}
+        classes: list[str] = []
+        for v in validators:
+            event_types.update(v.event_types)
+            classes += [c for c in v.label_classes if c not in classes]
+        names = {v.label_name for v in validators}
+        return cls(event_types, classes, names.pop() if len(names) == 1 else "label")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -558,7 +579,7 @@ class Validator:
             problems = [Problem(f"payload.{spec.entity_key}", MISSING_FIELD, "the entity key must not be empty")]
             return Rejection(index, problems, original_bytes(item), event_id, correlation_id)
         env = envelope(producer, correlation_id=correlation_id, event_time=event_time, event_id=event_id)
-        fields = {"event_type": etype, "entity_id": str(entity), "payload": payload}
+        fields = {"event_type": etype, "entity_id": str(entity), "payload": payload, "project": spec.project}
         return _valid(index, EVENTS_RAW, env, fields, source)
 
     # labels

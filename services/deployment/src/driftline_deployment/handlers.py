@@ -161,10 +161,24 @@ class Deployer:
 class Scorer:
     """Stream scoring of features.vectors: one predict call per consumer batch and model."""
 
-    def __init__(self, *, slots: ModelSlots, producer: EventProducer, model_name: str, shadow: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        slots: ModelSlots,
+        producer: EventProducer,
+        model_name: str | None = None,
+        model_of: Callable[[FeatureVectorComputed], str | None] | None = None,
+        shadow: bool = True,
+    ) -> None:
+        """``model_of`` names the model that scores a vector (its project's); or every vector is
+        scored by ``model_name``."""
+        if model_of is None:
+            if model_name is None:
+                raise ValueError("give model_of or model_name")
+            model_of = lambda _vector: model_name  # noqa: E731
         self.slots = slots
         self.producer = producer
-        self.model_name = model_name
+        self.model_of = model_of
         self.shadow = shadow
 
     async def score_batch(self, events: Sequence[Event[FeatureVectorComputed]]) -> None:
@@ -179,16 +193,34 @@ class Scorer:
             raise PoisonRecord(f"feature vector cannot be scored: {exc}", "validation_error") from exc
 
     async def score(self, vectors: Sequence[FeatureVectorComputed]) -> None:
-        """A row the champion cannot score fails the batch (the runner then isolates it). The
+        """Score each vector with its project's model (one predict call per model in the batch).
+
+        A row the champion cannot score fails the batch (the runner then isolates it). The
         challenger is scored after the champion's predictions are sent, and nothing it does (an
         error in its input conversion or its predict) reaches the champion's path: it is counted
-        (``driftline_deployment_shadow_errors_total``), logged, and its batch is skipped."""
-        champion = self.slots.champion(self.model_name)
+        (``driftline_deployment_shadow_errors_total``), logged, and its batch is skipped. A vector
+        of no known project (deleted, or not applied here yet) is not scored."""
+        by_model: dict[str, list[FeatureVectorComputed]] = {}
+        unknown = 0
+        for v in vectors:
+            name = self.model_of(v)
+            if name is None:
+                unknown += 1
+            else:
+                by_model.setdefault(name, []).append(v)
+        if unknown:
+            UNSCORED.inc(unknown)
+            log.debug("vectors_of_no_project_unscored", count=unknown)
+        for name, group in by_model.items():
+            await self._score_model(name, group)
+
+    async def _score_model(self, model_name: str, vectors: Sequence[FeatureVectorComputed]) -> None:
+        champion = self.slots.champion(model_name)
         if champion is None:
             UNSCORED.inc(len(vectors))
-            log.debug("no_model_loaded_vectors_unscored", count=len(vectors))
+            log.debug("no_model_loaded_vectors_unscored", model=model_name, count=len(vectors))
             return
-        challenger = self.slots.challenger(self.model_name) if self.shadow else None
+        challenger = self.slots.challenger(model_name) if self.shadow else None
         features = [v.features for v in vectors]
         x = to_matrix(features, champion.feature_names)  # every row valid before anything is sent
         await self._send(vectors, champion, await asyncio.to_thread(champion.timed_predict, x))

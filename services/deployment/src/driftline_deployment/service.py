@@ -8,6 +8,7 @@ import asyncio
 
 from driftline.catalog import DEPLOYMENTS_STATUS, FEATURES_VECTORS, MODELS_PROMOTED, PREDICTIONS
 from driftline.project import project_from_settings
+from driftline.records import FeatureVectorComputed
 from driftline.runtime import Runtime
 from driftline.service import Consume, Follow, Service, Wiring
 from driftline_deployment import api
@@ -32,7 +33,17 @@ async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDe
         fallback_depth=settings.fallback_depth,
         loader=loader,
     )
-    scorer = Scorer(slots=slots, producer=rt.producer, model_name=project.model.name, shadow=settings.shadow)
+    projects = rt.projects
+
+    def model_of(vector: FeatureVectorComputed) -> str | None:
+        """The model of a vector's project; a vector of no project (written before projects were
+        data) is the configured project's."""
+        if vector.project is None:
+            return project.model.name
+        applied = projects.get(vector.project)
+        return applied.project.model.name if applied is not None else None
+
+    scorer = Scorer(slots=slots, producer=rt.producer, model_of=model_of, shadow=settings.shadow)
     loader.start()  # the child process's imports take seconds: not at the first promotion
 
     async def close_loader() -> None:

@@ -12,7 +12,7 @@ from driftline.service import wired
 
 
 class LatestReader(Protocol):
-    async def latest(self, entity_id: str, feature_set_version: str) -> dict[str, Any] | None: ...
+    async def latest(self, entity_id: str, feature_set_version: str, project: str = "") -> dict[str, Any] | None: ...
 
 
 class OnlineStoreDeps(Protocol):
@@ -21,14 +21,16 @@ class OnlineStoreDeps(Protocol):
     @property
     def store(self) -> LatestReader: ...
 
-    @property
-    def feature_set_version(self) -> str: ...
+    def current_versions(self) -> dict[str, str]:
+        """Each project's current feature-set version, by project name."""
+        ...
 
 
 Deps = Annotated[OnlineStoreDeps, Depends(wired)]
 
 
 class FeatureVectorOut(BaseModel):
+    project: str = Field(description="The project whose feature set computed it ('' before projects were data).")
     entity_id: str
     feature_set_version: str
     event_id: str = Field(description="Id of the vector (derived from the raw event id and the version).")
@@ -51,13 +53,34 @@ router = APIRouter(prefix="/v1", tags=["features"])
 async def latest_vector(
     entity_id: str,
     deps: Deps,
+    project: str | None = Query(None, description="Project (default: the only one, when there is one)."),
     version: str | None = Query(None, description="Feature-set version (default: the project's current one)."),
 ) -> FeatureVectorOut:
-    v = version or deps.feature_set_version
-    row = await deps.store.latest(entity_id, v)
+    versions = deps.current_versions()
+    if project is None:
+        if len(versions) != 1:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                detail={
+                    "error": "project_required",
+                    "reason": f"this install has {len(versions)} projects: name one with ?project= "
+                    f"({', '.join(sorted(versions)) or 'none applied'})",
+                },
+            )
+        project = next(iter(versions))
+    if project not in versions and version is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail={"error": "not_found", "reason": f"no project {project!r} (known: {', '.join(sorted(versions))})"},
+        )
+    v = version or versions[project]
+    row = await deps.store.latest(entity_id, v, project)
     if row is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            detail={"error": "not_found", "reason": f"no feature vector for entity {entity_id!r} (version {v!r})"},
+            detail={
+                "error": "not_found",
+                "reason": f"no feature vector for entity {entity_id!r} (project {project!r}, version {v!r})",
+            },
         )
     return FeatureVectorOut.model_validate(row)

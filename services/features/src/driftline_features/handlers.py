@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import Envelope, as_utc, derived_event_id, epoch_ms
 from driftline.logging import bind_event, get_logger
 from driftline.project import Project
+from driftline.projects import Applied
 from driftline.records import FeatureVectorComputed, RawEvent
 from driftline.retry import Backoff, PoisonRecord, is_transient, retry_transient
 from driftline.serde import DecodeError
@@ -98,6 +99,69 @@ class Pruner(Protocol):
     async def prune(self, older_than_days: float) -> int: ...
 
 
+@dataclass(frozen=True)
+class ProjectFeatures:
+    """One project's feature set, as its vectors carry it."""
+
+    project: str | None  # None: the feature set given directly (a unit test's), not a project's
+    event_type: str
+    features: FeatureSet
+    version: str  # the feature-set version its vectors carry (the projects topic's, e.g. "1+2")
+    digest: str = ""
+
+    def state_key(self, entity_id: str) -> str:
+        """The entity's key in the window-state table: per project, so two projects' entities
+        with the same id never share windows."""
+        return entity_id if self.project is None else f"{self.project}{_KEY_SEPARATOR}{entity_id}"
+
+
+_KEY_SEPARATOR = "\x1f"  # ASCII unit separator: in neither a project name nor an entity id in practice
+
+
+class FeatureSets:
+    """The feature set of every project on the projects topic, by event type; rebuilt when the
+    topic changes (:meth:`update`), reusing a project's set while its definition is the same."""
+
+    def __init__(self, *, keep_last: int = 32, max_entries: int = 10_000) -> None:
+        self.keep_last = keep_last
+        self.max_entries = max_entries
+        self.by_type: dict[str, ProjectFeatures] = {}
+        self.by_project: dict[str, ProjectFeatures] = {}
+
+    @classmethod
+    def single(cls, project: Project, features: FeatureSet) -> FeatureSets:
+        sets = cls()
+        pf = ProjectFeatures(None, project.event.type, features, features.version)
+        sets.by_type[pf.event_type] = pf
+        return sets
+
+    def update(self, projects: Iterable[Applied]) -> None:
+        by_type: dict[str, ProjectFeatures] = {}
+        by_project: dict[str, ProjectFeatures] = {}
+        for applied in projects:
+            known = self.by_project.get(applied.name)
+            if known is not None and known.digest == applied.digest:
+                pf = known
+            else:
+                features = FeatureSet(applied.project.features, keep_last=self.keep_last, max_entries=self.max_entries)
+                pf = ProjectFeatures(
+                    applied.name, applied.project.event.type, features, applied.feature_set_version, applied.digest
+                )
+            by_type[pf.event_type] = pf
+            by_project[applied.name] = pf
+        self.by_type, self.by_project = by_type, by_project
+
+    def of(self, raw: RawEvent) -> ProjectFeatures | None:
+        """The feature set of a raw event: its project's, else its event type's."""
+        if raw.project is not None and raw.project in self.by_project:
+            pf = self.by_project[raw.project]
+            return pf if pf.event_type == raw.event_type else None
+        return self.by_type.get(raw.event_type)
+
+    def all(self) -> list[ProjectFeatures]:
+        return list(self.by_type.values())
+
+
 @dataclass
 class Computed:
     """One event's vector, before it is sent and stored."""
@@ -108,6 +172,7 @@ class Computed:
     duplicate: bool
     late_for: tuple[str, ...]
     watermark_ms: int | None
+    features: FeatureSet | None = None
 
 
 @dataclass
@@ -134,17 +199,23 @@ class FeatureProcessor:
     def __init__(
         self,
         *,
-        project: Project,
-        features: FeatureSet,
         decoder: Decoder,
         producer: Producer,
         store: Store,
         group: str,
         max_attempts: int = 3,
         stopping: Callable[[], bool] = lambda: False,
+        sets: FeatureSets | None = None,
+        project: Project | None = None,
+        features: FeatureSet | None = None,
     ) -> None:
-        self.project = project
-        self.features = features
+        """``sets``: every project's feature set (the service's, kept up to date from the projects
+        topic); or one ``project`` with its ``features`` (tests)."""
+        if sets is None:
+            if project is None or features is None:
+                raise ValueError("give sets, or project and features")
+            sets = FeatureSets.single(project, features)
+        self.sets = sets
         self.decoder = decoder
         self.producer = producer
         self.store = store
@@ -296,7 +367,8 @@ class FeatureProcessor:
             if hit is None:
                 continue
             features, late = hit
-            ordered = {name: features.get(name) for name in self.features.names}
+            assert c.features is not None
+            ordered = {name: features.get(name) for name in c.features.names}
             c.vector = replace(c.vector, features=ordered, late=late)
             c.row = replace(c.row, features=ordered, late=late)
             c.late = late
@@ -305,22 +377,26 @@ class FeatureProcessor:
     def compute(self, rec: SourceRecord, raw: RawEvent, states: EntityStates) -> Computed:
         """The vector of one raw event; updates the entity's state."""
         raw_id = raw.event_id
-        if raw.event_type != self.project.event.type:
+        pf = self.sets.of(raw)
+        if pf is None:
+            known = ", ".join(sorted(self.sets.by_type)) or "none"
             raise PoisonRecord(
-                f"event_type {raw.event_type!r} is not the project's {self.project.event.type!r}",
+                f"event_type {raw.event_type!r} (project {raw.project!r}) is no project's event type (known: {known})",
                 "unknown_event_type",
             )
+        feature_set = pf.features
         entity_id = raw.entity_id
         event_time = as_utc(raw.event_time)
         metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - event_time.timestamp()))
-        row_features = self.features.row(raw.payload)
+        row_features = feature_set.row(raw.payload)
         windowed = None
-        if self.features.stateful:
-            new_state, windowed = self.features.apply(states.get(entity_id), raw_id, epoch_ms(event_time), row_features)
+        if feature_set.stateful:
+            key = pf.state_key(entity_id)
+            new_state, windowed = feature_set.apply(states.get(key), raw_id, epoch_ms(event_time), row_features)
             if new_state is not None:
-                states.put(rec.partition, entity_id, new_state)
-        features = self.features.vector(row_features, windowed)
-        version = self.features.version
+                states.put(rec.partition, key, new_state)
+        features = feature_set.vector(row_features, windowed)
+        version = pf.version
         vector_id = derived_event_id(raw_id, version)
         late = bool(windowed and windowed.late)
         vector = FeatureVectorComputed(
@@ -330,6 +406,7 @@ class FeatureProcessor:
             feature_set_version=version,
             features=features,
             late=late,
+            project=pf.project,
         )
         return Computed(
             vector=vector,
@@ -338,6 +415,7 @@ class FeatureProcessor:
             duplicate=bool(windowed and windowed.duplicate),
             late_for=windowed.late_for if windowed else (),
             watermark_ms=windowed.watermark_ms if windowed else None,
+            features=feature_set,
         )
 
     # -- dead letters ----------------------------------------------------------------------------
@@ -383,12 +461,15 @@ class FeatureProcessor:
         metrics.EVENTS.labels("dead_lettered").inc()
 
     def _report_function_errors(self) -> None:
-        for name, count in self.features.function_errors.items():
-            new = count - self._function_errors_seen.get(name, 0)
-            if new > 0:
-                metrics.FUNCTION_ERRORS.labels(name).inc(new)
-                log.warning("derived_function_failed", feature=name, failures=new)
-                self._function_errors_seen[name] = count
+        for pf in self.sets.all():
+            prefix = f"{pf.project}/" if pf.project else ""
+            for name, count in pf.features.function_errors.items():
+                key = prefix + name
+                new = count - self._function_errors_seen.get(key, 0)
+                if new > 0:
+                    metrics.FUNCTION_ERRORS.labels(name).inc(new)
+                    log.warning("derived_function_failed", project=pf.project, feature=name, failures=new)
+                    self._function_errors_seen[key] = count
 
 
 def raw_event(value: Mapping[str, Any]) -> RawEvent:

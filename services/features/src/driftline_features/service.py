@@ -16,14 +16,13 @@ import faust
 
 from driftline.catalog import FEATURES_VECTORS
 from driftline.logging import get_logger
-from driftline.project import project_from_settings
+from driftline.projects import Applied
 from driftline.runtime import Runtime
 from driftline.service import Service, Wiring
 from driftline_features import api, stream
 from driftline_features.config import NAME, FeaturesSettings
-from driftline_features.handlers import FeatureProcessor, prune_history
+from driftline_features.handlers import FeatureProcessor, FeatureSets, prune_history
 from driftline_features.store import OnlineStore
-from driftline_ml.featuredefs import FeatureSet
 
 log = get_logger(__name__)
 
@@ -33,24 +32,37 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 @dataclass(frozen=True)
 class FeaturesDeps:
     store: OnlineStore
-    features: FeatureSet
+    sets: FeatureSets
     processor: FeatureProcessor
     app: faust.App
     control: stream.StreamControl
-    feature_set_version: str
+
+    def current_versions(self) -> dict[str, str]:
+        return {name: pf.version for name, pf in self.sets.by_project.items()}
 
 
 async def wire(rt: Runtime, settings: FeaturesSettings) -> Wiring[FeaturesDeps]:
     stack = settings.stack
-    project = project_from_settings(stack)
-    features = FeatureSet(project.features, keep_last=settings.dedupe_keep, max_entries=settings.max_entity_events)
+    sets = FeatureSets(keep_last=settings.dedupe_keep, max_entries=settings.max_entity_events)
+    sets.update(rt.projects.values())
+
+    def projects_changed(name: str, state: Applied | None) -> None:
+        sets.update(rt.projects.values())
+        log.info(
+            "features_projects_changed",
+            project=name,
+            version=state.version if state else None,
+            feature_set_version=state.feature_set_version if state else None,
+            projects={n: pf.version for n, pf in sets.by_project.items()},
+        )
+
+    rt.projects.listeners.append(projects_changed)
     partitions, replication = await stream.source_layout(stack)  # the tables mirror events.raw
     assert rt.pool is not None
     store = OnlineStore(rt.pool)
     control = stream.StreamControl()
     processor = FeatureProcessor(
-        project=project,
-        features=features,
+        sets=sets,
         decoder=rt.serde,
         producer=rt.producer,
         store=store,
@@ -61,8 +73,7 @@ async def wire(rt: Runtime, settings: FeaturesSettings) -> Wiring[FeaturesDeps]:
     log.info(
         "features_starting",
         app_id=app.conf.id,
-        feature_set_version=features.version,
-        features=features.names,
+        projects={n: pf.version for n, pf in sets.by_project.items()},
         partitions=partitions,
     )
     if settings.faust_log_level:  # the platform keeps these at WARNING; rebalances show at INFO
@@ -70,7 +81,7 @@ async def wire(rt: Runtime, settings: FeaturesSettings) -> Wiring[FeaturesDeps]:
             logging.getLogger(name).setLevel(settings.faust_log_level.upper())
     retention_days = settings.history_retention_days
     return Wiring(
-        deps=FeaturesDeps(store, features, processor, app, control, features.version),
+        deps=FeaturesDeps(store, sets, processor, app, control),
         consumes=[],  # events.raw is consumed by the faust app (the context), not a consumer runner
         context=lambda: stream.running(app, control, drain_timeout_s=settings.drain_timeout_s),
         loops=[lambda: prune_history(store, retention_days)] if retention_days > 0 else [],

@@ -28,6 +28,7 @@ COLUMNS = (
     "correlation_id",
     "source_partition",
     "source_offset",
+    "project",
 )
 _COLS = ", ".join(COLUMNS)
 _OF_SOURCE = ("source_partition", "source_offset")  # where the raw event was read; the other columns are the vector's
@@ -36,7 +37,7 @@ _STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS vector_stage (
     event_id text, source_event_id text, entity_id text, feature_set_version text,
     event_time timestamptz, features jsonb, late boolean, correlation_id text,
-    source_partition integer, source_offset bigint
+    source_partition integer, source_offset bigint, project text
 ) ON COMMIT DELETE ROWS
 """
 
@@ -48,10 +49,10 @@ ON CONFLICT (event_id) DO NOTHING
 
 _UPSERT_LATEST = f"""
 INSERT INTO latest ({_COLS})
-SELECT DISTINCT ON (feature_set_version, entity_id) {_COLS}
+SELECT DISTINCT ON (project, feature_set_version, entity_id) {_COLS}
 FROM vector_stage
-ORDER BY feature_set_version, entity_id, event_time DESC, source_offset DESC
-ON CONFLICT (feature_set_version, entity_id) DO UPDATE SET
+ORDER BY project, feature_set_version, entity_id, event_time DESC, source_offset DESC
+ON CONFLICT (project, feature_set_version, entity_id) DO UPDATE SET
     event_id = EXCLUDED.event_id,
     source_event_id = EXCLUDED.source_event_id,
     event_time = EXCLUDED.event_time,
@@ -78,12 +79,14 @@ class VectorRow:
     correlation_id: str
     source_partition: int
     source_offset: int
+    project: str = ""  # '' for a vector of no project (written before projects were data)
 
     @classmethod
     def of(cls, vector: FeatureVectorComputed, *, source_partition: int, source_offset: int) -> VectorRow:
         """The row that stores ``vector`` (its fields of the same name), computed from the raw event
         at that partition and offset."""
         of_vector = {f.name: getattr(vector, f.name) for f in fields(cls) if f.name not in _OF_SOURCE}
+        of_vector["project"] = vector.project or ""
         return cls(**of_vector, source_partition=source_partition, source_offset=source_offset)
 
     def record(self) -> tuple[Any, ...]:
@@ -98,6 +101,7 @@ class VectorRow:
             self.correlation_id,
             self.source_partition,
             self.source_offset,
+            self.project,
         )
 
 
@@ -125,10 +129,12 @@ class OnlineStore:
             )
         return {r["event_id"]: (json.loads(r["features"]), r["late"]) for r in rows}
 
-    async def latest(self, entity_id: str, feature_set_version: str) -> dict[str, Any] | None:
+    async def latest(self, entity_id: str, feature_set_version: str, project: str = "") -> dict[str, Any] | None:
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_COLS}, updated_at FROM latest WHERE feature_set_version = $1 AND entity_id = $2",  # noqa: S608
+                f"SELECT {_COLS}, updated_at FROM latest"  # noqa: S608 - constant column list
+                " WHERE project = $1 AND feature_set_version = $2 AND entity_id = $3",
+                project,
                 feature_set_version,
                 entity_id,
             )

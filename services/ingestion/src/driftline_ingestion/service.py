@@ -9,6 +9,7 @@ from driftline.auth import TokenAuth
 from driftline.catalog import EVENTS_DLQ, EVENTS_RAW, LABELS
 from driftline.logging import get_logger
 from driftline.project import project_from_settings
+from driftline.projects import Applied, ProjectBook
 from driftline.runtime import Runtime
 from driftline.service import Service, Wiring
 from driftline.validation import Validator
@@ -21,12 +22,18 @@ log = get_logger(__name__)
 
 
 def project_validator(settings: IngestionSettings) -> Validator:
-    """The validation of the project's event types and label classes (the core library's)."""
+    """The validation of the configured project's event types and label classes (the OpenAPI
+    document's request bodies; requests are validated against every project, see :func:`wire`)."""
     return Validator.from_project(project_from_settings(settings.stack))
 
 
+def book_validator(book: ProjectBook) -> Validator:
+    """The validation of every project on the projects topic: an event routes by its type."""
+    return Validator.merged([a.definition.validator() for a in book.values()])
+
+
 async def wire(rt: Runtime, settings: IngestionSettings) -> Wiring[IngestionDeps]:
-    validator = project_validator(settings)
+    validator = book_validator(rt.projects)
     handler = IngestHandler(
         rt.producer,
         validator,
@@ -37,6 +44,17 @@ async def wire(rt: Runtime, settings: IngestionSettings) -> Wiring[IngestionDeps
         ack_timeout_s=settings.ack_timeout_s,
         retry_after_s=settings.retry_after_s,
     )
+
+    def projects_changed(name: str, state: Applied | None) -> None:
+        handler.validator = book_validator(rt.projects)
+        log.info(
+            "ingestion_projects_changed",
+            project=name,
+            version=state.version if state else None,
+            event_types=sorted(handler.validator.event_types),
+        )
+
+    rt.projects.listeners.append(projects_changed)
     log.info(
         "ingestion_started",
         port=settings.port,

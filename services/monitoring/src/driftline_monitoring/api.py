@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 
 from driftline.events import as_utc
 from driftline.project import DriftPolicy
+from driftline.projects import ProjectBook
 from driftline.service import wired
 from driftline_monitoring import page
 from driftline_monitoring.drift import Detection, ModelMonitor
@@ -26,6 +27,18 @@ class MonitoringDeps:
     store: MonitoringStore
     policy: DriftPolicy
     page_checks: int
+    projects: ProjectBook = field(default_factory=ProjectBook)
+
+    def model_filter(self, project: str | None, model: str | None) -> set[str] | None:
+        """The model names a ``project``/``model`` filter keeps (None: every model)."""
+        if project is None and model is None:
+            return None
+        names = {model} if model is not None else None
+        if project is not None:
+            applied = self.projects.get(project)
+            of_project = {applied.project.model.name} if applied is not None else set()
+            names = of_project if names is None else names & of_project
+        return names
 
 
 Deps = Annotated[MonitoringDeps, Depends(wired)]
@@ -101,11 +114,22 @@ def models_view(monitoring: Monitoring) -> list[dict[str, Any]]:
 
 
 @router.get("/v1/drift", tags=["monitoring"], summary="Current drift statistics per model and feature")
-async def drift(deps: Deps) -> dict[str, Any]:
-    models = models_view(deps.monitoring)
+async def drift(
+    deps: Deps,
+    project: str | None = Query(None, description="Only the model of this project."),
+    model: str | None = Query(None, description="Only this model."),
+) -> dict[str, Any]:
+    keep = deps.model_filter(project, model)
+    models = [m for m in models_view(deps.monitoring) if keep is None or m["model_name"] in keep]
     # Models this instance does not monitor (yet) still show their last stored check.
     known = {m["model_name"] for m in models}
-    stored = [s for s in await deps.store.latest_summaries() if s["model_name"] not in known]
+    stored = [
+        s
+        for s in await deps.store.latest_summaries()
+        if s["model_name"] not in known and (keep is None or s["model_name"] in keep)
+    ]
+    for m in models:
+        m["policy"] = deps.monitoring.monitors[m["model_name"]].policy.model_dump()
     return {"policy": deps.policy.model_dump(), "models": models, "last_stored_checks": stored}
 
 
@@ -116,11 +140,16 @@ async def drift(deps: Deps) -> dict[str, Any]:
 )
 async def reports(
     deps: Deps,
+    project: str | None = Query(None, description="Only the model of this project."),
     model: str | None = Query(None, description="Only this model."),
     open_only: bool = Query(False, alias="open", description="Only episodes still open."),
     limit: int = Query(50, ge=1, le=1000),
 ) -> dict[str, Any]:
-    return {"reports": await deps.store.reports(model_name=model, open_only=open_only, limit=limit)}
+    keep = deps.model_filter(project, model)
+    if keep is not None and len(keep) != 1:
+        return {"reports": []}  # a project with no such model
+    name = next(iter(keep)) if keep else None
+    return {"reports": await deps.store.reports(model_name=name, open_only=open_only, limit=limit)}
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -56,6 +56,9 @@ def in_offset_order(routes: Routes) -> BatchHandler:
     return batch
 
 
+ModelPolicy = tuple[DriftPolicy, int | None, int]  # drift policy, training's max_examples and min_examples
+
+
 class Monitoring:
     """The monitors of the champions that serve, and the joins between predictions and labels."""
 
@@ -69,8 +72,15 @@ class Monitoring:
         join_capacity: int = 50_000,
         max_examples: int | None = None,
         min_examples: int = 0,
+        policies: Callable[[str], ModelPolicy | None] | None = None,
+        model_of: Callable[[FeatureVectorComputed], str | None] | None = None,
     ) -> None:
+        """``policy``, ``max_examples`` and ``min_examples`` are those of a model that ``policies``
+        (its project's drift policy and training limits, by model name) does not know; ``model_of``
+        names the model whose champion watches a vector (its project's; None: every monitor)."""
         self.policy = policy
+        self.policies = policies or (lambda _name: None)
+        self.model_of = model_of or (lambda _vector: None)
         self.max_examples = max_examples
         self.min_examples = min_examples
         self.episodes = episodes
@@ -162,8 +172,10 @@ class Monitoring:
             )
 
     def _monitor(self, promotion: ModelPromoted, reference: Reference) -> ModelMonitor:
+        own = self.policies(reference.model_name)
+        policy, max_examples, min_examples = own or (self.policy, self.max_examples, self.min_examples)
         monitor = self.monitors[reference.model_name] = ModelMonitor(
-            reference, self.policy, self.resolve_after, self.join_capacity, self.max_examples, self.min_examples
+            reference, policy, self.resolve_after, self.join_capacity, max_examples, min_examples
         )
         self.serving.follow(promotion)
         return monitor
@@ -193,6 +205,14 @@ class Monitoring:
             IGNORED.labels(FEATURES_VECTORS, "no_champion").inc()
             return
         t = epoch_ms(vector.event_time)
+        name = self.model_of(vector)
+        if name is not None:
+            monitor = self.monitors.get(name)
+            if monitor is None:
+                IGNORED.labels(FEATURES_VECTORS, "no_champion").inc()
+            elif monitor.add_vector(t, vector.features):
+                await self.check(monitor)
+            return
         for monitor in list(self.monitors.values()):
             if monitor.add_vector(t, vector.features):
                 await self.check(monitor)

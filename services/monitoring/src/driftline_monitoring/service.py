@@ -10,13 +10,14 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
 from driftline.consumer import Routes
 from driftline.project import project_from_settings
+from driftline.records import FeatureVectorComputed
 from driftline.runtime import Runtime
 from driftline.service import Consume, Follow, Service, Wiring
 from driftline_monitoring import api
 from driftline_monitoring.api import MonitoringDeps
 from driftline_monitoring.config import MonitoringSettings
 from driftline_monitoring.episodes import Episodes
-from driftline_monitoring.handlers import Monitoring, in_offset_order
+from driftline_monitoring.handlers import ModelPolicy, Monitoring, in_offset_order
 from driftline_monitoring.store import MonitoringStore
 
 
@@ -25,6 +26,22 @@ async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDe
     project = project_from_settings(settings.stack)
     policy = project.drift
     store = MonitoringStore(rt.pool)
+    projects = rt.projects
+
+    def policies(model_name: str) -> ModelPolicy | None:
+        """The drift policy and training limits of a model's project, as the topic holds it now."""
+        applied = projects.by_model(model_name)
+        if applied is None:
+            return None
+        p = applied.project
+        return p.drift, p.training.max_examples, p.training.min_examples
+
+    def model_of(vector: FeatureVectorComputed) -> str | None:
+        if vector.project is None:
+            return None  # written before projects were data: every champion watches it
+        applied = projects.get(vector.project)
+        return applied.project.model.name if applied is not None else ""
+
     monitoring = Monitoring(
         policy=policy,
         episodes=Episodes(store, rt.producer, touch_every_s=settings.touch_every_s),
@@ -33,6 +50,8 @@ async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDe
         join_capacity=settings.join_capacity,
         max_examples=project.training.max_examples,
         min_examples=project.training.min_examples,
+        policies=policies,
+        model_of=model_of,
     )
     data: Routes = {
         FEATURES_VECTORS: monitoring.on_vector,
@@ -40,7 +59,7 @@ async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDe
         LABELS: monitoring.on_label,
     }
     return Wiring(
-        deps=MonitoringDeps(monitoring, store, policy, settings.page_checks),
+        deps=MonitoringDeps(monitoring, store, policy, settings.page_checks, rt.projects),
         consumes=[
             Consume(
                 routes=data,  # a failed batch is isolated record by record through them

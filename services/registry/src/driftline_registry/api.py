@@ -1,13 +1,14 @@
 """HTTP API of the registry: models, versions, lineage and history; promote, shadow, rollback."""
 
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.auth import TokenAuth
+from driftline.projects import ProjectBook
 from driftline.service import wired
 from driftline_registry.handlers import ActionResult, Conflict, NotFound, RegistryHandlers
 
@@ -20,6 +21,7 @@ class RegistryDeps:
 
     handlers: RegistryHandlers
     auth: TokenAuth
+    projects: ProjectBook = field(default_factory=ProjectBook)
 
 
 Deps = Annotated[RegistryDeps, Depends(wired)]
@@ -78,9 +80,21 @@ async def _act(action: Awaitable[ActionResult]) -> ActionResult:
 router = APIRouter(prefix="/v1/models", tags=["registry"])
 
 
-@router.get("", summary="Every model with its champion, challenger and latest version")
-async def list_models(deps: Deps) -> Any:
-    return {"models": await deps.handlers.store.list_models()}
+@router.get("", summary="Every model with its champion, challenger and latest version (and its project)")
+async def list_models(
+    deps: Deps,
+    project: str | None = Query(None, description="Only the model of this project."),
+    model: str | None = Query(None, description="Only this model."),
+) -> Any:
+    models = await deps.handlers.store.list_models()
+    for m in models:
+        applied = deps.projects.by_model(m["name"])
+        m["project"] = applied.name if applied is not None else None
+    if project is not None:
+        models = [m for m in models if m["project"] == project]
+    if model is not None:
+        models = [m for m in models if m["name"] == model]
+    return {"models": models}
 
 
 @router.get("/{name}", summary="One model")

@@ -19,7 +19,7 @@ consumes anything else (:meth:`RegistryHandlers.on_decision`). So:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
@@ -134,9 +134,14 @@ def _wire_time(value: datetime) -> datetime:
 class RegistryHandlers:
     store: RegistryStore
     outbox: Outbox
-    policy: PromotionPolicy
+    policy: PromotionPolicy  # of a model that ``policies`` does not know
     producer_name: str = "registry"
     publish_timeout_s: float = 15.0
+    # The promotion policy of a model's project, as the projects topic has it now (None: unknown).
+    policies: Callable[[str], PromotionPolicy | None] = lambda _name: None
+
+    def policy_of(self, model_name: str) -> PromotionPolicy:
+        return self.policies(model_name) or self.policy
 
     # -- models.trained -------------------------------------------------------------------------
 
@@ -160,7 +165,7 @@ class RegistryHandlers:
                     log.info("model_registered_from_log", run_id=run_id, version=version)
                 else:
                     decision = decide(
-                        self.policy,
+                        self.policy_of(name),
                         metrics=e.metrics,
                         champion_version=model["champion_version"],
                         evaluated_against=e.champion_version,

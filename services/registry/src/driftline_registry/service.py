@@ -15,7 +15,7 @@ from driftline.auth import TokenAuth
 from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, MODELS_REJECTED, MODELS_TRAINED
 from driftline.follow import TopicFollower
 from driftline.outbox import Outbox
-from driftline.project import project_from_settings
+from driftline.project import PromotionPolicy, project_from_settings
 from driftline.runtime import Runtime
 from driftline.service import Consume, Service, Wiring
 from driftline_registry.api import RegistryDeps, router
@@ -30,8 +30,18 @@ async def wire(rt: Runtime, settings: RegistrySettings) -> Wiring[RegistryDeps]:
     assert rt.pool is not None
     outbox = Outbox(rt.pool, rt.producer)
     await outbox.ensure_table()
+    projects = rt.projects
+
+    def policies(model_name: str) -> PromotionPolicy | None:
+        applied = projects.by_model(model_name)
+        return applied.project.promotion if applied is not None else None
+
     h = RegistryHandlers(
-        RegistryStore(rt.pool), outbox, project_from_settings(settings.stack).promotion, rt.producer.name
+        RegistryStore(rt.pool),
+        outbox,
+        project_from_settings(settings.stack).promotion,
+        rt.producer.name,
+        policies=policies,
     )
     auth = TokenAuth.from_settings(settings.stack, rt.service)
     follower, following = await _read_back_decisions(rt, h)
@@ -46,7 +56,7 @@ async def wire(rt: Runtime, settings: RegistrySettings) -> Wiring[RegistryDeps]:
             await following
 
     return Wiring(
-        deps=RegistryDeps(h, auth),
+        deps=RegistryDeps(h, auth, rt.projects),
         consumes=[
             Consume(routes={MODELS_TRAINED: h.on_model_trained}, group=settings.group_id),
             Consume(routes={DEPLOYMENTS_STATUS: h.on_deployment_status}, group=f"{settings.group_id}-deployments"),

@@ -16,6 +16,7 @@ from driftline.producer import EventProducer
 from driftline.project import Project
 from driftline.retry import is_transient
 from driftline.service import wired
+from driftline_training.handlers import ProjectsTraining
 from driftline_training.pipeline import OVERRIDABLE, TrainingFailure, effective_policy
 from driftline_training.requests import request_record, run_id_of
 from driftline_training.runs import Runs
@@ -26,11 +27,19 @@ from driftline_training.store import TrainingStore
 class TrainingDeps:
     """The service's objects, as ``wire`` builds them: what the routes (and the benchmark) reach."""
 
-    project: Project
+    project: Project  # the configured project: its model is the default of a request
     store: TrainingStore
     producer: EventProducer
     auth: TokenAuth
-    runs: Runs
+    training: ProjectsTraining
+
+    @property
+    def runs(self) -> Runs:
+        """The configured project's runs (the benchmark's)."""
+        h = self.training.of_model(self.project.model.name)
+        if h is None:
+            raise LookupError(f"project {self.project.name!r} is not on the projects topic")
+        return h.runs
 
 
 Deps = Annotated[TrainingDeps, Depends(wired)]
@@ -47,7 +56,7 @@ Actor = Annotated[str, Depends(_actor)]
 class TrainingRequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_name: str | None = Field(None, description="Model to train (default: the project's model).")
+    model_name: str | None = Field(None, description="Model to train (default: the configured project's model).")
     reason: str = Field("manual", min_length=1, max_length=200, description="Why; 'drift' is reserved.")
     request_id: str | None = Field(
         None,
@@ -71,10 +80,12 @@ router = APIRouter(prefix="/v1", tags=["training"])
 )
 async def request_training(body: TrainingRequestBody, deps: Deps, actor: Actor) -> Any:
     model_name = body.model_name or deps.project.model.name
-    if model_name != deps.project.model.name:
+    handlers = deps.training.of_model(model_name)
+    if handlers is None:
+        known = ", ".join(sorted(deps.training.by_model)) or "none"
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            detail={"error": "unknown_model", "reason": f"this project trains {deps.project.model.name!r} only"},
+            detail={"error": "unknown_model", "reason": f"no project trains {model_name!r} (models: {known})"},
         )
     if body.reason == "drift":
         raise HTTPException(
@@ -83,7 +94,7 @@ async def request_training(body: TrainingRequestBody, deps: Deps, actor: Actor) 
         )
     parameters = {k: str(v) for k, v in body.parameters.items()}
     try:
-        effective_policy(deps.project.training, parameters)
+        effective_policy(handlers.project.training, parameters)
     except TrainingFailure as failure:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail={"error": failure.error_type, "reason": failure.reason}
@@ -124,10 +135,16 @@ async def request_training(body: TrainingRequestBody, deps: Deps, actor: Actor) 
 @router.get("/runs", summary="Training runs, most recent first")
 async def list_runs(
     deps: Deps,
+    project: str | None = Query(None, description="Only the runs of this project's model."),
     model_name: str | None = None,
     run_status: Annotated[str | None, Query(alias="status", pattern="^(running|succeeded|failed)$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> Any:
+    if project is not None:
+        of_project = [h.project.model.name for h in deps.training.by_model.values() if h.project.name == project]
+        if not of_project or (model_name is not None and model_name not in of_project):
+            return {"runs": []}
+        model_name = of_project[0]
     return {"runs": await deps.store.list_runs(model_name=model_name, status=run_status, limit=limit)}
 
 
@@ -147,10 +164,25 @@ async def champions(deps: Deps) -> Any:
     return {"champions": await deps.store.list_champions()}
 
 
-@router.get("/examples", summary="How many vectors, labels and labelled examples training holds")
-async def examples(deps: Deps) -> Any:
-    counts = await deps.store.example_counts(deps.project.features.version, deps.project.label.classes)
-    return {"feature_set_version": deps.project.features.version, **counts}
+@router.get("/examples", summary="How many vectors, labels and labelled examples training holds, per project")
+async def examples(deps: Deps, project: str | None = Query(None, description="One project's counts only.")) -> Any:
+    """Every project's counts (``{"projects": [...]}``), or one project's (``?project=NAME``)."""
+    out = []
+    for h in sorted(deps.training.by_model.values(), key=lambda h: h.project.name):
+        if project is not None and h.project.name != project:
+            continue
+        fsv = h.runs.feature_set_version
+        counts = await deps.store.example_counts(fsv, h.project.label.classes, h.project.name)
+        out.append(
+            {"project": h.project.name, "model_name": h.project.model.name, "feature_set_version": fsv, **counts}
+        )
+    if project is None:
+        return {"projects": out}
+    if not out:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail={"error": "not_found", "reason": f"no project {project!r}"}
+        )
+    return out[0]
 
 
 @router.get("/triggers", summary="Decisions on automatic triggers (drift episodes: requested, cooldown…)")

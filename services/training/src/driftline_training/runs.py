@@ -100,6 +100,10 @@ class Runs:
     max_run_seconds: float = 1800.0
     run_attempts: int = 3
     retry_backoff_s: float = 15.0
+    feature_set_version: str = ""  # the vectors' (the projects topic's); default: the file's features.version
+
+    def __post_init__(self) -> None:
+        self.feature_set_version = self.feature_set_version or self.project.features.version
 
     async def handle(self, request: TrainingRequested) -> None:
         """Run a training request once; a failing run becomes training.failed, never a stuck consumer."""
@@ -223,7 +227,11 @@ class Runs:
         if policy.selection == "since_drift" and request.since is not None:
             since = as_utc(request.since)
         examples = await self.store.select_examples(
-            self.project.features.version, self.project.label.classes, since=since, limit=policy.max_examples
+            self.feature_set_version,
+            self.project.label.classes,
+            since=since,
+            limit=policy.max_examples,
+            project=self.project.name,
         )
         return examples, since
 
@@ -248,7 +256,7 @@ class Runs:
             "params": result.params,
             "seed": result.seed,
             "feature_names": result.feature_names,
-            "feature_set_version": project.features.version,
+            "feature_set_version": self.feature_set_version,
             "classes": result.classes,
             "positive_class": project.label.positive_class,
             "metrics": result.metrics,
@@ -307,7 +315,7 @@ class Runs:
             comparison_losses=comparison.losses,
             dataset_fingerprint=result.dataset_fingerprint,
             holdout_fingerprint=result.holdout_fingerprint,
-            feature_set_version=self.project.features.version,
+            feature_set_version=self.feature_set_version,
             feature_names=tuple(result.feature_names),
             params={k: _param_text(p) for k, p in result.params.items()},
             n_train=len(result.train),

@@ -56,16 +56,20 @@ class CountedGap:
     up_to: int
     feature_set_version: str
     classes: tuple[str, ...]
+    project: str = ""
 
 
 def _counted_examples(counted: CountedGap, first: int) -> tuple[str, list[Any]]:
     """``FROM … WHERE …`` of the examples ``counted`` counts, its parameters numbered from ``$first``."""
     if counted.unit == "events":
-        return f"FROM vectors v WHERE v.feature_set_version = ${first}", [counted.feature_set_version]
+        return (
+            f"FROM vectors v WHERE v.project = ${first} AND v.feature_set_version = ${first + 1}",
+            [counted.project, counted.feature_set_version],
+        )
     return (
         f"FROM vectors v JOIN labels l ON l.labelled_event_id = v.source_event_id "
-        f"WHERE v.feature_set_version = ${first} AND l.label = ANY(${first + 1}::text[])",
-        [counted.feature_set_version, list(counted.classes)],
+        f"WHERE v.project = ${first} AND v.feature_set_version = ${first + 1} AND l.label = ANY(${first + 2}::text[])",
+        [counted.project, counted.feature_set_version, list(counted.classes)],
     )
 
 
@@ -93,8 +97,10 @@ def _json_features(features: Mapping[str, Any]) -> str:
 
 
 class TrainingStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, default_project: str = "") -> None:
+        """``default_project``: the project of a vector record that names none (the configured one)."""
         self.pool = pool
+        self.default_project = default_project
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TrainingTransaction]:
@@ -111,10 +117,10 @@ class TrainingStore:
             if vectors:
                 await conn.executemany(
                     "INSERT INTO vectors (source_event_id, feature_set_version, vector_event_id, entity_id, "
-                    "event_time, features) VALUES ($1, $2, $3, $4, $5, $6::jsonb) "
+                    "event_time, features, project) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) "
                     "ON CONFLICT (source_event_id, feature_set_version) DO UPDATE SET "
                     "vector_event_id = EXCLUDED.vector_event_id, entity_id = EXCLUDED.entity_id, "
-                    "event_time = EXCLUDED.event_time, features = EXCLUDED.features",
+                    "event_time = EXCLUDED.event_time, features = EXCLUDED.features, project = EXCLUDED.project",
                     [
                         (
                             v.source_event_id,
@@ -123,6 +129,7 @@ class TrainingStore:
                             v.entity_id,
                             v.event_time,
                             _json_features(v.features),
+                            v.project or self.default_project,
                         )
                         for v in vectors
                     ],
@@ -138,44 +145,60 @@ class TrainingStore:
                     [(lb.labelled_event_id, str(lb.label), lb.event_id, lb.entity_id, lb.event_time) for lb in labels],
                 )
 
-    async def example_counts(self, feature_set_version: str, classes: Sequence[str]) -> dict[str, int]:
+    async def example_counts(
+        self, feature_set_version: str, classes: Sequence[str], project: str | None = None
+    ) -> dict[str, int]:
+        """Vectors and labelled examples of a project's feature set (``project`` None: the default
+        project's), and every label held."""
         row = await self.pool.fetchrow(
-            "SELECT (SELECT count(*) FROM vectors WHERE feature_set_version = $1) AS vectors, "
+            "SELECT (SELECT count(*) FROM vectors WHERE project = $3 AND feature_set_version = $1) AS vectors, "
             "(SELECT count(*) FROM labels) AS labels, "
             "(SELECT count(*) FROM vectors v JOIN labels l ON l.labelled_event_id = v.source_event_id "
-            " WHERE v.feature_set_version = $1 AND l.label = ANY($2::text[])) AS labelled",
+            " WHERE v.project = $3 AND v.feature_set_version = $1 AND l.label = ANY($2::text[])) AS labelled",
             feature_set_version,
             list(classes),
+            self.default_project if project is None else project,
         )
         assert row is not None
         return {k: int(row[k]) for k in ("vectors", "labels", "labelled")}
 
     async def select_examples(
-        self, feature_set_version: str, classes: Sequence[str], *, since: datetime | None, limit: int
+        self,
+        feature_set_version: str,
+        classes: Sequence[str],
+        *,
+        since: datetime | None,
+        limit: int,
+        project: str | None = None,
     ) -> list[Example]:
-        """The most recent ``limit`` labelled examples (at or after ``since`` when given)."""
+        """The most recent ``limit`` labelled examples of a project's feature set (at or after
+        ``since`` when given)."""
         rows = await self.pool.fetch(
             "SELECT v.source_event_id, v.event_time, v.features, l.label FROM vectors v "
             "JOIN labels l ON l.labelled_event_id = v.source_event_id "
-            "WHERE v.feature_set_version = $1 AND l.label = ANY($2::text[]) "
+            "WHERE v.project = $5 AND v.feature_set_version = $1 AND l.label = ANY($2::text[]) "
             "AND ($3::timestamptz IS NULL OR v.event_time >= $3) "
             "ORDER BY v.event_time DESC, v.source_event_id DESC LIMIT $4",
             feature_set_version,
             list(classes),
             since,
             limit,
+            self.default_project if project is None else project,
         )
         return [Example(r["source_event_id"], r["event_time"], json.loads(r["features"]), r["label"]) for r in rows]
 
-    async def count_labelled(self, feature_set_version: str, classes: Sequence[str], since: datetime | None) -> int:
+    async def count_labelled(
+        self, feature_set_version: str, classes: Sequence[str], since: datetime | None, project: str | None = None
+    ) -> int:
         return int(
             await self.pool.fetchval(
                 "SELECT count(*) FROM vectors v JOIN labels l ON l.labelled_event_id = v.source_event_id "
-                "WHERE v.feature_set_version = $1 AND l.label = ANY($2::text[]) "
+                "WHERE v.project = $4 AND v.feature_set_version = $1 AND l.label = ANY($2::text[]) "
                 "AND ($3::timestamptz IS NULL OR v.event_time >= $3)",
                 feature_set_version,
                 list(classes),
                 since,
+                self.default_project if project is None else project,
             )
         )
 

@@ -39,7 +39,11 @@ class Triggers:
     store: TrainingStore
     outbox: Outbox
     producer_name: str
+    feature_set_version: str = ""  # the vectors' (the projects topic's); default: the file's features.version
     _initial_done: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.feature_set_version = self.feature_set_version or self.project.features.version
 
     async def drift(self, e: DriftDetected) -> TriggerDecision:
         """At most one request per drift episode, none within the cooldown of another live one.
@@ -95,12 +99,12 @@ class Triggers:
         policy = self.project.training
         if policy.initial_training_after <= 0 or self._initial_done:
             return
-        model, fsv = self.project.model.name, self.project.features.version
+        model, fsv = self.project.model.name, self.feature_set_version
         trigger_id = trigger_policy.initial_trigger_id(model, fsv)
         if await self.store.trigger_exists(trigger_id) or await self.store.get_champion(model) is not None:
             self._initial_done = True
             return
-        labelled = (await self.store.example_counts(fsv, self.project.label.classes))["labelled"]
+        labelled = (await self.store.example_counts(fsv, self.project.label.classes, self.project.name))["labelled"]
         if not trigger_policy.initial_due(policy.initial_training_after, labelled):
             return
         request = request_record(
@@ -122,6 +126,8 @@ class Triggers:
         """
         waiting = await self.store.waiting_triggers()
         for t in waiting:
+            if t.model_name != self.project.model.name:
+                continue  # another project's model (each project's triggers ask for their own)
             labelled = await self._labelled_since(t.since)
             if not trigger_policy.enough_labelled(labelled, self.project.training.min_examples):
                 continue
@@ -233,7 +239,11 @@ class Triggers:
         if cooldown.is_duration:
             return None
         return CountedGap(
-            cooldown.unit, int(cooldown.amount), self.project.features.version, tuple(self.project.label.classes)
+            cooldown.unit,
+            int(cooldown.amount),
+            self.feature_set_version,
+            tuple(self.project.label.classes),
+            self.project.name,
         )
 
     @staticmethod
@@ -250,7 +260,7 @@ class Triggers:
         """Labelled examples a drift run would train on: since the onset with selection since_drift."""
         selection_since = since if self.project.training.selection == "since_drift" else None
         return await self.store.count_labelled(
-            self.project.features.version, self.project.label.classes, selection_since
+            self.feature_set_version, self.project.label.classes, selection_since, self.project.name
         )
 
     def _request_for(self, t: Trigger, request_id: str) -> TrainingRequested:

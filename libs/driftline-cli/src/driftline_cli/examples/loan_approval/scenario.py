@@ -59,6 +59,7 @@ class ScenarioConfig:
     training_url: str = "http://127.0.0.1:38103"
     token: str = LOCAL_API_TOKEN
     model_name: str = "loan-approval"
+    project: str = "loan-approval"  # the project on the projects topic whose examples are counted
     min_examples: int = 300
 
 
@@ -167,6 +168,8 @@ class Scenario:
 
     def _on_event(self, event: Event, now: float) -> None:
         v = event.value
+        if v.get("model_name", self.cfg.model_name) != self.cfg.model_name:
+            return  # another project's model on the same install
         if event.topic == PREDICTIONS:
             if not v.get("shadow"):
                 self.predictions[v["source_event_id"]] = (v["model_version"], v.get("predicted_class") or "")
@@ -235,7 +238,7 @@ class Scenario:
 
     async def _labelled_examples(self, http: httpx.AsyncClient) -> int:
         try:
-            r = await http.get(f"{self.cfg.training_url}/v1/examples")
+            r = await http.get(f"{self.cfg.training_url}/v1/examples", params={"project": self.cfg.project})
             return int(r.json().get("labelled", 0)) if r.status_code == 200 else 0
         except httpx.HTTPError:
             return 0
@@ -325,17 +328,21 @@ class Scenario:
         onset = s.onset_index if s.onset_index is not None else len(ordered)
         new_from = getattr(self, "_new_from", len(ordered))
 
-        def accuracy(items: list[Item], version: int | None) -> tuple[float | None, int]:
+        def accuracy(items: list[Item], version: int | None, *, or_later: bool = False) -> tuple[float | None, int]:
+            def counts(v: int) -> bool:
+                return v == version or (or_later and version is not None and v > version)
+
             pairs = [
                 (self.predictions[it.event_id][1], it.label)
                 for it in items
-                if it.event_id in self.predictions and self.predictions[it.event_id][0] == version
+                if it.event_id in self.predictions and counts(self.predictions[it.event_id][0])
             ]
             return (sum(p == y for p, y in pairs) / len(pairs) if pairs else None), len(pairs)
 
         s.accuracy_before_drift, s.n_before = accuracy(ordered[:onset], s.first_version)
         s.accuracy_after_drift, s.n_after = accuracy(ordered[onset:new_from], s.first_version)
-        s.accuracy_new_model, s.n_new = accuracy(ordered[new_from:], s.new_version)
+        # The retrained model, or a consolidation of it that replaced it meanwhile.
+        s.accuracy_new_model, s.n_new = accuracy(ordered[new_from:], s.new_version, or_later=True)
         just_before = ordered[max(onset, new_from - max(s.n_new, 1)) : new_from]
         s.accuracy_just_before_new_model, _ = accuracy(just_before, s.first_version)
         if s.detection_index is not None and s.onset_index is not None:
