@@ -10,8 +10,10 @@
   do (labels that arrive before their prediction wait, as in ``Monitoring.labels``); checks run
   ``snapshot``/``compute``/``conclude``; a detection opens an episode only when none is open
   (``should_open``, ``with_onset``, ``open``); after every joined outcome ``due_attempt`` may ask
-  again (still degraded, consolidation), as ``Episodes.maybe_attempt``; ``after_check`` ends the
-  episode; a new model gets a new monitor that inherits the open episode (``carry``).
+  again (still degraded, consolidation), as ``Episodes.maybe_attempt``, once the last attempt's run
+  reported (a rejected candidate or a failed run: ``Episode.outcome``, as ``Monitoring.on_run_outcome``;
+  a promotion: ``carry``); ``after_check`` ends the episode; a new model gets a new monitor that
+  inherits the open episode (``carry``).
 * training: ``trigger_policy.decide`` on each published ``drift.detected`` (the cooldown between
   episodes, waiting for ``min_examples`` labels since the onset: a waiting trigger is requested
   once they exist; further attempts of an episode are not held by the cooldown); the first model
@@ -284,6 +286,7 @@ class Driftline:
             result = pipeline.fit(self.project, examples, self.project.training)
         except TrainingFailure as failure:
             self.decisions.append(f"{t}: run failed {failure.error_type}")
+            self._run_reported()
             return None
         champion_version = self.version or None
         champion_metrics = comparison_metrics = None
@@ -316,6 +319,7 @@ class Driftline:
         )
         self.decisions.append(f"{t}: {'promoted' if decision.promote else 'rejected'} {decision.reason}")
         if not decision.promote:
+            self._run_reported()
             return None
         self._flush()  # the old champion's buffered events are its own
         self.champion, self.champion_train_end = result.model, result.fitted_until
@@ -330,6 +334,13 @@ class Driftline:
         }
         self._next_reference = metadata
         return _Coded(result.model, classes)
+
+    def _run_reported(self) -> None:
+        """A rejected candidate or a failed run of the open episode's request: the episode may ask
+        again (monitoring follows models.rejected and training.failed, see Monitoring.on_run_outcome)."""
+        episode = self.monitor.episode if self.monitor is not None else None
+        if episode is not None and self.requesting_episode == episode.episode_id:
+            episode.outcome()
 
     def on_model(self, t: int, version: int) -> None:
         self.version = version

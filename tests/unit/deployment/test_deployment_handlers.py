@@ -313,3 +313,30 @@ async def test_the_process_loader_loads_in_a_child_and_reports_its_errors() -> N
         assert slots.champion(MODEL_NAME).version == 3  # type: ignore[union-attr]
     finally:
         loader.close()
+
+
+async def test_each_vector_is_scored_by_its_projects_model() -> None:
+    from dataclasses import replace
+
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
+    d = deployer(store, producer, slots)
+    await d.apply(replace(promoted(store, model(1), 1), model_name="model-a"))
+    await d.apply(replace(promoted(store, model(2), 1), model_name="model-b"))
+    rows = synthetic.generate(12, seed=5)[0]
+    projects = ["pa", "pb", "gone", "pa"] * 3
+    events = [
+        event(FEATURES_VECTORS, replace(vector_event(r, i).record, project=p), i)
+        for i, (r, p) in enumerate(zip(rows, projects, strict=True))
+    ]
+    models = {"pa": "model-a", "pb": "model-b"}
+    scorer = Scorer(slots=slots, producer=producer, model_of=lambda v: models.get(v.project or ""))  # type: ignore[arg-type]
+    await scorer.score_batch(events)
+    made = {p.source_event_id: p for p in producer.on(PREDICTIONS)}
+    for e, p in zip(events, projects, strict=True):
+        got = made.get(e.record.source_event_id)
+        assert (got.model_name if got else None) == models.get(p)
+    a = [e.record for e, p in zip(events, projects, strict=True) if p == "pa"]
+    np.testing.assert_allclose(
+        [made[v.source_event_id].score for v in a],
+        model(1).scores([rows[i] for i, p in enumerate(projects) if p == "pa"]),
+    )

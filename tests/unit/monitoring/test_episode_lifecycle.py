@@ -25,14 +25,19 @@ def clean_check(n: int) -> CheckResult:
     return CheckResult(n, (0, n, n), [], [], 0, {}, None)
 
 
-def feed(monitor: ModelMonitor, n: int, error_rate: float, start: int, seed: int = 0) -> list[tuple[int, object]]:
-    """``n`` joined outcomes at the given error rate; the attempts they made (taken as Episodes does)."""
+def feed(
+    monitor: ModelMonitor, n: int, error_rate: float, start: int, seed: int = 0, *, runs_report: bool = True
+) -> list[tuple[int, object]]:
+    """``n`` joined outcomes at the given error rate; the attempts they made (taken as Episodes
+    does). With ``runs_report``, each attempt's run reports its outcome at once (a fast run)."""
     rng = np.random.default_rng(seed)
     made = []
     for i, wrong in enumerate(rng.random(n) < error_rate):
         t = start + i
         monitor.predictions.put(str(t), ("a", t))
         monitor.add_label(str(t), "b" if wrong else "a")
+        if runs_report and monitor.episode is not None:
+            monitor.episode.outcome()
         attempt = monitor.due_attempt()
         if attempt is not None and monitor.episode is not None:
             monitor.episode.took(attempt)
@@ -143,6 +148,26 @@ def test_adwin_raises_on_a_rising_error_rate_and_not_on_a_falling_one() -> None:
     assert falling.adwin_alarms == 0  # is not a drift to retrain on
 
 
+def test_no_attempt_while_the_last_attempts_run_has_not_reported_for_at_most_a_few_spacings() -> None:
+    from driftline_monitoring.lifecycle import AWAIT_SPACINGS
+
+    monitor = ModelMonitor(reference(), POLICY, max_examples=4000)
+    feed(monitor, 400, 0.05, 0)
+    episode = monitor.open("e", monitor.with_onset(performance_detection(400)))
+    # A slow run: no outcome. The retry that one spacing would allow waits.
+    made = feed(monitor, 2 * POLICY.retry_after_labels, 0.45, 400, runs_report=False)
+    assert made == [] and episode.waiting_for_outcome(POLICY)
+    # Its outcome comes (the candidate was rejected): the retry is due at the next outcome.
+    episode.outcome()
+    (first,) = feed(monitor, 1, 0.45, 400 + 2 * POLICY.retry_after_labels, runs_report=False)
+    assert first[1].number == 2  # type: ignore[attr-defined]
+    # A run that never reports (held by training's cooldown) stops the episode for a bounded time.
+    spacing = episode.retry_spacing(POLICY)
+    made = feed(monitor, (AWAIT_SPACINGS + 1) * spacing, 0.45, 2000, runs_report=False)
+    assert [a.number for _, a in made] == [3]  # type: ignore[attr-defined]
+    assert made[0][0] - 2000 >= AWAIT_SPACINGS * spacing - 1
+
+
 def test_episode_spacing_is_in_labelled_outcomes() -> None:
     e = Episode("e", PERFORMANCE)
     assert e.retry_spacing(POLICY) == POLICY.retry_after_labels
@@ -161,6 +186,7 @@ def test_a_gradual_change_moves_the_next_attempts_onset_to_where_errors_rose() -
         t = 400 + i
         monitor.predictions.put(str(t), ("a", t))
         monitor.add_label(str(t), "b" if rng.random() < 0.05 + 0.4 * i / 1500 else "a")
+        episode.outcome()  # each attempt's run reports at once
         attempt = monitor.due_attempt()
         if attempt is not None:
             episode.took(attempt)

@@ -22,6 +22,7 @@ from driftline.records import (
     FeatureVectorComputed,
     LabelRecorded,
     ModelPromoted,
+    ModelRejected,
     PredictionMade,
     Record,
 )
@@ -237,8 +238,34 @@ async def test_a_covariate_shift_raises_one_input_drift_event_naming_the_feature
     print(f"\ncovariate shift detected {delay} records after it started")
 
 
+def rejecting_every_candidate(mon: Monitoring) -> None:
+    """Each drift.detected is followed at once by its run's candidate being rejected (a fast
+    training run and a registry that keeps the champion): the outcome the episode waits for."""
+    episodes = mon.episodes
+    publish = episodes._publish
+
+    async def publish_then_reject(record: DriftDetected) -> None:
+        await publish(record)
+        await mon.on_run_outcome(
+            ModelRejected(
+                **envelope("registry", correlation_id=record.correlation_id),
+                model_name=record.model_name,
+                version=99,
+                run_id="run",
+                reason="not better",
+                metric="accuracy",
+                candidate_value=0.5,
+                margin=0.0,
+                floor=0.6,
+            )
+        )
+
+    episodes._publish = publish_then_reject  # type: ignore[method-assign]
+
+
 async def test_a_concept_change_raises_a_performance_drift_event() -> None:
     mon, producer, _ = await monitoring_of(model())
+    rejecting_every_candidate(mon)
     rows, labels = synthetic.generate(1200, 31)
     assert await stream(mon, model(), rows, labels) is None
     rows, labels = synthetic.generate(1500, 32, concept="b")  # same inputs, new labelling
@@ -251,8 +278,9 @@ async def test_a_concept_change_raises_a_performance_drift_event() -> None:
     assert {e.method for e in drift.evidence} == {"accuracy_drop", "page_hinkley", "adwin"}
     assert drift.onset is not None and drift.window_start <= drift.onset <= drift.window_end
     print(f"\nconcept change detected {delay} labelled predictions after it started ({drift.method})")
-    # Nobody retrains here, so served performance stays degraded: the episode asks again, in its
-    # chain, spaced by retry_after_labels x retry_growth^(k-2) new labelled outcomes, up to max_attempts.
+    # Every candidate is rejected, so served performance stays degraded: the episode asks again,
+    # in its chain, once the last candidate's outcome is known and spaced by
+    # retry_after_labels x retry_growth^(k-2) new labelled outcomes, up to max_attempts.
     policy = POLICY
     assert [a.attempt for a in attempts] == list(range(2, len(attempts) + 2))
     assert 3 <= len(attempts) + 1 <= policy.max_attempts
@@ -421,3 +449,16 @@ async def test_a_restart_resends_an_unpublished_report_and_restores_the_open_epi
     assert restarted.monitors[MODEL_NAME].episode is not None
     await stream(restarted, model(), *synthetic.generate(700, 73, salary_scale=1.6), start=1300)
     assert len(producer2.records(DriftDetected)) == 1  # the episode goes on: no new event
+
+
+async def test_a_vector_reaches_only_its_projects_champion() -> None:
+    from dataclasses import replace
+
+    mon, _, _ = await monitoring_of(model())
+    ((name, monitor),) = mon.monitors.items()
+    mon.model_of = lambda v: {"loans": name, "machines": "machine-health"}.get(v.project or "")  # type: ignore[assignment]
+    rows, _ = synthetic.generate(30, 7)
+    for i, row in enumerate(rows):
+        vec = FeatureVectorComputed.from_avro(synthetic.vector(row, i))
+        await mon.on_vector(replace(vec, project="loans" if i % 3 == 0 else "machines"))
+    assert len(monitor.vectors) == 10  # the machine project's vectors are not the loan model's inputs

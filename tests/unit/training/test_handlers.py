@@ -65,3 +65,39 @@ async def test_a_drift_of_this_projects_model_requests_a_run_in_its_chain() -> N
     (request,) = store.staged_on(TRAINING_REQUESTED)
     assert (request.correlation_id, request.causation_id) == (drift.correlation_id, drift.event_id)
     assert request.reason == "drift" and request.drift_episode_id == "episode-1"
+
+
+def projects_training(store: FakeStore) -> Any:
+    """Training for the loan and machine-health projects, as the projects topic would have them."""
+    from driftline.projects import Definition, ProjectBook, applied_record, plan
+    from driftline_training.handlers import ProjectsTraining
+    from tests.support import ROOT
+
+    book = ProjectBook()
+    for path in ("examples/loan_approval/project.yaml", "examples/machine_health/project.yaml"):
+        d = Definition.from_file(ROOT / path)
+        book.take(applied_record(d, plan(d, None), producer="t", applied_by="t"))
+    training = ProjectsTraining(store, lambda p, fsv: handlers(store, project=p), default=PROJECT.name)
+    training.update(book.values())
+    return training
+
+
+async def test_drift_goes_to_its_models_project_and_a_model_of_no_project_is_ignored() -> None:
+    store = FakeStore()
+    training = projects_training(store)
+    assert sorted(training.by_model) == ["loan-approval", "machine-health"]
+    assert training.of_model("machine-health").project.label.classes == ["ok", "failure"]
+    await training.on_drift(drift_record(None, episode_id="e-machine", model_name="machine-health"))
+    await training.on_drift(drift_record(None, episode_id="e-other", model_name="parcel-eta"))
+    decided = {t.episode_id: (t.model_name, t.decision) for t in store.triggers.values()}
+    assert decided["e-machine"][0] == "machine-health" and decided["e-machine"][1] != "ignored"
+    assert decided["e-other"] == ("parcel-eta", "ignored")
+
+
+async def test_a_label_of_any_projects_classes_is_kept_and_others_are_poison() -> None:
+    store = SavingStore()
+    training = projects_training(store)
+    await training.on_examples([event(LABELS, label("failure")), event(LABELS, label("approve", "raw-2"))])
+    assert [lb.label for lb in store.saved[0][1]] == ["failure", "approve"]
+    with pytest.raises(PoisonRecord, match="maybe"):
+        await training.on_examples([event(LABELS, label("maybe"))])

@@ -589,6 +589,7 @@ class ModelMonitor:
         if episode is not None and self.reference.episode_id == episode.episode_id:
             episode.promoted_examples = self.reference.examples
             episode.clean_checks = 0
+            episode.outcome()  # this model is the outcome of the episode's last attempt
 
     def due_attempt(self) -> Attempt | None:
         """The further training request the open episode makes now, if any (see

@@ -194,6 +194,7 @@ class Episodes:
             onset_ms=None if report.onset is None else epoch_ms(report.onset),
             attempts=report.attempts,
             performance_onset=report.kind == PERFORMANCE,
+            awaiting=False,  # an outcome that came while monitoring was down is not known
         )
         monitor.carry(episode)
         episode.consolidated_to = max(episode.consolidated_to, report.consolidated_to)

@@ -29,11 +29,13 @@ from driftline.records import (
     FeatureVectorComputed,
     LabelRecorded,
     ModelPromoted,
+    ModelRejected,
     PredictionMade,
+    TrainingFailed,
 )
 from driftline.retry import retry_transient
 from driftline_monitoring.drift import BoundedMap, CheckResult, Detection, ModelMonitor, Reference
-from driftline_monitoring.episodes import Episodes
+from driftline_monitoring.episodes import Episodes, episode_correlation_id
 from driftline_monitoring.serving import KEPT_PROMOTIONS, Serving, Switch, is_champion, is_serving
 
 log = get_logger(__name__)
@@ -102,7 +104,8 @@ class Monitoring:
     async def on_replayed(self, history: Sequence[Event[ModelPromoted | DeploymentStatusChanged]]) -> None:
         """Start-up: monitor the champion each model serves (see :meth:`Serving.at_start`); re-send
         unpublished reports; pick up the open episodes."""
-        for promotion in self.serving.at_start(e.record for e in history):
+        serving = [e.record for e in history if isinstance(e.record, ModelPromoted | DeploymentStatusChanged)]
+        for promotion in self.serving.at_start(serving):
             reference = await self._reference(promotion)
             if reference is not None:
                 self._monitor(promotion, reference)
@@ -129,6 +132,27 @@ class Monitoring:
             version=promotion.version,
             monitored_version=self.monitors[promotion.model_name].reference.version,
         )
+
+    async def on_run_outcome(self, record: ModelRejected | TrainingFailed) -> None:
+        """A run's candidate was rejected, or the run failed: if an episode's attempt asked for it,
+        the episode may ask again (see :meth:`Episode.waiting_for_outcome`; a promotion is the
+        outcome too, see :meth:`ModelMonitor.carry`)."""
+        monitor = self.monitors.get(record.model_name)
+        episode = monitor.episode if monitor is not None else None
+        if episode is None:
+            return
+        if isinstance(record, TrainingFailed):
+            ours = record.drift_episode_id == episode.episode_id
+        else:
+            ours = record.correlation_id == episode_correlation_id(episode.episode_id)
+        if ours and episode.awaiting:
+            episode.outcome()
+            log.info(
+                "drift_attempt_outcome",
+                model=record.model_name,
+                episode_id=episode.episode_id,
+                outcome="failed" if isinstance(record, TrainingFailed) else "rejected",
+            )
 
     async def on_deployment_status(self, status: DeploymentStatusChanged) -> None:
         """Deployment reports what it did with a promotion: a champion now serving is monitored; a
@@ -252,7 +276,8 @@ class Monitoring:
         source, value = label.labelled_event_id, str(label.label)
         self.labels.put(source, value)
         for monitor in list(self.monitors.values()):
-            await self._performance(monitor, monitor.add_label(source, value))
+            if source in monitor.predictions:  # only the model that predicted the event joins it
+                await self._performance(monitor, monitor.add_label(source, value))
 
     async def _performance(self, monitor: ModelMonitor, detection: Detection | None) -> None:
         acc = monitor.performance.accuracy

@@ -57,6 +57,11 @@ def change_point(outcomes: Sequence[tuple[int, bool]], margin: int = 10) -> tupl
 
 DETECTED, STILL_DEGRADED, CONSOLIDATION = "detected", "still_degraded", "consolidation"
 EPISODE_OUTCOMES = 5000  # outcomes an episode keeps to re-estimate its onset
+# While the last attempt's run has no outcome yet (promoted, rejected or failed), the episode asks
+# for nothing more, for at most this many retry spacings of labelled outcomes: a run that is slow
+# (a busy host) must not see further requests queue behind it and use up the episode's attempts;
+# an attempt that gets no run at all (held by training's cooldown) must not stop the episode.
+AWAIT_SPACINGS = 4
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Episode:
     consolidated_to: int = 0  # the largest consolidation target asked for so far
     first_examples: int = 0  # labelled outcomes since the onset the first request could train on
     clean_checks: int = 0
+    awaiting: bool = True  # the last attempt's run has not reported an outcome yet (see AWAIT_SPACINGS)
     seen_at: datetime | None = None  # last detection not yet written to the report (last_seen_at)
     written_at: float = -math.inf  # time.monotonic() of the last write of last_seen_at
 
@@ -114,6 +120,15 @@ class Episode:
         if rose and gain > ONSET_MOVE_GAIN and (self.onset_ms is None or at > self.onset_ms):
             return at
         return self.onset_ms
+
+    def outcome(self) -> None:
+        """The last attempt's run reported (its model promoted or rejected, or the run failed)."""
+        self.awaiting = False
+
+    def waiting_for_outcome(self, policy: DriftPolicy) -> bool:
+        """The last attempt's outcome is still awaited, within ``AWAIT_SPACINGS`` spacings."""
+        waited = self.labelled_since_onset - self.labelled_at_attempt
+        return self.awaiting and waited < AWAIT_SPACINGS * self.retry_spacing(policy)
 
     def retry_spacing(self, policy: DriftPolicy) -> int:
         """New labelled outcomes the next retry waits for: ``retry_after_labels``, growing by
@@ -149,8 +164,12 @@ class Episode:
         * consolidation: a model promoted in the episode was trained on few post-drift examples, and
           the labelled outcomes since the onset reached :meth:`consolidation_target`;
         * still_degraded: served performance is still degraded and :meth:`retry_spacing` new labelled
-          outcomes arrived since the last attempt, fewer than ``max_attempts`` made.
+          outcomes arrived since the last attempt, fewer than ``max_attempts`` made;
+
+        none while the last attempt's outcome is awaited (:meth:`waiting_for_outcome`).
         """
+        if self.waiting_for_outcome(policy):
+            return None
         target = self.consolidation_target(policy, max_examples)
         if target is not None and self.labelled_since_onset >= target:
             return Attempt(
@@ -177,6 +196,7 @@ class Episode:
             self.outcomes.extend(kept)
             self.labelled_since_onset = len(kept)
         self.labelled_at_attempt = self.labelled_since_onset
+        self.awaiting = True
         if attempt.reason == CONSOLIDATION:
             self.consolidated_to = max(self.consolidated_to, round(attempt.threshold))
 
@@ -185,6 +205,7 @@ class Episode:
         closes, ``attempts_exhausted``; a later detection opens a new one)."""
         return (
             self.attempts >= policy.max_attempts
+            and not self.waiting_for_outcome(policy)
             and self.labelled_since_onset - self.labelled_at_attempt >= self.retry_spacing(policy)
         )
 

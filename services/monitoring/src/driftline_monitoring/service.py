@@ -7,7 +7,16 @@ from pathlib import Path
 
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.catalog import (
+    DEPLOYMENTS_STATUS,
+    DRIFT_DETECTED,
+    FEATURES_VECTORS,
+    LABELS,
+    MODELS_PROMOTED,
+    MODELS_REJECTED,
+    PREDICTIONS,
+    TRAINING_FAILED,
+)
 from driftline.consumer import Routes
 from driftline.project import project_from_settings
 from driftline.records import FeatureVectorComputed
@@ -77,9 +86,15 @@ async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDe
                 name="monitoring",
                 # What is promoted, and what deployment then serves (a refused promotion changes nothing).
                 # Replayed before the consumer group starts, so early records are not ignored.
-                topics=[MODELS_PROMOTED, DEPLOYMENTS_STATUS],
+                # And what became of the runs an episode asked for (it asks again only then).
+                topics=[MODELS_PROMOTED, DEPLOYMENTS_STATUS, MODELS_REJECTED, TRAINING_FAILED],
                 on_replayed=monitoring.on_replayed,
-                routes={MODELS_PROMOTED: monitoring.on_promoted, DEPLOYMENTS_STATUS: monitoring.on_deployment_status},
+                routes={
+                    MODELS_PROMOTED: monitoring.on_promoted,
+                    DEPLOYMENTS_STATUS: monitoring.on_deployment_status,
+                    MODELS_REJECTED: monitoring.on_run_outcome,
+                    TRAINING_FAILED: monitoring.on_run_outcome,
+                },
             )
         ],
     )

@@ -43,7 +43,7 @@ class Reading:
 
 
 class MachineStream:
-    def __init__(self, seed: int = 1, machines: int = 120, noise: float = 0.03, seconds_apart: float = 2.0) -> None:
+    def __init__(self, seed: int = 1, machines: int = 120, noise: float = 0.03, seconds_apart: float = 10.0) -> None:
         self.rng = np.random.default_rng(seed)
         self.machines = machines
         self.noise = noise
