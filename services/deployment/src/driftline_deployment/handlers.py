@@ -211,23 +211,32 @@ class Scorer:
         if unknown:
             UNSCORED.inc(unknown)
             log.debug("vectors_of_no_project_unscored", count=unknown)
+        # Every champion's input first (a row one cannot score fails the batch before anything is
+        # sent), then one worker-thread call that scores every model's rows: with many projects a
+        # batch spans many models, and a thread hop per model would cost more than its predict.
+        plans: list[tuple[list[FeatureVectorComputed], LoadedModel, NDArray[np.float64]]] = []
         for name, group in by_model.items():
-            await self._score_model(name, group)
+            champion = self.slots.champion(name)
+            if champion is None:
+                UNSCORED.inc(len(group))
+                log.debug("no_model_loaded_vectors_unscored", model=name, count=len(group))
+                continue
+            plans.append((group, champion, to_matrix([v.features for v in group], champion.feature_names)))
+        if not plans:
+            return
+        results = await asyncio.to_thread(lambda: [model.timed_predict(x) for _, model, x in plans])
+        for (group, champion, _), result in zip(plans, results, strict=True):
+            await self._send(group, champion, result)
+        if not self.shadow:
+            return
+        for group, champion, _ in plans:
+            challenger = self.slots.challenger(champion.model_name)
+            if challenger is not None:
+                await self._shadow(group, challenger)
 
-    async def _score_model(self, model_name: str, vectors: Sequence[FeatureVectorComputed]) -> None:
-        champion = self.slots.champion(model_name)
-        if champion is None:
-            UNSCORED.inc(len(vectors))
-            log.debug("no_model_loaded_vectors_unscored", model=model_name, count=len(vectors))
-            return
-        challenger = self.slots.challenger(model_name) if self.shadow else None
-        features = [v.features for v in vectors]
-        x = to_matrix(features, champion.feature_names)  # every row valid before anything is sent
-        await self._send(vectors, champion, await asyncio.to_thread(champion.timed_predict, x))
-        if challenger is None:
-            return
+    async def _shadow(self, vectors: Sequence[FeatureVectorComputed], challenger: LoadedModel) -> None:
         try:
-            shadow_x = to_matrix(features, challenger.feature_names)
+            shadow_x = to_matrix([v.features for v in vectors], challenger.feature_names)
             result = await asyncio.to_thread(challenger.timed_predict, shadow_x)
             if not len(result[0]) == len(result[1]) == len(vectors):
                 raise ValueError(f"{len(result[0])} scores for {len(vectors)} vectors")
