@@ -15,11 +15,19 @@ import httpx
 import pytest
 
 from driftline.artifacts import ArtifactStore
-from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, FEATURES_VECTORS, LABELS, MODELS_PROMOTED, PREDICTIONS
+from driftline.catalog import (
+    DEPLOYMENTS_STATUS,
+    DRIFT_DETECTED,
+    FEATURES_VECTORS,
+    LABELS,
+    MODELS_PROMOTED,
+    MODELS_REJECTED,
+    PREDICTIONS,
+)
 from driftline.events import envelope
 from driftline.producer import EventProducer
 from driftline.project import load_project
-from driftline.records import DeploymentStatusChanged, DriftDetected
+from driftline.records import DeploymentStatusChanged, DriftDetected, ModelRejected
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from tests.support import Namespace, ServiceProcess, TopicReader, eventually
 from tests.unit.deployment import synthetic
@@ -77,7 +85,7 @@ async def world(namespace: Namespace) -> AsyncIterator[World]:
     producer = EventProducer(
         namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "test"
     )
-    await producer.start([MODELS_PROMOTED, FEATURES_VECTORS, PREDICTIONS, LABELS, DEPLOYMENTS_STATUS])
+    await producer.start([MODELS_PROMOTED, FEATURES_VECTORS, PREDICTIONS, LABELS, DEPLOYMENTS_STATUS, MODELS_REJECTED])
     drift = await TopicReader(namespace, [DRIFT_DETECTED]).start()
     yield World(namespace, producer, ArtifactStore.from_settings(namespace.stack), drift)
     await drift.stop()
@@ -235,8 +243,27 @@ async def test_a_label_driven_accuracy_drop_is_detected(world: World) -> None:
         await world.drift.poll(1.0)
         assert world.drift.on(DRIFT_DETECTED) == []
         # Same inputs, new labelling: only the labels tell.
-        await world.send(model(1), *synthetic.generate(1500, seed=302, concept="b"))
+        rows, labels = synthetic.generate(1500, seed=302, concept="b")
+        await world.send(model(1), rows[:600], labels[:600])
         await world.drift.wait_for(lambda evs: len(evs) >= 1, timeout_s=120, what="drift.detected")
+        # The registry rejects the first attempt's candidate (no training runs here): the episode
+        # may ask again, as served accuracy stays down.
+        (first,) = world.drift.on(DRIFT_DETECTED)
+        await world.producer.publish(
+            MODELS_REJECTED,
+            ModelRejected(
+                **envelope("registry", correlation_id=first.record.correlation_id),
+                model_name=MODEL_NAME,
+                version=2,
+                run_id="run-1",
+                reason="not better than the champion",
+                metric="accuracy",
+                candidate_value=0.5,
+                margin=0.0,
+                floor=0.6,
+            ),
+        )
+        await world.send(model(1), rows[600:], labels[600:])
         state = await processed(svc, 2700, 2700)
         asked = state["episode"]["attempts"]  # every one of them is on the topic (stored, then published)
         await world.drift.wait_for(
@@ -254,8 +281,8 @@ async def test_a_label_driven_accuracy_drop_is_detected(world: World) -> None:
         delay = records_after(d.window_end, 1200)
         assert 0 < delay <= 1500
         print(f"\naccuracy drop detected about {delay} labelled predictions after the concept changed ({d.method})")
-        # Nobody retrains here: served accuracy stays down, so the open episode asks again in its
-        # chain as labels arrive, each attempt stored before it is published.
+        # Served accuracy stays down, so once its first candidate was rejected the open episode asks
+        # again in its chain as labels arrive, each attempt stored before it is published.
         attempts: list[DriftDetected] = [e.record for e in further]
         assert attempts and [a.attempt for a in attempts] == list(range(2, len(attempts) + 2))
         assert {(a.episode_id, a.reason, a.correlation_id) for a in attempts} == {
