@@ -4,7 +4,7 @@ For each project count N, on a fresh namespace of the running stack, the six ser
 as real processes; N generated projects (three shapes: windowed sensor features, plain raw fields,
 derived expressions with a count window; each its own event type, payload schema, model) are on
 the projects topic: the first as the services' ``DRIFTLINE_PROJECT_FILE``, the others applied at
-run time with ``driftline.projects.apply_definition`` (what ``driftline projects apply`` calls).
+run time with ``driftline.project_topic.apply_definition`` (what ``driftline projects apply`` calls).
 Each project has its own seeded stream of readings, posted over HTTP with labels 40 readings
 behind, and ``training.initial_training_after`` trains its first model by itself.
 
@@ -51,7 +51,8 @@ import yaml  # noqa: E402
 
 from driftline.catalog import DEPLOYMENTS_STATUS, DRIFT_DETECTED, MODELS_PROMOTED, TRAINING_REQUESTED  # noqa: E402
 from driftline.history import read_topics  # noqa: E402
-from driftline.projects import Definition, apply_definition  # noqa: E402
+from driftline.project_topic import apply_definition  # noqa: E402
+from driftline.projects import Definition  # noqa: E402
 from driftline.settings import LOCAL_API_TOKEN, StackSettings  # noqa: E402
 from driftline_cli.examples.machine_health.stream import MachineStream, Reading  # noqa: E402
 from driftline_sdk import Publisher  # noqa: E402

@@ -15,7 +15,7 @@ import yaml
 
 from driftline.catalog import PROJECTS
 from driftline.history import read_topics
-from driftline.projects import read_book
+from driftline.project_topic import read_book
 from driftline.settings import LOCAL_API_TOKEN, StackSettings
 from tests.integration.test_cli_publish import run_cli
 from tests.support import ROOT, Namespace, ServiceProcess, create_namespace, drop_namespace

@@ -75,7 +75,8 @@ def apply(
 
     The same content again is not a new version; a change that would break the running project
     is refused, with the reasons."""
-    from driftline.projects import ProjectRefused, applied_by_default, apply_definition
+    from driftline.project_topic import applied_by_default, apply_definition
+    from driftline.projects import ProjectRefused
 
     definition = _definition(path)
     try:
@@ -91,7 +92,7 @@ def apply(
 @projects_app.command("diff")
 def diff(path: ProjectFile) -> None:
     """What applying a project file would change (exit 1 when it would be refused)."""
-    from driftline.projects import read_book
+    from driftline.project_topic import read_book
 
     definition = _definition(path)
     book = run(read_book(stack_settings()))
@@ -107,7 +108,7 @@ def diff(path: ProjectFile) -> None:
 @projects_app.command("list")
 def list_projects(json_output: JsonOutput = False) -> None:
     """Every project on this install, with its version, event type and model."""
-    from driftline.projects import read_book
+    from driftline.project_topic import read_book
 
     book = run(read_book(stack_settings()))
     rows = [a.summary() for a in book.values()]
@@ -134,7 +135,7 @@ def list_projects(json_output: JsonOutput = False) -> None:
 @projects_app.command("show")
 def show(name: ProjectName, json_output: JsonOutput = False) -> None:
     """A project's current definition: version, what changed last, and the document itself."""
-    from driftline.projects import read_book
+    from driftline.project_topic import read_book
 
     current = run(read_book(stack_settings())).get(name)
     if current is None:
@@ -177,7 +178,7 @@ def delete(
 
     Its models' versions, stage history and artifacts stay in the registry and the object store;
     applying the file again brings the project back (see docs/projects.md)."""
-    from driftline.projects import applied_by_default, delete_project
+    from driftline.project_topic import applied_by_default, delete_project
 
     if not yes:
         typer.confirm(f"delete project {name!r}?", abort=True)

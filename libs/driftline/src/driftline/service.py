@@ -10,7 +10,7 @@ checks. The library owns the rest, in this order:
 1. start the runtime (registry client and serde, producer, pool + migrations, object store);
 2. ``wire`` the service;
 3. start the followers (every service follows the ``projects`` topic into ``rt.projects``, having
-   applied its ``DRIFTLINE_PROJECT_FILE`` at step 1, see :func:`driftline.projects.apply_at_start`);
+   applied its ``DRIFTLINE_PROJECT_FILE`` at step 1, see :func:`driftline.project_topic.apply_at_start`);
    once every follower has replayed its history (the caught-up gate),
    start the consumer groups and the background loops (an outbox relay, say), so no record is
    handled and nothing is announced before the state it depends on is known;
@@ -41,7 +41,7 @@ from driftline.consumer import BatchHandler, Handler, Routes, dispatch
 from driftline.events import Event
 from driftline.follow import TopicFollower
 from driftline.logging import configure_logging, get_logger
-from driftline.projects import apply_at_start
+from driftline.project_topic import apply_at_start
 from driftline.runtime import Runtime
 from driftline.settings import ServiceSettings
 
