@@ -343,8 +343,14 @@ class Scenario:
         s.accuracy_after_drift, s.n_after = accuracy(ordered[onset:new_from], s.first_version)
         # The retrained model, or a consolidation of it that replaced it meanwhile.
         s.accuracy_new_model, s.n_new = accuracy(ordered[new_from:], s.new_version, or_later=True)
-        just_before = ordered[max(onset, new_from - max(s.n_new, 1)) : new_from]
-        s.accuracy_just_before_new_model, _ = accuracy(just_before, s.first_version)
+        # The old model's last answers after the onset, as many as the new model's: counted by which
+        # version scored them, since the new one may have taken over before phase 5 began.
+        by_old = [
+            it
+            for it in ordered[onset:new_from]
+            if it.event_id in self.predictions and self.predictions[it.event_id][0] == s.first_version
+        ]
+        s.accuracy_just_before_new_model, _ = accuracy(by_old[-max(s.n_new, 1) :], s.first_version)
         if s.detection_index is not None and s.onset_index is not None:
             s.events_to_detection = s.detection_index - s.onset_index
         if self._drift is not None:
