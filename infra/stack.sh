@@ -5,6 +5,8 @@
 #   infra/stack.sh up                 install, then start every component and wait until it answers
 #   infra/stack.sh down               stop every component (no process is left behind)
 #   infra/stack.sh status             one line per component
+#   infra/stack.sh stop COMPONENT     stop one of kafka, apicurio, postgres, minio (an outage)
+#   infra/stack.sh start COMPONENT    start it again and wait until it answers
 #   infra/stack.sh env                print the connection settings (KEY=VALUE) of this stack
 #   infra/stack.sh clean              down, then delete this stack's state (data, logs, ports)
 #
@@ -345,6 +347,25 @@ cmd_down() {
   postgres_down
 }
 
+cmd_stop() { # component
+  case "${1:-}" in
+    kafka | apicurio | minio) stop_daemon "$1" ;;
+    postgres) postgres_down ;;
+    *) die "stop what? one of: kafka apicurio postgres minio" ;;
+  esac
+}
+
+cmd_start() { # component
+  load_ports
+  case "${1:-}" in
+    kafka) kafka_up; wait_until kafka 90 tcp_open "$KAFKA_PORT" ;;
+    apicurio) apicurio_up; wait_until apicurio 120 http_ok "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" ;;
+    minio) minio_up; wait_until minio 60 http_ok "http://127.0.0.1:$MINIO_PORT/minio/health/ready" ;;
+    postgres) postgres_up ;;
+    *) die "start what? one of: kafka apicurio postgres minio" ;;
+  esac
+}
+
 cmd_status() {
   local rc=0 name s
   [ -f "$PORTS_FILE" ] && load_ports
@@ -375,6 +396,8 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  stop) cmd_stop "${2:-}" ;;
+  start) cmd_start "${2:-}" ;;
   env) ensure_ports; write_stack_env; cat "$STATE_DIR/stack.env" ;;
   clean) cmd_clean ;;
   *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;

@@ -146,6 +146,10 @@ async def test_the_registry_promotes_rejects_rolls_back_and_rebuilds_from_the_lo
             assert (await client.post("/v1/models/nope/rollback", headers=AUTH)).status_code == 404
             assert (await client.post(f"/v1/models/{MODEL}/versions/99/promote", headers=AUTH)).status_code == 404
             assert (await client.get(f"/v1/models/{MODEL}/versions/99")).status_code == 404
+            # Past the versions' integer column: refused with a reason, not a server error.
+            r = await client.get(f"/v1/models/{MODEL}/versions/302672845352278142484480")
+            assert r.status_code == 422 and "version" in r.text, r.text
+            assert (await client.get(f"/v1/models/{MODEL}/versions", params={"stage": "x\x00"})).status_code < 500
             assert (await client.post(f"/v1/models/{MODEL}/versions/5/promote", headers=AUTH)).status_code == 409
 
             # Rollback: the previous champion comes back, announced on models.promoted.

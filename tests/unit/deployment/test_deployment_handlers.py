@@ -170,6 +170,33 @@ async def test_startup_falls_back_to_the_previous_champion_when_the_latest_does_
     assert "start-up" in producer.on(DEPLOYMENTS_STATUS)[-1].reason
 
 
+async def test_a_restart_does_not_announce_again_what_this_instance_announced() -> None:
+    store = FakeArtifactStore()
+    promotion = promoted(store, model(1), 1)
+    first = FakeProducer()
+    await deployer(store, first, ModelSlots()).on_replayed(replay([promotion]))
+    statuses = first.on(DEPLOYMENTS_STATUS)
+    assert [(s.version, s.status) for s in statuses] == [(1, "loaded")]
+    history = replay([promotion]) + [event(DEPLOYMENTS_STATUS, s, 10 + i) for i, s in enumerate(statuses)]
+
+    again, slots = FakeProducer(), ModelSlots()
+    restarted = deployer(store, again, slots)
+    await restarted.on_replayed(history)
+    assert slots.champion(MODEL_NAME).version == 1  # type: ignore[union-attr]  # it serves, as before
+    assert not again.on(DEPLOYMENTS_STATUS)
+    assert [s.status for s in restarted.history] == ["loaded"]  # still listed as its recent change
+    # Another instance has not announced it: it does.
+    other = FakeProducer()
+    await Deployer(
+        slots=ModelSlots(),
+        producer=other,  # type: ignore[arg-type]
+        artifacts=lambda bucket: store,  # type: ignore[arg-type,return-value]
+        instance_id="i-2",
+        default_positive_class="approve",
+    ).on_replayed(history)
+    assert [(s.version, s.status, s.instance_id) for s in other.on(DEPLOYMENTS_STATUS)] == [(1, "loaded", "i-2")]
+
+
 def vector_event(row: dict[str, Any], i: int) -> Event[FeatureVectorComputed]:
     return event(FEATURES_VECTORS, FeatureVectorComputed.from_avro(synthetic.vector(row, i)), i)
 
@@ -210,6 +237,10 @@ async def test_vectors_are_not_scored_without_a_model_and_a_bad_vector_is_poison
     assert not producer.on(PREDICTIONS)  # nothing of the failed batch was sent
     with pytest.raises(PoisonRecord, match="age"):
         await scorer.score_one(bad.record)
+    empty = vector_event({}, 2)
+    with pytest.raises(PoisonRecord, match="has no features"):
+        await scorer.score_one(empty.record)
+    assert not producer.on(PREDICTIONS)
 
 
 @pytest.mark.parametrize("action", ["promote", "rollback"])

@@ -19,13 +19,13 @@ def label(value: str, raw_id: str = "raw-1") -> LabelRecorded:
     return LabelRecorded(**envelope("test"), labelled_event_id=raw_id, entity_id="c1", label=value, source="test")
 
 
-def vector(raw_id: str = "raw-1") -> FeatureVectorComputed:
+def vector(raw_id: str = "raw-1", features: dict[str, Any] | None = None) -> FeatureVectorComputed:
     return FeatureVectorComputed(
         **envelope("test"),
         source_event_id=raw_id,
         entity_id="c1",
         feature_set_version=PROJECT.features.version,
-        features={"salary": 1.0},
+        features={"salary": 1.0} if features is None else features,
     )
 
 
@@ -40,6 +40,15 @@ class SavingStore(FakeStore):
 async def test_a_label_outside_the_project_classes_is_a_poison_record() -> None:
     with pytest.raises(PoisonRecord, match="maybe"):
         await handlers(FakeStore()).on_examples([event(LABELS, label("maybe"))])
+
+
+async def test_a_vector_with_no_features_is_a_poison_record_and_nothing_of_its_batch_is_saved() -> None:
+    store = SavingStore()
+    with pytest.raises(PoisonRecord, match="raw-9 has no features"):
+        await handlers(store).on_examples(
+            [event(FEATURES_VECTORS, vector()), event(FEATURES_VECTORS, vector("raw-9", {}))]
+        )
+    assert not store.saved
 
 
 async def test_vectors_and_labels_of_a_batch_are_saved_together() -> None:

@@ -61,6 +61,26 @@ class _MetricsMiddleware:
             children[1].observe(time.perf_counter() - start)
 
 
+class _NulRefusingMiddleware:
+    """Refuses (400) a request whose path or query holds a NUL character: no PostgreSQL text
+    column can hold one, so it would otherwise fail deep in a handler as a server error."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            query: bytes = scope.get("query_string", b"")
+            if "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query:
+                response = JSONResponse(
+                    {"detail": {"error": "invalid_request", "reason": "the path or query holds a NUL character"}},
+                    status_code=400,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     service: str,
     *,
@@ -77,6 +97,7 @@ def create_app(
     """
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
 
+    app.add_middleware(_NulRefusingMiddleware)
     app.add_middleware(_MetricsMiddleware, service=service)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")

@@ -19,6 +19,7 @@ from typing import Any
 from minio import Minio
 from minio.error import S3Error
 
+from driftline import jsonsafe
 from driftline.retry import retry_transient
 
 
@@ -45,7 +46,7 @@ def sha256_hex(data: bytes) -> str:
 def json_bytes(doc: Any) -> bytes:
     """A JSON document as the bytes :meth:`ArtifactStore.put_json` stores (sorted keys), e.g. to
     compute its digest first and store it under a content-addressed key."""
-    return json.dumps(doc, sort_keys=True, default=str).encode()
+    return jsonsafe.dumps(doc, sort_keys=True, default=str).encode()
 
 
 class ArtifactStore:

@@ -198,7 +198,12 @@ class EventProducer:
         return await self.send(EVENTS_DLQ, dlq)
 
     async def ping(self) -> None:
-        """Readiness: the producer can fetch cluster metadata."""
-        await asyncio.wait_for(self._producer.client.force_metadata_update(), timeout=5)
+        """Readiness: a broker answers a metadata request now.
+
+        aiokafka reports a failed refresh by returning False and keeps the last metadata it had, so
+        the cached broker list says nothing about the broker being up: the refresh's result does."""
+        updated = await asyncio.wait_for(self._producer.client.force_metadata_update(), timeout=5)
+        if not updated:
+            raise KafkaConnectionError("no broker answered a metadata request")
         if not self._producer.client.cluster.brokers():
             raise KafkaConnectionError("no broker known")

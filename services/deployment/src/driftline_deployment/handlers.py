@@ -13,12 +13,13 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from driftline.artifacts import ArtifactStore
-from driftline.catalog import DEPLOYMENTS_STATUS, PREDICTIONS
+from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, PREDICTIONS
 from driftline.events import Event, derived_event_id, now_utc
 from driftline.logging import get_logger
 from driftline.producer import EventProducer
@@ -58,11 +59,21 @@ class Deployer:
         self.fallback_depth = fallback_depth
         self.loader: ModelLoader = loader or ThreadLoader()
         self.history: deque[DeploymentStatusChanged] = deque(maxlen=50)  # recent status changes, newest last
+        self.announced: set[str] = set()  # event ids of this instance's records on deployments.status
         self.replayed = False
 
-    async def on_replayed(self, history: Sequence[Event[ModelPromoted]]) -> None:
-        """Start-up: load the latest champion (earlier ones if it fails) and challenger per model."""
-        for model_name, plan in policy.plan_from_history([e.record for e in history]).items():
+    async def on_replayed(self, history: Sequence[Event[Any]]) -> None:
+        """Start-up: load the latest champion (earlier ones if it fails) and challenger per model.
+
+        ``history`` holds models.promoted and deployments.status: what this instance announced
+        before a restart is not announced again (each status's event id derives from the
+        promotion, the instance, the slot and the status), so a restart that loads the same
+        champion adds no second ``loaded``."""
+        for e in history:
+            if e.topic == DEPLOYMENTS_STATUS:
+                self.on_status(e.record)
+        promotions = [e.record for e in history if e.topic == MODELS_PROMOTED]
+        for model_name, plan in policy.plan_from_history(promotions).items():
             serving = None
             candidates = plan.fallbacks(self.fallback_depth)
             for p in candidates:
@@ -79,6 +90,15 @@ class Deployer:
 
     async def on_promoted(self, p: ModelPromoted) -> None:
         await self.apply(p)
+
+    def on_status(self, status: DeploymentStatusChanged) -> None:
+        """A deployments.status record (replayed or live): this instance's are remembered."""
+        if status.instance_id == self.instance_id and status.event_id not in self.announced:
+            self.announced.add(status.event_id)
+            self.history.append(status)
+
+    async def on_status_event(self, status: DeploymentStatusChanged) -> None:
+        self.on_status(status)
 
     async def apply(self, p: ModelPromoted, *, startup: bool = False) -> bool:
         """Carry out one promotion; True when the model now serves in its slot."""
@@ -154,6 +174,10 @@ class Deployer:
             instance_id=self.instance_id,
             load_seconds=a.load_seconds,
         )
+        if record.event_id in self.announced:
+            log.info("status_already_announced", model=p.model_name, version=a.version, slot=a.slot, status=a.status)
+            return
+        self.announced.add(record.event_id)
         self.history.append(record)
         await self.producer.publish(DEPLOYMENTS_STATUS, record)
 
@@ -203,6 +227,8 @@ class Scorer:
         by_model: dict[str, list[FeatureVectorComputed]] = {}
         unknown = 0
         for v in vectors:
+            if not v.features:
+                raise ValueError(f"the vector of event {v.source_event_id} has no features")
             name = self.model_of(v)
             if name is None:
                 unknown += 1

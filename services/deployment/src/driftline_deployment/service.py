@@ -56,9 +56,9 @@ async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDe
         follows=[
             Follow(
                 name="deployment",
-                topics=[MODELS_PROMOTED],
+                topics=[MODELS_PROMOTED, DEPLOYMENTS_STATUS],  # its own announcements: not repeated
                 on_replayed=deployer.on_replayed,
-                routes={MODELS_PROMOTED: deployer.on_promoted},
+                routes={MODELS_PROMOTED: deployer.on_promoted, DEPLOYMENTS_STATUS: deployer.on_status_event},
             )
         ],
         consumes=[

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from driftline import jsonsafe
 from driftline.records import FeatureVectorComputed
 
 COLUMNS = (
@@ -96,7 +97,7 @@ class VectorRow:
             self.entity_id,
             self.feature_set_version,
             self.event_time,
-            json.dumps(self.features),
+            jsonsafe.dumps(self.features),
             self.late,
             self.correlation_id,
             self.source_partition,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from driftline import jsonsafe
 from driftline.events import as_utc, epoch_ms
 from driftline.records import DriftDetected
 
@@ -17,12 +18,12 @@ if TYPE_CHECKING:
 
 
 def _json(doc: Any) -> str:
-    return json.dumps(doc, default=str)
+    return jsonsafe.dumps(doc, default=str)
 
 
 def record_json(record: DriftDetected) -> str:
     """A record as stored in ``drift_reports.record``: its Avro form, timestamps as epoch millis."""
-    return json.dumps(record.to_avro(), default=lambda x: epoch_ms(x) if isinstance(x, datetime) else str(x))
+    return jsonsafe.dumps(record.to_avro(), default=lambda x: epoch_ms(x) if isinstance(x, datetime) else str(x))
 
 
 def record_from_json(doc: dict[str, Any]) -> DriftDetected:

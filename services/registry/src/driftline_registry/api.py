@@ -34,7 +34,8 @@ async def _actor(request: Request, deps: Deps) -> str:
 
 
 Actor = Annotated[str, Depends(_actor)]
-Version = Annotated[int, Path(ge=1, description="Version number (monotonic per model).")]
+MAX_VERSION = 2**31 - 1  # the versions' integer column
+Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Version number (monotonic per model).")]
 
 
 class ActionBody(BaseModel):
@@ -44,7 +45,9 @@ class ActionBody(BaseModel):
 
 
 class RollbackBody(ActionBody):
-    to_version: int | None = Field(None, ge=1, description="Version to bring back (default: the previous champion).")
+    to_version: int | None = Field(
+        None, ge=1, le=MAX_VERSION, description="Version to bring back (default: the previous champion)."
+    )
 
 
 def _not_found(what: str) -> HTTPException:

@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from driftline import jsonsafe
 from driftline.db import row_with_json
 from driftline.events import Event, as_utc, record_of
 from driftline.outbox import record_to_json
@@ -78,7 +79,7 @@ def _version(row: asyncpg.Record) -> dict[str, Any]:
 
 
 def _json_or_null(value: object) -> str | None:
-    return None if value is None else json.dumps(value)
+    return None if value is None else jsonsafe.dumps(value)
 
 
 def _history(row: asyncpg.Record) -> dict[str, Any]:
@@ -238,7 +239,7 @@ class RegistryStore:
             e.artifact_sha256,
             e.metadata_key,
             e.metadata_sha256,
-            json.dumps(e.metrics),
+            jsonsafe.dumps(e.metrics),
             _json_or_null(e.champion_metrics),
             _json_or_null(e.comparison_metrics),
             e.n_comparison,
@@ -246,8 +247,8 @@ class RegistryStore:
             e.dataset_fingerprint,
             e.holdout_fingerprint,
             e.feature_set_version,
-            json.dumps(e.feature_names),
-            json.dumps(e.params),
+            jsonsafe.dumps(e.feature_names),
+            jsonsafe.dumps(e.params),
             e.n_train,
             e.n_holdout,
             e.duration_s,
@@ -298,7 +299,7 @@ class RegistryStore:
             previous_version,
             actor,
             reason,
-            json.dumps(details or {}, default=str),
+            jsonsafe.dumps(details or {}, default=str),
             correlation_id,
             at,
         )

@@ -42,7 +42,7 @@ class TrainingHandlers:
         for e in events:
             record = e.record
             if isinstance(record, FeatureVectorComputed):
-                vectors.append(record)
+                vectors.append(checked_vector(record))
             elif isinstance(record, LabelRecorded):
                 labels.append(self._checked(record))
         await self.store.save_examples(vectors, labels)
@@ -66,6 +66,13 @@ class TrainingHandlers:
 
     async def on_request(self, e: TrainingRequested) -> None:
         await self.runs.handle(e)
+
+
+def checked_vector(vector: FeatureVectorComputed) -> FeatureVectorComputed:
+    """A vector with no features is no example: it goes to the dead-letter topic."""
+    if not vector.features:
+        raise PoisonRecord(f"the feature vector of event {vector.source_event_id} has no features", "empty_features")
+    return vector
 
 
 class ProjectsTraining:
@@ -122,7 +129,7 @@ class ProjectsTraining:
         for e in events:
             record = e.record
             if isinstance(record, FeatureVectorComputed):
-                vectors.append(record)
+                vectors.append(checked_vector(record))
             elif isinstance(record, LabelRecorded):
                 if not isinstance(record.label, str) or record.label not in classes:
                     raise PoisonRecord(

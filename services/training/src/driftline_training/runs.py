@@ -12,7 +12,6 @@ to the consumer to retry, and the run restarts.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from driftline import jsonsafe
 from driftline.artifacts import ArtifactRef, json_bytes, sha256_hex
 from driftline.catalog import MODELS_TRAINED, TRAINING_FAILED
 from driftline.events import as_utc, derived_event_id, envelope, now_utc
@@ -85,7 +85,7 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 
 def _param_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return value if isinstance(value, str) else jsonsafe.dumps(value, sort_keys=True, default=str)
 
 
 @dataclass

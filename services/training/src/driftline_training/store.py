@@ -8,7 +8,6 @@ under its model's lock, a run's outcome stored with the event that announces it)
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any, cast
 
 import asyncpg
 
-from driftline import outbox
+from driftline import jsonsafe, outbox
 from driftline.db import row_with_json
 from driftline.records import (
     FeatureVectorComputed,
@@ -92,8 +91,7 @@ def _trigger(row: asyncpg.Record) -> Trigger:
 
 def _json_features(features: Mapping[str, Any]) -> str:
     """NaN/inf are not JSON: stored as missing."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in features.items()}
-    return json.dumps(clean, allow_nan=False)
+    return jsonsafe.dumps(features)
 
 
 class TrainingStore:
@@ -265,7 +263,7 @@ class TrainingStore:
             trigger_of(request),
             request.drift_episode_id,
             request.correlation_id,
-            json.dumps(request.parameters),
+            jsonsafe.dumps(request.parameters),
         )
         return int(attempts or 0)
 
@@ -287,7 +285,7 @@ class TrainingStore:
             champion.artifact_bucket,
             champion.artifact_key,
             champion.artifact_sha256,
-            json.dumps(list(champion.feature_names)),
+            jsonsafe.dumps(list(champion.feature_names)),
             promoted_event_id,
             action,
             champion.metadata_key,
@@ -488,7 +486,7 @@ class TrainingTransaction:
             values |= {"status": "failed", "error_type": outcome.error_type, "error_reason": outcome.reason}
         for col in _JSON_COLUMNS:
             if values.get(col) is not None:
-                values[col] = json.dumps(values[col], allow_nan=False)
+                values[col] = jsonsafe.dumps(values[col])
         assignments = ", ".join(
             f"{col} = ${i}{'::jsonb' if col in _JSON_COLUMNS else ''}" for i, col in enumerate(values, start=2)
         )
