@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from driftline.artifacts import ArtifactStore
-from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, PREDICTIONS
+from driftline.catalog import DEPLOYMENTS_STATUS, PREDICTIONS
 from driftline.events import Event, derived_event_id, now_utc
 from driftline.logging import get_logger
 from driftline.producer import EventProducer
@@ -69,10 +69,12 @@ class Deployer:
         before a restart is not announced again (each status's event id derives from the
         promotion, the instance, the slot and the status), so a restart that loads the same
         champion adds no second ``loaded``."""
+        promotions: list[ModelPromoted] = []
         for e in history:
-            if e.topic == DEPLOYMENTS_STATUS:
+            if isinstance(e.record, DeploymentStatusChanged):
                 self.on_status(e.record)
-        promotions = [e.record for e in history if e.topic == MODELS_PROMOTED]
+            elif isinstance(e.record, ModelPromoted):
+                promotions.append(e.record)
         for model_name, plan in policy.plan_from_history(promotions).items():
             serving = None
             candidates = plan.fallbacks(self.fallback_depth)
