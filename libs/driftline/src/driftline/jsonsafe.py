@@ -18,7 +18,7 @@ from typing import Any
 
 def finite(value: Any) -> Any:
     """``value`` with every non-finite float in it (at any depth) replaced by ``None``."""
-    if isinstance(value, float | numbers.Real) and not isinstance(value, numbers.Integral):
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
         return {k: finite(v) for k, v in value.items()}

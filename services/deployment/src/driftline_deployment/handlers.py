@@ -72,7 +72,7 @@ class Deployer:
         promotions: list[ModelPromoted] = []
         for e in history:
             if isinstance(e.record, DeploymentStatusChanged):
-                self.on_status(e.record)
+                await self.on_status(e.record)
             elif isinstance(e.record, ModelPromoted):
                 promotions.append(e.record)
         for model_name, plan in policy.plan_from_history(promotions).items():
@@ -93,14 +93,11 @@ class Deployer:
     async def on_promoted(self, p: ModelPromoted) -> None:
         await self.apply(p)
 
-    def on_status(self, status: DeploymentStatusChanged) -> None:
+    async def on_status(self, status: DeploymentStatusChanged) -> None:
         """A deployments.status record (replayed or live): this instance's are remembered."""
         if status.instance_id == self.instance_id and status.event_id not in self.announced:
             self.announced.add(status.event_id)
             self.history.append(status)
-
-    async def on_status_event(self, status: DeploymentStatusChanged) -> None:
-        self.on_status(status)
 
     async def apply(self, p: ModelPromoted, *, startup: bool = False) -> bool:
         """Carry out one promotion; True when the model now serves in its slot."""

@@ -58,7 +58,7 @@ async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDe
                 name="deployment",
                 topics=[MODELS_PROMOTED, DEPLOYMENTS_STATUS],  # its own announcements: not repeated
                 on_replayed=deployer.on_replayed,
-                routes={MODELS_PROMOTED: deployer.on_promoted, DEPLOYMENTS_STATUS: deployer.on_status_event},
+                routes={MODELS_PROMOTED: deployer.on_promoted, DEPLOYMENTS_STATUS: deployer.on_status},
             )
         ],
         consumes=[
