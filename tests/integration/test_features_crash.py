@@ -196,11 +196,11 @@ async def read_latest(namespace: Namespace, topic: str) -> dict[tuple[int, bytes
         await consumer.stop()
 
 
-async def test_progress_behind_the_committed_offsets_is_caught_up_by_seeking_back(namespace: Namespace) -> None:
+async def test_progress_behind_the_committed_offsets_is_caught_up_by_reading_the_hole(namespace: Namespace) -> None:
     """What a worker killed between an offset commit and its changelog write leaves behind: the
     consumer group's committed offsets ahead of the worker's own record of durable progress.
-    The next worker must seek back and refill the hole even when every record after it is
-    already in the log (so nothing new arrives to prompt it), with the same values."""
+    The next worker must read the hole from the log and refill it even when every record after it
+    is already in the log (so nothing new arrives to prompt it), with the same values."""
     events = stream_of_events(seed=5)[:600]
     expected, _ = uninterrupted_run(events)
     half = 300
@@ -263,7 +263,12 @@ async def test_progress_behind_the_committed_offsets_is_caught_up_by_seeking_bac
             assert r["late"] == expected[r["source_event_id"]]["late"]
         async with httpx.AsyncClient() as http:
             metrics_text = (await http.get(f"{second.url}/metrics")).text
-        assert re.search(r"^driftline_features_offset_seeks_total [1-9]", metrics_text, re.M), "no seek back?"
+        assert re.search(r"^driftline_features_offset_holes_total [1-9]", metrics_text, re.M), "no hole read?"
+        hole_records = re.search(r"^driftline_features_offset_hole_records_total (\S+)", metrics_text, re.M)
+        in_holes = sum(1 for e in raw.events if resume[e.partition] <= e.offset) - len(events[half:])
+        assert hole_records is not None and 0 < float(hole_records.group(1)) <= in_holes, (
+            "the hole's records are read from the log, each once"
+        )
         assert re.search(r"^driftline_features_offset_gaps_total 0", metrics_text, re.M), "a hole was skipped"
     finally:
         await conn.close()

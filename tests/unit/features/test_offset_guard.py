@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from driftline_features.handlers import SourceRecord
-from driftline_features.offset_guard import OffsetGuard
+from driftline_features.offset_guard import Hole, OffsetGuard
 
 
 class Offsets:
@@ -28,61 +28,59 @@ def offsets_of(records: list[SourceRecord]) -> list[tuple[int, int]]:
 def test_in_order_records_pass_and_progress_is_remembered() -> None:
     offsets = Offsets(p0=10)
     guard = OffsetGuard(offsets)
-    admitted, seeks = guard.admit([*recs(0, 10, 11, 12), *recs(1, 0, 1)], now=0)
-    assert offsets_of(admitted) == [(0, 10), (0, 11), (0, 12), (1, 0), (1, 1)] and seeks == {}
+    batch = [*recs(0, 10, 11, 12), *recs(1, 0, 1)]
+    assert guard.holes(batch) == []
+    admitted = guard.admit(batch)
+    assert offsets_of(admitted) == [(0, 10), (0, 11), (0, 12), (1, 0), (1, 1)]
     guard.done(admitted)
     assert offsets.next == {0: 13, 1: 2}
 
 
 def test_replays_of_durable_work_are_ignored() -> None:
     guard = OffsetGuard(Offsets(p0=12))
-    admitted, seeks = guard.admit(recs(0, 10, 11, 12, 13), now=0)
-    assert offsets_of(admitted) == [(0, 12), (0, 13)] and seeks == {}
+    batch = recs(0, 10, 11, 12, 13)
+    assert guard.holes(batch) == []
+    assert offsets_of(guard.admit(batch)) == [(0, 12), (0, 13)]
 
 
-def test_a_hole_seeks_back_and_nothing_after_it_passes_until_it_is_filled() -> None:
+def test_holes_before_and_between_delivered_records_are_named_per_partition() -> None:
+    guard = OffsetGuard(Offsets(p0=144, p1=5))
+    batch = [*recs(0, 149, 150, 155), *recs(1, 5, 6), *recs(2, 40)]
+    assert guard.holes(batch) == [Hole(0, 144, 149), Hole(0, 151, 155)]
+
+
+def test_records_read_for_a_hole_are_admitted_in_offset_order_with_the_batch() -> None:
     offsets = Offsets(p0=144)
     guard = OffsetGuard(offsets)
-    admitted, seeks = guard.admit([*recs(0, 149, 150), *recs(1, 5)], now=0)
-    assert offsets_of(admitted) == [(1, 5)] and seeks == {0: 144}
-    admitted, seeks = guard.admit(recs(0, 151, 152), now=1)  # fetched before the seek
-    assert admitted == [] and seeks == {}
-    admitted, seeks = guard.admit(recs(0, 144, 145, 146), now=2)
-    assert offsets_of(admitted) == [(0, 144), (0, 145), (0, 146)] and seeks == {}
+    batch = [*recs(0, 149, 150, 155), *recs(1, 5)]
+    filled = [*recs(0, 144, 145, 146, 147, 148), *recs(0, 151, 152, 153, 154)]
+    admitted = guard.admit(batch + filled)
+    assert offsets_of(admitted) == [(0, o) for o in range(144, 156)] + [(1, 5)]
     guard.done(admitted)
-    assert offsets.get(0) == 147
+    assert offsets.get(0) == 156
+    assert guard.holes(recs(0, 156, 157)) == []  # the next batch goes on from there
 
 
-def test_a_hole_that_stays_is_accepted_after_a_few_seeks() -> None:
-    guard = OffsetGuard(Offsets(p0=100), reseek_after_s=5, max_attempts=3)
-    assert guard.admit(recs(0, 120), now=0) == ([], {0: 100})
-    assert guard.admit(recs(0, 120), now=6) == ([], {0: 100})
-    assert guard.admit(recs(0, 120), now=12) == ([], {0: 100})
-    admitted, seeks = guard.admit(recs(0, 120, 121), now=18)
-    assert offsets_of(admitted) == [(0, 120), (0, 121)] and seeks == {}
-
-
-def test_a_new_assignment_forgets_pending_seeks() -> None:
+def test_a_hole_the_log_no_longer_holds_is_accepted_once() -> None:
     guard = OffsetGuard(Offsets(p0=100))
-    guard.admit(recs(0, 120), now=0)
+    batch = recs(0, 120, 121)
+    assert guard.holes(batch) == [Hole(0, 100, 120)]
+    # retention deleted 100..109: reading the hole returns only what is left
+    admitted = guard.admit(batch + recs(0, *range(110, 120)))
+    assert offsets_of(admitted) == [(0, o) for o in range(110, 122)]
+    assert guard.holes(recs(0, 122)) == []
+
+
+def test_a_new_assignment_starts_again_from_the_durable_progress() -> None:
+    offsets = Offsets(p0=100)
+    guard = OffsetGuard(offsets)
+    guard.admit(recs(0, 100, 101))  # admitted, but never made durable
     guard.reset()
-    admitted, _ = guard.admit(recs(0, 100), now=1)
-    assert offsets_of(admitted) == [(0, 100)]
+    assert offsets_of(guard.admit(recs(0, 100))) == [(0, 100)]
 
 
 def test_an_unknown_partition_starts_wherever_the_consumer_starts() -> None:
-    admitted, seeks = OffsetGuard(Offsets()).admit(recs(2, 40, 41), now=0)
-    assert offsets_of(admitted) == [(2, 40), (2, 41)] and seeks == {}
-
-
-def test_a_seek_is_repeated_on_time_even_when_no_record_arrives() -> None:
-    guard = OffsetGuard(Offsets(p0=100), reseek_after_s=5, max_attempts=3)
-    assert guard.admit(recs(0, 130), now=0) == ([], {0: 100})
-    assert guard.due_reseeks(now=4) == {}  # records fetched before the seek may still come
-    assert guard.due_reseeks(now=5) == {0: 100}
-    assert guard.due_reseeks(now=7) == {}
-    assert guard.due_reseeks(now=10) == {0: 100}
-    assert guard.due_reseeks(now=20) == {}  # attempts used up: the next record decides
-    admitted, _ = guard.admit(recs(0, 100, 101), now=21)
-    assert offsets_of(admitted) == [(0, 100), (0, 101)]
-    assert guard.due_reseeks(now=40) == {}
+    guard = OffsetGuard(Offsets())
+    batch = recs(2, 40, 41)
+    assert guard.holes(batch) == []
+    assert offsets_of(guard.admit(batch)) == [(2, 40), (2, 41)]

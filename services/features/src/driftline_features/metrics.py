@@ -35,11 +35,14 @@ FUNCTION_ERRORS = Counter(
     "driftline_features_function_errors_total", "Derived-feature functions that raised (value None)", ["feature"]
 )
 
-OFFSET_SEEKS = Counter(
-    "driftline_features_offset_seeks_total", "Holes in the delivered offsets: partition sought back to refill them"
+OFFSET_HOLES = Counter(
+    "driftline_features_offset_holes_total", "Holes in the delivered offsets, read straight from the log to fill them"
+)
+OFFSET_HOLE_RECORDS = Counter(
+    "driftline_features_offset_hole_records_total", "Records read from the log to fill holes in the delivered offsets"
 )
 OFFSET_GAPS = Counter(
-    "driftline_features_offset_gaps_total", "Holes accepted after repeated seeks (records absent from the log)"
+    "driftline_features_offset_gaps_total", "Gaps accepted because the records are absent from the log (retention)"
 )
 
 _WINDOW_S = 10.0

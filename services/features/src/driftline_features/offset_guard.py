@@ -1,6 +1,6 @@
 """The offset guard: which records of events.raw the stream may process, strictly in offset
 order per partition, whatever faust's consumer delivers (a pure decision on the remembered
-progress; the stream makes the seeks it asks for)."""
+progress; the stream reads the holes it names straight from the log)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ class PartitionOffsets(Protocol):
     def put(self, partition: int, next_offset: int) -> None: ...
 
 
-@dataclass
-class _Seeking:
-    target: int
-    since: float
-    attempts: int = 1
+@dataclass(frozen=True)
+class Hole:
+    """Offsets ``start`` (inclusive) to ``end`` (exclusive) of a partition that were not delivered."""
+
+    partition: int
+    start: int
+    end: int
 
 
 class OffsetGuard:
@@ -38,79 +40,56 @@ class OffsetGuard:
     acknowledges records of a stale generation and treats offsets it did not deliver as gaps in
     the log), so its committed offsets alone cannot be trusted. The guard remembers, in a
     changelogged table, the next offset to process per partition. A record below it is a replay
-    of durable work and is ignored; a record above it means records were skipped: the partition
-    is sought back and nothing after the hole is processed until the hole is filled. A hole that
-    stays (records really absent from the log, e.g. deleted by retention) is accepted after a few
-    seeks, and logged.
+    of durable work and is ignored. Offsets between it and a delivered record are a hole:
+    :meth:`holes` names them, the stream reads them straight from the log (not through faust's
+    consumer, whose read position a seek cannot reliably move back) and passes them to
+    :meth:`admit` together with the batch. Offsets still missing then are really absent from the
+    log (deleted by retention): the gap is accepted, and counted.
     """
 
-    def __init__(self, offsets: PartitionOffsets, *, reseek_after_s: float = 5.0, max_attempts: int = 3) -> None:
+    def __init__(self, offsets: PartitionOffsets) -> None:
         self.offsets = offsets
-        self.reseek_after_s = reseek_after_s
-        self.max_attempts = max_attempts
-        self._seeking: dict[int, _Seeking] = {}
         # Next offset to admit: ahead of the table while admitted batches are not yet durable.
         self._next: dict[int, int | None] = {}
 
     def reset(self) -> None:
-        """A new assignment: the consumer was sought to the committed offsets anyway."""
-        self._seeking.clear()
+        """A new assignment: start again from the durable progress."""
         self._next.clear()
 
-    def admit(self, records: Sequence[SourceRecord], now: float) -> tuple[list[SourceRecord], dict[int, int]]:
-        """Records to process (in order), and the seeks to make (partition → offset)."""
-        admitted: list[SourceRecord] = []
-        seeks: dict[int, int] = {}
-        expected = self._next
-        for rec in records:
+    def _expected(self, partition: int) -> int | None:
+        if partition not in self._next:
+            self._next[partition] = self.offsets.get(partition)
+        return self._next[partition]
+
+    def holes(self, records: Sequence[SourceRecord]) -> list[Hole]:
+        """The offsets missing before (or between) the delivered records, per partition."""
+        found: list[Hole] = []
+        expected: dict[int, int | None] = {}
+        for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
             p, o = rec.partition, rec.offset
-            if p not in expected:
-                expected[p] = self.offsets.get(p)
-            seeking = self._seeking.get(p)
-            if seeking is not None:
-                if o == seeking.target:
-                    del self._seeking[p]
-                elif o < seeking.target:
-                    continue
-                elif now - seeking.since < self.reseek_after_s:
-                    continue  # records fetched before the seek, still in the buffers
-                elif seeking.attempts < self.max_attempts:
-                    seeks[p] = self._reseek(p, seeking, now)
-                    continue
-                else:
-                    del self._seeking[p]
-                    metrics.OFFSET_GAPS.inc()
-                    log.warning("offset_gap_accepted", partition=p, missing_from=seeking.target, missing_to=o - 1)
-            else:
-                nxt = expected[p]
-                if nxt is not None and o < nxt:
-                    continue  # already durable: a replay
-                if nxt is not None and o > nxt:
-                    self._seeking[p] = _Seeking(nxt, now)
-                    seeks[p] = nxt
-                    metrics.OFFSET_SEEKS.inc()
-                    log.warning("offset_hole_seeking_back", partition=p, expected=nxt, got=o)
-                    continue
-            admitted.append(rec)
+            nxt = expected[p] if p in expected else self._expected(p)
+            if nxt is not None and o < nxt:
+                continue
+            if nxt is not None and o > nxt:
+                found.append(Hole(p, nxt, o))
             expected[p] = o + 1
-        return admitted, seeks
+        return found
 
-    def due_reseeks(self, now: float) -> dict[int, int]:
-        """Seeks to repeat now, whether or not records arrive: a seek can be undone by the
-        consumer's fetch loop (records it had fetched before the seek move its read position past
-        the target again, and then it drops the re-fetched ones), and with no new records after
-        the hole nothing else would notice."""
-        return {
-            p: self._reseek(p, seeking, now)
-            for p, seeking in list(self._seeking.items())
-            if now - seeking.since >= self.reseek_after_s and seeking.attempts < self.max_attempts
-        }
-
-    def _reseek(self, partition: int, seeking: _Seeking, now: float) -> int:
-        seeking.attempts += 1
-        seeking.since = now
-        log.warning("offset_hole_seeking_again", partition=partition, target=seeking.target, attempt=seeking.attempts)
-        return seeking.target
+    def admit(self, records: Sequence[SourceRecord]) -> list[SourceRecord]:
+        """The records to process, in offset order per partition: replays of durable work are
+        dropped, and a gap still left (records absent from the log) is accepted and counted."""
+        admitted: list[SourceRecord] = []
+        for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
+            p, o = rec.partition, rec.offset
+            nxt = self._expected(p)
+            if nxt is not None and o < nxt:
+                continue  # already durable (or admitted): a replay
+            if nxt is not None and o > nxt:
+                metrics.OFFSET_GAPS.inc()
+                log.warning("offset_gap_accepted", partition=p, missing_from=nxt, missing_to=o - 1)
+            admitted.append(rec)
+            self._next[p] = o + 1
+        return admitted
 
     def done(self, records: Sequence[SourceRecord]) -> None:
         """The records' effects are durable: remember where each partition continues."""

@@ -22,23 +22,23 @@ import signal
 import tempfile
 import time
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.contrib.asgi import faust_app_running
-from faust.types import TP
 
 from driftline.catalog import EVENTS_RAW
 from driftline.logging import get_logger
-from driftline.retry import retry_transient
+from driftline.retry import TransientError, retry_transient
 from driftline.settings import StackSettings
 from driftline_features import metrics
 from driftline_features.config import NAME, FeaturesSettings
 from driftline_features.handlers import FeatureProcessor, SourceRecord
-from driftline_features.offset_guard import OffsetGuard
+from driftline_features.offset_guard import Hole, OffsetGuard
 
 log = get_logger(__name__)
 
@@ -101,6 +101,81 @@ class TableOffsets:
     def put(self, partition: int, next_offset: int) -> None:
         self.table.data[str(partition)] = next_offset
         self.writes.add(self.table.send_changelog(partition, str(partition), next_offset))
+
+
+class HoleReader:
+    """Reads offsets of events.raw that faust's consumer did not deliver, straight from the log.
+
+    A plain consumer of its own (no group, committed transactions only, assigned the partitions
+    it reads): unlike a seek of faust's consumer, whose fetcher drops re-fetched records below
+    its read position, it returns every record in the range that the log still holds."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, *, max_wait_s: float = 30.0) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.max_wait_s = max_wait_s
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                client_id=f"driftline-{NAME}-holes",
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def read(self, holes: Sequence[Hole], *, stopping: Callable[[], bool]) -> list[SourceRecord]:
+        """Every record of the holes still in the log (retrying outages until ``stopping``)."""
+        records: list[SourceRecord] = await retry_transient(
+            lambda: self._read(holes), what="read offset holes", stopping=stopping
+        )
+        metrics.OFFSET_HOLES.inc(len(holes))
+        metrics.OFFSET_HOLE_RECORDS.inc(len(records))
+        log.warning(
+            "offset_holes_read",
+            holes=[(h.partition, h.start, h.end) for h in holes][:10],
+            records=len(records),
+        )
+        return records
+
+    async def _read(self, holes: Sequence[Hole]) -> list[SourceRecord]:
+        consumer = await self._started()
+        tps = {h.partition: TopicPartition(self.topic, h.partition) for h in holes}
+        consumer.assign(list(tps.values()))
+        out: list[SourceRecord] = []
+        for hole in holes:
+            tp = tps[hole.partition]
+            consumer.seek(tp, hole.start)
+            deadline = time.monotonic() + self.max_wait_s
+            while await consumer.position(tp) < hole.end:
+                if time.monotonic() > deadline:
+                    raise TransientError(f"offsets {hole.start}..{hole.end - 1} of {tp} not readable")
+                fetched = await consumer.getmany(tp, timeout_ms=500)
+                for rec in fetched.get(tp, []):
+                    if hole.start <= rec.offset < hole.end:
+                        out.append(
+                            SourceRecord(
+                                topic=rec.topic,
+                                partition=rec.partition,
+                                offset=rec.offset,
+                                key=rec.key,
+                                value=rec.value,
+                                timestamp_ms=rec.timestamp,
+                            )
+                        )
+        return out
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            with contextlib.suppress(Exception):
+                await consumer.stop()
 
 
 class StreamControl:
@@ -177,16 +252,7 @@ def build_stream(
     states = TableStates(app.Table(STATE_TABLE, default=None, partitions=partitions), writes)
     guard = OffsetGuard(TableOffsets(app.Table(OFFSETS_TABLE, default=None, partitions=partitions), writes))
     generation: list[int | None] = [None]
-
-    async def seek(seeks: Mapping[int, int]) -> None:
-        if seeks:
-            # On the consumer's own thread (a seek from this loop can race its fetcher).
-            await app.consumer.seek_wait({TP(source.get_topic_name(), p): o for p, o in seeks.items()})
-
-    async def repeat_due_seeks() -> None:
-        await seek(guard.due_reseeks(time.monotonic()))
-
-    app.timer(interval=1.0)(repeat_due_seeks)
+    holes = HoleReader(stack.kafka_bootstrap_servers, source.get_topic_name())
 
     # faust.Stream; typed Any because noack_take yields events while its annotation says values.
     async def compute_vectors(stream: Any) -> None:
@@ -203,9 +269,12 @@ def build_stream(
                         generation[0] = current_generation
                         guard.reset()
                     current = [ev for ev in events if ev.message.generation_id == current_generation]
-                    admitted, seeks = guard.admit([_source_record(ev) for ev in current], time.monotonic())
-                    await seek(seeks)
+                    records = [_source_record(ev) for ev in current]
                     try:
+                        missing = guard.holes(records)
+                        if missing:
+                            records += await holes.read(missing, stopping=lambda: control.stopping)
+                        admitted = guard.admit(records)
                         if admitted:
                             await processor.handle(admitted, states)
                         # Durable now (vectors acknowledged, online store written): remember
@@ -217,7 +286,7 @@ def build_stream(
                         # Stopping in the middle of an outage, or a changelog write that failed:
                         # nothing of the batch is acknowledged; whoever owns the partitions next
                         # (this worker after a restart) recovers from the changelog and the guard.
-                        log.warning("batch_abandoned", error=repr(exc)[:300], size=len(admitted))
+                        log.warning("batch_abandoned", error=repr(exc)[:300], size=len(records))
                         break
                     for ev in current:
                         await stream.ack(ev)
@@ -227,6 +296,7 @@ def build_stream(
                     control.idle.set()
         finally:
             control.finished = True
+            await holes.close()
             if not control.stopping:
                 # The agent gave up (a changelog write failed): end the process, so that the
                 # process manager restarts it and the restart recovers from the changelog.
