@@ -52,3 +52,63 @@ async def test_a_replayed_undecodable_record_is_skipped_without_a_dead_letter() 
     )  # fmt: skip
     assert await follower._decode(record(), live=False) is None
     assert producer.dead == []
+
+
+def follower_with(producer: FakeProducer, on_event: Any) -> TopicFollower:
+    async def nothing(*_: Any) -> None:
+        return None
+
+    follower = TopicFollower(
+        name="unit", topics=["models.promoted"], bootstrap_servers="127.0.0.1:1",
+        serde=JsonSerde(topic_prefix="t."), producer=producer, on_replayed=nothing, on_event=on_event,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return follower
+
+
+def an_event() -> Any:
+    from driftline.events import Event
+
+    value = {"event_id": "e1", "correlation_id": "c1"}
+    return Event("models.promoted", 0, 42, b"m", value, b"\x07bytes", 1, 0, record="a typed record")
+
+
+async def test_a_live_record_the_handler_keeps_failing_on_goes_to_the_dlq_and_following_goes_on() -> None:
+    producer = FakeProducer()
+    calls: list[int] = []
+
+    async def broken(_: Any) -> None:
+        calls.append(1)
+        raise ValueError("cannot apply this promotion")
+
+    await follower_with(producer, broken)._handle_live(record(), an_event())
+    assert len(calls) == 3, "a failing record is tried max_attempts times, not forever"
+    assert [d["error_type"] for d in producer.dead] == ["handler_error"]
+    assert producer.dead[0]["original"] == b"\x07garbage" and producer.dead[0]["attempts"] == 3
+
+
+async def test_an_outage_is_retried_without_counting_against_the_record() -> None:
+    producer = FakeProducer()
+    calls: list[int] = []
+
+    async def flaky(_: Any) -> None:
+        calls.append(1)
+        if len(calls) <= 4:
+            raise ConnectionError("database down")
+
+    await follower_with(producer, flaky)._handle_live(record(), an_event())
+    assert len(calls) == 5 and producer.dead == [], "an outage skipped the record or dead-lettered it"
+
+
+async def test_a_refused_record_is_dead_lettered_at_once_with_its_reason() -> None:
+    from driftline.retry import PoisonRecord
+
+    producer = FakeProducer()
+    calls: list[int] = []
+
+    async def refuse(_: Any) -> None:
+        calls.append(1)
+        raise PoisonRecord("model file missing", "artifact_missing")
+
+    await follower_with(producer, refuse)._handle_live(record(), an_event())
+    assert len(calls) == 1
+    assert [(d["error_type"], d["reason"]) for d in producer.dead] == [("artifact_missing", "model file missing")]

@@ -9,7 +9,10 @@ rather than every model ever promoted), then calls ``on_event`` for every later 
 is committed: a restart replays again.
 
 A record that cannot be decoded is logged and skipped during the replay, and dead-lettered when
-it arrives live (dead-lettering it at every replay would duplicate it in the DLQ).
+it arrives live (dead-lettering it at every replay would duplicate it in the DLQ). A live record
+the handler refuses (:class:`~driftline.retry.PoisonRecord`), or fails on ``max_attempts`` times
+in a row with an error that is not an outage, is dead-lettered (``handler_error``) and the
+follower goes on; an outage is retried until it ends and never skips a record.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from driftline.events import Event
 from driftline.kafka import partitions_of
 from driftline.logging import bind_event, get_logger
 from driftline.producer import EventProducer
-from driftline.retry import retry_transient
+from driftline.retry import Backoff, PoisonRecord, retry_transient
 from driftline.serde import AvroSerde, DecodeError
 
 log = get_logger(__name__)
@@ -43,7 +46,9 @@ class TopicFollower(TopicConsumer):
         on_replayed: Callable[[list[Event[Any]]], Awaitable[None]],
         on_event: Callable[[Event[Any]], Awaitable[None]],
         poll_timeout_ms: int = 500,
+        max_attempts: int = 3,
     ) -> None:
+        self.max_attempts = max_attempts
         super().__init__(
             topics=topics,
             bootstrap_servers=bootstrap_servers,
@@ -78,21 +83,54 @@ class TopicFollower(TopicConsumer):
             reason = str(exc)
             log.warning("undecodable_record_skipped", topic=rec.topic, offset=rec.offset, error=reason, live=live)
             if live:
-
-                async def dead_letter() -> None:
-                    # A follower has no offsets to hold back, so it waits for the DLQ's
-                    # acknowledgement itself (undecodable records are rare).
-                    delivered = await self.producer.dead_letter(
-                        source=f"follower:{self.name}",
-                        reason=reason,
-                        error_type="decode_error",
-                        original=rec.value or b"",
-                        record=rec,
-                    )
-                    await delivered
-
-                await retry_transient(dead_letter, what="dead letter", stopping=self._stopping.is_set)
+                await self._dead_letter(rec, reason, "decode_error")
             return None
+
+    async def _dead_letter(
+        self, rec: ConsumerRecord[bytes, bytes], reason: str, error_type: str, attempts: int = 1
+    ) -> None:
+        async def send() -> None:
+            # A follower has no offsets to hold back, so it waits for the DLQ's acknowledgement
+            # itself (such records are rare).
+            delivered = await self.producer.dead_letter(
+                source=f"follower:{self.name}",
+                reason=reason,
+                error_type=error_type,
+                original=rec.value or b"",
+                record=rec,
+                attempts=attempts,
+            )
+            await delivered
+
+        await retry_transient(send, what="dead letter", stopping=self._stopping.is_set)
+
+    async def _handle_live(self, rec: ConsumerRecord[bytes, bytes], event: Event[Any]) -> None:
+        """Hand a live record to ``on_event``: outages are retried until they end (or until
+        stopping), a record the handler refuses (:class:`PoisonRecord`) or fails on
+        ``max_attempts`` times goes to the DLQ, and the follower goes on with the next."""
+        bind_event(topic=event.topic, event_id=event.event_id, correlation_id=event.correlation_id)
+        backoff = Backoff()
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await retry_transient(
+                    lambda: self.on_event(event), what=f"{self.name} follower handler", stopping=self._stopping.is_set
+                )
+                return
+            except PoisonRecord as exc:
+                log.warning("follower_record_refused", follower=self.name, reason=exc.reason[:300])
+                await self._dead_letter(rec, exc.reason, exc.error_type, attempt)
+                return
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return  # not followed further; a restart replays the topic
+                if attempt == self.max_attempts:
+                    log.error("follower_handler_failed_dead_lettering", follower=self.name, error=repr(exc)[:500])
+                    await self._dead_letter(rec, f"handler error: {exc!r}"[:2000], "handler_error", attempt)
+                    return
+                log.warning(
+                    "follower_handler_failed_retrying", follower=self.name, error=repr(exc)[:300], attempt=attempt
+                )
+                await asyncio.sleep(backoff.next_delay())
 
     async def run(self) -> None:
         await retry_transient(self._consumer.start, what=f"{self.name} follower start")
@@ -128,14 +166,6 @@ class TopicFollower(TopicConsumer):
                         event = await self._decode(rec, live=True)
                         if event is None:
                             continue
-                        bind_event(topic=event.topic, event_id=event.event_id, correlation_id=event.correlation_id)
-                        try:
-                            await retry_transient(
-                                lambda event=event: self.on_event(event),  # type: ignore[misc]
-                                what=f"{self.name} follower handler",
-                                stopping=self._stopping.is_set,
-                            )
-                        except Exception as exc:  # the handler reports its own failures; never stop following
-                            log.error("follower_handler_failed", follower=self.name, error=repr(exc)[:500])
+                        await self._handle_live(rec, event)
         finally:
             await self._consumer.stop()
