@@ -87,3 +87,14 @@ def test_an_unknown_entity_is_a_404_with_a_reason() -> None:
 def test_while_starting_the_route_answers_503() -> None:
     r = app_with(None).get("/v1/features/c1")
     assert r.status_code == 503 and r.json()["detail"]["error"] == "starting"
+
+
+def test_an_empty_version_or_project_is_a_422_not_a_lookup_of_the_unknown_project() -> None:
+    # Fuzzing found ?project=%26&version= answered 500: the empty version fell back to the
+    # current version of a project the install does not have (a KeyError).
+    client = app_with(Deps())
+    for params in ({"project": "&", "version": ""}, {"version": ""}, {"project": ""}):
+        r = client.get("/v1/features/c1", params=params)
+        assert r.status_code == 422, (params, r.text)
+    named = client.get("/v1/features/c1", params={"project": "&", "version": "2"})
+    assert named.status_code == 404 and "project '&'" in named.json()["detail"]["reason"]

@@ -27,3 +27,9 @@ def test_a_nul_character_in_the_query_or_path_is_a_400_with_a_reason() -> None:
         r = client.get(url)
         assert r.status_code == 400, (url, r.text)
         assert "NUL" in r.json()["detail"]["reason"]
+
+
+def test_readiness_documents_its_503() -> None:
+    # API fuzzing allows a 5xx only where the OpenAPI documents it: /readyz answers 503 when not ready.
+    responses = app_with_echo().get("/openapi.json").json()["paths"]["/readyz"]["get"]["responses"]
+    assert "503" in responses and "dependency" in responses["503"]["description"]

@@ -113,6 +113,10 @@ def test_to_matrix_names_the_bad_feature() -> None:
     assert np.isnan(models.to_matrix([{"a": None, "b": 1}], ["a", "b"])[0, 0])
     with pytest.raises(ValueError, match="feature 'b'"):
         models.to_matrix([{"a": 1.0, "b": "x"}], ["a", "b"])
+    # Fuzzing found it: an integer beyond float64 (JSON allows it) was an OverflowError, a 500 in predict.
+    with pytest.raises(ValueError, match="row 0: feature 'a' is too large for a float64"):
+        models.to_matrix([{"a": 10**400, "b": 1}], ["a", "b"])
+    assert models.to_matrix([{"a": 10**300, "b": -(10**300)}], ["a", "b"]).tolist() == [[1e300, -1e300]]
 
 
 def test_build_estimator_applies_params_and_seed() -> None:

@@ -161,7 +161,8 @@ def load_model(data: bytes) -> Any:
 def to_matrix(vectors: Iterable[Mapping[str, Any]], feature_names: Sequence[str]) -> np.ndarray:
     """Rows of features (by name) → a float matrix; missing values become NaN.
 
-    Raises ValueError naming the feature when a value is not a number.
+    Raises ValueError naming the feature when a value is not a number, or an integer too large
+    for a float64.
     """
     rows = []
     for i, vec in enumerate(vectors):
@@ -173,7 +174,13 @@ def to_matrix(vectors: Iterable[Mapping[str, Any]], feature_names: Sequence[str]
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"row {i}: feature {name!r} must be a number, got {type(value).__name__}")
-            row.append(float(value))
+            try:
+                row.append(float(value))
+            except OverflowError:  # an integer beyond float64 (JSON numbers have no bound)
+                bits = int(value).bit_length()
+                raise ValueError(
+                    f"row {i}: feature {name!r} is too large for a float64 (an integer of {bits} bits)"
+                ) from None
         rows.append(row)
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(feature_names))
 

@@ -104,7 +104,12 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: every dependency answers")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: every dependency answers",
+        responses={503: {"description": "Not ready: a dependency does not answer (see checks)"}},
+    )
     async def readyz() -> JSONResponse:
         checks = dict(readiness() if readiness else {})
         results: dict[str, str] = {}

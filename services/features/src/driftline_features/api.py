@@ -53,8 +53,10 @@ router = APIRouter(prefix="/v1", tags=["features"])
 async def latest_vector(
     entity_id: str,
     deps: Deps,
-    project: str | None = Query(None, description="Project (default: the only one, when there is one)."),
-    version: str | None = Query(None, description="Feature-set version (default: the project's current one)."),
+    project: str | None = Query(None, min_length=1, description="Project (default: the only one, when there is one)."),
+    version: str | None = Query(
+        None, min_length=1, description="Feature-set version (default: the project's current one)."
+    ),
 ) -> FeatureVectorOut:
     versions = deps.current_versions()
     if project is None:
@@ -73,7 +75,7 @@ async def latest_vector(
             status.HTTP_404_NOT_FOUND,
             detail={"error": "not_found", "reason": f"no project {project!r} (known: {', '.join(sorted(versions))})"},
         )
-    v = version or versions[project]
+    v = version if version is not None else versions[project]
     row = await deps.store.latest(entity_id, v, project)
     if row is None:
         raise HTTPException(

@@ -77,6 +77,7 @@ router = APIRouter(prefix="/v1", tags=["training"])
     "/training-requests",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Ask for a training run (published on training.requested; the run follows)",
+    responses={503: {"description": "Kafka did not take the request in time: retry with the same request_id"}},
 )
 async def request_training(body: TrainingRequestBody, deps: Deps, actor: Actor) -> Any:
     model_name = body.model_name or deps.project.model.name
