@@ -9,7 +9,13 @@ the reason. ``replay`` sends refused records again:
   that had no ``event_id`` get one derived from the DLQ record, so replaying twice does not
   publish twice;
 * refused by a consumer (source ``consumer:<group>``): the original bytes go back to their original
-  topic with their original key, after the consumer was fixed; its sinks are idempotent.
+  topic with their original key, after the consumer was fixed; its sinks are idempotent;
+* refused by a follower (source ``follower:<name>``, an undecodable record of a control topic that
+  every copy replays): skipped, since resending it would make every copy apply it again later.
+
+``--error-type`` takes one or more error types (repeat it, or separate them with commas) and the
+family ``validation``: every error type of :mod:`driftline.validation`, which is what ingestion,
+the SDK and the CLI refuse client input with (``wrong_type``, ``unknown_field``…).
 """
 
 from __future__ import annotations
@@ -31,11 +37,65 @@ from driftline.producer import EventProducer
 from driftline.project import project_from_settings
 from driftline.serde import AvroSerde, DecodeError, SchemaRegistryClient
 from driftline.settings import StackSettings
-from driftline.validation import Kind, Rejection, Valid, Validator, parse_body
+from driftline.validation import (
+    BATCH_TOO_LARGE,
+    BODY_TOO_LARGE,
+    EMPTY_BATCH,
+    EVENT_ID_CONFLICT,
+    INVALID_BODY,
+    INVALID_VALUE,
+    MALFORMED_JSON,
+    MISSING_FIELD,
+    NOT_AN_OBJECT,
+    UNKNOWN_EVENT_TYPE,
+    UNKNOWN_FIELD,
+    WRONG_TYPE,
+    Kind,
+    Rejection,
+    Valid,
+    Validator,
+    parse_body,
+)
 from driftline_cli._common import console, err_console, fail, run, stack_settings
 
 dlq_app = typer.Typer(help="Inspect and replay the dead-letter topic (events.dlq).", no_args_is_help=True)
 REPLAY_SOURCE = "dlq-replay"
+
+# Names an operator can give to --error-type for a set of error types.
+ERROR_FAMILIES: dict[str, frozenset[str]] = {
+    # What ingestion (source http:/v1/<kind>), the SDK and the CLI refuse client input with.
+    "validation": frozenset(
+        {
+            MALFORMED_JSON,
+            INVALID_BODY,
+            BODY_TOO_LARGE,
+            BATCH_TOO_LARGE,
+            EMPTY_BATCH,
+            NOT_AN_OBJECT,
+            UNKNOWN_EVENT_TYPE,
+            MISSING_FIELD,
+            WRONG_TYPE,
+            UNKNOWN_FIELD,
+            INVALID_VALUE,
+            EVENT_ID_CONFLICT,
+        }
+    ),
+}
+ERROR_TYPE_HELP = (
+    "Only these error types: repeat the option or separate them with commas; "
+    f"{', '.join(sorted(ERROR_FAMILIES))} means every error type client input is refused with."
+)
+
+
+def error_types(values: list[str] | None) -> frozenset[str] | None:
+    """The error types ``--error-type`` selects (None: every one): comma-separated, families expanded."""
+    if not values:
+        return None
+    names = {name.strip() for value in values for name in value.split(",") if name.strip()}
+    out: set[str] = set()
+    for name in names:
+        out |= ERROR_FAMILIES.get(name, {name})
+    return frozenset(out) or None
 
 
 def register(app: typer.Typer) -> None:
@@ -55,10 +115,26 @@ class DeadLetter:
     def from_consumer(self) -> bool:
         return self.source.startswith("consumer:")
 
-    def matches(self, source: str | None, error_type: str | None) -> bool:
+    @property
+    def from_follower(self) -> bool:
+        return self.source.startswith("follower:")
+
+    def matches(self, source: str | None, types: frozenset[str] | None) -> bool:
         return (source is None or self.source.startswith(source)) and (
-            error_type is None or self.value["error_type"] == error_type
+            types is None or str(self.value["error_type"]) in types
         )
+
+
+def nothing_matched_hint(records: list[DeadLetter]) -> str:
+    """What events.dlq holds, when a filter matched none of it: the sources and error types to pick from."""
+    sources = Counter(d.source for d in records)
+    types = Counter(str(d.value["error_type"]) for d in records)
+    return (
+        "no record matches; events.dlq holds sources "
+        + ", ".join(f"{k}={n}" for k, n in sources.most_common())
+        + " and error types "
+        + ", ".join(f"{k}={n}" for k, n in types.most_common())
+    )
 
 
 async def read_dlq(stack: StackSettings, *, timeout_s: float = 60.0) -> tuple[list[DeadLetter], int]:
@@ -111,11 +187,11 @@ def list_records(
     source: Annotated[
         str | None, typer.Option("--source", help="Only sources starting with this (http, consumer:features…).")
     ] = None,
-    error_type: Annotated[str | None, typer.Option("--error-type", help="Only this error class.")] = None,
+    error_type: Annotated[list[str] | None, typer.Option("--error-type", help=ERROR_TYPE_HELP)] = None,
 ) -> None:
     """List the dead-letter records: time, source, error class, reason."""
     records, undecodable = run(read_dlq(stack_settings()))
-    matching = [d for d in records if d.matches(source, error_type)]
+    matching = [d for d in records if d.matches(source, error_types(error_type))]
     shown = matching[-limit:]
     table = Table(title=f"events.dlq: {len(shown)} of {len(matching)} matching ({len(records)} in total)")
     for col in ("offset", "time", "source", "error", "reason", "original"):
@@ -132,6 +208,8 @@ def list_records(
     counts = Counter(d.value["error_type"] for d in matching)
     if counts:
         console.print("by error: " + ", ".join(f"{k}={n}" for k, n in counts.most_common()), highlight=False)
+    elif records:
+        console.print(nothing_matched_hint(records), highlight=False)
     if undecodable:
         err_console.print(f"[yellow]{undecodable} record(s) of events.dlq could not be decoded[/yellow]")
 
@@ -164,10 +242,13 @@ def plan_replay(d: DeadLetter, validator: Validator) -> tuple[list[Valid], list[
 
 
 async def replay_dlq(
-    stack: StackSettings, *, source: str | None, error_type: str | None, dry_run: bool, limit: int | None
-) -> tuple[list[Outcome], int]:
+    stack: StackSettings, *, source: str | None, types: frozenset[str] | None, dry_run: bool, limit: int | None
+) -> tuple[list[Outcome], int, str | None]:
+    """What replaying the matching records did (or would do), how many records were undecodable, and
+    when nothing matched, what events.dlq holds instead."""
     records, undecodable = await read_dlq(stack)
-    matching = [d for d in records if d.matches(source, error_type)]
+    matching = [d for d in records if d.matches(source, types)]
+    hint = nothing_matched_hint(records) if records and not matching else None
     if limit is not None:
         matching = matching[:limit]
     validator = Validator.from_project(project_from_settings(stack))
@@ -182,6 +263,10 @@ async def replay_dlq(
         for d in matching:
             v = d.value
             base = (d.offset, d.source, str(v["error_type"]))
+            if d.from_follower:
+                detail = "refused by a follower of a control topic: not resent (every copy replays it)"
+                outcomes.append(Outcome(*base, "skipped", detail))
+                continue
             if d.from_consumer:
                 physical = v.get("original_topic")
                 if not physical or not str(physical).startswith(stack.topic_prefix):
@@ -209,20 +294,20 @@ async def replay_dlq(
     finally:
         await producer.stop()
         await registry.close()
-    return outcomes, undecodable
+    return outcomes, undecodable, hint
 
 
 @dlq_app.command("replay")
 def replay(
-    error_type: Annotated[str | None, typer.Option("--error-type", help="Only records of this error class.")] = None,
+    error_type: Annotated[list[str] | None, typer.Option("--error-type", help=ERROR_TYPE_HELP)] = None,
     source: Annotated[str | None, typer.Option("--source", help="Only sources starting with this.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and report; publish nothing.")] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N DLQ records (oldest first).")] = None,
 ) -> None:
     """Re-validate and republish refused input that passes now; resend consumer-refused records."""
     try:
-        outcomes, undecodable = run(
-            replay_dlq(stack_settings(), source=source, error_type=error_type, dry_run=dry_run, limit=limit)
+        outcomes, undecodable, hint = run(
+            replay_dlq(stack_settings(), source=source, types=error_types(error_type), dry_run=dry_run, limit=limit)
         )
     except (TimeoutError, OSError) as exc:
         raise fail(f"cannot reach the stack: {exc!r}", 2) from exc
@@ -239,5 +324,7 @@ def replay(
         f"skipped={counts['skipped']} {'would_publish' if dry_run else 'published'}={published}",
         highlight=False,
     )
+    if hint:
+        console.print(hint, highlight=False)
     if undecodable:
         err_console.print(f"[yellow]{undecodable} record(s) of events.dlq could not be decoded[/yellow]")
