@@ -8,7 +8,7 @@ CLI     := .venv/bin/driftline
 PYTEST_ARGS ?=
 
 .PHONY: help venv install up down status clean init lint fmt typecheck lock services-up services-down services-status services-logs \
-        test test-unit test-integration test-e2e test-up test-down demo bench bench-projects bench-loop
+        test test-unit test-integration test-e2e test-up test-down demo bench bench-projects bench-loop chaos
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -96,6 +96,9 @@ bench: venv install ## the benchmarks in bench/, each next to a raw baseline (on
 
 bench-projects: venv install ## many projects on one install: per-event cost and memory at 1, 10 and 50 projects (about 10 min, test stack)
 	@infra/with-test-stack.sh $(PY) bench/projects.py $(BENCH_PROJECTS_ARGS)
+
+chaos: venv install ## chaos run: HTTP load, 20 service SIGKILLs and a broker kill; lost/doubled per sink, recovery seconds (about 6 min, test stack)
+	@infra/with-test-stack.sh $(PY) bench/chaos.py $(CHAOS_ARGS)
 
 bench-loop: venv ## the closed-loop benchmark (in-process, no stack): retraining policies on drifting streams
 	@$(PY) bench/loop.py --policies never,cron,adwin,oracle,driftline $(BENCH_LOOP_ARGS)

@@ -3,7 +3,9 @@
 skops has no public call that lists *every* type a file would build: ``skops.io.get_untrusted_types``
 leaves out the types skops trusts by default, and Driftline's loader trusts nothing by default
 (driftline_ml.models.types_in walks skops' own audit tree for that). aiokafka's private client is
-no longer used: partitions come from the admin client's public ``describe_topics``.
+no longer used: partitions come from the admin client's public ``describe_topics``. The features
+service commits its durable progress through faust's ``Consumer._commit_offsets`` (which keeps
+faust's ``_committed_offset`` bookkeeping in step), as faust has no public call for it.
 """
 
 from __future__ import annotations
@@ -38,3 +40,15 @@ def test_types_in_sees_the_types_skops_trusts_by_default() -> None:
     # the public call leaves default-trusted numpy types out, which is why it is not enough
     untrusted = set(sio.get_untrusted_types(data=data))
     assert not any(t.startswith("numpy.") for t in untrusted)
+
+
+def test_faust_commit_bookkeeping_is_what_the_features_stream_calls() -> None:
+    """commit_durable reads Consumer._committed_offset[tp] (next offset, or absent) and calls
+    Consumer._commit_offsets(offsets), which commits and then records the offsets as committed."""
+    from faust.transport.consumer import Consumer
+
+    params = list(inspect.signature(Consumer._commit_offsets).parameters)
+    assert params[:2] == ["self", "offsets"], params
+    source = inspect.getsource(Consumer._commit_offsets)
+    assert "self._committed_offset.update(committable_offsets)" in source
+    assert "self._committed_offset" in inspect.getsource(Consumer.__init__)

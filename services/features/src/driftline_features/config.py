@@ -26,10 +26,16 @@ class FeaturesSettings(ServiceSettings):
         10_000, ge=1, description="Cap on events remembered per entity (a runaway entity's windows become None)."
     )
     commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged offsets are committed.")
-    session_timeout_s: float = Field(30.0, gt=0, description="Kafka group session timeout (a dead worker's grace).")
-    heartbeat_interval_s: float = Field(3.0, gt=0)
+    session_timeout_s: float = Field(
+        10.0, gt=0, description="Kafka group session timeout: how long a dead worker holds its partitions."
+    )
+    heartbeat_interval_s: float = Field(2.0, gt=0)
     rebalance_timeout_s: float = Field(60.0, gt=0)
-    group_instance_id: str | None = Field(None, description="Static group membership id (restarts skip a rebalance).")
+    group_instance_id: str | None = Field(
+        None,
+        description="Static group membership id (a restart takes its partitions back without a rebalance); "
+        "default: features-<host>-<slot>, the slot a per-host lock in the data dir gives each running copy.",
+    )
     data_dir: Path | None = Field(None, description="faust's local directory (default: a temp dir per app id).")
     store_pool_size: int = Field(4, ge=1)
     history_retention_days: float = Field(

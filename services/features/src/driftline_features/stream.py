@@ -30,9 +30,11 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.contrib.asgi import faust_app_running
+from faust.types import TP
 
 from driftline.catalog import EVENTS_RAW
 from driftline.logging import get_logger
+from driftline.membership import stable_instance_id
 from driftline.retry import TransientError, retry_transient
 from driftline.settings import StackSettings
 from driftline_features import metrics
@@ -244,7 +246,7 @@ def build_stream(
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
-        consumer_group_instance_id=settings.group_instance_id,
+        consumer_group_instance_id=settings.group_instance_id or stable_instance_id(NAME, data_dir / "members"),
         env={},  # configuration comes from pydantic-settings only, not faust's own env names
     )
     source = app.topic(stack.topic_prefix + EVENTS_RAW, key_serializer="raw", value_serializer="raw")
@@ -253,6 +255,24 @@ def build_stream(
     guard = OffsetGuard(TableOffsets(app.Table(OFFSETS_TABLE, default=None, partitions=partitions), writes))
     generation: list[int | None] = [None]
     holes = HoleReader(stack.kafka_bootstrap_servers, source.get_topic_name())
+    # Next offset per partition whose effects, table changes included, are durable: committed
+    # by the timer below, so the group's offsets follow the real progress even where faust's own
+    # commit bookkeeping stalls (it commits nothing past an offset it never saw acknowledged).
+    durable: dict[int, int] = {}
+
+    async def commit_durable() -> None:
+        consumer: Any = app.consumer  # faust's Consumer: its commit bookkeeping is private (pinned in tests)
+        topic = source.get_topic_name()
+        offsets = {}
+        for partition, next_offset in list(durable.items()):
+            tp = TP(topic, partition)
+            committed = consumer._committed_offset.get(tp)
+            if committed is None or next_offset > committed:
+                offsets[tp] = next_offset
+        if offsets:
+            await consumer._commit_offsets(offsets)
+
+    app.timer(interval=settings.commit_interval_s)(commit_durable)
 
     # faust.Stream; typed Any because noack_take yields events while its annotation says values.
     async def compute_vectors(stream: Any) -> None:
@@ -268,6 +288,7 @@ def build_stream(
                     if generation[0] != current_generation:
                         generation[0] = current_generation
                         guard.reset()
+                        durable.clear()
                     current = [ev for ev in events if ev.message.generation_id == current_generation]
                     records = [_source_record(ev) for ev in current]
                     try:
@@ -282,6 +303,8 @@ def build_stream(
                         # that position are in the changelog; only then acknowledge.
                         guard.done(admitted)
                         await writes.wait()
+                        for rec in admitted:
+                            durable[rec.partition] = max(durable.get(rec.partition, 0), rec.offset + 1)
                     except Exception as exc:
                         # Stopping in the middle of an outage, or a changelog write that failed:
                         # nothing of the batch is acknowledged; whoever owns the partitions next
