@@ -13,7 +13,7 @@ HOLD = """
 import sys, time
 from pathlib import Path
 from driftline.membership import stable_instance_id
-print(stable_instance_id("features", Path(sys.argv[1])), flush=True)
+print(stable_instance_id("features", Path(sys.argv[1])).id, flush=True)
 time.sleep(60)
 """
 
@@ -44,5 +44,8 @@ def test_a_killed_copy_restarted_in_place_gets_its_id_back_and_a_second_copy_ano
             p.wait()
 
 
-def test_one_process_asking_again_keeps_its_slot(tmp_path: Path) -> None:
-    assert stable_instance_id("x", tmp_path) == stable_instance_id("x", tmp_path)
+def test_two_members_in_one_process_get_two_slots_and_a_released_slot_is_taken_again(tmp_path: Path) -> None:
+    a, b = stable_instance_id("x", tmp_path), stable_instance_id("x", tmp_path)
+    assert (a.id[-2:], b.id[-2:]) == ("-0", "-1")
+    a.release()
+    assert stable_instance_id("x", tmp_path).id == a.id

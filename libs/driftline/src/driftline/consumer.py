@@ -15,8 +15,11 @@ the current batch, commits, and leaves the group.
 from __future__ import annotations
 
 import asyncio
+import re
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,6 +29,7 @@ from prometheus_client import Counter, Histogram
 
 from driftline.events import Event, record_of
 from driftline.logging import bind_event, get_logger
+from driftline.membership import InstanceSlot, stable_instance_id
 from driftline.producer import EventProducer, collect_deliveries, undelivered
 from driftline.retry import Backoff, PoisonRecord, is_transient, retry_transient
 from driftline.serde import AvroSerde, DecodeError
@@ -161,6 +165,13 @@ class ConsumerRunner(TopicConsumer):
         if handler is None and batch_handler is None:
             raise ValueError("give a handler or a batch_handler")
         self.group_id = serde.topic_prefix + group_id
+        options = dict(consumer_options or {})
+        self._slot: InstanceSlot | None = None
+        if "group_instance_id" not in options:
+            # Static membership: a copy restarted after a crash takes its partitions back at once.
+            lock_dir = Path(tempfile.gettempdir()) / "driftline-members" / re.sub(r"[^\w.-]", "_", self.group_id)
+            self._slot = stable_instance_id(group_id, lock_dir)
+            options["group_instance_id"] = self._slot.id
         super().__init__(
             topics=topics,
             bootstrap_servers=bootstrap_servers,
@@ -170,7 +181,7 @@ class ConsumerRunner(TopicConsumer):
             group_id=self.group_id,
             client_id=group_id,
             auto_offset_reset=auto_offset_reset,
-            consumer_options=consumer_options,
+            consumer_options=options,
         )
         self.handler = handler
         self.batch_handler = batch_handler
@@ -205,6 +216,8 @@ class ConsumerRunner(TopicConsumer):
         finally:
             self._running = False
             await self._consumer.stop()
+            if self._slot is not None:
+                self._slot.release()
             log.info("consumer_stopped", group=self.group_id, processed=self.processed)
 
     async def _commit(self, tp: TopicPartition, last_offset: int) -> None:

@@ -24,24 +24,41 @@ import socket
 from pathlib import Path
 from typing import IO
 
-_held: dict[Path, IO[bytes]] = {}
+
+class InstanceSlot:
+    """A held slot: ``id`` is the ``group.instance.id``; :meth:`release` frees the slot (it is
+    freed anyway when the process exits)."""
+
+    def __init__(self, instance_id: str, lock: IO[bytes]) -> None:
+        self.id = instance_id
+        self._lock: IO[bytes] | None = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops its flock
+            self._lock = None
+            _held.discard(self)
 
 
-def stable_instance_id(name: str, lock_dir: Path, *, max_slots: int = 64) -> str:
-    """``<name>-<host>-<slot>``, the slot held by this process until it exits (see the module)."""
+_held: set[InstanceSlot] = set()  # held until released: never dropped (and unlocked) by garbage collection
+
+
+def stable_instance_id(name: str, lock_dir: Path, *, max_slots: int = 64) -> InstanceSlot:
+    """``<name>-<host>-<slot>`` with the first slot no running process holds (see the module).
+
+    Every call takes a slot of its own, also within one process (two members of one group in a
+    process must not share an id): the lock is an ``flock`` on a file opened for the call."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     host = re.sub(r"[^\w.-]", "_", socket.gethostname()) or "host"
     for slot in range(max_slots):
-        path = lock_dir / f"slot-{slot}.lock"
-        if path in _held:
-            return f"{name}-{host}-{slot}"  # this process holds it already
-        f = path.open("ab")
+        f = (lock_dir / f"slot-{slot}.lock").open("ab")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
             continue
         os.set_inheritable(f.fileno(), False)
-        _held[path] = f
-        return f"{name}-{host}-{slot}"
+        held = InstanceSlot(f"{name}-{host}-{slot}", f)
+        _held.add(held)
+        return held
     raise RuntimeError(f"{max_slots} copies of {name} already run on this host ({lock_dir})")

@@ -246,7 +246,7 @@ def build_stream(
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
-        consumer_group_instance_id=settings.group_instance_id or stable_instance_id(NAME, data_dir / "members"),
+        consumer_group_instance_id=settings.group_instance_id or stable_instance_id(NAME, data_dir / "members").id,
         env={},  # configuration comes from pydantic-settings only, not faust's own env names
     )
     source = app.topic(stack.topic_prefix + EVENTS_RAW, key_serializer="raw", value_serializer="raw")
