@@ -1,5 +1,6 @@
 """Chaos: HTTP load through the six services while each is SIGKILLed and restarted, and the Kafka
-broker is SIGKILLed and brought back; then count by event id at every sink and topic.
+broker, PostgreSQL, MinIO and the schema registry go down and come back; then count by event id
+at every sink and topic.
 
 On a fresh namespace of the running stack the six services run as real processes with their
 default settings (the example loan-approval project). A seeded loan stream is posted over HTTP
@@ -12,9 +13,11 @@ type: each must get a 4xx and its record must be in ``events.dlq``). Once the fi
    seconds until ``/readyz`` answers 200, and until the new process does work again (its
    ``driftline_produced_total`` / ``driftline_consumed_total`` / ingestion / prediction counters
    leave 0; "idle" when no input reached it in two minutes, e.g. the registry between trainings);
-2. halfway through, the broker is SIGKILLed for ``--broker-down-s`` seconds and started again:
-   every service's ``/readyz`` is sampled each second meanwhile (the share of samples that said
-   "not ready"), and the seconds until all six are ready again after the broker's start;
+2. spread over the kills, each stack component of ``--outages`` is taken down for
+   ``--outage-s`` seconds and started again — the broker SIGKILLed, PostgreSQL, MinIO and the
+   schema registry stopped by ``infra/stack.sh stop`` — while the load goes on: every service's
+   ``/readyz`` is sampled each second meanwhile (the share of samples that said "not ready"), and
+   the seconds until all six are ready again after its start;
 3. after the load: the time until no consumer group of the namespace has lag left (``--settle-s``
    at most), and the counts. *Lost* = an accepted event without its effect at that place
    (raw record, feature vector, stored vector, training row, champion prediction once a model
@@ -28,7 +31,8 @@ doubled, a malformed request got no 4xx or no dead letter, or lag was left. Not 
 
     make chaos                     # on the test stack, started and wiped around the run
     DRIFTLINE_STATE_DIR=.state/test .venv/bin/python bench/chaos.py [--events 30000] [--rate 150]
-        [--kills 20] [--kill-every 8] [--broker-down-s 15] [--malformed 500] [--seed 7] [--json PATH]
+        [--kills 20] [--kill-every 8] [--outages kafka,postgres,minio,apicurio] [--outage-s 15]
+        [--malformed 500] [--seed 7] [--json PATH]
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ from driftline_cli.examples.loan_approval.generator import Item, LoanStream  # n
 from driftline_sdk import Publisher, PublishError  # noqa: E402
 from tests.support import Namespace, ServiceProcess, create_namespace, drop_namespace  # noqa: E402
 
+COMPONENTS = ("kafka", "postgres", "minio", "apicurio")
 SERVICES = ("ingestion", "features", "training", "registry", "deployment", "monitoring")
 WORK_METRICS = (
     "driftline_produced_total",
@@ -208,7 +213,7 @@ class Chaos:
         self.procs = procs
         self.args = args
         self.restarts: list[Restart] = []
-        self.broker: dict[str, Any] = {}
+        self.outages: dict[str, dict[str, Any]] = {}
         self._measuring: list[asyncio.Task[None]] = []
         self.victims = [s.strip() for s in args.kill_services.split(",") if s.strip()]
         if unknown := set(self.victims) - set(SERVICES):
@@ -237,36 +242,47 @@ class Chaos:
 
     async def run(self) -> None:
         a = self.args
-        broker_at = a.kills // 2 if a.broker_down_s > 0 else -1
+        outages = [c.strip() for c in a.outages.split(",") if c.strip()] if a.outage_s > 0 else []
+        if unknown := set(outages) - set(COMPONENTS):
+            raise SystemExit(f"--outages: no component {sorted(unknown)}; one of {', '.join(COMPONENTS)}")
+        # the outages spread evenly over the kills (after them when there are none)
+        at = [(round((i + 1) * a.kills / (len(outages) + 1)), c) for i, c in enumerate(outages)]
         for k in range(a.kills):
-            if k == broker_at:
-                await self.broker_outage()
+            for _, component in [x for x in at if x[0] == k]:
+                await self.outage(component)
             name = self.victims[k % len(self.victims)]
             self._restart(name)
             print(f"  kill {k + 1}/{a.kills}: {name} SIGKILLed and restarted", flush=True)
             await asyncio.sleep(a.kill_every)
-        if a.kills == 0 and a.broker_down_s > 0:
-            await self.broker_outage()
+        for _, component in [x for x in at if x[0] >= a.kills]:
+            await self.outage(component)
         await asyncio.gather(*self._measuring)
 
-    async def broker_outage(self) -> None:
-        pid_file = Path(os.environ.get("DRIFTLINE_STATE_DIR", ROOT / ".state" / "dev")) / "run" / "kafka.pid"
-        pid = int(pid_file.read_text().strip())
-        print(f"  broker SIGKILLed for {self.args.broker_down_s} s", flush=True)
-        os.kill(pid, signal.SIGKILL)
+    async def outage(self, component: str) -> None:
+        """The component down for ``--outage-s``: the broker SIGKILLed (a crash), the others
+        stopped by the stack script; then started again by the stack script."""
+        stack_sh = str(ROOT / "infra" / "stack.sh")
+        if component == "kafka":
+            pid_file = Path(os.environ.get("DRIFTLINE_STATE_DIR", ROOT / ".state" / "dev")) / "run" / "kafka.pid"
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            how = "SIGKILLed"
+        else:
+            stopped = await asyncio.to_thread(subprocess.run, [stack_sh, "stop", component], capture_output=True)
+            if stopped.returncode != 0:
+                raise RuntimeError(f"{component} did not stop: {stopped.stderr.decode()[-2000:]}")
+            how = "stopped"
+        print(f"  {component} {how} for {self.args.outage_s} s", flush=True)
         down_at = time.monotonic()
         samples: dict[str, list[bool]] = defaultdict(list)
         async with httpx.AsyncClient() as http:
             await asyncio.sleep(3)  # what a readiness check may take to notice (its own timeout)
-            while time.monotonic() - down_at < self.args.broker_down_s:
+            while time.monotonic() - down_at < self.args.outage_s:
                 for name, proc in self.procs.items():
                     samples[name].append(await is_ready(http, proc.url))
                 await asyncio.sleep(1)
-            started = await asyncio.to_thread(
-                subprocess.run, [str(ROOT / "infra" / "stack.sh"), "start", "kafka"], capture_output=True, text=True
-            )
+            started = await asyncio.to_thread(subprocess.run, [stack_sh, "start", component], capture_output=True)
             if started.returncode != 0:
-                raise RuntimeError(f"the broker did not start again: {started.stderr[-2000:]}")
+                raise RuntimeError(f"{component} did not start again: {started.stderr.decode()[-2000:]}")
             up_at = time.monotonic()
             ready_after: dict[str, float | None] = dict.fromkeys(self.procs)
             while any(v is None for v in ready_after.values()) and time.monotonic() - up_at < 120:
@@ -274,7 +290,7 @@ class Chaos:
                     if ready_after[name] is None and await is_ready(http, proc.url):
                         ready_after[name] = round(time.monotonic() - up_at, 1)
                 await asyncio.sleep(0.5)
-        self.broker = {
+        self.outages[component] = {
             "down_s": round(up_at - down_at, 1),
             "not_ready_share": {n: round(1 - sum(s) / len(s), 2) if s else None for n, s in samples.items()},
             "ready_again_s": ready_after,
@@ -460,7 +476,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["settled_s"] = settled_s
         out["lag_left"] = {g: n for g, n in lag.items() if n}
         out["restarts"] = [r.__dict__ for r in chaos.restarts]
-        out["broker"] = chaos.broker
+        out["outages"] = chaos.outages
         out["counts"] = await count(ns.stack, load)
     finally:
         for proc in procs.values():
@@ -489,14 +505,13 @@ def render(out: dict[str, Any]) -> str:
             return f"{statistics.median(xs):.1f} / {max(xs):.1f}" if xs else "-"
 
         lines.append(f"{name:<12} {len(rs):>8} {mm(ready):>22} {mm(working):>24} {len(rs) - len(working):>5}")
-    b = out.get("broker") or {}
-    if b:
+    for component, o in (out.get("outages") or {}).items():
         lines.append("")
-        lines.append(f"broker down {b['down_s']} s; share of /readyz samples not ready during the outage:")
-        lines.append("  " + ", ".join(f"{n} {v}" for n, v in b["not_ready_share"].items()))
+        lines.append(f"{component} down {o['down_s']} s; share of /readyz samples not ready during the outage:")
+        lines.append("  " + ", ".join(f"{n} {v}" for n, v in o["not_ready_share"].items()))
         lines.append(
-            "  ready again after the broker's start (s): "
-            + ", ".join(f"{n} {v}" for n, v in b["ready_again_s"].items())
+            f"  ready again after {component}'s start (s): "
+            + ", ".join(f"{n} {v}" for n, v in o["ready_again_s"].items())
         )
     c = out["counts"]
     lines.append("")
@@ -526,6 +541,14 @@ def verdict(out: dict[str, Any]) -> list[str]:
         problems.append(f"lag left: {out['lag_left']}")
     if c["accepted_later_dead_lettered"]:
         problems.append(f"{c['accepted_later_dead_lettered']} accepted events dead-lettered downstream")
+    broker = (out.get("outages") or {}).get("kafka")
+    if broker:
+        ready = [n for n, share in broker["not_ready_share"].items() if share is not None and share < 0.5]
+        if ready:
+            problems.append(f"ready through most of the broker outage: {', '.join(ready)}")
+    for component, o in (out.get("outages") or {}).items():
+        if never := [n for n, t in o["ready_again_s"].items() if t is None]:
+            problems.append(f"not ready again within 120 s of {component}'s start: {', '.join(never)}")
     return problems
 
 
@@ -541,7 +564,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--kill-services", default=",".join(SERVICES), help="the services to kill, round-robin (default: all six)"
     )
     p.add_argument("--kill-every", type=float, default=8.0, help="seconds between kills (default 8)")
-    p.add_argument("--broker-down-s", type=float, default=15.0, help="broker outage in seconds; 0: none (default 15)")
+    p.add_argument(
+        "--outages",
+        default="kafka,postgres,minio,apicurio",
+        help="stack components taken down one after the other during the kills (default: all four)",
+    )
+    p.add_argument("--outage-s", type=float, default=15.0, help="seconds each is down; 0: none (default 15)")
     p.add_argument("--malformed", type=int, default=500, help="malformed requests spread over the load (default 500)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--settle-s", type=float, default=240.0, help="longest wait for no consumer lag (default 240)")
