@@ -19,7 +19,15 @@ import fastavro
 import httpx
 from fastavro.validation import ValidationError, validate
 
-from driftline.catalog import Catalog, Topic, canonical_schema_str, default_catalog, parsed_schema
+from driftline.catalog import (
+    Catalog,
+    Topic,
+    canonical_schema_str,
+    default_catalog,
+    load_schema_json,
+    parsed_schema,
+)
+from driftline.jsonsafe import NotFinite, Sanitiser, avro_sanitiser
 from driftline.logging import get_logger
 
 log = get_logger(__name__)
@@ -125,6 +133,7 @@ class AvroSerde:
         self._writer: dict[str, tuple[int, Any, bytes]] = {}  # topic → (id, parsed, header)
         self._extra: dict[str, Topic] = {}  # topics outside the catalog (tests, tools)
         self._readers: dict[tuple[int, str], Any] = {}  # (writer id, topic) → reader schema or None
+        self._finite: dict[str, Sanitiser] = {}  # topic → what makes its records carry finite numbers only
 
     def bind(self, topic: str, record: str, key: str = "event_id") -> None:
         """Let a topic outside the catalog carry ``record`` (for tests and tools)."""
@@ -150,6 +159,7 @@ class AvroSerde:
                     raise RegistryError(f"schema of {name} ({t.record}) is not registered under {subject}")
                 schema_id = await self.registry.register(subject, text)
             self._writer[name] = (schema_id, parsed_schema(t.record), _HEADER.pack(MAGIC, schema_id))
+            self._finite[name] = avro_sanitiser(load_schema_json(t.record))
 
     def encode(self, topic: str, record: dict[str, Any]) -> bytes:
         try:
@@ -158,6 +168,10 @@ class AvroSerde:
             raise SerdeError(f"serde not prepared for topic {topic!r}: call prepare() at start-up") from None
         buf = io.BytesIO()
         buf.write(header)
+        try:
+            record = self._finite[topic](record, schema.get("name", "record"))
+        except NotFinite as exc:
+            raise EncodeError(f"record does not match {schema.get('name', 'schema')}: {exc}") from exc
         try:
             fastavro.schemaless_writer(buf, schema, record)
         except Exception as exc:
