@@ -205,3 +205,44 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+async def dead_letter_as_a_consumer(
+    producer: Any,
+    serde: AvroSerde,
+    ns: Namespace,
+    payload: dict[str, Any],
+    *,
+    entity_id: str,
+    partition: int,
+    offset: int,
+) -> tuple[dict[str, Any], bytes]:
+    """What a consumer of events.raw does with a record its handler refused: the raw event (made
+    here, with ``payload``) is dead-lettered with its original bytes and position. Returns the
+    record and those bytes; waits for the DLQ's acknowledgement."""
+    from aiokafka.structs import ConsumerRecord
+
+    from driftline.catalog import EVENTS_RAW
+
+    record = {
+        **producer.envelope(),
+        "event_type": "loan_application",
+        "entity_id": entity_id,
+        "payload": payload,
+        "source": "http",
+    }
+    original = serde.encode(EVENTS_RAW, record)
+    at = ConsumerRecord(
+        topic=ns.prefix + EVENTS_RAW, partition=partition, offset=offset, timestamp=0, timestamp_type=0,
+        key=entity_id.encode(), value=original, checksum=None, serialized_key_size=len(entity_id),
+        serialized_value_size=len(original), headers=(),
+    )  # fmt: skip
+    delivered = await producer.dead_letter(
+        source="consumer:features",
+        reason="handler error: boom",
+        error_type="handler_error",
+        original=original,
+        record=at,
+    )
+    await delivered
+    return record, original

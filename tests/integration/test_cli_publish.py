@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from aiokafka.structs import ConsumerRecord
 
 from driftline.catalog import EVENTS_DLQ, EVENTS_RAW, LABELS
 from driftline.events import Event
@@ -22,7 +21,16 @@ from driftline.producer import EventProducer
 from driftline.project import EXAMPLE_PROJECT
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings
-from tests.support import ROOT, Namespace, ServiceProcess, TopicReader, create_namespace, drop_namespace, free_port
+from tests.support import (
+    ROOT,
+    Namespace,
+    ServiceProcess,
+    TopicReader,
+    create_namespace,
+    dead_letter_as_a_consumer,
+    drop_namespace,
+    free_port,
+)
 
 LOAN = {
     "customer_id": "c-1",
@@ -274,35 +282,14 @@ async def test_dlq_replay_resends_a_consumer_refused_record_to_its_topic(
     await producer.start([EVENTS_RAW])
     reader = await TopicReader(ns, [EVENTS_RAW]).start()
     try:
-        record = {
-            **producer.envelope(),
-            "event_type": "loan_application",
-            "entity_id": "from-consumer",
-            "payload": {**LOAN, "customer_id": "from-consumer"},
-            "source": "http",
-        }
-        original = serde.encode(EVENTS_RAW, record)
-        refused = ConsumerRecord(
-            topic=ns.prefix + EVENTS_RAW,
+        record, original = await dead_letter_as_a_consumer(
+            producer,
+            serde,
+            ns,
+            {**LOAN, "customer_id": "from-consumer"},
+            entity_id="from-consumer",
             partition=2,
             offset=41,
-            timestamp=0,
-            timestamp_type=0,
-            key=b"from-consumer",
-            value=original,
-            checksum=None,
-            serialized_key_size=13,
-            serialized_value_size=len(original),
-            headers=(),
-        )
-        await (
-            await producer.dead_letter(
-                source="consumer:features",
-                reason="handler error: boom",
-                error_type="handler_error",
-                original=original,
-                record=refused,
-            )
         )
         done = await run_cli(ns, "dlq", "replay", "--source", "consumer:features")
         assert done.returncode == 0 and "resent=1" in done.stdout, done.stdout + done.stderr

@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from aiokafka.structs import ConsumerRecord
 
 from driftline.catalog import EVENTS_RAW
 from driftline.producer import EventProducer
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings
 from tests.support import ROOT, Namespace, ServiceProcess, TopicReader, create_namespace, drop_namespace
+from tests.support import dead_letter_as_a_consumer as support_dead_letter
 from tests.unit.test_runbooks import runbook_commands, simple_commands
 
 LOAN = {
@@ -87,35 +87,8 @@ async def dead_letter_as_a_consumer(ns: Namespace) -> None:
     producer = EventProducer(ns.stack.kafka_bootstrap_servers, serde, "features")
     await producer.start([EVENTS_RAW])
     try:
-        record = {
-            **producer.envelope(),
-            "event_type": "loan_application",
-            "entity_id": "rb-consumer",
-            "payload": {**LOAN, "customer_id": "rb-consumer"},
-            "source": "http",
-        }
-        original = serde.encode(EVENTS_RAW, record)
-        at = ConsumerRecord(
-            topic=ns.prefix + EVENTS_RAW,
-            partition=0,
-            offset=7,
-            timestamp=0,
-            timestamp_type=0,
-            key=b"rb-consumer",
-            value=original,
-            checksum=None,
-            serialized_key_size=11,
-            serialized_value_size=len(original),
-            headers=(),
-        )
-        await (
-            await producer.dead_letter(
-                source="consumer:features",
-                reason="handler error: boom",
-                error_type="handler_error",
-                original=original,
-                record=at,
-            )
+        await support_dead_letter(
+            producer, serde, ns, {**LOAN, "customer_id": "rb-consumer"}, entity_id="rb-consumer", partition=0, offset=7
         )
     finally:
         await producer.stop()

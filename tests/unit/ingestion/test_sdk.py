@@ -40,7 +40,11 @@ async def test_publish_batches_and_reports_errors_by_index_of_the_input() -> Non
     assert [(e["index"], e["field"]) for e in result.errors] == [(7, "payload.age"), (180, "type")]
     assert sorted(seen) == [50, 100, 100]
     assert result.event_ids[7] is None and result.event_ids[180] is None
-    assert result.event_ids[0] == producer.sent[0][1]["event_id"]
+    # batches go concurrently: find input 0's record by its payload, not by send order
+    sent_ids = {
+        r["payload"]["customer_id"]: r["event_id"] for _, r, _ in producer.sent if "customer_id" in r["payload"]
+    }
+    assert result.event_ids[0] == sent_ids["c0"] and result.event_ids[249] == sent_ids["c249"]
     assert len({*result.event_ids} - {None}) == 248
     assert "event_id" not in events[0]  # the caller's dicts are not modified
 

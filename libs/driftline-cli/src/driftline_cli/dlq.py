@@ -38,18 +38,7 @@ from driftline.project import project_from_settings
 from driftline.serde import AvroSerde, DecodeError, SchemaRegistryClient
 from driftline.settings import StackSettings
 from driftline.validation import (
-    BATCH_TOO_LARGE,
-    BODY_TOO_LARGE,
-    EMPTY_BATCH,
-    EVENT_ID_CONFLICT,
-    INVALID_BODY,
-    INVALID_VALUE,
-    MALFORMED_JSON,
-    MISSING_FIELD,
-    NOT_AN_OBJECT,
-    UNKNOWN_EVENT_TYPE,
-    UNKNOWN_FIELD,
-    WRONG_TYPE,
+    ERROR_TYPES,
     Kind,
     Rejection,
     Valid,
@@ -64,22 +53,7 @@ REPLAY_SOURCE = "dlq-replay"
 # Names an operator can give to --error-type for a set of error types.
 ERROR_FAMILIES: dict[str, frozenset[str]] = {
     # What ingestion (source http:/v1/<kind>), the SDK and the CLI refuse client input with.
-    "validation": frozenset(
-        {
-            MALFORMED_JSON,
-            INVALID_BODY,
-            BODY_TOO_LARGE,
-            BATCH_TOO_LARGE,
-            EMPTY_BATCH,
-            NOT_AN_OBJECT,
-            UNKNOWN_EVENT_TYPE,
-            MISSING_FIELD,
-            WRONG_TYPE,
-            UNKNOWN_FIELD,
-            INVALID_VALUE,
-            EVENT_ID_CONFLICT,
-        }
-    ),
+    "validation": ERROR_TYPES,
 }
 ERROR_TYPE_HELP = (
     "Only these error types: repeat the option or separate them with commas; "

@@ -64,6 +64,23 @@ WRONG_TYPE = "wrong_type"
 UNKNOWN_FIELD = "unknown_field"
 INVALID_VALUE = "invalid_value"
 EVENT_ID_CONFLICT = "event_id_conflict"
+ERROR_TYPES = frozenset(
+    {
+        MALFORMED_JSON,
+        INVALID_BODY,
+        BODY_TOO_LARGE,
+        BATCH_TOO_LARGE,
+        EMPTY_BATCH,
+        NOT_AN_OBJECT,
+        UNKNOWN_EVENT_TYPE,
+        MISSING_FIELD,
+        WRONG_TYPE,
+        UNKNOWN_FIELD,
+        INVALID_VALUE,
+        EVENT_ID_CONFLICT,
+    }
+)
+"""Every error type client input is refused with."""
 
 EVENT_KEYS = frozenset({"type", "event_id", "event_time", "correlation_id", "payload"})
 LABEL_KEYS = frozenset({"event_id", "entity_id", "label", "label_id", "event_time", "correlation_id"})

@@ -77,6 +77,11 @@ def _loader_process_started(parent_pid: int) -> None:
     threading.Thread(target=exit_with_the_parent, name="loader-parent-watch", daemon=True).start()
 
 
+def _child_ready() -> int:
+    """Run in the child at start: unpickling it there imports this module, and with it what a load needs."""
+    return os.getpid()
+
+
 def _load_in_child(data: bytes, feature_names: Sequence[str], positive_class: str) -> bytes:
     """In the loader process: the trusted-types load and the warm-up; the estimator, pickled.
 
@@ -112,8 +117,9 @@ class ProcessLoader:
         return self._pool
 
     def start(self) -> None:
-        """Start the child now (imports take seconds), rather than at the first promotion."""
-        self._executor().submit(os.getpid)
+        """Start the child now, with this module's imports (scikit-learn, skops: seconds), rather
+        than at the first promotion that needs it."""
+        self._executor().submit(_child_ready)
 
     async def load(self, data: bytes, feature_names: Sequence[str], positive_class: str) -> Any:
         pool = self._executor()

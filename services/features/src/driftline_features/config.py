@@ -31,6 +31,12 @@ class FeaturesSettings(ServiceSettings):
     )
     heartbeat_interval_s: float = Field(2.0, gt=0)
     rebalance_timeout_s: float = Field(60.0, gt=0)
+    changelog_segment_s: float = Field(
+        60.0,
+        gt=0,
+        description="Segment age of the table changelogs (set when faust creates them): the broker compacts "
+        "closed segments, so a restart reads about one record per entity plus this long's writes.",
+    )
     group_instance_id: str | None = Field(
         None,
         description="Static group membership id (a restart takes its partitions back without a rebalance); "
