@@ -129,6 +129,7 @@ class Load:
     pending: list[Item] = field(default_factory=list)
     publish_retries: int = 0
     batches: int = 0
+    ended_at: float | None = None  # monotonic, once the last event and label were accepted
 
     async def run(self, pub: Publisher, http: httpx.AsyncClient, ingestion: str, n: int, rate: float) -> None:
         batch = 25
@@ -150,6 +151,7 @@ class Load:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
         await self._label(pub, self.pending)
         self.pending = []
+        self.ended_at = time.monotonic()
 
     async def _publish(self, pub: Publisher, items: list[Item]) -> None:
         while True:  # the same events (same ids) until accepted: a retry is recognised downstream
@@ -473,7 +475,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await chaos.run()
             print("chaos done; waiting for the load to end", flush=True)
             await loading
-        out["load_ended_at"] = time.monotonic()
+        out["load_ended_at"] = load.ended_at
         out["load_s"] = round(time.monotonic() - started, 1)
         print(f"load done in {out['load_s']} s; waiting for no consumer lag", flush=True)
         settled_s, lag = await settle(ns.stack, args.settle_s)
