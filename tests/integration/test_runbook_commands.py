@@ -21,24 +21,13 @@ import pytest
 from driftline.catalog import EVENTS_RAW
 from driftline.producer import EventProducer
 from driftline.serde import AvroSerde, SchemaRegistryClient
-from driftline.settings import StackSettings
+from driftline.settings import LOCAL_API_TOKEN, StackSettings
 from tests.support import ROOT, Namespace, ServiceProcess, TopicReader, create_namespace, drop_namespace
 from tests.support import dead_letter_as_a_consumer as support_dead_letter
+from tests.unit.ingestion.fakes import LOAN
 from tests.unit.test_runbooks import runbook_commands, simple_commands
 
-LOAN = {
-    "customer_id": "rb-1",
-    "salary": 48000.0,
-    "commission": 12000.0,
-    "age": 29,
-    "elevel": 3,
-    "car": 11,
-    "zipcode": 5,
-    "hvalue": 90000.0,
-    "hyears": 3,
-    "loan": 25000.0,
-}
-TOKEN = {"Authorization": "Bearer driftline-local-token"}
+TOKEN = {"Authorization": f"Bearer {LOCAL_API_TOKEN}"}
 
 
 def dlq_commands() -> list[list[str]]:
