@@ -18,42 +18,6 @@ def record() -> ConsumerRecord[bytes, bytes]:
     )  # fmt: skip
 
 
-async def test_an_unacknowledged_dead_letter_is_sent_again() -> None:
-    # The first dead letter is enqueued but never acknowledged (delivery timeout).
-    producer = FakeProducer(failures=1, error=lambda: KafkaTimeoutError("delivery timed out"))
-
-    async def nothing(*_: Any) -> None:
-        return None
-
-    follower = TopicFollower(
-        name="unit",
-        topics=["models.promoted"],
-        bootstrap_servers="127.0.0.1:1",
-        serde=JsonSerde(topic_prefix="t."),  # type: ignore[arg-type]
-        producer=producer,  # type: ignore[arg-type]
-        on_replayed=nothing,
-        on_event=nothing,
-    )
-    assert await follower._decode(record(), live=True) is None
-    assert len(producer.dead) == 2, "the dead letter whose delivery failed was not sent again"
-    assert producer.dead[-1]["original"] == b"\x07garbage"
-    assert producer.dead[-1]["error_type"] == "decode_error"
-
-
-async def test_a_replayed_undecodable_record_is_skipped_without_a_dead_letter() -> None:
-    producer = FakeProducer()
-
-    async def nothing(*_: Any) -> None:
-        return None
-
-    follower = TopicFollower(
-        name="unit", topics=["models.promoted"], bootstrap_servers="127.0.0.1:1",
-        serde=JsonSerde(topic_prefix="t."), producer=producer, on_replayed=nothing, on_event=nothing,  # type: ignore[arg-type]
-    )  # fmt: skip
-    assert await follower._decode(record(), live=False) is None
-    assert producer.dead == []
-
-
 def follower_with(producer: FakeProducer, on_event: Any) -> TopicFollower:
     async def nothing(*_: Any) -> None:
         return None
@@ -63,6 +27,23 @@ def follower_with(producer: FakeProducer, on_event: Any) -> TopicFollower:
         serde=JsonSerde(topic_prefix="t."), producer=producer, on_replayed=nothing, on_event=on_event,  # type: ignore[arg-type]
     )  # fmt: skip
     return follower
+
+
+async def test_an_unacknowledged_dead_letter_is_sent_again() -> None:
+    # The first dead letter is enqueued but never acknowledged (delivery timeout).
+    producer = FakeProducer(failures=1, error=lambda: KafkaTimeoutError("delivery timed out"))
+    follower = follower_with(producer, on_event=None)
+    assert await follower._decode(record(), live=True) is None
+    assert len(producer.dead) == 2, "the dead letter whose delivery failed was not sent again"
+    assert producer.dead[-1]["original"] == b"\x07garbage"
+    assert producer.dead[-1]["error_type"] == "decode_error"
+
+
+async def test_a_replayed_undecodable_record_is_skipped_without_a_dead_letter() -> None:
+    producer = FakeProducer()
+    follower = follower_with(producer, on_event=None)
+    assert await follower._decode(record(), live=False) is None
+    assert producer.dead == []
 
 
 def an_event() -> Any:
