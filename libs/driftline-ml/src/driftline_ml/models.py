@@ -19,11 +19,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import skops.io as sio
-from skops.io._audit import Node, get_tree
-from skops.io._utils import read_schema
 
 from driftline.project import ModelSpec
+
+# skops is imported where it is used: importing it imports every scikit-learn estimator module
+# (~2.5 s of CPU), which a process that only scores (deployment's server, which receives its
+# estimators already built from its loader process) never needs. See :func:`preload`.
 
 # Type names as skops reports them (defining module + class) for scikit-learn 1.9. A scikit-learn
 # upgrade that moves one of them makes the unit tests that fit and load every supported
@@ -102,7 +103,16 @@ def build_estimator(spec: ModelSpec, *, seed: int | None = None) -> Any:
     return cls(**params)
 
 
+def preload() -> None:
+    """Import what loading a model file needs (skops and, through it, scikit-learn) now, so the
+    first load does not pay for it."""
+    import skops.io
+    import skops.io._audit  # noqa: F401
+
+
 def dump_model(model: Any) -> bytes:
+    import skops.io as sio
+
     return bytes(sio.dumps(model))
 
 
@@ -112,6 +122,9 @@ def types_in(data: bytes) -> set[str]:
     Reads the file's schema into skops' node tree, which imports and builds nothing, and walks all
     of it the way skops' own audit does, without its default trust.
     """
+    from skops.io._audit import Node, get_tree
+    from skops.io._utils import read_schema
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             schema, load_context = read_schema(archive)
@@ -155,6 +168,8 @@ def trusted_types_for(data: bytes) -> list[str]:
 
 def load_model(data: bytes) -> Any:
     """Load a skops model file under the trusted-types list (blocking: run it off the loop)."""
+    import skops.io as sio
+
     return sio.loads(data, trusted=trusted_types_for(data))
 
 

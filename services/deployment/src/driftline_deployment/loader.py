@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from driftline_ml.models import load_model, positive_scores
+from driftline_ml.models import load_model, positive_scores, preload
 
 
 class LoadError(Exception):
@@ -65,10 +65,21 @@ class ThreadLoader:
         pass
 
 
-def _loader_process_started(parent_pid: int) -> None:
-    # The child's CPU time goes to loads, the parent's to requests: on a small host, serving wins.
-    os.nice(19)
+_serving = False  # in the child: whether the parent has a model (and so requests) yet
 
+
+def _yield_to_serving() -> None:
+    """After the child's first load: from now on its CPU time goes to loads, the parent's to
+    requests, and on a small host serving wins. Not before: until its first model the parent
+    serves nothing, and a restarted service waits on that load (and the imports before it) to
+    score again."""
+    global _serving
+    if not _serving:
+        os.nice(19)
+        _serving = True
+
+
+def _loader_process_started(parent_pid: int) -> None:
     def exit_with_the_parent() -> None:  # even a parent killed with SIGKILL leaves no child behind
         while os.getppid() == parent_pid:
             time.sleep(1)
@@ -78,7 +89,8 @@ def _loader_process_started(parent_pid: int) -> None:
 
 
 def _child_ready() -> int:
-    """Run in the child at start: unpickling it there imports this module, and with it what a load needs."""
+    """Run in the child at start: import what a load needs (skops, scikit-learn: seconds)."""
+    preload()
     return os.getpid()
 
 
@@ -88,7 +100,10 @@ def _load_in_child(data: bytes, feature_names: Sequence[str], positive_class: st
     The pickle never touches the object store: it is made here, from an estimator that skops
     built from trusted types only, and read once by the parent over the pool's pipe.
     """
-    return pickle.dumps(load_and_warm(data, feature_names, positive_class), protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        return pickle.dumps(load_and_warm(data, feature_names, positive_class), protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        _yield_to_serving()
 
 
 def _unpickle_and_warm(blob: bytes, n_features: int, positive_class: str) -> Any:
@@ -117,8 +132,8 @@ class ProcessLoader:
         return self._pool
 
     def start(self) -> None:
-        """Start the child now, with this module's imports (scikit-learn, skops: seconds), rather
-        than at the first promotion that needs it."""
+        """Start the child now, with its imports (scikit-learn, skops: seconds), rather than at
+        the first promotion that needs it."""
         self._executor().submit(_child_ready)
 
     async def load(self, data: bytes, feature_names: Sequence[str], positive_class: str) -> Any:
