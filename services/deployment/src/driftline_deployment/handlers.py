@@ -89,6 +89,7 @@ class Deployer:
             if challenger is not None:
                 await self.apply(challenger, startup=True)
         self.replayed = True
+        self.loader.start()  # later loads: off this process's GIL
 
     async def on_promoted(self, p: ModelPromoted) -> None:
         await self.apply(p)
@@ -111,7 +112,7 @@ class Deployer:
             return False
         start = time.perf_counter()
         try:
-            model = await self._load(p, slot)
+            model = await self._load(p, slot, startup=startup)
         except Exception as exc:
             if is_transient(exc):
                 raise  # an outage: the caller retries; the serving model is untouched
@@ -135,7 +136,7 @@ class Deployer:
             await self._announce(p, announcement)
         return True
 
-    async def _load(self, p: ModelPromoted, slot: str) -> LoadedModel:
+    async def _load(self, p: ModelPromoted, slot: str, *, startup: bool) -> LoadedModel:
         start = time.perf_counter()
         store = self.artifacts(p.artifact_bucket)
         data = await store.get(p.artifact_key, p.artifact_sha256)
@@ -144,7 +145,7 @@ class Deployer:
         if not feature_names:
             raise LoadError("the promotion names no features")
         positive = str(metadata.get("positive_class") or self.default_positive_class)
-        estimator = await self.loader.load(data, feature_names, positive)
+        estimator = await self.loader.load(data, feature_names, positive, startup=startup)
         return LoadedModel(
             model_name=p.model_name,
             version=p.version,

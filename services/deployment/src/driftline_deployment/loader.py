@@ -44,9 +44,13 @@ def load_and_warm(data: bytes, feature_names: Sequence[str], positive_class: str
 class ModelLoader(Protocol):
     """Turns verified artifact bytes into a warmed-up estimator, off the event loop."""
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """The service serves from now on (its start-up loads are done)."""
 
-    async def load(self, data: bytes, feature_names: Sequence[str], positive_class: str) -> Any: ...
+    async def load(
+        self, data: bytes, feature_names: Sequence[str], positive_class: str, *, startup: bool = False
+    ) -> Any:
+        """``startup``: a load before the service serves anything (rebuilding its slots)."""
 
     def close(self) -> None: ...
 
@@ -58,28 +62,19 @@ class ThreadLoader:
     def start(self) -> None:
         pass
 
-    async def load(self, data: bytes, feature_names: Sequence[str], positive_class: str) -> Any:
+    async def load(
+        self, data: bytes, feature_names: Sequence[str], positive_class: str, *, startup: bool = False
+    ) -> Any:
         return await asyncio.to_thread(load_and_warm, data, feature_names, positive_class)
 
     def close(self) -> None:
         pass
 
 
-_serving = False  # in the child: whether the parent has a model (and so requests) yet
-
-
-def _yield_to_serving() -> None:
-    """After the child's first load: from now on its CPU time goes to loads, the parent's to
-    requests, and on a small host serving wins. Not before: until its first model the parent
-    serves nothing, and a restarted service waits on that load (and the imports before it) to
-    score again."""
-    global _serving
-    if not _serving:
-        os.nice(19)
-        _serving = True
-
-
 def _loader_process_started(parent_pid: int) -> None:
+    # The child's CPU time goes to loads, the parent's to requests: on a small host, serving wins.
+    os.nice(19)
+
     def exit_with_the_parent() -> None:  # even a parent killed with SIGKILL leaves no child behind
         while os.getppid() == parent_pid:
             time.sleep(1)
@@ -100,10 +95,7 @@ def _load_in_child(data: bytes, feature_names: Sequence[str], positive_class: st
     The pickle never touches the object store: it is made here, from an estimator that skops
     built from trusted types only, and read once by the parent over the pool's pipe.
     """
-    try:
-        return pickle.dumps(load_and_warm(data, feature_names, positive_class), protocol=pickle.HIGHEST_PROTOCOL)
-    finally:
-        _yield_to_serving()
+    return pickle.dumps(load_and_warm(data, feature_names, positive_class), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _unpickle_and_warm(blob: bytes, n_features: int, positive_class: str) -> Any:
@@ -116,7 +108,13 @@ class ProcessLoader:
     """Loads in one long-lived child process (spawned: the service has threads), so the skops load
     competes with serving for a CPU core, never for the GIL. Receiving the estimator costs the
     parent a few milliseconds of unpickling in a thread. A child that dies (a crash on a hostile
-    file) fails that load only; the next load starts a new child."""
+    file) fails that load only; the next load starts a new child.
+
+    Start-up loads (a restart rebuilding its slots) run in a thread of this process instead: no
+    request is served yet, so there is no GIL to protect, and waiting for a child's interpreter
+    and imports (seconds of CPU next to this process's own) would only lengthen the restart. The
+    child is started once they are done (:meth:`start`), with low priority, so it is ready for
+    the next promotion."""
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
@@ -136,7 +134,11 @@ class ProcessLoader:
         the first promotion that needs it."""
         self._executor().submit(_child_ready)
 
-    async def load(self, data: bytes, feature_names: Sequence[str], positive_class: str) -> Any:
+    async def load(
+        self, data: bytes, feature_names: Sequence[str], positive_class: str, *, startup: bool = False
+    ) -> Any:
+        if startup:
+            return await asyncio.to_thread(load_and_warm, data, feature_names, positive_class)
         pool = self._executor()
         try:
             blob = await asyncio.get_running_loop().run_in_executor(

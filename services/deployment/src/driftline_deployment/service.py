@@ -44,7 +44,6 @@ async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDe
         return applied.project.model.name if applied is not None else None
 
     scorer = Scorer(slots=slots, producer=rt.producer, model_of=model_of, shadow=settings.shadow)
-    loader.start()  # the child process's imports take seconds: not at the first promotion
 
     async def close_loader() -> None:
         await asyncio.to_thread(loader.close)
