@@ -73,6 +73,7 @@ async def wire(rt: Runtime, settings: FeaturesSettings) -> Wiring[FeaturesDeps]:
     log.info(
         "features_starting",
         app_id=app.conf.id,
+        group_instance_id=app.conf.consumer_group_instance_id,
         projects={n: pf.version for n, pf in sets.by_project.items()},
         partitions=partitions,
     )
