@@ -21,6 +21,7 @@ from driftline.retry import PoisonRecord
 from driftline_deployment.handlers import Deployer, Scorer
 from driftline_deployment.loader import ProcessLoader
 from driftline_deployment.policy import CHALLENGER, CHAMPION, plan_from_history
+from driftline_deployment.scoring import Scores
 from driftline_deployment.slots import ModelSlots
 from driftline_ml.models import to_matrix
 from tests.fakes import FakeArtifactStore, FakeProducer
@@ -303,7 +304,8 @@ async def test_a_failing_challenger_never_affects_the_champions_predictions() ->
     await d.apply(promoted(store, model(2), 2, action="shadow"))
     challenger = slots.challenger(MODEL_NAME)
     assert challenger is not None
-    slots.install(replace(challenger, estimator=BrokenEstimator()))
+    broken = BrokenEstimator()
+    slots.install(replace(challenger, estimator=broken, scores=Scores(broken, challenger.positive_class)))
     labels = {"model": MODEL_NAME, "version": "2"}
     errors = REGISTRY.get_sample_value("driftline_deployment_shadow_errors_total", labels)
     rows = synthetic.generate(20, seed=3)[0]
@@ -371,3 +373,27 @@ async def test_each_vector_is_scored_by_its_projects_model() -> None:
         [made[v.source_event_id].score for v in a],
         model(1).scores([rows[i] for i, p in enumerate(projects) if p == "pa"]),
     )
+
+
+async def test_a_deleted_projects_model_stops_serving_and_is_not_loaded_again_at_start_up() -> None:
+    store, producer, slots = FakeArtifactStore(), FakeProducer(), ModelSlots()
+    projects = {MODEL_NAME}
+    d = deployer(store, producer, slots, serves=lambda name: name in projects)
+    history = [promoted(store, model(1), 1), promoted(store, model(2), 2, action="shadow")]
+    for p in history:
+        await d.apply(p)
+    projects.clear()
+    await d.on_project_deleted("loans", MODEL_NAME)
+    assert slots.champion(MODEL_NAME) is None and slots.challenger(MODEL_NAME) is None
+    unloaded = [s for s in producer.on(DEPLOYMENTS_STATUS) if s.status == "unloaded"]
+    assert [(s.slot, s.version, s.causation_id) for s in unloaded] == [
+        (CHAMPION, 1, history[0].event_id),
+        (CHALLENGER, 2, history[1].event_id),
+    ]
+    assert all("'loans' was deleted" in s.reason for s in unloaded)
+    scorer = Scorer(slots=slots, producer=producer, model_name=MODEL_NAME)  # type: ignore[arg-type]
+    await scorer.score_batch([vector_event(synthetic.generate(1, seed=3)[0][0], 0)])
+    assert producer.on(PREDICTIONS) == []  # nothing serves the deleted project's model
+    restarted = ModelSlots()
+    await deployer(store, FakeProducer(), restarted, serves=lambda name: name in projects).on_replayed(replay(history))
+    assert restarted.models() == []

@@ -29,6 +29,7 @@ from driftline_deployment import policy
 from driftline_deployment.loader import LoadError, ModelLoader, ThreadLoader
 from driftline_deployment.metrics import MODEL_LOADS, PREDICTIONS_MADE, SCORE_SECONDS, SHADOW_ERRORS, UNSCORED
 from driftline_deployment.policy import CHALLENGER, Announcement
+from driftline_deployment.scoring import scores_for
 from driftline_deployment.slots import LoadedModel, ModelSlots
 from driftline_ml.models import to_matrix
 
@@ -49,8 +50,10 @@ class Deployer:
         shadow: bool = True,
         fallback_depth: int = 5,
         loader: ModelLoader | None = None,
+        serves: Callable[[str], bool] = lambda model_name: True,
     ) -> None:
         self.slots = slots
+        self.serves = serves  # whether a model's project is on the projects topic (not deleted)
         self.producer = producer
         self.artifacts = artifacts
         self.instance_id = instance_id
@@ -76,6 +79,9 @@ class Deployer:
             elif isinstance(e.record, ModelPromoted):
                 promotions.append(e.record)
         for model_name, plan in policy.plan_from_history(promotions).items():
+            if not self.serves(model_name):
+                log.info("model_of_no_project_not_loaded", model=model_name)
+                continue
             serving = None
             candidates = plan.fallbacks(self.fallback_depth)
             for p in candidates:
@@ -93,6 +99,16 @@ class Deployer:
 
     async def on_promoted(self, p: ModelPromoted) -> None:
         await self.apply(p)
+
+    async def on_project_deleted(self, project: str, model_name: str) -> None:
+        """A project was deleted: its model stops serving here (each slot announced ``unloaded``,
+        caused by the promotion that loaded it); a restart does not load it again."""
+        for removed in self.slots.remove(model_name):
+            log.info("model_unloaded", model=model_name, version=removed.version, slot=removed.slot, project=project)
+            await self._announce(
+                removed.promotion,
+                policy.Announcement(removed.slot, "unloaded", f"project {project!r} was deleted", removed.version),
+            )
 
     async def on_status(self, status: DeploymentStatusChanged) -> None:
         """A deployments.status record (replayed or live): this instance's are remembered."""
@@ -146,6 +162,7 @@ class Deployer:
             raise LoadError("the promotion names no features")
         positive = str(metadata.get("positive_class") or self.default_positive_class)
         estimator = await self.loader.load(data, feature_names, positive, startup=startup)
+        scores = await asyncio.to_thread(scores_for, estimator, positive, len(feature_names))
         return LoadedModel(
             model_name=p.model_name,
             version=p.version,
@@ -157,6 +174,7 @@ class Deployer:
             loaded_at=now_utc(),
             load_seconds=time.perf_counter() - start,
             promotion=p,
+            scores=scores,
         )
 
     async def _announce(self, p: ModelPromoted, a: Announcement) -> None:

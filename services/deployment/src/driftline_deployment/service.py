@@ -8,6 +8,7 @@ import asyncio
 
 from driftline.catalog import DEPLOYMENTS_STATUS, FEATURES_VECTORS, MODELS_PROMOTED, PREDICTIONS
 from driftline.project import project_from_settings
+from driftline.projects import Applied
 from driftline.records import FeatureVectorComputed
 from driftline.runtime import Runtime
 from driftline.service import Consume, Follow, Service, Wiring
@@ -32,8 +33,18 @@ async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDe
         shadow=settings.shadow,
         fallback_depth=settings.fallback_depth,
         loader=loader,
+        serves=lambda model_name: rt.projects.by_model(model_name) is not None,
     )
     projects = rt.projects
+    models_of_projects = {a.name: a.project.model.name for a in projects.values()}
+
+    async def on_project(name: str, applied: Applied | None) -> None:
+        if applied is not None:
+            models_of_projects[name] = applied.project.model.name
+        elif name in models_of_projects:
+            await deployer.on_project_deleted(name, models_of_projects.pop(name))
+
+    projects.listeners.append(on_project)
 
     def model_of(vector: FeatureVectorComputed) -> str | None:
         """The model of a vector's project; a vector of no project (written before projects were

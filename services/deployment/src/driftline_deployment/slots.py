@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from driftline.records import ModelPromoted
 from driftline_deployment.metrics import MODEL_VERSION
 from driftline_deployment.policy import CHALLENGER, CHAMPION
-from driftline_ml.models import positive_scores
+from driftline_deployment.scoring import Scores
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,11 @@ class LoadedModel:
     loaded_at: datetime
     load_seconds: float
     promotion: ModelPromoted  # why it serves (GET /v1/deployment)
+    scores: Scores  # the estimator's positive-class scores, fast for small batches
 
     def predict(self, x: NDArray[np.float64]) -> tuple[NDArray[np.float64], list[str]]:
         """Positive-class scores and predicted classes of the rows of ``x``."""
-        scores = positive_scores(self.estimator, x, self.positive_class)
+        scores = self.scores(x)
         if len(self.classes) == 2 and self.positive_class in self.classes:
             other = self.classes[1 - self.classes.index(self.positive_class)]
             return scores, [self.positive_class if s >= 0.5 else other for s in scores]
@@ -67,6 +68,7 @@ class LoadedModel:
             "positive_class": self.positive_class,
             "loaded_since": self.loaded_at.isoformat(),
             "load_seconds": round(self.load_seconds, 4),
+            "fast_scoring_below_rows": self.scores.fast_below if self.scores.fast else 0,
             "why": {
                 "action": p.action,
                 "reason": p.reason,
@@ -104,6 +106,16 @@ class ModelSlots:
             self._challengers[model.model_name] = model
         MODEL_VERSION.labels(model.model_name, model.slot).set(model.version)
         return retired
+
+    def remove(self, model_name: str) -> list[LoadedModel]:
+        """Stop serving ``model_name`` (both slots); the models removed, champion first."""
+        removed = []
+        for slot, held in ((CHAMPION, self._champions), (CHALLENGER, self._challengers)):
+            model = held.pop(model_name, None)
+            if model is not None:
+                MODEL_VERSION.remove(model_name, slot)
+                removed.append(model)
+        return removed
 
     def models(self) -> list[str]:
         return sorted(set(self._champions) | set(self._challengers))
