@@ -3,6 +3,7 @@ running ingestion service that follows the projects topic without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,8 @@ import yaml
 
 from driftline.catalog import PROJECTS
 from driftline.history import read_topics
-from driftline.project_topic import read_book
+from driftline.project_topic import ProjectLockError, apply_definition, project_lock, read_book
+from driftline.projects import Definition
 from driftline.settings import LOCAL_API_TOKEN, StackSettings
 from tests.integration.test_cli_publish import run_cli
 from tests.support import ROOT, Namespace, ServiceProcess, create_namespace, drop_namespace
@@ -148,3 +150,39 @@ async def test_a_service_start_does_not_overwrite_a_version_applied_by_hand(
     current = (await read_book(ns.stack)).get("loan-approval")
     assert current is not None and current.version == 2 and current.project.drift.window == 800
     assert "project_file_not_applied" in Path(second.log_path).read_text()  # noqa: ASYNC240 - a small log file
+
+
+async def test_two_applies_of_one_project_at_once_become_two_versions_the_second_planned_on_the_first(
+    base_stack: StackSettings, tmp_path: Path
+) -> None:
+    ns = await create_namespace(base_stack, "plock")
+    try:
+        (tmp_path / "base").mkdir()
+        base = machine_copy(tmp_path / "base")
+        assert (await apply_definition(ns.stack, Definition.from_file(base), applied_by="t")).version == 1
+
+        def window(minutes: int) -> Path:
+            folder = tmp_path / f"w{minutes}"
+            folder.mkdir()
+            return machine_copy(folder, lambda doc: doc["drift"].__setitem__("window", minutes))
+
+        plans = await asyncio.gather(
+            apply_definition(ns.stack, Definition.from_file(window(700)), applied_by="a"),
+            apply_definition(ns.stack, Definition.from_file(window(900)), applied_by="b"),
+        )
+        assert sorted(p.version for p in plans) == [2, 3]
+        second = max(plans, key=lambda p: p.version)
+        # The second was planned against the first's version, not the one both started from.
+        assert any(
+            line.startswith("drift.window: 700 -> 900") or line.startswith("drift.window: 900 -> 700")
+            for line in second.changes
+        ), second.changes
+        records = [e.record for e in await read_topics(ns.stack, [PROJECTS])]
+        assert [r.version for r in records] == [1, 2, 3]
+        # While one holds the lock, another apply waits; past its wait it is told why.
+        async with project_lock(ns.stack, "machine-health"):
+            with pytest.raises(ProjectLockError, match="held its lock"):
+                async with project_lock(ns.stack, "machine-health", timeout_s=0.5):
+                    pass
+    finally:
+        await drop_namespace(ns, base_stack)

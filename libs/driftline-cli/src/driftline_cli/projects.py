@@ -75,12 +75,14 @@ def apply(
 
     The same content again is not a new version; a change that would break the running project
     is refused, with the reasons."""
-    from driftline.project_topic import applied_by_default, apply_definition
+    from driftline.project_topic import ProjectLockError, applied_by_default, apply_definition
     from driftline.projects import ProjectRefused
 
     definition = _definition(path)
     try:
         p = run(apply_definition(stack_settings(), definition, applied_by=applied_by_default(), dry_run=dry_run))
+    except ProjectLockError as exc:
+        raise fail(str(exc)) from None
     except ProjectRefused as exc:
         err_console.print(f"[red]refused:[/red] project {exc.name!r} was not applied:")
         for problem in exc.problems:
@@ -178,7 +180,7 @@ def delete(
 
     Its models' versions, stage history and artifacts stay in the registry and the object store;
     applying the file again brings the project back (see docs/projects.md)."""
-    from driftline.project_topic import applied_by_default, delete_project
+    from driftline.project_topic import ProjectLockError, applied_by_default, delete_project
 
     if not yes:
         typer.confirm(f"delete project {name!r}?", abort=True)
@@ -186,4 +188,6 @@ def delete(
         gone = run(delete_project(stack_settings(), name, applied_by=applied_by_default()))
     except KeyError:
         raise fail(f"no project {name!r} (driftline projects list shows them)") from None
+    except ProjectLockError as exc:
+        raise fail(str(exc)) from None
     console.print(f"project [bold]{name}[/bold] deleted (it was version {gone.version})")
