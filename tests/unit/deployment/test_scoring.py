@@ -16,8 +16,9 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-from driftline_deployment.scoring import VERIFY_CALLS, Scores, scores_for
+from driftline_deployment.scoring import VERIFY_CALLS, Scores, profile_rows, scores_for
 from driftline_ml.models import positive_scores
+from driftline_ml.profiles import build_profiles
 
 ESTIMATORS = {
     "hgb": lambda: HistGradientBoostingClassifier(max_iter=60, random_state=0),
@@ -102,3 +103,31 @@ def test_an_uncalibrated_scorer_uses_scikit_learn() -> None:
     assert not scores.fast
     x, _ = data(seed=5, n=3)
     np.testing.assert_allclose(scores(x), positive_scores(model, x, "approved"))
+
+
+@pytest.mark.parametrize("kind", sorted(TREELITE_TYPES))
+def test_missing_values_are_scored_as_scikit_learn_scores_or_refuses_them(kind: str) -> None:
+    model = fitted(kind)  # trained without missing values
+    x, _ = data(seed=6, n=300)
+    rows = profile_rows(build_profiles(x, [f"f{i}" for i in range(6)]), [f"f{i}" for i in range(6)])
+    assert rows is not None and np.isnan(rows).any()
+    scores = scores_for(model, "approved", 6, rows)
+    assert scores.fast  # the load-time check passed on rows with missing values
+    x[0, 2] = np.nan
+    try:
+        want = positive_scores(model, x[:3], "approved")
+    except ValueError:  # GradientBoosting takes no missing values: neither does the fast path
+        with pytest.raises(ValueError, match="NaN"):
+            scores(x[:3])
+    else:
+        np.testing.assert_allclose(scores(x[:3]), want, rtol=0, atol=1e-12)
+
+
+def test_profile_rows_follow_the_training_profiles() -> None:
+    x, _ = data(seed=7, n=2000)
+    names = [f"f{i}" for i in range(6)]
+    rows = profile_rows(build_profiles(x, names), names, n=4000)
+    assert rows is not None and rows.shape == (4000, 6)
+    observed = np.nanstd(rows, axis=0) / np.std(x, axis=0)
+    assert np.all((observed > 0.8) & (observed < 1.2))  # each feature's spread, from its sketch
+    assert profile_rows({"f0": {}}, names) is None  # a feature without a profile: no rows

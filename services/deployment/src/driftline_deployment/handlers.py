@@ -29,7 +29,7 @@ from driftline_deployment import policy
 from driftline_deployment.loader import LoadError, ModelLoader, ThreadLoader
 from driftline_deployment.metrics import MODEL_LOADS, PREDICTIONS_MADE, SCORE_SECONDS, SHADOW_ERRORS, UNSCORED
 from driftline_deployment.policy import CHALLENGER, Announcement
-from driftline_deployment.scoring import scores_for
+from driftline_deployment.scoring import profile_rows, scores_for
 from driftline_deployment.slots import LoadedModel, ModelSlots
 from driftline_ml.models import to_matrix
 
@@ -162,7 +162,9 @@ class Deployer:
             raise LoadError("the promotion names no features")
         positive = str(metadata.get("positive_class") or self.default_positive_class)
         estimator = await self.loader.load(data, feature_names, positive, startup=startup)
-        scores = await asyncio.to_thread(scores_for, estimator, positive, len(feature_names))
+        profiles = (metadata.get("reference_profile") or {}).get("features") or {}
+        rows = profile_rows(profiles, feature_names) if isinstance(profiles, dict) else None
+        scores = await asyncio.to_thread(scores_for, estimator, positive, len(feature_names), rows)
         return LoadedModel(
             model_name=p.model_name,
             version=p.version,

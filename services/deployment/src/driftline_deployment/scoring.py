@@ -10,15 +10,18 @@ per-row cost is lower.
 
 The crossover is measured per model at load (:meth:`Scores.calibrate`: both paths timed on 1 and
 256 rows), not a constant: it depends on the model's size and type. Both paths compute the same
-function; the first :data:`VERIFY_CALLS` fast calls are checked against scikit-learn on the
-rows being served, and a model whose scores differ by more than :data:`TOLERANCE` is served by
-scikit-learn from then on (log event ``fast_scoring_disabled``).
+function, and that is checked, not assumed: at load on 256 rows drawn from the training set's
+feature profiles (each feature's quantile sketch in the model's metadata, with missing values),
+then on the first :data:`VERIFY_CALLS` fast calls against the rows being served. A model whose
+scores differ by more than :data:`TOLERANCE` is served by scikit-learn from then on (log event
+``fast_scoring_disabled``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +32,7 @@ from driftline_ml.models import positive_scores
 
 log = get_logger(__name__)
 
-VERIFY_CALLS = 50  # fast calls compared with scikit-learn on the rows they serve
+VERIFY_CALLS = 5  # fast calls compared with scikit-learn on the rows they serve (each costs a scikit-learn call)
 TOLERANCE = 1e-6  # binary models agree to ~1e-18; multi-class softmax is float32 in treelite (~1e-8)
 CALIBRATION_ROWS = (1, 256)
 
@@ -46,6 +49,13 @@ def _import_treelite(estimator: Any) -> Any | None:
         return None
 
 
+def _allows_nan(estimator: Any) -> bool:
+    try:
+        return bool(estimator.__sklearn_tags__().input_tags.allow_nan)
+    except AttributeError:
+        return False
+
+
 class Scores:
     """Scores for the positive class of rows; see the module doc. Thread-safe: the verification
     counter is the only state that changes after :meth:`calibrate`."""
@@ -58,6 +68,9 @@ class Scores:
         # treelite gives (rows, 1, k): k = 1 for a binary boosted model (the last class's
         # probability), k = len(classes) otherwise.
         self._column = classes.index(positive_class) if positive_class in classes else len(classes) - 1
+        # treelite scores a missing value wherever scikit-learn would refuse it: rows with one go to
+        # scikit-learn (and its error) for an estimator that does not take them.
+        self.allow_nan = _allows_nan(estimator)
         self.fast_below = 0  # rows: batches with fewer use treelite; 0 = never (until calibrated)
         self._verify_left = VERIFY_CALLS
         self._lock = threading.Lock()
@@ -78,20 +91,27 @@ class Scores:
             return p1 if self._column == 1 else 1.0 - p1
         return np.asarray(out[:, self._column])
 
-    def calibrate(self, n_features: int) -> None:
-        """Time both paths on 1 and 256 rows and set :attr:`fast_below` to where they cross (blocking)."""
+    def calibrate(self, n_features: int, rows: NDArray[np.float64] | None = None) -> None:
+        """Check both paths agree on ``rows`` (default: zeros), time them on 1 and 256 rows and
+        set :attr:`fast_below` to where they cross (blocking)."""
         if self._tree is None:
             return
-        x = np.zeros((max(CALIBRATION_ROWS), n_features))
+        x = np.zeros((max(CALIBRATION_ROWS), n_features)) if rows is None else rows
+        if not self.allow_nan:
+            x = np.nan_to_num(x, nan=0.0)
         try:
-            if not np.allclose(self._tree_scores(x[:4]), self._sk(x[:4]), atol=TOLERANCE, rtol=0):
-                log.warning("fast_scoring_disabled", reason="differs from scikit-learn on zero rows")
+            fast, reference = self._tree_scores(x), self._sk(x)
+            if not np.allclose(fast, reference, atol=TOLERANCE, rtol=0, equal_nan=True):
+                worst = float(np.nanmax(np.abs(fast - reference)))
+                log.warning("fast_scoring_disabled", reason=f"differs from scikit-learn by {worst:.3g} at load")
                 self._tree = None
                 return
         except Exception as exc:  # treelite refused the input: serve with scikit-learn
             log.warning("fast_scoring_disabled", reason=f"{type(exc).__name__}: {exc}"[:300])
             self._tree = None
             return
+        if len(x) < max(CALIBRATION_ROWS):
+            x = np.resize(x, (max(CALIBRATION_ROWS), n_features))
         cost: dict[str, list[float]] = {"tree": [], "sk": []}
         for n in CALIBRATION_ROWS:
             for name, fn in (("tree", self._tree_scores), ("sk", self._sk)):
@@ -115,7 +135,7 @@ class Scores:
         return positive_scores(self.estimator, x, self.positive_class)
 
     def __call__(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        if self._tree is None or len(x) >= self.fast_below:
+        if self._tree is None or len(x) >= self.fast_below or (not self.allow_nan and np.isnan(x).any()):
             return self._sk(x)
         scores = self._tree_scores(x)
         if self._verify_left > 0:
@@ -130,8 +150,35 @@ class Scores:
         return scores
 
 
-def scores_for(estimator: Any, positive_class: str, n_features: int) -> Scores:
+def profile_rows(
+    profiles: Mapping[str, Any], feature_names: Sequence[str], n: int = 256, *, seed: int = 0
+) -> NDArray[np.float64] | None:
+    """``n`` rows like the training set's, feature by feature: values drawn from each numeric
+    feature's quantile sketch (a tenth missing), codes from each categorical one's categories.
+    None when the profiles do not cover every feature (the check then uses zero rows)."""
+    rng = np.random.default_rng(seed)
+    columns = []
+    for name in feature_names:
+        profile = profiles.get(name)
+        if not isinstance(profile, Mapping):
+            return None
+        if profile.get("kind") == "categorical":
+            try:
+                values = np.asarray([float(c) for c in profile.get("categories") or ()], dtype=np.float64)
+            except (TypeError, ValueError):
+                return None
+        else:
+            values = np.asarray(profile.get("sketch") or (), dtype=np.float64)
+        if values.size == 0:
+            values = np.asarray([np.nan])
+        column = rng.choice(values, size=n)
+        column[rng.random(n) < 0.1] = np.nan
+        columns.append(column)
+    return np.column_stack(columns) if columns else None
+
+
+def scores_for(estimator: Any, positive_class: str, n_features: int, rows: NDArray[np.float64] | None = None) -> Scores:
     """Blocking (treelite's import of the model and the calibration: milliseconds): run it off the loop."""
     scores = Scores(estimator, positive_class)
-    scores.calibrate(n_features)
+    scores.calibrate(n_features, rows)
     return scores
