@@ -411,3 +411,32 @@ def test_item_spans_follow_parse_body_on_odd_objects() -> None:
     assert item_spans(b'{"events": [1], "events": [ 22 ,3]}', "events") == [(28, 30), (32, 33)]
     assert item_spans(b"\xff", "events") is None
     assert item_spans(b"[" * 5000 + b"]" * 5000, "events") in (None, [(1, 9999)])
+
+
+# --- labels on an install of several projects ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_projects() -> Validator:
+    machine = load_project(Path(EXAMPLE_PROJECT).parents[1] / "machine_health" / "project.yaml")
+    return Validator.merged([Validator.from_project(load_project()), Validator.from_project(machine)])
+
+
+def _label(v: Validator, **fields: Any) -> Any:
+    item = {"event_id": str(uuid.uuid4()), "entity_id": "e-1", **fields}
+    return v.label(item, 0, producer="ingestion", source="http")
+
+
+def test_a_label_naming_its_project_is_checked_against_that_projects_classes(two_projects: Validator) -> None:
+    ok = _label(two_projects, label="failure", project="machine-health")
+    assert isinstance(ok, Valid) and ok.record["project"] == "machine-health"
+    wrong = _label(two_projects, label="approve", project="machine-health")  # the loan project's class
+    assert isinstance(wrong, Rejection)
+    assert [(p.field, p.error_type) for p in wrong.problems] == [("label", INVALID_VALUE)]
+    assert "of project 'machine-health'" in wrong.problems[0].message
+    unknown = _label(two_projects, label="approve", project="nope")
+    assert isinstance(unknown, Rejection) and [p.field for p in unknown.problems] == ["project"]
+    # Without a project, a class of any project is accepted (and the record names none).
+    either = _label(two_projects, label="approve")
+    assert isinstance(either, Valid) and either.record["project"] is None
+    fastavro.schemaless_writer(io.BytesIO(), parsed_schema(LABELS), ok.record)  # the record is valid Avro

@@ -4,7 +4,7 @@ Rows of a JSON Lines file are whole events (``{"type": ..., "payload": {...}}``)
 (wrapped with ``--type``, default the project's event type); rows of a CSV file are payloads, one
 column per field (values converted to the fields' types), with optional ``event_id``,
 ``event_time`` and ``correlation_id`` columns. With ``--labels`` rows are labels
-(``event_id``, ``entity_id``, ``label``).
+(``event_id``, ``entity_id``, ``label``, optionally ``project``).
 
 A row without an ``event_id`` gets one derived from the file name, the line number and the line,
 so publishing the same file again is recognised as a retry (``--fresh-ids`` to turn that off).

@@ -430,7 +430,8 @@ class Publisher:
         return await self._publish("events", [with_event_id(e) for e in events], on_progress)
 
     async def publish_labels(self, labels: Iterable[Any], *, on_progress: Progress | None = None) -> PublishResult:
-        """Publish ground-truth labels (``{"event_id", "entity_id", "label"}``)."""
+        """Publish ground-truth labels (``{"event_id", "entity_id", "label"}``, optionally ``"project"``: the
+        label is then checked against that project's classes)."""
         return await self._publish("labels", list(labels), on_progress)
 
     async def reject_unparseable(

@@ -83,7 +83,7 @@ ERROR_TYPES = frozenset(
 """Every error type client input is refused with."""
 
 EVENT_KEYS = frozenset({"type", "event_id", "event_time", "correlation_id", "payload"})
-LABEL_KEYS = frozenset({"event_id", "entity_id", "label", "label_id", "event_time", "correlation_id"})
+LABEL_KEYS = frozenset({"event_id", "entity_id", "label", "label_id", "event_time", "correlation_id", "project"})
 MAX_ID_LENGTH = 200
 MAX_PROBLEMS = 20  # per record; a payload with 10 000 bad fields gets a bounded answer
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "string"}
@@ -508,6 +508,7 @@ class Validator:
     event_types: dict[str, EventType]
     label_classes: list[str]
     label_name: str = "label"
+    classes_by_project: dict[str, list[str]] = field(default_factory=dict)  # a label naming its project
     _classes: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -528,19 +529,22 @@ class Validator:
             {spec.type: EventType(spec.type, schema, spec.entity_key, project.name)},
             list(project.label.classes),
             project.label.name,
+            {project.name: list(project.label.classes)},
         )
 
     @classmethod
     def merged(cls, validators: Sequence[Validator]) -> Validator:
-        """One validator for several projects: every event type (each routes to its project), and
-        a label is one of any project's classes (a label does not name its project)."""
+        """One validator for several projects: every event type (each routes to its project); a
+        label that names its project is one of that project's classes, else one of any project's."""
         event_types: dict[str, EventType] = {}
         classes: list[str] = []
+        by_project: dict[str, list[str]] = {}
         for v in validators:
             event_types.update(v.event_types)
             classes += [c for c in v.label_classes if c not in classes]
+            by_project.update(v.classes_by_project)
         names = {v.label_name for v in validators}
-        return cls(event_types, classes, names.pop() if len(names) == 1 else "label")
+        return cls(event_types, classes, names.pop() if len(names) == 1 else "label", by_project)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -555,7 +559,10 @@ class Validator:
                     "label_id": "UUID of this label (optional; default derived from the other fields)",
                     "event_time": "ISO-8601 or epoch millis (optional)",
                     "correlation_id": "optional; default: the labelled event's id",
+                    "project": "the labelled event's project (optional): the label is then checked "
+                    "against that project's classes",
                 },
+                "classes_by_project": self.classes_by_project,
             },
         }
 
@@ -617,11 +624,21 @@ class Validator:
             entity_id = None
         else:
             entity_id = _short_string(item.get("entity_id"), "entity_id", problems)
+        project = item.get("project")
+        classes = self.label_classes
+        if project is not None:
+            if not isinstance(project, str) or project not in self.classes_by_project:
+                known = sorted(self.classes_by_project)
+                problems.append(Problem("project", INVALID_VALUE, f"{_describe(project)} is not a project here {known}"))
+                project = None
+            else:
+                classes = self.classes_by_project[project]
         value = item.get("label")
         if value is None:
-            problems.append(Problem("label", MISSING_FIELD, f"required; one of {self.label_classes}"))
-        elif not isinstance(value, str) or value not in self._classes:
-            problems.append(Problem("label", INVALID_VALUE, f"{_describe(value)} is not one of {self.label_classes}"))
+            problems.append(Problem("label", MISSING_FIELD, f"required; one of {classes}"))
+        elif not isinstance(value, str) or value not in (self._classes if project is None else classes):
+            of = f" of project {project!r}" if project is not None else ""
+            problems.append(Problem("label", INVALID_VALUE, f"{_describe(value)} is not one of {classes}{of}"))
         raw_label_id = item.get("label_id")
         label_id = None if raw_label_id is None else _event_id(raw_label_id, "label_id", problems)
         raw_time = item.get("event_time")
@@ -634,7 +651,11 @@ class Validator:
         cause = {"event_id": labelled_id, "correlation_id": correlation_id or labelled_id}
         env = envelope(producer, cause=cause, event_time=event_time, event_id=label_id)
         return _valid(
-            index, LABELS, env, {"labelled_event_id": labelled_id, "entity_id": entity_id, "label": value}, source
+            index,
+            LABELS,
+            env,
+            {"labelled_event_id": labelled_id, "entity_id": entity_id, "label": value, "project": project},
+            source,
         )
 
     def validate(

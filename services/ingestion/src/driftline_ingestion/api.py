@@ -116,6 +116,10 @@ def _request_body(kind: Kind, validator: Validator) -> dict[str, Any]:
                 "label_id": {"type": "string", "format": "uuid"},
                 "event_time": {"type": "string", "format": "date-time"},
                 "correlation_id": {"type": "string"},
+                "project": {
+                    "enum": sorted(validator.classes_by_project),
+                    "description": "the labelled event's project: the label must be one of its classes",
+                },
             },
             "additionalProperties": False,
         }
