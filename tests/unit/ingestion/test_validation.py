@@ -433,10 +433,10 @@ def test_a_label_naming_its_project_is_checked_against_that_projects_classes(two
     wrong = _label(two_projects, label="approve", project="machine-health")  # the loan project's class
     assert isinstance(wrong, Rejection)
     assert [(p.field, p.error_type) for p in wrong.problems] == [("label", INVALID_VALUE)]
-    assert "of project 'machine-health'" in wrong.problems[0].message
+    assert "of project 'machine-health'" in wrong.problems[0].reason
     unknown = _label(two_projects, label="approve", project="nope")
     assert isinstance(unknown, Rejection) and [p.field for p in unknown.problems] == ["project"]
     # Without a project, a class of any project is accepted (and the record names none).
     either = _label(two_projects, label="approve")
     assert isinstance(either, Valid) and either.record["project"] is None
-    fastavro.schemaless_writer(io.BytesIO(), parsed_schema(LABELS), ok.record)  # the record is valid Avro
+    validate(ok.record, parsed_schema("LabelRecorded"))  # the record is valid Avro, project included

@@ -312,6 +312,7 @@ class LabelRecorded:
     entity_id: str
     label: str | int | float | bool
     source: str = 'http'
+    project: str | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> LabelRecorded:
@@ -326,6 +327,7 @@ class LabelRecorded:
             entity_id=d["entity_id"],
             label=d["label"],
             source=d.get("source", 'http'),
+            project=d.get("project", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -340,6 +342,7 @@ class LabelRecorded:
             "entity_id": self.entity_id,
             "label": self.label,
             "source": self.source,
+            "project": self.project,
         }
 
 

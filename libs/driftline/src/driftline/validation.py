@@ -629,7 +629,9 @@ class Validator:
         if project is not None:
             if not isinstance(project, str) or project not in self.classes_by_project:
                 known = sorted(self.classes_by_project)
-                problems.append(Problem("project", INVALID_VALUE, f"{_describe(project)} is not a project here {known}"))
+                problems.append(
+                    Problem("project", INVALID_VALUE, f"{_describe(project)} is not a project here {known}")
+                )
                 project = None
             else:
                 classes = self.classes_by_project[project]

@@ -117,7 +117,7 @@ def _request_body(kind: Kind, validator: Validator) -> dict[str, Any]:
                 "event_time": {"type": "string", "format": "date-time"},
                 "correlation_id": {"type": "string"},
                 "project": {
-                    "enum": sorted(validator.classes_by_project),
+                    "enum": sorted(validator.classes_by_project) or [None],
                     "description": "the labelled event's project: the label must be one of its classes",
                 },
             },
