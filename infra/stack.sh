@@ -182,6 +182,20 @@ ensure_ports() {
 load_ports() {
   # shellcheck disable=SC1090
   source "$PORTS_FILE"
+  reserve_ports
+}
+
+reserve_ports() {
+  # The stack's ports lie in Linux's ephemeral range (32768-60999 by default), so while a component
+  # is down the kernel may hand its port to a client as a source port: a client reconnecting to
+  # the stopped broker can even connect to itself on it. The component then cannot bind its port
+  # when it comes back ("Address already in use"). Reserved ports are never handed out that way.
+  # Best effort: only where this user may write the setting (root outside a container).
+  local f=/proc/sys/net/ipv4/ip_local_reserved_ports current ours="" name
+  [ -w "$f" ] || return 0
+  for name in "${PORT_NAMES[@]}"; do ours+="${ours:+,}${!name:-}"; done
+  current=$(cat "$f" 2>/dev/null) || return 0
+  echo "${current:+$current,}$ours" >"$f" 2>/dev/null || true
 }
 
 write_stack_env() {

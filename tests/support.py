@@ -128,10 +128,22 @@ class TopicReader:
         return [e for e in self.events if e.topic == topic]
 
 
+RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
 def free_port() -> int:
+    """A free loopback port, reserved (best effort: where the setting is writable) so the kernel
+    never hands it out as a client's source port: a service restarted on it can bind it again
+    (see ``reserve_ports`` in infra/stack.sh)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    try:
+        current = RESERVED_PORTS.read_text().strip()
+        RESERVED_PORTS.write_text(f"{current},{port}" if current else str(port))
+    except OSError:
+        pass
+    return port
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 30, interval_s: float = 0.3) -> Any:
