@@ -59,6 +59,8 @@ from driftline.records import DriftEvidence
 from driftline_ml.profiles import category_key, ks, numeric_profile, psi
 from driftline_monitoring.lifecycle import Attempt, Episode, change_point
 
+LONG_WINDOW_FACTOR = 4  # the long window of ADWIN's guard, in performance windows
+
 INPUT, PREDICTION, PERFORMANCE = "input", "prediction", "performance"
 
 V = TypeVar("V")
@@ -312,6 +314,10 @@ class PerformanceTracker:
         self.outcomes: deque[tuple[int, bool]] = deque(maxlen=policy.performance_window)
         self.correct = 0
         self.total = 0
+        # A longer window for ADWIN's guard: a slow change lowers accuracy by less than three
+        # standard errors of the rolling window, but a sustained shortfall is clear over more outcomes.
+        self.long: deque[bool] = deque(maxlen=LONG_WINDOW_FACTOR * policy.performance_window)
+        self.long_correct = 0
         self.ph = PageHinkley(
             min_instances=min(30, policy.min_labels),
             delta=policy.page_hinkley_delta,
@@ -336,6 +342,19 @@ class PerformanceTracker:
         if acc is None or self.reference_accuracy is None or len(self.outcomes) < self.policy.min_labels:
             return None
         return self.reference_accuracy - acc
+
+    @property
+    def long_drop(self) -> float | None:
+        """The reference accuracy minus the accuracy over the long window (once it is full)."""
+        if self.reference_accuracy is None or len(self.long) < (self.long.maxlen or 0):
+            return None
+        return self.reference_accuracy - self.long_correct / len(self.long)
+
+    def long_noise(self) -> float:
+        """Three standard errors of the long window's accuracy."""
+        n = max(1, len(self.long))
+        acc = self.long_correct / n
+        return float(3 * math.sqrt(acc * (1 - acc) / n))
 
     def guard(self) -> float:
         """Accuracy drop a Page-Hinkley alarm needs to count: half the policy's drop, and at least
@@ -364,6 +383,10 @@ class PerformanceTracker:
         self.outcomes.append((event_time_ms, correct))
         self.correct += correct
         self.total += 1
+        if len(self.long) == self.long.maxlen:
+            self.long_correct -= self.long[0]
+        self.long.append(correct)
+        self.long_correct += correct
         error = 0.0 if correct else 1.0
         ph_alarm = False
         if self.use_ph:
@@ -378,7 +401,10 @@ class PerformanceTracker:
         acc_drifted = drop > policy.accuracy_drop
         guard = self.guard()
         ph_drifted = ph_alarm and drop > guard
-        adwin_drifted = adwin_alarm and drop > self.noise()
+        long_drop = self.long_drop
+        adwin_drifted = adwin_alarm and (
+            drop > self.noise() or (long_drop is not None and long_drop > self.long_noise())
+        )
         if ph_alarm:
             self.ph_alarms += 1
         if adwin_alarm:
@@ -411,10 +437,11 @@ class PerformanceTracker:
         return float(self.adwin.estimation) > before
 
     def degraded(self) -> bool:
-        """Served performance is still below the reference: the accuracy drop is known and beyond
-        :meth:`guard` (an open episode asks for training again only then)."""
-        drop = self.drop
-        return drop is not None and drop > self.guard()
+        """Served performance is still below the reference (an open episode asks for training
+        again only then): the rolling accuracy's drop is beyond :meth:`guard`, or the long
+        window's beyond three of its standard errors (a slow change: a few points, sustained)."""
+        drop, long_drop = self.drop, self.long_drop
+        return (drop is not None and drop > self.guard()) or (long_drop is not None and long_drop > self.long_noise())
 
     def outcomes_since(self, ms: int) -> int:
         """Outcomes in the window with event time at or after ``ms``."""
