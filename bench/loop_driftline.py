@@ -153,7 +153,8 @@ class Driftline:
         columns, scores, window = self.monitor.snapshot()
         result = self.monitor.conclude(self.monitor.compute(columns, scores, window))
         if result.detection is not None:
-            self._detected(t - self.config.label_delay, result.detection)
+            # An input alarm needs no label: it is counted at the last event it saw, t.
+            self._detected(t - self.config.label_delay, result.detection, seen=t)
         ended = self.monitor.after_check(result)
         if ended is not None:
             self.decisions.append(f"{t}: episode {ended[0].episode_id[:8]} ended: {ended[1]}")
@@ -184,7 +185,7 @@ class Driftline:
         )
         self.asks.append((ask, onset))
 
-    def _detected(self, labelled_event: int, detection: Detection | None) -> None:
+    def _detected(self, labelled_event: int, detection: Detection | None, seen: int | None = None) -> None:
         monitor = self.monitor
         if detection is None or monitor is None:
             return
@@ -193,7 +194,7 @@ class Driftline:
         detection = monitor.with_onset(detection)
         episode_id = str(uuid.uuid4())
         monitor.open(episode_id, detection)
-        self.detections.append(max(0, labelled_event))
+        self.detections.append(max(0, labelled_event if seen is None else seen))
         self.detected_by.append(
             f"{detection.kind}/{detection.method} {detection.statistic:.4g}>{detection.threshold:.4g}"
         )
