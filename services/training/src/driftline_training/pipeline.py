@@ -81,11 +81,15 @@ def dataset_fingerprint(example_ids: Sequence[str], feature_set_version: str) ->
     return h.hexdigest()
 
 
-def split_by_time(examples: Sequence[Example], holdout_fraction: float) -> tuple[list[Example], list[Example]]:
-    """Oldest part for training, the most recent ``holdout_fraction`` as holdout (ties by id)."""
+def split_by_time(
+    examples: Sequence[Example], holdout_fraction: float, n_holdout: int | None = None
+) -> tuple[list[Example], list[Example]]:
+    """Oldest part for training, the most recent ``holdout_fraction`` (or ``n_holdout``) as holdout
+    (ties by id)."""
     ordered = sorted(examples, key=lambda e: (e.event_time, e.example_id))
-    n_holdout = max(1, math.ceil(len(ordered) * holdout_fraction))
-    n_holdout = min(n_holdout, len(ordered) - 1)
+    if n_holdout is None:
+        n_holdout = max(1, math.ceil(len(ordered) * holdout_fraction))
+    n_holdout = min(max(1, n_holdout), len(ordered) - 1)
     return ordered[:-n_holdout], ordered[-n_holdout:]
 
 
@@ -195,11 +199,14 @@ def check_examples(examples: Sequence[Example], policy: TrainingPolicy) -> None:
         )
 
 
-def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -> FitResult:
-    """Split by time, fit the project's estimator, evaluate it on the holdout, profile, serialise."""
+def fit(
+    project: Project, examples: Sequence[Example], policy: TrainingPolicy, *, n_holdout: int | None = None
+) -> FitResult:
+    """Split by time, fit the project's estimator, evaluate it on the holdout, profile, serialise.
+    ``n_holdout``: the holdout's size instead of the policy's fraction (a drift run's window choice)."""
     check_examples(examples, policy)
     timings: dict[str, float] = {}
-    train, holdout = split_by_time(examples, policy.holdout_fraction)
+    train, holdout = split_by_time(examples, policy.holdout_fraction, n_holdout)
     positive = project.label.positive_class
     y_train = [e.label for e in train]
     train_classes = sorted(set(y_train))
