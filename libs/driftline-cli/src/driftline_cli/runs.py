@@ -121,8 +121,11 @@ def reproduce(
     the stored model's, whether the model file's bytes are, and every library whose version
     differs from the run's record. Exit 0: identical holdout predictions; 1: they differ.
     """
-    from driftline_ml.reproduce import reproduce as refit
-    from driftline_ml.trainingset import TrainingSetError, read_training_set
+    try:
+        from driftline_ml.reproduce import reproduce as refit
+        from driftline_ml.trainingset import TrainingSetError, read_training_set
+    except ImportError:
+        raise fail("re-fitting a run needs the ML stack: install driftline-cli[reproduce]", 2) from None
 
     run = _get_run(url, run_id)
     try:
