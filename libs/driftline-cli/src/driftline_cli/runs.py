@@ -120,6 +120,7 @@ def reproduce(
     whether the new model's predictions and probabilities on the recorded holdout are identical to
     the stored model's, whether the model file's bytes are, and every library whose version
     differs from the run's record. Exit 0: identical holdout predictions; 1: they differ.
+    The objects are read with the stack's settings (DRIFTLINE_MINIO_*, DRIFTLINE_ARTIFACT_BUCKET).
     """
     try:
         from driftline_ml.reproduce import reproduce as refit
