@@ -3,8 +3,7 @@
 The run goes through the service's own run function (``Runs.run``, wired by ``SERVICE.wire``): selection from
 PostgreSQL, the time split, fit, holdout evaluation of the candidate and of the champion,
 reference profiles, skops serialisation, the training-set file, and the uploads (model, training
-set, metadata) to MinIO. The
-baseline fits the project's estimator on exactly the run's training split, in memory.
+set, metadata) to MinIO. The baseline fits the project's estimator on exactly the run's training split, in memory.
 
 Needs a running stack (an isolated namespace is created on it and dropped afterwards)::
 
