@@ -119,6 +119,7 @@ async def test_drift_retrains_promotes_and_redeploys_by_itself(
     assert card["training_set"]["key"] == trained.value["training_set_key"]
     assert card["training_set"]["sha256"] == trained.value["dataset_fingerprint"]
     assert card["training_set"]["rows"] == trained.value["n_train"] + trained.value["n_holdout"]
+    assert card["code_version"] == trained.value["code_version"] is not None
 
 
 async def model_card(namespace: Namespace, registry_url: str, model: str, version: int) -> dict[str, Any]:

@@ -58,6 +58,7 @@ def trained_record(
         "labels_as_of": datetime(2026, 1, 2, 1, tzinfo=UTC),
         "train_start": datetime(2026, 1, 1, tzinfo=UTC),
         "holdout_end": datetime(2026, 1, 2, tzinfo=UTC),
+        "code_version": f"commit-{run_id[:8]}",
     }
 
 
@@ -225,6 +226,7 @@ async def test_the_registry_promotes_rejects_rolls_back_and_rebuilds_from_the_lo
             assert (ts["rows"], ts["n_train"], ts["n_holdout"]) == (400, 300, 100)
             assert ts["start"].startswith("2026-01-01T00:00:00") and ts["end"].startswith("2026-01-02T00:00:00")
             assert v2["holdout_metrics"] == first["metrics"] and v2["params"] == first["params"]
+            assert v2["code_version"] == first["code_version"]
             assert v2["comparison"]["champion_version"] is None
             lineage = v2["lineage"]
             assert lineage["trained_event_id"] == first["event_id"] and lineage["version"] == 2
@@ -234,7 +236,8 @@ async def test_the_registry_promotes_rejects_rolls_back_and_rebuilds_from_the_lo
             assert lineage["deployments"][0]["instance_id"] == "deployment-1"
             out = CliRunner().invoke(cli, ["models", "show", MODEL, "2", "--url", registry.url])
             assert out.exit_code == 0, out.output
-            for shown in ("training set", "400: 300 train + 100 holdout", "rollback", "deployment-1", "loaded"):
+            shown_fields = ("400: 300 train + 100 holdout", first["code_version"], "rollback", "deployment-1", "loaded")
+            for shown in shown_fields:
                 assert shown in out.output, (shown, out.output)
             out = CliRunner().invoke(cli, ["models", "show", MODEL, "2", "--url", registry.url, "--json"])
             assert json.loads(out.output)["lineage"] == lineage

@@ -538,6 +538,8 @@ async def test_a_run_is_reproduced_from_its_recorded_training_set_and_tampering_
         key, sha = v["training_set_key"], v["training_set_sha256"]
         assert key == f"models/{PROJECT.model.name}/{v['run_id']}/training-set-{sha}.parquet"
         assert sha == v["dataset_fingerprint"]
+        metadata = await store.get_json(v["metadata_key"], v["metadata_sha256"])
+        assert v["code_version"] == metadata["code_version"] and v["code_version"] != "unknown"
         data = await store.get(key, sha)
         assert v["training_set_size"] == len(data)
         assert v["labels_as_of"] is not None and v["train_start"] == rows[0].event_time.replace(

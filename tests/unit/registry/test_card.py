@@ -37,6 +37,7 @@ def row(**over: Any) -> dict[str, Any]:
         "train_start": T0,
         "holdout_end": T0 + timedelta(hours=1),
         "labels_as_of": T0 + timedelta(hours=2),
+        "code_version": "abc123",
     }
     return {**base, **over}
 
@@ -73,6 +74,7 @@ def test_the_card_links_the_version_to_its_promotion_and_the_deployments_it_caus
     assert [d["event_id"] for d in lineage["deployments"]] == ["dep-1"]
     assert lineage["deployments"][0]["status"] == "loaded"
     assert card["training_set"]["rows"] == 400 and card["training_set"]["start"] == T0
+    assert card["code_version"] == "abc123"
     assert card["comparison"]["decision"] == {
         "action": "promote",
         "metric": "accuracy",

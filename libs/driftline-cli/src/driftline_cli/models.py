@@ -178,6 +178,7 @@ def _card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [
         ("feature set", f"version {card['feature_set_version']}: {', '.join(card['feature_names'])}"),
         ("params", ", ".join(f"{k}={v}" for k, v in sorted(card["params"].items()))),
+        ("code version", card.get("code_version") or "not recorded"),
         ("holdout metrics", _metrics_text(card["holdout_metrics"])),
     ]
     cmp = card["comparison"]

@@ -543,6 +543,7 @@ class ModelTrained:
     labels_as_of: datetime | None = None
     train_start: datetime | None = None
     holdout_end: datetime | None = None
+    code_version: str | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> ModelTrained:
@@ -584,6 +585,7 @@ class ModelTrained:
             labels_as_of=d.get("labels_as_of", None),
             train_start=d.get("train_start", None),
             holdout_end=d.get("holdout_end", None),
+            code_version=d.get("code_version", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -625,6 +627,7 @@ class ModelTrained:
             "labels_as_of": self.labels_as_of,
             "train_start": self.train_start,
             "holdout_end": self.holdout_end,
+            "code_version": self.code_version,
         }
 
 

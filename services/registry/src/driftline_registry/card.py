@@ -102,6 +102,7 @@ def model_card(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> 
     return {
         "training_set": training_set(row),
         "params": row["params"],
+        "code_version": row.get("code_version"),
         "holdout_metrics": row["metrics"],
         "comparison": comparison(row, history),
         "lineage": lineage(row, history),

@@ -348,6 +348,7 @@ class Runs:
             labels_as_of=t.labels_as_of,
             train_start=result.train[0].event_time,
             holdout_end=result.holdout[-1].event_time,
+            code_version=code_version(),
             feature_set_version=self.feature_set_version,
             feature_names=tuple(result.feature_names),
             params={k: _param_text(p) for k, p in result.params.items()},
