@@ -38,6 +38,7 @@ from driftline_training.requests import run_id_of, trigger_of
 from driftline_training.store import TrainingStore
 from driftline_training.trigger_policy import drift_trigger_id
 from driftline_training.triggers import Triggers
+from driftline_training.window import WindowChoice, fit_choosing_window
 
 log = get_logger(__name__)
 
@@ -60,6 +61,7 @@ class TrainedModel:
     attempt: int
     policy: TrainingPolicy
     since: datetime | None
+    window: WindowChoice | None  # a drift run's choice of training window (None: no choice)
     result: FitResult
     comparison: ChampionComparison
     model: ArtifactRef
@@ -195,7 +197,7 @@ class Runs:
         with _timed(timings, "select_s"):
             examples, since = await self._select(request, policy, labels_as_of)
         _check_enough(examples, policy, since)
-        result = await asyncio.to_thread(pipeline.fit, self.project, examples, policy)
+        result, window = await asyncio.to_thread(fit_choosing_window, self.project, examples, since, policy)
         timings.update(result.timings)
         with _timed(timings, "champion_s"):
             champion = await self.store.get_champion(request.model_name)
@@ -214,6 +216,7 @@ class Runs:
             attempt=attempt,
             policy=policy,
             since=since,
+            window=window,
             result=result,
             comparison=comparison,
             model=model_ref,
@@ -235,15 +238,16 @@ class Runs:
     async def _select(
         self, request: TrainingRequested, policy: TrainingPolicy, labels_as_of: datetime
     ) -> tuple[list[Example], datetime | None]:
-        """Examples for a run: the most recent ``max_examples``, after the drift onset for since_drift,
-        each with its latest label recorded by ``labels_as_of``."""
+        """Examples for a run: the most recent ``max_examples``, each with its latest label recorded
+        by ``labels_as_of``; for since_drift also the drift onset, so that the run chooses between
+        the examples after it and all of them (:mod:`driftline_training.window`)."""
         since = None
         if policy.selection == "since_drift" and request.since is not None:
             since = as_utc(request.since)
         examples = await self.store.select_examples(
             self.feature_set_version,
             self.project.label.classes,
-            since=since,
+            since=None,
             limit=policy.max_examples,
             project=self.project.name,
             labels_as_of=labels_as_of,
@@ -299,6 +303,7 @@ class Runs:
             "selection": {
                 "policy": t.policy.selection,
                 "since": t.since.isoformat() if t.since else None,
+                "window": t.window.as_dict() if t.window else None,
                 "max_examples": t.policy.max_examples,
                 "holdout_fraction": t.policy.holdout_fraction,
                 **result.time_ranges(),
@@ -403,11 +408,12 @@ class Runs:
 
 
 def _check_enough(examples: list[Example], policy: TrainingPolicy, since: datetime | None) -> None:
-    if len(examples) < policy.min_examples:
+    n = len(examples) if since is None else sum(e.event_time >= since for e in examples)
+    if n < policy.min_examples:
         where = f" at or after {since.isoformat()} (drift onset)" if since else ""
         raise TrainingFailure(
             "too_few_examples",
-            f"{len(examples)} labelled examples{where}, the policy needs at least {policy.min_examples}",
+            f"{n} labelled examples{where}, the policy needs at least {policy.min_examples}",
             retryable=True,
         )
 
