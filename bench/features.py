@@ -15,9 +15,12 @@ as a new consumer group:
 Throughput of each = (N - 1) / (time of its last output record - time of its first), from the
 output records' timestamps: steady state, without start-up (group join, table recovery).
 Prints both, the ratio b/a, the service's wall time from its start, and its batch and store-write
-latencies. Run against the test stack:
+latencies. With ``--profile``, py-spy samples the service process from ready to its last vector and
+the bench prints the profile's top entries (self time and, for the service's and the libraries' own
+functions, inclusive time). Run against the test stack:
 
     DRIFTLINE_STATE_DIR=.state/test .venv/bin/python bench/features.py [--events 5000] [--entities 500]
+        [--profile] [--top 15]
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -153,6 +161,69 @@ async def baseline(stack: StackSettings, n: int) -> None:
         await consumer.stop()
 
 
+class Profile:
+    """py-spy sampling a running process into collapsed stacks ("frame;frame;... count" lines)."""
+
+    def __init__(self, pid: int, rate: int = 100) -> None:
+        exe = shutil.which("py-spy")
+        if exe is None:
+            raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+        self.out = Path(tempfile.mkdtemp(prefix="bench-features-")) / "profile.txt"
+        # --nonblocking: the service is not paused per sample, so the profile costs it little.
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(self.out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> list[tuple[list[str], int]]:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        stacks = []
+        for line in self.out.read_text().splitlines():
+            frames, _, count = line.rpartition(" ")
+            if frames and count.isdigit():
+                stacks.append((frames.split(";"), int(count)))
+        return stacks
+
+
+def profile_top(stacks: list[tuple[list[str], int]], top: int) -> list[str]:
+    """The top frames by self time (the innermost frame of each sample) and, among the project's
+    own frames (driftline*, bench), by inclusive time, as % of all samples."""
+    total = sum(count for _, count in stacks) or 1
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for frames, count in stacks:
+        self_time[_frame(frames[-1])] += count
+        for frame in {_frame(f) for f in frames if "driftline" in f}:
+            inclusive[frame] += count
+    lines = [f"profile: {total} samples (py-spy, 100 Hz, from ready to the last vector)", "  self time:"]
+    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in self_time.most_common(top)]
+    lines.append("  inclusive (driftline code):")
+    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in inclusive.most_common(top)]
+    return lines
+
+
+def _frame(frame: str) -> str:
+    """``function (path/to/module.py:line)`` → ``function (module.py)``: one entry per function."""
+    m = re.match(r"(.*) \((.*?):\d+\)$", frame)
+    if not m:
+        return frame
+    return f"{m.group(1)} ({'/'.join(Path(m.group(2)).parts[-2:])})"
+
+
 def metric(text: str, name: str) -> float:
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else float("nan")
@@ -162,6 +233,8 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--entities", type=int, default=500)
+    ap.add_argument("--profile", action="store_true", help="sample the service with py-spy; print the top entries")
+    ap.add_argument("--top", type=int, default=15, help="entries of the profile to print")
     args = ap.parse_args()
     n = args.events
 
@@ -171,6 +244,7 @@ async def main() -> None:
     registry = SchemaRegistryClient(stack.schema_registry_url)
     producer = EventProducer(stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=stack.topic_prefix), "b")
     service: ServiceProcess | None = None
+    profile: Profile | None = None
     try:
         partitions = default_catalog()[EVENTS_RAW].partitions
         admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
@@ -192,8 +266,12 @@ async def main() -> None:
         )
         started = time.perf_counter()
         await service.wait_ready(timeout_s=120)
+        if args.profile:
+            assert service.proc is not None
+            profile = Profile(service.proc.pid)
         stamps = await output_timestamps(stack, stack.topic_prefix + FEATURES_VECTORS, n, 600)
         wall = time.perf_counter() - started
+        stacks = profile.stop() if profile is not None else None
         b = rate(stamps)
         async with httpx.AsyncClient() as http:
             text = (await http.get(f"{service.url}/metrics")).text
@@ -212,6 +290,9 @@ async def main() -> None:
         print(f"service: {wall:.1f} s from process start to the last vector (start-up, group join, table recovery)")
         print(f"service: {batches:.0f} batches, mean {n / batches:.0f} events and {batch_s * 1000:.1f} ms per batch,")
         print(f"         mean online-store write {store_s * 1000:.1f} ms per batch")
+        if stacks is not None:
+            print()
+            print("\n".join(profile_top(stacks, args.top)))
     finally:
         if service is not None:
             service.stop()

@@ -37,6 +37,11 @@ class FeaturesSettings(ServiceSettings):
         description="Segment age of the table changelogs (set when faust creates them): the broker compacts "
         "closed segments, so a restart reads about one record per entity plus this long's writes.",
     )
+    changelog_compression: str | None = Field(
+        None,
+        description="Compression of the table changelog writes (faust's producer): aiokafka's lz4 is LZ4HC "
+        "level 9, too slow for the changelog's volume; none by default.",
+    )
     group_instance_id: str | None = Field(
         None,
         description="Static group membership id (a restart takes its partitions back without a rebalance); "

@@ -62,7 +62,9 @@ class EntityStates(Protocol):
 
 
 class Decoder(Protocol):
-    async def decode(self, data: bytes | None, topic: str | None = None) -> tuple[dict[str, Any], int]: ...
+    async def decode_many(
+        self, items: Sequence[bytes | None], topic: str | None = None
+    ) -> list[tuple[dict[str, Any], int] | DecodeError]: ...
 
 
 class Producer(Protocol):
@@ -72,9 +74,7 @@ class Producer(Protocol):
 
     def envelope(self, **kwargs: Any) -> Envelope: ...
 
-    async def send(
-        self, topic: str, record: FeatureVectorComputed, *, key: bytes | None = None
-    ) -> asyncio.Future[Any]: ...
+    async def send_many(self, topic: str, records: Sequence[FeatureVectorComputed]) -> list[asyncio.Future[Any]]: ...
 
     async def dead_letter(
         self,
@@ -191,6 +191,8 @@ class Prepared:
     rows: list[VectorRow] = field(default_factory=list)
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
+    failure: Exception | None = None  # preparing failed: finish() runs the batch again or isolates it
+    started: float = 0.0  # perf_counter when preparing began
 
 
 class FeatureProcessor:
@@ -229,25 +231,51 @@ class FeatureProcessor:
     async def handle(self, records: Sequence[SourceRecord], states: EntityStates) -> BatchResult:
         """Process a batch until its effects are durable. Raises only when stopping mid-outage
         (the records are then not acknowledged and will be processed again)."""
+        return await self.finish(await self.prepare(records, states), states)
+
+    async def prepare(self, records: Sequence[SourceRecord], states: EntityStates) -> Prepared:
+        """The first half of :meth:`handle`: decode, compute (entity states updated) and send the
+        vectors; nothing is durable yet. Never raises: a failure is kept for :meth:`finish`, which
+        retries or isolates the batch. The stream prepares a batch while the previous one
+        finishes (its store write and acknowledgements), so the two overlap."""
         started = time.perf_counter()
-        backoff = Backoff()
-        while True:
+        try:
+            prepared = await self._prepare(records, states)
+        except Exception as exc:
+            prepared = Prepared(records=list(records), failure=exc)
+        prepared.started = started
+        return prepared
+
+    async def finish(self, prepared: Prepared, states: EntityStates) -> BatchResult:
+        """Make a prepared batch durable (online store, broker acknowledgements); on a failure,
+        run the batch again until it succeeds (outages, with backoff) or isolate its poison
+        records (other errors). Raises only when stopping mid-outage."""
+        records = prepared.records
+        result: BatchResult | None = None
+        failure = prepared.failure
+        if failure is None:
             try:
-                result = await self._process(records, states)
-                break
+                result = await self._complete(prepared)
             except Exception as exc:
-                if is_transient(exc):
-                    if self.stopping():
-                        raise
-                    delay = backoff.next_delay()
-                    log.warning("batch_transient_failure", error=repr(exc)[:300], retry_in_s=round(delay, 2))
-                    metrics.RETRIES.inc()
-                    await asyncio.sleep(delay)
-                    continue
-                log.warning("batch_failed_isolating", error=repr(exc)[:300], size=len(records))
+                failure = exc
+        backoff = Backoff()
+        while result is None:
+            assert failure is not None
+            if is_transient(failure):
+                if self.stopping():
+                    raise failure
+                delay = backoff.next_delay()
+                log.warning("batch_transient_failure", error=repr(failure)[:300], retry_in_s=round(delay, 2))
+                metrics.RETRIES.inc()
+                await asyncio.sleep(delay)
+                try:
+                    result = await self._process(records, states)
+                except Exception as exc:
+                    failure = exc
+            else:
+                log.warning("batch_failed_isolating", error=repr(failure)[:300], size=len(records))
                 result = await self._isolate(records, states)
-                break
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
         metrics.observe_batch(result.computed + result.duplicates + result.dead_lettered)
         self._report_function_errors()
         return result
@@ -299,15 +327,18 @@ class FeatureProcessor:
         # per-event log lines name their event explicitly.
         if records:
             bind_event(topic=EVENTS_RAW, event_id=None, correlation_id=None, batch=len(records))
-        for rec in records:
+        # One decode call for the batch: writer schemas looked up once, no await per record.
+        decoded = await retry_transient(
+            functools.partial(self.decoder.decode_many, [rec.value for rec in records], EVENTS_RAW),
+            what="decode",
+            stopping=self.stopping,
+        )
+        for rec, item in zip(records, decoded, strict=True):
             raw: RawEvent | None = None
             try:
-                value, _ = await retry_transient(
-                    functools.partial(self.decoder.decode, rec.value, EVENTS_RAW),
-                    what="decode",
-                    stopping=self.stopping,
-                )
-                raw = raw_event(value)
+                if isinstance(item, DecodeError):
+                    raise item
+                raw = raw_event(item[0])
                 computed.append(self.compute(rec, raw, states))
             except DecodeError as exc:
                 prepared.futures.append(await self._dead_letter(rec, str(exc), "decode_error", None, 1))
@@ -316,9 +347,12 @@ class FeatureProcessor:
                 correlation_id = raw.correlation_id if raw is not None else None
                 prepared.futures.append(await self._dead_letter(rec, exc.reason, exc.error_type, correlation_id, 1))
                 result.dead_lettered += 1
+        if computed:  # a gauge: the batch's last event says it
+            metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - computed[-1].vector.event_time.timestamp()))
         await self._recognise_old_redeliveries(computed)
+        # The vectors as whole producer batches (one per partition), acknowledged in bulk below.
+        prepared.futures += await self.producer.send_many(FEATURES_VECTORS, [c.vector for c in computed])
         for c in computed:
-            prepared.futures.append(await self.producer.send(FEATURES_VECTORS, c.vector))
             prepared.rows.append(c.row)
             if c.duplicate:
                 result.duplicates += 1
@@ -387,7 +421,6 @@ class FeatureProcessor:
         feature_set = pf.features
         entity_id = raw.entity_id
         event_time = as_utc(raw.event_time)
-        metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - event_time.timestamp()))
         row_features = feature_set.row(raw.payload)
         windowed = None
         if feature_set.stateful:
