@@ -8,6 +8,8 @@ as a new consumer group:
     (a) baseline: a bare aiokafka loop — getmany, produce each record's bytes unchanged to a
         scratch topic (acks=all, idempotent, lz4, linger 5 ms: the platform's producer settings),
         wait for the acks, commit — nothing decoded, nothing computed, nothing stored
+    (c) faust alone: a faust app like the service's whose agent takes the same batches and only
+        acknowledges them (the ceiling of any faust agent here: (b) cannot be faster)
     (b) the features service, a real process (python -m driftline_features): Avro decode, raw and
         derived features, per-entity windows in the faust table (changelog to Kafka), Avro encode
         to features.vectors, COPY + upserts into the online store, acks, commit
@@ -20,7 +22,7 @@ the bench prints the profile's top entries (self time and, for the service's and
 functions, inclusive time). Run against the test stack:
 
     DRIFTLINE_STATE_DIR=.state/test .venv/bin/python bench/features.py [--events 5000] [--entities 500]
-        [--profile] [--top 15]
+        [--profile] [--top 15] [--workers 1]
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from driftline.producer import EventProducer  # noqa: E402
 from driftline.serde import AvroSerde, SchemaRegistryClient  # noqa: E402
 from driftline.settings import StackSettings  # noqa: E402
 from driftline_cli.examples.loan_approval.generator import LoanStream  # noqa: E402
+from driftline_features.config import FeaturesSettings  # noqa: E402
 from tests.support import Namespace, ServiceProcess, create_namespace, drop_namespace  # noqa: E402
 
 PRODUCER_SETTINGS: dict[str, Any] = {
@@ -224,6 +227,42 @@ def _frame(frame: str) -> str:
     return f"{m.group(1)} ({'/'.join(Path(m.group(2)).parts[-2:])})"
 
 
+async def faust_only(stack: StackSettings, n: int, batch_size: int, within_s: float) -> float:
+    """(c) faust alone: a faust app configured like the service's, whose agent takes the same
+    batches (``noack_take``) and only acknowledges them; events/s from the first batch received to
+    the last. The ceiling of any faust agent on this machine: the service can go no faster."""
+    import faust
+    from faust.contrib.asgi import faust_app_running
+
+    app = faust.App(
+        stack.topic_prefix + "bench-faust",
+        broker=[f"kafka://{h.strip()}" for h in stack.kafka_bootstrap_servers.split(",")],
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        datadir=tempfile.mkdtemp(prefix="bench-faust-"),
+        consumer_auto_offset_reset="earliest",
+        env={},
+    )
+    source = app.topic(stack.topic_prefix + EVENTS_RAW, key_serializer="raw", value_serializer="raw")
+    received: list[float] = []
+    done = asyncio.Event()
+
+    async def take_and_ack(stream: Any) -> None:
+        async for events in stream.noack_take(batch_size, within=within_s):
+            received.extend([time.perf_counter()] * len(events))
+            for ev in events:
+                await stream.ack(ev)
+            if len(received) >= n:
+                done.set()
+
+    app.agent(source, name="take-and-ack", concurrency=1)(take_and_ack)
+    async with faust_app_running(app):
+        await asyncio.wait_for(done.wait(), timeout=300)
+    span = received[n - 1] - received[0]
+    return (n - 1) / span if span > 0 else float("inf")
+
+
 def metric(text: str, name: str) -> float:
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else float("nan")
@@ -235,6 +274,7 @@ async def main() -> None:
     ap.add_argument("--entities", type=int, default=500)
     ap.add_argument("--profile", action="store_true", help="sample the service with py-spy; print the top entries")
     ap.add_argument("--top", type=int, default=15, help="entries of the profile to print")
+    ap.add_argument("--workers", type=int, default=1, help="features processes sharing the partitions")
     args = ap.parse_args()
     n = args.events
 
@@ -243,7 +283,7 @@ async def main() -> None:
     stack = ns.stack
     registry = SchemaRegistryClient(stack.schema_registry_url)
     producer = EventProducer(stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=stack.topic_prefix), "b")
-    service: ServiceProcess | None = None
+    services: list[ServiceProcess] = []
     profile: Profile | None = None
     try:
         partitions = default_catalog()[EVENTS_RAW].partitions
@@ -260,33 +300,56 @@ async def main() -> None:
 
         await baseline(stack, n)
         a = rate(await output_timestamps(stack, stack.topic_prefix + BASELINE_TOPIC, n, 120))
+        settings = FeaturesSettings()  # the service's batch settings (DRIFTLINE_FEATURES_BATCH_*)
+        c = await faust_only(stack, n, settings.batch_size, settings.batch_wait_s)
 
-        service = ServiceProcess("driftline_features", ns, env={"DRIFTLINE_LOG_LEVEL": "WARNING"}).start(
-            "DRIFTLINE_FEATURES_"
-        )
+        # The workers start together; with several, they split the partitions (each a static group
+        # member with its own slot), and the rate of each is its own count over the common span.
+        services = [
+            ServiceProcess("driftline_features", ns, env={"DRIFTLINE_LOG_LEVEL": "WARNING"}).start(
+                "DRIFTLINE_FEATURES_"
+            )
+            for _ in range(args.workers)
+        ]
         started = time.perf_counter()
-        await service.wait_ready(timeout_s=120)
+        for service in services:
+            await service.wait_ready(timeout_s=120)
         if args.profile:
-            assert service.proc is not None
-            profile = Profile(service.proc.pid)
+            assert services[0].proc is not None
+            profile = Profile(services[0].proc.pid)
         stamps = await output_timestamps(stack, stack.topic_prefix + FEATURES_VECTORS, n, 600)
         wall = time.perf_counter() - started
         stacks = profile.stop() if profile is not None else None
         b = rate(stamps)
+        span_s = (stamps[-1] - stamps[0]) / 1000
         async with httpx.AsyncClient() as http:
-            text = (await http.get(f"{service.url}/metrics")).text
-        batches = metric(text, "driftline_features_batch_seconds_count")
-        batch_s = metric(text, "driftline_features_batch_seconds_sum") / batches
-        store_s = metric(text, "driftline_features_store_write_seconds_sum") / metric(
-            text, "driftline_features_store_write_seconds_count"
+            texts = [(await http.get(f"{service.url}/metrics")).text for service in services]
+        batches = sum(metric(t, "driftline_features_batch_seconds_count") for t in texts)
+        batch_s = sum(metric(t, "driftline_features_batch_seconds_sum") for t in texts) / batches
+        store_s = sum(metric(t, "driftline_features_store_write_seconds_sum") for t in texts) / sum(
+            metric(t, "driftline_features_store_write_seconds_count") for t in texts
         )
+        handled = [
+            sum(metric(t, f'driftline_features_events_total{{outcome="{o}"}}') for o in ("computed", "duplicate"))
+            for t in texts
+        ]
 
+        what = "features service (faust + windows + Avro + online store)"
+        if args.workers > 1:
+            what = f"features service, {args.workers} workers together"
         print()
         print(f"{'':<4} {'what':<58} {'events/s':>10}")
         print(f"{'a':<4} {'bare aiokafka consume -> produce (same bytes), commit':<58} {a:>10,.0f}")
-        print(f"{'b':<4} {'features service (faust + windows + Avro + online store)':<58} {b:>10,.0f}")
+        print(f"{'b':<4} {what:<58} {b:>10,.0f}")
+        print(f"{'c':<4} {'faust alone: noack_take + ack, nothing done (ceiling of b)':<58} {c:>10,.0f}")
         print()
-        print(f"b/a = {b / a:.3f}")
+        print(f"b/a = {b / a:.3f}   c/a = {c / a:.3f}   b/c = {b / c:.3f}")
+        if args.workers > 1:
+            for i, count in enumerate(handled):
+                per = count / span_s
+                print(
+                    f"worker {i + 1}: {count:.0f} events, {per:,.0f} events/s over the common span ({per / a:.3f} of a)"
+                )
         print(f"service: {wall:.1f} s from process start to the last vector (start-up, group join, table recovery)")
         print(f"service: {batches:.0f} batches, mean {n / batches:.0f} events and {batch_s * 1000:.1f} ms per batch,")
         print(f"         mean online-store write {store_s * 1000:.1f} ms per batch")
@@ -294,7 +357,7 @@ async def main() -> None:
             print()
             print("\n".join(profile_top(stacks, args.top)))
     finally:
-        if service is not None:
+        for service in services:
             service.stop()
         await producer.stop()
         await registry.close()

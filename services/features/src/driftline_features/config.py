@@ -17,7 +17,12 @@ class FeaturesSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTLINE_FEATURES_", extra="ignore")
 
     port: int = 38102
-    batch_size: int = Field(500, ge=1, description="Most events computed, produced and stored together.")
+    batch_size: int = Field(
+        2000,
+        ge=1,
+        description="Most events computed, produced and stored together (a full batch coalesces more changelog "
+        "writes per entity; under a light load a batch is what arrived within batch_wait_s).",
+    )
     batch_wait_s: float = Field(0.05, gt=0, description="How long a partial batch waits for more events.")
     dedupe_keep: int = Field(
         32, ge=0, description="Events per entity remembered beyond the window horizon, to recognise re-deliveries."
@@ -36,11 +41,6 @@ class FeaturesSettings(ServiceSettings):
         gt=0,
         description="Segment age of the table changelogs (set when faust creates them): the broker compacts "
         "closed segments, so a restart reads about one record per entity plus this long's writes.",
-    )
-    changelog_compression: str | None = Field(
-        None,
-        description="Compression of the table changelog writes (faust's producer): aiokafka's lz4 is LZ4HC "
-        "level 9, too slow for the changelog's volume; none by default.",
     )
     group_instance_id: str | None = Field(
         None,

@@ -191,8 +191,6 @@ class Prepared:
     rows: list[VectorRow] = field(default_factory=list)
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
-    failure: Exception | None = None  # preparing failed: finish() runs the batch again or isolates it
-    started: float = 0.0  # perf_counter when preparing began
 
 
 class FeatureProcessor:
@@ -231,51 +229,25 @@ class FeatureProcessor:
     async def handle(self, records: Sequence[SourceRecord], states: EntityStates) -> BatchResult:
         """Process a batch until its effects are durable. Raises only when stopping mid-outage
         (the records are then not acknowledged and will be processed again)."""
-        return await self.finish(await self.prepare(records, states), states)
-
-    async def prepare(self, records: Sequence[SourceRecord], states: EntityStates) -> Prepared:
-        """The first half of :meth:`handle`: decode, compute (entity states updated) and send the
-        vectors; nothing is durable yet. Never raises: a failure is kept for :meth:`finish`, which
-        retries or isolates the batch. The stream prepares a batch while the previous one
-        finishes (its store write and acknowledgements), so the two overlap."""
         started = time.perf_counter()
-        try:
-            prepared = await self._prepare(records, states)
-        except Exception as exc:
-            prepared = Prepared(records=list(records), failure=exc)
-        prepared.started = started
-        return prepared
-
-    async def finish(self, prepared: Prepared, states: EntityStates) -> BatchResult:
-        """Make a prepared batch durable (online store, broker acknowledgements); on a failure,
-        run the batch again until it succeeds (outages, with backoff) or isolate its poison
-        records (other errors). Raises only when stopping mid-outage."""
-        records = prepared.records
-        result: BatchResult | None = None
-        failure = prepared.failure
-        if failure is None:
-            try:
-                result = await self._complete(prepared)
-            except Exception as exc:
-                failure = exc
         backoff = Backoff()
-        while result is None:
-            assert failure is not None
-            if is_transient(failure):
-                if self.stopping():
-                    raise failure
-                delay = backoff.next_delay()
-                log.warning("batch_transient_failure", error=repr(failure)[:300], retry_in_s=round(delay, 2))
-                metrics.RETRIES.inc()
-                await asyncio.sleep(delay)
-                try:
-                    result = await self._process(records, states)
-                except Exception as exc:
-                    failure = exc
-            else:
-                log.warning("batch_failed_isolating", error=repr(failure)[:300], size=len(records))
+        while True:
+            try:
+                result = await self._process(records, states)
+                break
+            except Exception as exc:
+                if is_transient(exc):
+                    if self.stopping():
+                        raise
+                    delay = backoff.next_delay()
+                    log.warning("batch_transient_failure", error=repr(exc)[:300], retry_in_s=round(delay, 2))
+                    metrics.RETRIES.inc()
+                    await asyncio.sleep(delay)
+                    continue
+                log.warning("batch_failed_isolating", error=repr(exc)[:300], size=len(records))
                 result = await self._isolate(records, states)
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
+                break
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.observe_batch(result.computed + result.duplicates + result.dead_lettered)
         self._report_function_errors()
         return result

@@ -40,7 +40,7 @@ from driftline.retry import TransientError, retry_transient
 from driftline.settings import StackSettings
 from driftline_features import metrics
 from driftline_features.config import NAME, FeaturesSettings
-from driftline_features.handlers import FeatureProcessor, Prepared, SourceRecord
+from driftline_features.handlers import FeatureProcessor, SourceRecord
 from driftline_features.offset_guard import Hole, OffsetGuard
 
 log = get_logger(__name__)
@@ -207,26 +207,18 @@ class StreamControl:
 
     def __init__(self) -> None:
         self.stopping = False
-        self.idle = asyncio.Event()  # set while no batch is being prepared
+        self.idle = asyncio.Event()
         self.idle.set()
-        self.inflight: asyncio.Future[bool] | None = None  # the batch finishing (store, acks, changelog)
         self.finished = False
-        self.gave_up = False
         self.batches = 0
 
     async def drain(self, timeout_s: float) -> None:
-        """Stop taking batches and wait (bounded) for the ones in progress to finish."""
+        """Stop taking batches and wait (bounded) for the one in progress to finish."""
         self.stopping = True
         try:
-            await asyncio.wait_for(self._drained(), timeout=timeout_s)
+            await asyncio.wait_for(self.idle.wait(), timeout=timeout_s)
         except TimeoutError:
             log.warning("drain_timeout", timeout_s=timeout_s)
-
-    async def _drained(self) -> None:
-        await self.idle.wait()
-        inflight = self.inflight
-        if inflight is not None and not inflight.done():
-            await asyncio.wait({inflight})
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
@@ -271,8 +263,9 @@ def build_stream(
         topic_replication_factor=replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # The changelog writes of a batch go out together: compressed, in large produce batches.
-        producer_compression_type=settings.changelog_compression,
+        # A batch's changelog writes go out together, in large produce batches (the platform's
+        # producer settings). Not compressed: aiokafka's lz4 is LZ4HC level 9 (~65 MB/s here), which
+        # cost 15% of the service's CPU on ~3 KB entity states (profile in the README).
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
         broker_client_id=f"driftline-{NAME}",
@@ -320,46 +313,7 @@ def build_stream(
     app.timer(interval=settings.commit_interval_s)(commit_durable)
 
     # faust.Stream; typed Any because noack_take yields events while its annotation says values.
-    def give_up() -> None:
-        if not control.stopping and not control.gave_up:
-            # A batch could not be made durable (a changelog write failed): end the process, so
-            # that the process manager restarts it and the restart recovers from the changelog.
-            control.gave_up = True
-            log.error("stream_agent_stopped_exiting")
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    async def finish(stream: Any, prepared: Prepared | None, current: list[Any], admitted: list[SourceRecord]) -> bool:
-        """Make a prepared batch durable, then acknowledge its events (False: abandoned)."""
-        try:
-            if prepared is not None:
-                await processor.finish(prepared, states)
-            # Durable now (vectors acknowledged, online store written): remember where each
-            # partition continues, and wait until the table changes and that position are in the
-            # changelog; only then acknowledge.
-            guard.done(admitted)
-            await writes.wait()
-            for rec in admitted:
-                durable[rec.partition] = max(durable.get(rec.partition, 0), rec.offset + 1)
-        except Exception as exc:
-            # Stopping in the middle of an outage, or a changelog write that failed: nothing of
-            # the batch is acknowledged; whoever owns the partitions next (this worker after a
-            # restart) recovers from the changelog and the guard.
-            log.warning("batch_abandoned", error=repr(exc)[:300], size=len(admitted))
-            give_up()
-            return False
-        for ev in current:
-            await stream.ack(ev)
-        control.batches += 1
-        _observe_lag(app, current)
-        return True
-
-    # faust.Stream; typed Any because noack_take yields events while its annotation says values.
     async def compute_vectors(stream: Any) -> None:
-        # Two batches overlap: while one finishes (online-store write, acknowledgements, changelog)
-        # in a task, the next is taken and prepared (decoded, computed, its vectors sent). Finishing
-        # stays strictly in order (one at a time, each after the one before), so offsets are
-        # acknowledged in order and only once their batch is durable.
-        inflight: asyncio.Task[bool] | None = None
         try:
             async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
                 if control.stopping:
@@ -370,9 +324,6 @@ def build_stream(
                     # assignment re-reads them from the committed offsets; never acknowledge them.
                     current_generation = app.consumer_generation_id
                     if generation[0] != current_generation:
-                        if inflight is not None and not await inflight:
-                            break
-                        inflight = None
                         generation[0] = current_generation
                         guard.reset()
                         durable.clear()
@@ -383,26 +334,36 @@ def build_stream(
                         if missing:
                             records += await holes.read(missing, stopping=lambda: control.stopping)
                         admitted = guard.admit(records)
-                        prepared = await processor.prepare(admitted, states) if admitted else None
-                        states.flush()  # the batch's state changes, one record per entity
+                        if admitted:
+                            await processor.handle(admitted, states)
+                        states.flush()
+                        # Durable now (vectors acknowledged, online store written): remember
+                        # where each partition continues, and wait until the table changes and
+                        # that position are in the changelog; only then acknowledge.
+                        guard.done(admitted)
+                        await writes.wait()
+                        for rec in admitted:
+                            durable[rec.partition] = max(durable.get(rec.partition, 0), rec.offset + 1)
                     except Exception as exc:
+                        # Stopping in the middle of an outage, or a changelog write that failed:
+                        # nothing of the batch is acknowledged; whoever owns the partitions next
+                        # (this worker after a restart) recovers from the changelog and the guard.
                         log.warning("batch_abandoned", error=repr(exc)[:300], size=len(records))
-                        give_up()
                         break
-                    if inflight is not None and not await inflight:
-                        break
-                    inflight = control.inflight = asyncio.ensure_future(finish(stream, prepared, current, admitted))
+                    for ev in current:
+                        await stream.ack(ev)
+                    control.batches += 1
+                    _observe_lag(app, current)
                 finally:
                     control.idle.set()
         finally:
             control.finished = True
-            if inflight is not None and not inflight.done():
-                # The agent is cancelled (faust stopping after the drain timeout): the batch stays
-                # unacknowledged and is processed again by whoever owns its partitions next.
-                inflight.cancel()
             await holes.close()
             if not control.stopping:
-                give_up()
+                # The agent gave up (a changelog write failed): end the process, so that the
+                # process manager restarts it and the restart recovers from the changelog.
+                log.error("stream_agent_stopped_exiting")
+                os.kill(os.getpid(), signal.SIGTERM)
 
     app.agent(source, name="compute-vectors", concurrency=1)(compute_vectors)
     return app
