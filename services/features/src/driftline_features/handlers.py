@@ -60,6 +60,11 @@ class EntityStates(Protocol):
 
     def put(self, partition: int, entity_id: str, state: dict[str, Any]) -> None: ...
 
+    def flush(self) -> int:
+        """Persist the changes made since the last flush (the service: to the changelog, one record
+        per changed entity); called once a batch is computed. Returns how many entities changed."""
+        ...
+
 
 class Decoder(Protocol):
     async def decode_many(
@@ -322,8 +327,11 @@ class FeatureProcessor:
         if computed:  # a gauge: the batch's last event says it
             metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - computed[-1].vector.event_time.timestamp()))
         await self._recognise_old_redeliveries(computed)
-        # The vectors as whole producer batches (one per partition), acknowledged in bulk below.
+        # The vectors as whole producer batches (one per partition), acknowledged in bulk below;
+        # the batch's state changes go to the changelog now too, so both are in flight during
+        # the online-store write.
         prepared.futures += await self.producer.send_many(FEATURES_VECTORS, [c.vector for c in computed])
+        states.flush()
         for c in computed:
             prepared.rows.append(c.row)
             if c.duplicate:

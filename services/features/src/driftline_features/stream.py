@@ -335,8 +335,7 @@ def build_stream(
                             records += await holes.read(missing, stopping=lambda: control.stopping)
                         admitted = guard.admit(records)
                         if admitted:
-                            await processor.handle(admitted, states)
-                        states.flush()
+                            await processor.handle(admitted, states)  # flushes its state changes
                         # Durable now (vectors acknowledged, online store written): remember
                         # where each partition continues, and wait until the table changes and
                         # that position are in the changelog; only then acknowledge.
