@@ -85,7 +85,7 @@ class DictStates:
         self.data[entity_id] = state
         self.changelog.append((partition, entity_id))
 
-    def flush(self) -> int:
+    async def flush(self) -> int:
         self.flushes += 1
         return 0
 

@@ -60,7 +60,7 @@ class EntityStates(Protocol):
 
     def put(self, partition: int, entity_id: str, state: dict[str, Any]) -> None: ...
 
-    def flush(self) -> int:
+    async def flush(self) -> int:
         """Persist the changes made since the last flush (the service: to the changelog, one record
         per changed entity); called once a batch is computed. Returns how many entities changed."""
         ...
@@ -331,7 +331,7 @@ class FeatureProcessor:
         # the batch's state changes go to the changelog now too, so both are in flight during
         # the online-store write.
         prepared.futures += await self.producer.send_many(FEATURES_VECTORS, [c.vector for c in computed])
-        states.flush()
+        await states.flush()
         for c in computed:
             prepared.rows.append(c.row)
             if c.duplicate:
