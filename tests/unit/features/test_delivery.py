@@ -18,8 +18,8 @@ T0, T1 = TP("events.raw", 0), TP("events.raw", 1)
 
 
 class Msg:
-    def __init__(self, tp: TP, offset: int) -> None:
-        self.tp, self.topic, self.offset = tp, tp.topic, offset
+    def __init__(self, tp: TP, offset: int, generation_id: int = 1) -> None:
+        self.tp, self.topic, self.offset, self.generation_id = tp, tp.topic, offset, generation_id
 
 
 class Fake:
@@ -33,8 +33,8 @@ class Fake:
         self.gaps: list[tuple[TP, int, int]] = []
         self.block_at = block_at
         self.flow_active = True
-        topics = type("Topics", (), {"acks_enabled_for": staticmethod(lambda t: True)})
-        self.app = type("App", (), {"topics": topics, "consumer_generation_id": 1})()
+        topics = type("Topics", (), {"acks_enabled_for": staticmethod(lambda t: not t.endswith("-changelog"))})
+        self.app = type("App", (), {"topics": topics, "consumer_generation_id": 1, "rebalancing": False})()
 
     async def callback(self, message: Msg) -> None:
         if message.offset == self.block_at:
@@ -99,6 +99,28 @@ async def test_delivery_stops_when_the_flow_stops_or_the_generation_changes() ->
     fake = Rebalanced()
     await deliver(fake, [(T0, 0), (T0, 1)])
     assert fake.delivered == [(T0, 0)]
+
+
+async def test_stream_records_fetched_while_a_rebalance_completes_wait_for_it_changelog_records_do_not() -> None:
+    """faust's recovery clears the channel queues when it resumes the flow, after the seek: a
+    stream record delivered before that would be lost; a changelog record is what recovery reads."""
+    changelog = TP("p.features-entity-windows-changelog", 0)
+    fake = Fake()
+    fake.app.rebalancing = True
+    task = asyncio.ensure_future(deliver(fake, [(changelog, 0), (T0, 5), (T0, 6)]))
+    await asyncio.sleep(0.05)
+    assert fake.delivered == [(changelog, 0)]
+    fake.app.rebalancing = False  # the queues were cleared: now the records are kept
+    await asyncio.wait_for(task, 1)
+    assert fake.delivered == [(changelog, 0), (T0, 5), (T0, 6)]
+
+    fake = Fake()
+    fake.app.rebalancing = True
+    task = asyncio.ensure_future(deliver(fake, [(T0, 5)]))
+    await asyncio.sleep(0.02)
+    fake.app.consumer_generation_id = 2  # another rebalance: the record is stale, not delivered
+    await asyncio.wait_for(task, 1)
+    assert fake.delivered == []
 
 
 def test_the_private_parts_of_fausts_consumer_it_relies_on() -> None:
