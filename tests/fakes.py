@@ -87,6 +87,17 @@ class FakeProducer:
     async def send(self, topic: str, record: Outgoing, *, key: bytes | None = None) -> asyncio.Future[Any]:
         return self._enqueue(topic, record, key)
 
+    async def send_many(self, topic: str, records: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
+        """Like ``send`` for each record, acknowledged as one batch (one future for all)."""
+        if not records:
+            return []
+        for record in records:
+            t = self.catalog[topic]
+            wire = to_wire(t, record)
+            validate(wire, parsed_schema(t.record))
+            self.sent.append((topic, record, kafka_key(t, wire)))
+        return [self._delivery()]
+
     async def send_raw(self, topic: str, value: bytes, *, key: bytes | None = None) -> asyncio.Future[Any]:
         self.raw.append((topic, value, key))
         return self._delivery()
@@ -218,6 +229,17 @@ class JsonSerde:
 
     def encode(self, topic: str, record: dict[str, Any]) -> bytes:
         return orjson.dumps(record, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+
+    async def decode_many(
+        self, items: Sequence[bytes | None], topic: str | None = None
+    ) -> list[tuple[dict[str, Any], int] | DecodeError]:
+        out: list[tuple[dict[str, Any], int] | DecodeError] = []
+        for data in items:
+            try:
+                out.append(await self.decode(data, topic))
+            except DecodeError as exc:
+                out.append(exc)
+        return out
 
     async def decode(self, data: bytes | None, topic: str | None = None) -> tuple[dict[str, Any], int]:
         try:

@@ -76,6 +76,7 @@ class DictStates:
     def __init__(self) -> None:
         self.data: dict[str, dict[str, Any]] = {}
         self.changelog: list[tuple[int, str]] = []
+        self.flushes = 0
 
     def get(self, entity_id: str) -> dict[str, Any] | None:
         return self.data.get(entity_id)
@@ -83,6 +84,10 @@ class DictStates:
     def put(self, partition: int, entity_id: str, state: dict[str, Any]) -> None:
         self.data[entity_id] = state
         self.changelog.append((partition, entity_id))
+
+    async def flush(self) -> int:
+        self.flushes += 1
+        return 0
 
 
 def processor(
@@ -288,3 +293,19 @@ async def test_each_project_computes_its_own_feature_set_and_windows() -> None:
     assert len(states.data) == 2  # one window state per (project, entity)
     (dead,) = producer.dead
     assert dead["error_type"] == "unknown_event_type" and "parcel_scan" in dead["reason"]
+
+
+async def test_state_changes_are_flushed_once_per_batch_before_the_store_write() -> None:
+    states = DictStates()
+    flushes_at_write: list[int] = []
+
+    class WatchingStore(FakeStore):
+        async def write(self, rows: list[VectorRow]) -> None:
+            flushes_at_write.append(states.flushes)
+            await super().write(rows)
+
+    events = [raw_event("c1", m, 100.0 * m) for m in range(3)] + [raw_event("c2", 1, 5.0)]
+    await processor(WatchingStore()).handle(records(*(encode(e) for e in events)), states)
+    assert len(states.changelog) == 4  # every event changed its entity's state...
+    assert states.flushes == 1  # ...and the batch flushed them once,
+    assert flushes_at_write == [1]  # before the online-store write (in flight alongside it)

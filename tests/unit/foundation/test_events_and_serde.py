@@ -119,3 +119,37 @@ async def test_older_writer_schema_is_resolved_to_the_local_reader_schema() -> N
     fastavro.schemaless_writer(buf, fastavro.parse_schema(old), record)
     value, _ = await serde.decode(buf.getvalue(), LABELS)
     assert value["source"] == "http"  # the reader's default fills the field the writer did not have
+
+
+async def test_decode_many_decodes_a_batch_and_refuses_each_poison_record_in_its_place() -> None:
+    registry = FakeRegistry()
+    serde = AvroSerde(registry)  # type: ignore[arg-type]
+    await serde.prepare(EVENTS_RAW)
+    good = [raw_event(entity_id=f"c-{i}") for i in range(3)]
+    items: list[bytes | None] = [serde.encode(EVENTS_RAW, good[0]), b"\x00\x00", None]
+    items += [serde.encode(EVENTS_RAW, good[1]), b"\x00\x00\x00\x00\x63abc", serde.encode(EVENTS_RAW, good[2])]
+    out = await serde.decode_many(items, EVENTS_RAW)
+    assert len(out) == len(items)
+    decoded = [item for item in out if not isinstance(item, DecodeError)]
+    assert [value["entity_id"] for value, _ in decoded] == ["c-0", "c-1", "c-2"]
+    assert [isinstance(item, DecodeError) for item in out] == [False, True, True, False, True, False]
+    assert "shorter than" in str(out[1]) and "empty" in str(out[2]) and "schema id 99 is unknown" in str(out[4])
+    # Same answers as one decode per record.
+    for data, item in zip(items, out, strict=True):
+        if isinstance(item, DecodeError):
+            with pytest.raises(DecodeError):
+                await serde.decode(data, EVENTS_RAW)
+        else:
+            assert await serde.decode(data, EVENTS_RAW) == item
+
+
+async def test_decode_many_raises_when_the_registry_is_unreachable() -> None:
+    class DownRegistry(FakeRegistry):
+        async def schema_by_id(self, schema_id: int) -> Any:
+            raise RegistryError("schema registry unreachable")
+
+    serde = AvroSerde(DownRegistry())  # type: ignore[arg-type]
+    await serde.prepare(EVENTS_RAW)
+    data = serde.encode(EVENTS_RAW, raw_event())
+    with pytest.raises(RegistryError):  # transient: the whole batch is retried, no record refused
+        await serde.decode_many([data, data], EVENTS_RAW)

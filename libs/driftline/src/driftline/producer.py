@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 
 from driftline.catalog import EVENTS_DLQ, Topic
@@ -118,6 +119,8 @@ class EventProducer:
             request_timeout_ms=request_timeout_ms,
             client_id=f"driftline-{producer_name}",
         )
+        self._partitioner = DefaultPartitioner()  # aiokafka's default: what send() uses
+        self._partition_cache: dict[tuple[str, bytes, int], int] = {}
 
     async def start(self, topics: Iterable[str] = ()) -> None:
         await self.serde.prepare(*topics, EVENTS_DLQ)
@@ -147,6 +150,50 @@ class EventProducer:
         when it succeeded (see :func:`collect_deliveries`).
         """
         return _track(await self._enqueue(topic, record, key))
+
+    async def send_many(self, topic: str, records: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
+        """Encode and enqueue many records of one topic as whole batches, one per partition (or more
+        when one fills ``max_batch_size``): each record keyed and partitioned as :meth:`send` would,
+        in order within its partition. Far cheaper per record than ``send`` (no per-record future,
+        task or accumulator look-up); the futures, one per batch, resolve when the broker
+        acknowledged it, and are collected like ``send``'s (see :func:`collect_deliveries`)."""
+        if not records:
+            return []
+        t = self.serde.topic(topic)
+        name = self.prefix + topic
+        partitions = sorted(await self._producer.partitions_for(name))
+        builders: dict[int, Any] = {}
+        futures: list[asyncio.Future[Any]] = []
+        for record in records:
+            wire = to_wire(t, record)
+            value = self.serde.encode(topic, wire)
+            key = kafka_key(t, wire)
+            partition = self._partition_of(name, key, partitions)
+            builder = builders.get(partition)
+            if builder is None:
+                builder = builders[partition] = self._producer.create_batch()
+            if builder.append(timestamp=None, key=key, value=value) is None:  # full: send it, start another
+                futures.append(await self._producer.send_batch(builder, name, partition=partition))
+                builder = builders[partition] = self._producer.create_batch()
+                if builder.append(timestamp=None, key=key, value=value) is None:
+                    raise ValueError(f"a record of {len(value)} bytes does not fit an empty batch")
+        for partition, builder in builders.items():
+            futures.append(await self._producer.send_batch(builder, name, partition=partition))
+        PRODUCED.labels(topic).inc(len(records))
+        return [_track(fut) for fut in futures]
+
+    def _partition_of(self, topic: str, key: bytes | None, partitions: list[int]) -> int:
+        """The partition ``send`` would choose: the producer's default partitioner (murmur2 of the
+        key, as Kafka's Java client); cached per key, since it is pure Python."""
+        if key is None:
+            return int(self._partitioner(None, partitions, partitions))
+        cache = self._partition_cache
+        hit = cache.get((topic, key, len(partitions)))
+        if hit is None:
+            if len(cache) > 100_000:
+                cache.clear()
+            hit = cache[(topic, key, len(partitions))] = int(self._partitioner(key, partitions, partitions))
+        return hit
 
     async def send_raw(self, topic: str, value: bytes, *, key: bytes | None = None) -> asyncio.Future[Any]:
         """Enqueue bytes that are already encoded (DLQ replay, benchmarks); ``topic`` is logical."""

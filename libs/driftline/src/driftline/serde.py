@@ -10,9 +10,11 @@ Records written with an older registered schema are resolved to the local (reade
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import fastavro
@@ -199,22 +201,64 @@ class AvroSerde:
 
     async def decode(self, data: bytes | None, topic: str | None = None) -> tuple[dict[str, Any], int]:
         """Decode one framed record; ``topic`` selects the reader schema (schema evolution)."""
-        if not data or len(data) < _HEADER.size:
-            raise DecodeError("record is empty or shorter than the 5-byte Confluent header")
-        magic, schema_id = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise DecodeError(f"unknown magic byte {magic} (expected 0: Confluent wire format)")
+        schema_id = _schema_id(data)
+        writer = await self._writer_schema(schema_id)
+        return self._decode_body(data, schema_id, writer, topic), schema_id
+
+    async def decode_many(
+        self, items: Sequence[bytes | None], topic: str | None = None
+    ) -> list[tuple[dict[str, Any], int] | DecodeError]:
+        """Decode a batch: each item's value and schema id, or the :class:`DecodeError` that
+        refuses it (one bad record does not fail the others). The writer schemas are looked up
+        once per distinct id, then every body is decoded without a further await. An unreachable
+        registry raises (:class:`RegistryError`), for the whole batch to be retried."""
+        ids: list[int | DecodeError] = []
+        for data in items:
+            try:
+                ids.append(_schema_id(data))
+            except DecodeError as exc:
+                ids.append(exc)
+        writers: dict[int, Any] = {}
+        for known in {i for i in ids if isinstance(i, int)}:
+            with contextlib.suppress(DecodeError):  # unknown to the registry: each of its records says so
+                writers[known] = await self._writer_schema(known)
+        out: list[tuple[dict[str, Any], int] | DecodeError] = []
+        for data, schema_id in zip(items, ids, strict=True):
+            if isinstance(schema_id, DecodeError):
+                out.append(schema_id)
+            elif schema_id not in writers:
+                out.append(DecodeError(f"schema id {schema_id} is unknown to the registry"))
+            else:
+                try:
+                    out.append((self._decode_body(data, schema_id, writers[schema_id], topic), schema_id))
+                except DecodeError as exc:
+                    out.append(exc)
+        return out
+
+    async def _writer_schema(self, schema_id: int) -> Any:
         try:
-            writer = await self.registry.schema_by_id(schema_id)
+            return await self.registry.schema_by_id(schema_id)
         except RegistryError as exc:
             if "404" in str(exc):
                 raise DecodeError(f"schema id {schema_id} is unknown to the registry") from exc
             raise
+
+    def _decode_body(self, data: Any, schema_id: int, writer: Any, topic: str | None) -> dict[str, Any]:
         reader = self._reader(schema_id, writer, topic) if topic is not None else None
         try:
-            value = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size :]), writer, reader)
+            value = fastavro.schemaless_reader(io.BytesIO(memoryview(data)[_HEADER.size :]), writer, reader)
         except Exception as exc:
             raise DecodeError(f"Avro body does not decode with schema id {schema_id}: {exc}") from exc
         if not isinstance(value, dict):
             raise DecodeError("record is not an Avro record")
-        return value, schema_id
+        return value
+
+
+def _schema_id(data: bytes | None) -> int:
+    """The schema id of a Confluent-framed record (its header checked)."""
+    if not data or len(data) < _HEADER.size:
+        raise DecodeError("record is empty or shorter than the 5-byte Confluent header")
+    magic, schema_id = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError(f"unknown magic byte {magic} (expected 0: Confluent wire format)")
+    return int(schema_id)

@@ -60,9 +60,16 @@ class EntityStates(Protocol):
 
     def put(self, partition: int, entity_id: str, state: dict[str, Any]) -> None: ...
 
+    async def flush(self) -> int:
+        """Persist the changes made since the last flush (the service: to the changelog, one record
+        per changed entity); called once a batch is computed. Returns how many entities changed."""
+        ...
+
 
 class Decoder(Protocol):
-    async def decode(self, data: bytes | None, topic: str | None = None) -> tuple[dict[str, Any], int]: ...
+    async def decode_many(
+        self, items: Sequence[bytes | None], topic: str | None = None
+    ) -> list[tuple[dict[str, Any], int] | DecodeError]: ...
 
 
 class Producer(Protocol):
@@ -72,9 +79,7 @@ class Producer(Protocol):
 
     def envelope(self, **kwargs: Any) -> Envelope: ...
 
-    async def send(
-        self, topic: str, record: FeatureVectorComputed, *, key: bytes | None = None
-    ) -> asyncio.Future[Any]: ...
+    async def send_many(self, topic: str, records: Sequence[FeatureVectorComputed]) -> list[asyncio.Future[Any]]: ...
 
     async def dead_letter(
         self,
@@ -299,15 +304,18 @@ class FeatureProcessor:
         # per-event log lines name their event explicitly.
         if records:
             bind_event(topic=EVENTS_RAW, event_id=None, correlation_id=None, batch=len(records))
-        for rec in records:
+        # One decode call for the batch: writer schemas looked up once, no await per record.
+        decoded = await retry_transient(
+            functools.partial(self.decoder.decode_many, [rec.value for rec in records], EVENTS_RAW),
+            what="decode",
+            stopping=self.stopping,
+        )
+        for rec, item in zip(records, decoded, strict=True):
             raw: RawEvent | None = None
             try:
-                value, _ = await retry_transient(
-                    functools.partial(self.decoder.decode, rec.value, EVENTS_RAW),
-                    what="decode",
-                    stopping=self.stopping,
-                )
-                raw = raw_event(value)
+                if isinstance(item, DecodeError):
+                    raise item
+                raw = raw_event(item[0])
                 computed.append(self.compute(rec, raw, states))
             except DecodeError as exc:
                 prepared.futures.append(await self._dead_letter(rec, str(exc), "decode_error", None, 1))
@@ -316,9 +324,15 @@ class FeatureProcessor:
                 correlation_id = raw.correlation_id if raw is not None else None
                 prepared.futures.append(await self._dead_letter(rec, exc.reason, exc.error_type, correlation_id, 1))
                 result.dead_lettered += 1
+        if computed:  # a gauge: the batch's last event says it
+            metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - computed[-1].vector.event_time.timestamp()))
         await self._recognise_old_redeliveries(computed)
+        # The vectors as whole producer batches (one per partition), acknowledged in bulk below;
+        # the batch's state changes go to the changelog now too, so both are in flight during
+        # the online-store write.
+        prepared.futures += await self.producer.send_many(FEATURES_VECTORS, [c.vector for c in computed])
+        await states.flush()
         for c in computed:
-            prepared.futures.append(await self.producer.send(FEATURES_VECTORS, c.vector))
             prepared.rows.append(c.row)
             if c.duplicate:
                 result.duplicates += 1
@@ -387,7 +401,6 @@ class FeatureProcessor:
         feature_set = pf.features
         entity_id = raw.entity_id
         event_time = as_utc(raw.event_time)
-        metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - event_time.timestamp()))
         row_features = feature_set.row(raw.payload)
         windowed = None
         if feature_set.stateful:

@@ -22,7 +22,7 @@ EVENT_TIME_LAG = Gauge(
 )
 STORE_WRITE_SECONDS = Histogram(
     "driftline_features_store_write_seconds",
-    "Online-store write of one batch (COPY + upserts)",
+    "Online-store write of one batch (one statement: insert + upsert)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 BATCH_SECONDS = Histogram(

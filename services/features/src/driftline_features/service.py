@@ -8,6 +8,7 @@ in one process and one event loop.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ class FeaturesDeps:
 
 async def wire(rt: Runtime, settings: FeaturesSettings) -> Wiring[FeaturesDeps]:
     stack = settings.stack
+    if settings.gc_threshold:
+        # The middle generation after 20 young collections, the oldest after 100 of those (Python:
+        # 10 and 10): cycles are still collected, the long-lived window states rarely traversed.
+        gc.set_threshold(settings.gc_threshold, 20, 100)
     sets = FeatureSets(keep_last=settings.dedupe_keep, max_entries=settings.max_entity_events)
     sets.update(rt.projects.values())
 

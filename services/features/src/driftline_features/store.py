@@ -1,21 +1,24 @@
 """The online store's SQL (schema ``features``): batched, idempotent writes and the latest-vector read.
 
-A batch is copied into a temporary staging table (COPY, the fastest path into PostgreSQL), then
-upserted in one transaction: into ``vectors`` keyed by the vector's event_id (a replay changes
-nothing), and into ``latest`` only where the vector is newer than the stored one by
-(event_time, source_offset), so an out-of-order vector never overwrites a newer one.
+A batch is written by one statement in one round trip: its rows travel as one array per column
+(asyncpg's binary array encoding, like COPY's), are unnested once, inserted into ``vectors``
+keyed by the vector's event_id (a replay changes nothing) and upserted into ``latest`` only where
+the vector is newer than the stored one by (event_time, source_offset), so an out-of-order vector
+never overwrites a newer one. One statement is one transaction: all of the batch or none of it.
+(It replaced a COPY into a temporary staging table followed by two statements: five round trips
+and a transaction per batch; see services/features/README.md, "Benchmark".)
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
-from driftline import jsonsafe
 from driftline.records import FeatureVectorComputed
 
 COLUMNS = (
@@ -32,26 +35,33 @@ COLUMNS = (
     "project",
 )
 _COLS = ", ".join(COLUMNS)
-_OF_SOURCE = ("source_partition", "source_offset")  # where the raw event was read; the other columns are the vector's
 
-_STAGE = """
-CREATE TEMPORARY TABLE IF NOT EXISTS vector_stage (
-    event_id text, source_event_id text, entity_id text, feature_set_version text,
-    event_time timestamptz, features jsonb, late boolean, correlation_id text,
-    source_partition integer, source_offset bigint, project text
-) ON COMMIT DELETE ROWS
-"""
+_TYPES = (
+    "text",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "jsonb",
+    "boolean",
+    "text",
+    "integer",
+    "bigint",
+    "text",
+)
+_UNNEST = ", ".join(f"${i}::{t}[]" for i, t in enumerate(_TYPES, start=1))
 
-_INSERT_VECTORS = f"""
-INSERT INTO vectors ({_COLS})
-SELECT {_COLS} FROM vector_stage
-ON CONFLICT (event_id) DO NOTHING
-"""  # noqa: S608 - constant column list
-
-_UPSERT_LATEST = f"""
+_WRITE = f"""
+WITH stage AS MATERIALIZED (
+    SELECT * FROM unnest({_UNNEST}) AS s({_COLS})
+), stored AS (
+    INSERT INTO vectors ({_COLS})
+    SELECT {_COLS} FROM stage
+    ON CONFLICT (event_id) DO NOTHING
+)
 INSERT INTO latest ({_COLS})
 SELECT DISTINCT ON (project, feature_set_version, entity_id) {_COLS}
-FROM vector_stage
+FROM stage
 ORDER BY project, feature_set_version, entity_id, event_time DESC, source_offset DESC
 ON CONFLICT (project, feature_set_version, entity_id) DO UPDATE SET
     event_id = EXCLUDED.event_id,
@@ -86,18 +96,29 @@ class VectorRow:
     def of(cls, vector: FeatureVectorComputed, *, source_partition: int, source_offset: int) -> VectorRow:
         """The row that stores ``vector`` (its fields of the same name), computed from the raw event
         at that partition and offset."""
-        of_vector = {f.name: getattr(vector, f.name) for f in fields(cls) if f.name not in _OF_SOURCE}
-        of_vector["project"] = vector.project or ""
-        return cls(**of_vector, source_partition=source_partition, source_offset=source_offset)
+        return cls(
+            event_id=vector.event_id,
+            source_event_id=vector.source_event_id,
+            entity_id=vector.entity_id,
+            feature_set_version=vector.feature_set_version,
+            event_time=vector.event_time,
+            features=vector.features,
+            late=vector.late,
+            correlation_id=vector.correlation_id,
+            source_partition=source_partition,
+            source_offset=source_offset,
+            project=vector.project or "",
+        )
 
     def record(self) -> tuple[Any, ...]:
+        """The row's values in ``COLUMNS`` order (features as JSON text, non-finite numbers as null)."""
         return (
             self.event_id,
             self.source_event_id,
             self.entity_id,
             self.feature_set_version,
             self.event_time,
-            jsonsafe.dumps(self.features),
+            orjson.dumps(self.features).decode(),
             self.late,
             self.correlation_id,
             self.source_partition,
@@ -114,11 +135,9 @@ class OnlineStore:
         """Write a batch in one transaction (idempotent: safe to repeat after a crash)."""
         if not rows:
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(_STAGE)
-            await conn.copy_records_to_table("vector_stage", records=[r.record() for r in rows], columns=COLUMNS)
-            await conn.execute(_INSERT_VECTORS)
-            await conn.execute(_UPSERT_LATEST)
+        columns = list(zip(*(r.record() for r in rows), strict=True))
+        async with self.pool.acquire() as conn:
+            await conn.execute(_WRITE, *columns)
 
     async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]:
         """Stored vectors by event id: (features, late)."""
