@@ -633,7 +633,7 @@ class ModelTrained:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PredictionMade:
-    """A model's prediction for one feature vector (topic predictions)."""
+    """A model's prediction for one event (topic predictions): of a features.vectors record (stream) or of a POST /v1/predict request (http)."""
 
     RECORD: ClassVar[str] = "PredictionMade"
     event_id: str
@@ -651,6 +651,7 @@ class PredictionMade:
     score: float
     predicted_class: str | None = None
     scoring_latency_ms: float
+    served: str | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> PredictionMade:
@@ -670,6 +671,7 @@ class PredictionMade:
             score=d["score"],
             predicted_class=d.get("predicted_class", None),
             scoring_latency_ms=d["scoring_latency_ms"],
+            served=d.get("served", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -689,6 +691,7 @@ class PredictionMade:
             "score": self.score,
             "predicted_class": self.predicted_class,
             "scoring_latency_ms": self.scoring_latency_ms,
+            "served": self.served,
         }
 
 

@@ -1,4 +1,5 @@
 """The online store's SQL (schema ``features``): batched, idempotent writes and the latest-vector read.
+(The entity window states, which deployment reads too, are written by :mod:`driftline_ml.online`.)
 
 A batch is copied into a temporary staging table (COPY, the fastest path into PostgreSQL), then
 upserted in one transaction: into ``vectors`` keyed by the vector's event_id (a replay changes
@@ -9,6 +10,7 @@ nothing), and into ``latest`` only where the vector is newer than the stored one
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -17,6 +19,7 @@ import asyncpg
 
 from driftline import jsonsafe
 from driftline.records import FeatureVectorComputed
+from driftline_ml.online import StateRow, write_states
 
 COLUMNS = (
     "event_id",
@@ -110,15 +113,18 @@ class OnlineStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def write(self, rows: list[VectorRow]) -> None:
-        """Write a batch in one transaction (idempotent: safe to repeat after a crash)."""
-        if not rows:
+    async def write(self, rows: list[VectorRow], states: Sequence[StateRow] = ()) -> None:
+        """Write a batch in one transaction (idempotent: safe to repeat after a crash): its vectors
+        and the window states of its entities (which ``POST /v1/predict`` of deployment reads)."""
+        if not rows and not states:
             return
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(_STAGE)
-            await conn.copy_records_to_table("vector_stage", records=[r.record() for r in rows], columns=COLUMNS)
-            await conn.execute(_INSERT_VECTORS)
-            await conn.execute(_UPSERT_LATEST)
+            if rows:
+                await conn.execute(_STAGE)
+                await conn.copy_records_to_table("vector_stage", records=[r.record() for r in rows], columns=COLUMNS)
+                await conn.execute(_INSERT_VECTORS)
+                await conn.execute(_UPSERT_LATEST)
+            await write_states(conn, states)
 
     async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]:
         """Stored vectors by event id: (features, late)."""
