@@ -34,6 +34,7 @@ from driftline.records import (
     TrainingFailed,
 )
 from driftline.retry import retry_transient
+from driftline_monitoring.comparison import ShadowJoin
 from driftline_monitoring.drift import BoundedMap, CheckResult, Detection, ModelMonitor, Reference
 from driftline_monitoring.episodes import Episodes, episode_correlation_id
 from driftline_monitoring.serving import KEPT_PROMOTIONS, Serving, Switch, is_champion, is_serving
@@ -92,6 +93,7 @@ class Monitoring:
         self.serving = Serving()
         self.monitors: dict[str, ModelMonitor] = {}
         self.labels: BoundedMap[str] = BoundedMap(join_capacity)  # labelled event id → label, awaiting its prediction
+        self.shadow = ShadowJoin(join_capacity)  # champion and challenger on the same labelled events
         self.references: BoundedMap[Reference] = BoundedMap(4 * KEPT_PROMOTIONS)  # promotion event id → Reference
         self._switching = asyncio.Lock()
 
@@ -243,6 +245,8 @@ class Monitoring:
 
     async def on_prediction(self, prediction: PredictionMade) -> None:
         p = prediction
+        if p.predicted_class is not None:
+            self.shadow.add_prediction(p.source_event_id, p.model_name, p.model_version, p.slot, p.predicted_class)
         monitor = self.monitors.get(p.model_name)
         if monitor is None:
             IGNORED.labels(PREDICTIONS, "unknown_model").inc()
@@ -275,6 +279,7 @@ class Monitoring:
     async def on_label(self, label: LabelRecorded) -> None:
         source, value = label.labelled_event_id, str(label.label)
         self.labels.put(source, value)
+        self.shadow.add_label(source, value)
         for monitor in list(self.monitors.values()):
             if source in monitor.predictions:  # only the model that predicted the event joins it
                 await self._performance(monitor, monitor.add_label(source, value))
