@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as json_module
+import os
 import time
 from typing import Annotated, Any
 
@@ -56,6 +57,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _call(method: str, url: str, *, token: str | None = None, json: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
+    """One API call; reads send ``DRIFTLINE_API_TOKEN`` when it is set (outside local mode they
+    need a token with the ``read`` scope)."""
+    token = token or os.environ.get("DRIFTLINE_API_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         resp = httpx.request(method, url, json=json, headers=headers, timeout=30)

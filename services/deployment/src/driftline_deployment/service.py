@@ -113,6 +113,7 @@ SERVICE: Service[DeploymentSettings, DeploymentDeps] = Service(
     produces=[PREDICTIONS, DEPLOYMENTS_STATUS],
     routers=[api.router],
     artifacts=True,
+    scopes={"/v1/predict": "predict"},  # outside local mode (reads need "read")
     postgres_schema="features",  # the online store (read only; the features service migrates it)
     pool_size=lambda settings: settings.store_pool_size,
 )
