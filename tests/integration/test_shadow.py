@@ -126,3 +126,103 @@ async def test_the_shadow_comparison_matches_a_hand_computation(namespace: Names
         monitoring.stop()
         deployment.stop()
         await reader.stop()
+
+
+async def test_the_registry_promotes_a_challenger_on_a_decisive_shadow_verdict(
+    namespace: Namespace, producer: EventProducer
+) -> None:
+    from driftline.catalog import MODELS_COMPARED, MODELS_TRAINED
+    from driftline.settings import LOCAL_API_TOKEN
+    from tests.integration.test_registry import trained_record
+
+    await producer.stop()  # this test also sends models.trained
+    registry_client = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    producer = EventProducer(
+        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry_client, topic_prefix=namespace.prefix), "t"
+    )
+    await producer.start([MODELS_TRAINED, FEATURES_VECTORS, LABELS])
+    reader = await TopicReader(namespace, [MODELS_PROMOTED, MODELS_COMPARED, DEPLOYMENTS_STATUS]).start()
+    services = [
+        ServiceProcess(m, namespace).start(f"DRIFTLINE_{m.removeprefix('driftline_').upper()}_")
+        for m in ("driftline_registry", "driftline_deployment", "driftline_monitoring")
+    ]
+    registry = services[0]
+    store = ArtifactStore.from_settings(namespace.stack)
+    try:
+        for svc in services:
+            await svc.wait_ready(timeout_s=90)
+        champion = synthetic.train(seed=1, n=1200, max_iter=20)
+        challenger = synthetic.train(seed=2, n=1200, max_iter=20, concept="b")
+        for model, accuracy in ((champion, 0.9), (challenger, 0.5)):  # v1 promoted, v2 rejected (floor 0.65)
+            refs = await synthetic.store_model(store, model)
+            record = {**trained_record(accuracy), **refs, "run_id": model.run_id, "feature_names": synthetic.FEATURES}
+            await producer.publish(MODELS_TRAINED, record)
+            if model is champion:  # registered (and promoted) first: it is v1
+                await reader.wait_for(
+                    lambda evs, run_id=model.run_id: any(e.value.get("run_id") == run_id for e in evs),
+                    timeout_s=60,
+                    what="v1 promoted",
+                )
+
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def versions() -> None:
+                r = await http.get(f"{registry.url}/v1/models/{MODEL_NAME}/versions")
+                assert len(r.json()["versions"]) == 2, r.text
+
+            await eventually(versions, timeout_s=60)
+            r = await http.post(
+                f"{registry.url}/v1/models/{MODEL_NAME}/versions/2/shadow",
+                headers={"Authorization": f"Bearer {LOCAL_API_TOKEN}"},
+                json={"reason": "try concept b in shadow"},
+            )
+            assert r.status_code in (200, 202), r.text
+        await reader.wait_for(
+            lambda evs: any(
+                e.topic == DEPLOYMENTS_STATUS and e.value["slot"] == "challenger" and e.value["status"] == "loaded"
+                for e in evs
+            ),
+            timeout_s=90,
+            what="the challenger loaded",
+        )
+        n = 260  # above the default shadow_min_pairs (200)
+        rows, labels = synthetic.generate(n, seed=9, concept="b")
+        vectors = [synthetic.vector(row, i) for i, row in enumerate(rows)]
+        await producer.publish_many([(FEATURES_VECTORS, v) for v in vectors])
+        await producer.publish_many([(LABELS, synthetic.label(v, y)) for v, y in zip(vectors, labels, strict=True)])
+
+        evs = await reader.wait_for(
+            lambda evs: any(
+                e.topic == MODELS_PROMOTED and e.value["version"] == 2 and e.value["action"] == "promote" for e in evs
+            ),
+            timeout_s=120,
+            what="v2 promoted on the shadow verdict",
+        )
+        (verdict,) = [e.value for e in evs if e.topic == MODELS_COMPARED]
+        (promoted,) = [
+            e.value
+            for e in evs
+            if e.topic == MODELS_PROMOTED and e.value["version"] == 2 and e.value["action"] == "promote"
+        ]
+        assert verdict["verdict"] == "challenger_better" and verdict["labelled_pairs"] >= 200
+        assert (verdict["champion_version"], verdict["challenger_version"]) == (1, 2)
+        assert verdict["interval_low"] > 0 and verdict["confidence"] == 0.95
+        assert promoted["actor"] == "policy:shadow" and promoted["causation_id"] == verdict["event_id"]
+        assert promoted["previous_version"] == 1 and "shadow verdict" in promoted["reason"]
+        await reader.wait_for(
+            lambda evs: any(
+                e.topic == DEPLOYMENTS_STATUS
+                and e.value["slot"] == "champion"
+                and e.value["version"] == 2
+                and e.value["status"] == "loaded"
+                for e in evs
+            ),
+            timeout_s=90,
+            what="v2 serving as champion",
+        )
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        await reader.stop()
+        await producer.stop()
+        await registry_client.close()

@@ -55,3 +55,34 @@ def test_the_summary_matches_a_hand_computation() -> None:
 )
 def test_verdicts(counts: PairedCounts, min_pairs: int, verdict: str) -> None:
     assert counts.summary(min_pairs=min_pairs)["verdict"] == verdict
+
+
+async def test_monitoring_announces_a_decisive_verdict_once() -> None:
+    from driftline.events import envelope
+    from driftline.project import PromotionPolicy
+    from driftline.records import ChallengerCompared, LabelRecorded, PredictionMade
+    from tests.unit.deployment.test_deployment_handlers import model
+    from tests.unit.monitoring.test_monitoring_handlers import monitoring_of
+
+    mon, _, _ = await monitoring_of(model(1))
+    announced: list[ChallengerCompared] = []
+
+    async def publish(record: ChallengerCompared) -> None:
+        announced.append(record)
+
+    mon.publish_verdict = publish
+    mon.promotion_of = lambda _name: PromotionPolicy(shadow_min_pairs=40, shadow_confidence=0.95)
+
+    def predicted(i: int, version: int, slot: str, cls: str) -> PredictionMade:
+        return PredictionMade(**envelope("t"), source_event_id=f"e{i}", entity_id="c", model_name="loan-approval",
+                              model_version=version, slot=slot, shadow=slot == "challenger", score=0.5,
+                              predicted_class=cls, scoring_latency_ms=0.1)  # fmt: skip
+
+    for i in range(60):  # the challenger right on all, the champion on every third
+        await mon.on_prediction(predicted(i, 1, "champion", "approve" if i % 3 == 0 else "deny"))
+        await mon.on_prediction(predicted(i, 2, "challenger", "approve"))
+        await mon.on_label(LabelRecorded(**envelope("t"), labelled_event_id=f"e{i}", entity_id="c", label="approve"))
+    (verdict,) = announced  # once, when it became decisive
+    assert (verdict.champion_version, verdict.challenger_version, verdict.verdict) == (1, 2, "challenger_better")
+    assert verdict.labelled_pairs == 40 and verdict.interval_low > 0
+    assert verdict.challenger_only_right == 26 and verdict.champion_only_right == 0

@@ -16,6 +16,11 @@ the challenger right, both wrong.
 * ``verdict``: ``insufficient`` below ``min_pairs`` paired outcomes, ``challenger_better`` when the
   interval lies above 0, ``champion_better`` when it lies below, else ``no_difference``.
 
+:func:`decisive` applies the project's promotion policy (``shadow_min_pairs``,
+``shadow_confidence``): a ``challenger_better`` verdict is announced once per comparison on
+``models.compared`` (a ``ChallengerCompared`` with the counts and the interval), and the registry
+promotes the challenger if it is still the challenger of that champion.
+
 State is in memory and bounded (``capacity`` events awaiting their partners): a restart of
 monitoring starts the counts again.
 """
@@ -29,9 +34,11 @@ from typing import Any
 
 from scipy import stats
 
+from driftline.project import PromotionPolicy
 from driftline_monitoring.drift import BoundedMap
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+Pair = tuple[str, int, int]  # (model, champion version, challenger version)
 
 
 @dataclass
@@ -110,30 +117,42 @@ class ShadowJoin:
         self.challenger: BoundedMap[_Predicted] = BoundedMap(capacity)
         self.labels: BoundedMap[str] = BoundedMap(capacity)
         self.joined: BoundedMap[bool] = BoundedMap(capacity)
-        self.counts: dict[tuple[str, int, int], PairedCounts] = {}  # (model, champion v, challenger v)
+        self.counts: dict[Pair, PairedCounts] = {}
 
-    def add_prediction(self, source_event_id: str, model_name: str, version: int, slot: str, predicted: str) -> None:
+    def add_prediction(
+        self, source_event_id: str, model_name: str, version: int, slot: str, predicted: str
+    ) -> Pair | None:
+        """Remember a prediction; the comparison it completed a pair of, if it did."""
         side = self.challenger if slot == CHALLENGER else self.champion
         side.put(source_event_id, _Predicted(model_name, version, predicted))
-        self._join(source_event_id)
+        return self._join(source_event_id)
 
-    def add_label(self, source_event_id: str, label: str) -> None:
+    def add_label(self, source_event_id: str, label: str) -> Pair | None:
         self.labels.put(source_event_id, label)
-        self._join(source_event_id)
+        return self._join(source_event_id)
 
-    def _join(self, source: str) -> None:
+    def _join(self, source: str) -> Pair | None:
         if source in self.joined:
-            return
+            return None
         champion, challenger, label = self.champion.get(source), self.challenger.get(source), self.labels.get(source)
         if champion is None or challenger is None or label is None or champion.model_name != challenger.model_name:
-            return
+            return None
         self.joined.put(source, True)
         key = (champion.model_name, champion.version, challenger.version)
         self.counts.setdefault(key, PairedCounts()).add(champion.predicted == label, challenger.predicted == label)
         for side in (self.champion, self.challenger, self.labels):
             side.pop(source, None)
+        return key
 
     def comparisons(self, model_name: str) -> list[tuple[int, int, PairedCounts]]:
         """(champion version, challenger version, counts) of a model, newest challenger first."""
         rows = [(cv, sv, pc) for (m, cv, sv), pc in self.counts.items() if m == model_name]
         return sorted(rows, key=lambda r: (r[1], r[0]), reverse=True)
+
+
+def decisive(counts: PairedCounts, policy: PromotionPolicy) -> dict[str, Any] | None:
+    """The summary when the project's promotion policy has the challenger better (at its
+    ``shadow_confidence``, on at least ``shadow_min_pairs`` pairs), else None: what monitoring
+    announces on ``models.compared`` for the registry to promote it."""
+    summary = counts.summary(policy.shadow_confidence, policy.shadow_min_pairs)
+    return summary if summary["verdict"] == "challenger_better" else None
