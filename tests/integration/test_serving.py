@@ -30,7 +30,7 @@ from tests.unit.deployment import synthetic
 MODEL = "serving-test"
 # The model reads windowed features too: a skew in them would change its score.
 FEATURES = ["salary", "commission", "loan", "income", "loan_to_income", "applications_1h", "loan_mean_1h"]
-T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)  # on an hour: one window
 TOKEN = {"Authorization": "Bearer driftline-local-token"}
 
 
