@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from driftline.retry import TransientError
 from driftline_features.handlers import FeatureProcessor, SourceRecord
 from driftline_features.store import VectorRow
 from driftline_ml.featuredefs import FeatureSet
+from driftline_ml.online import StateRow
 from tests.fakes import FakeProducer, JsonSerde
 from tests.support import ROOT
 
@@ -56,17 +58,20 @@ def encode(value: RawEvent | dict[str, Any]) -> bytes:
 class FakeStore:
     def __init__(self, fail_times: int = 0, error: Exception | None = None) -> None:
         self.rows: dict[str, VectorRow] = {}
+        self.states: dict[str, StateRow] = {}
         self.writes = 0
         self.fail_times = fail_times
         self.error = error or TransientError("postgres down")
 
-    async def write(self, rows: list[VectorRow]) -> None:
+    async def write(self, rows: list[VectorRow], states: Sequence[StateRow] = ()) -> None:
         self.writes += 1
         if self.fail_times:
             self.fail_times -= 1
             raise self.error
         for r in rows:
             self.rows.setdefault(r.event_id, r)
+        for s in states:
+            self.states[s.key] = s
 
     async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]:
         return {e: (dict(self.rows[e].features), self.rows[e].late) for e in event_ids if e in self.rows}
@@ -132,6 +137,27 @@ async def test_vector_follows_the_contract() -> None:
     row = store.rows[vector.event_id]
     assert (row.source_partition, row.source_offset, row.features) == (2, 0, vector.features)
     assert states.changelog == [(2, "c1")]  # state change sent to the source record's partition
+
+
+async def test_the_online_store_gets_each_entitys_state_and_computing_from_it_gives_the_streams_vector() -> None:
+    """What POST /v1/predict does for a raw event (deployment: the entity's state from the online
+    store, folded with the event by the same code) gives the vector the stream then computes."""
+    producer, store, states = FakeProducer(), FakeStore(), DictStates()
+    p = processor(store, producer)
+    await p.handle(records(*(encode(raw_event("c1", m, 100.0 * (m + 1))) for m in (0, 10, 20))), states)
+    await p.handle(records(encode(raw_event("c2", 3, 7.0)), start=3), states)
+    assert set(store.states) == {"c1", "c2"}
+    stored = store.states["c1"]
+    assert (stored.source_partition, stored.source_offset) == (2, 2)  # the entity's last event in the batch
+    assert stored.state == states.data["c1"]
+    nxt = raw_event("c1", 30, 1000.0)
+    (pf,) = p.sets.all()
+    served = pf.compute(nxt, store.states["c1"].state)
+    assert store.states["c1"].state == states.data["c1"]  # computing does not change the state
+    await p.handle(records(encode(nxt), start=4), states)
+    streamed = producer.records(FeatureVectorComputed)[-1]
+    assert served.features == streamed.features
+    assert streamed.features["applications_1h"] == 4.0 and streamed.features["loan_mean_1h"] == 1075.0
 
 
 async def test_a_redelivered_event_is_reemitted_with_the_same_values_and_not_counted_twice() -> None:
@@ -266,7 +292,7 @@ def reading(entity: str, minute: int, vibration: float) -> RawEvent:
 
 
 async def test_each_project_computes_its_own_feature_set_and_windows() -> None:
-    from driftline_features.handlers import FeatureSets
+    from driftline_ml.online import FeatureSets
 
     sets = FeatureSets()
     sets.update(two_projects().values())

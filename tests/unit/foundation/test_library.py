@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,11 +180,88 @@ def test_api_tokens_come_through_the_settings_layer_like_every_other_setting(
     stack = StackSettings()
     assert "from-stack-env" not in repr(stack)  # a secret: never printed
     auth = TokenAuth.from_settings(stack, "t")
-    assert auth._tokens == [("alice", b"from-stack-env"), ("ci", b"second")]
+    admin = frozenset({"admin"})
+    assert auth._tokens == [("alice", admin, b"from-stack-env"), ("ci", admin, b"second")]
     monkeypatch.setenv("DRIFTLINE_API_TOKENS", "bob=from-env")  # the environment wins, as for every setting
-    assert TokenAuth.from_settings(StackSettings(), "t")._tokens == [("bob", b"from-env")]
+    assert TokenAuth.from_settings(StackSettings(), "t")._tokens == [("bob", admin, b"from-env")]
     explicit = StackSettings(api_tokens="carol=given")
-    assert TokenAuth.from_settings(explicit, "t")._tokens == [("carol", b"given")]
+    assert TokenAuth.from_settings(explicit, "t")._tokens == [("carol", admin, b"given")]
+
+
+def _scoped_app(local_mode: bool) -> TestClient:
+    """A service's app as ``driftline.service.build_app`` makes it (the lifespan is not run)."""
+    from fastapi import APIRouter, Depends
+
+    from driftline.service import Service, build_app
+    from driftline.settings import ServiceSettings
+
+    tokens = "reader:read=tr,client:predict=tp,ops:write=tw,root=ta"
+    auth = TokenAuth(tokens.split(","))
+    router = APIRouter()
+
+    @router.get("/v1/things")
+    async def things() -> dict[str, str]:
+        return {"ok": "read"}
+
+    @router.post("/v1/predict")
+    async def predict() -> dict[str, str]:
+        return {"ok": "predict"}
+
+    @router.post("/v1/write")
+    async def write(actor: str = Depends(auth)) -> dict[str, str]:
+        return {"actor": actor}
+
+    async def wire(rt: Any, settings: Any) -> Any:  # never called: the lifespan does not run
+        raise AssertionError
+
+    service: Service[Any, Any] = Service(
+        name="t", title="t", description="", wire=wire, routers=[router], scopes={"/v1/predict": "predict"}
+    )
+    stack = StackSettings(
+        local_mode=local_mode,
+        postgres_dsn="postgresql://u:strong@db/x",
+        minio_secret_key="another-strong-secret",
+        api_tokens=tokens,
+    )
+    return TestClient(build_app(service, ServiceSettings(stack=stack)))
+
+
+def test_outside_local_mode_reads_and_predict_need_a_token_with_their_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLINE_STACK_ENV", "/nonexistent")
+    client = _scoped_app(local_mode=False)
+
+    def status(method: str, path: str, token: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return client.request(method, path, headers=headers).status_code
+
+    assert status("GET", "/v1/things") == 401
+    assert status("GET", "/v1/things", "tr") == 200
+    assert status("GET", "/v1/things", "tp") == 403
+    assert client.get("/v1/things", headers={"Authorization": "Bearer tp"}).json()["detail"]["reason"] == (
+        "the token of 'client' lacks the 'read' scope"
+    )
+    assert status("POST", "/v1/predict") == 401
+    assert status("POST", "/v1/predict", "tp") == 200
+    assert status("POST", "/v1/predict", "tr") == 403
+    assert status("POST", "/v1/write", "tw") == 200
+    assert status("POST", "/v1/write", "tp") == 403  # write endpoints check their own scope
+    for method, path in (("GET", "/v1/things"), ("POST", "/v1/predict"), ("POST", "/v1/write")):
+        assert status(method, path, "ta") == 200  # an entry without scopes is an admin token
+    assert status("GET", "/healthz") == 200 and status("GET", "/metrics") == 200  # probes stay open
+    assert status("GET", "/openapi.json") == 200
+
+
+def test_in_local_mode_reads_and_predict_stay_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLINE_STACK_ENV", "/nonexistent")
+    client = _scoped_app(local_mode=True)
+    assert client.get("/v1/things").status_code == 200
+    assert client.post("/v1/predict").status_code == 200
+    assert client.post("/v1/write").status_code == 401  # writes always need a token
+
+
+def test_an_unknown_scope_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown scope"):
+        TokenAuth(["eve:everything=tok"])
 
 
 # --- retries ------------------------------------------------------------------------------------

@@ -191,6 +191,21 @@ def test_a_label_becomes_a_label_recorded_linked_to_its_event(validator: Validat
     assert again.event_id == out.event_id != other.event_id  # a retry has the same id, a correction does not
 
 
+def test_a_label_can_name_a_prediction_id_instead_of_an_event_id(validator: Validator) -> None:
+    pid = str(uuid.uuid4())
+    out = validator.label({"prediction_id": pid, "entity_id": "c-1", "label": "deny"}, 0, producer="i", source="http")
+    assert isinstance(out, Valid) and out.record["labelled_event_id"] == pid  # what monitoring joins on
+    both = validator.label(
+        {"prediction_id": pid, "event_id": pid, "entity_id": "c-1", "label": "deny"}, 0, producer="i", source="http"
+    )
+    assert isinstance(both, Rejection) and both.problems[0].field == "prediction_id"
+    bad = validator.label({"prediction_id": "nope", "entity_id": "c-1", "label": "deny"}, 0, producer="i", source="h")
+    assert isinstance(bad, Rejection) and (bad.problems[0].field, bad.problems[0].error_type) == (
+        "prediction_id",
+        INVALID_VALUE,
+    )
+
+
 @pytest.mark.parametrize(
     ("label", "field", "error_type"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as json_module
+import os
 import time
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from driftline_cli._common import console, fail
 
 DEFAULT_TRAINING_URL = "http://127.0.0.1:38103"
 DEFAULT_REGISTRY_URL = "http://127.0.0.1:38104"
+DEFAULT_MONITORING_URL = "http://127.0.0.1:38106"
 
 models_app = typer.Typer(
     help="The model registry: versions, model cards, stage history, promotion, shadow deployment and rollback.",
@@ -26,6 +28,12 @@ RegistryUrl = Annotated[
 ]
 TrainingUrl = Annotated[
     str, typer.Option("--url", envvar="DRIFTLINE_TRAINING_URL", help="Training service URL.", show_default=True)
+]
+MonitoringUrl = Annotated[
+    str,
+    typer.Option(
+        "--monitoring-url", envvar="DRIFTLINE_MONITORING_URL", help="Monitoring service URL.", show_default=True
+    ),
 ]
 Token = Annotated[
     str,
@@ -49,6 +57,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _call(method: str, url: str, *, token: str | None = None, json: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
+    """One API call; reads send ``DRIFTLINE_API_TOKEN`` when it is set (outside local mode they
+    need a token with the ``read`` scope)."""
+    token = token or os.environ.get("DRIFTLINE_API_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         resp = httpx.request(method, url, json=json, headers=headers, timeout=30)
@@ -259,6 +270,59 @@ def show(
             _time(h["at"]), h["action"], _version(h["previous_version"]), h["actor"], h["reason"], h["event_id"]
         )
     console.print(hist)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@models_app.command("compare")
+def compare(
+    name: ModelName,
+    url: MonitoringUrl = DEFAULT_MONITORING_URL,
+    confidence: Annotated[float, typer.Option(help="Two-sided confidence of the interval.")] = 0.95,
+    min_pairs: Annotated[int, typer.Option(help="Paired labelled outcomes needed for a verdict.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print monitoring's document as JSON.")] = False,
+) -> None:
+    """The shadow challenger against the champion on the same labelled events (from monitoring):
+    both accuracies, the difference with its confidence interval, McNemar's p-value, the verdict."""
+    doc = _call("GET", f"{url}/v1/models/{name}/comparison?confidence={confidence}&min_pairs={min_pairs}")
+    if as_json:
+        console.print_json(json_module.dumps(doc, default=str))
+        return
+    rows = doc["comparisons"]
+    if not rows:
+        console.print(f"{name}: no challenger prediction joined with a label and the champion's yet")
+        return
+    table = Table(title=f"{name}: challenger vs champion on the same labelled events ({confidence:.0%} interval)")
+    for col in (
+        "champion",
+        "challenger",
+        "pairs",
+        "champion acc",
+        "challenger acc",
+        "difference",
+        "interval",
+        "p",
+        "verdict",
+    ):
+        table.add_column(col)
+    for r in rows:
+        interval = "-" if r["interval"] is None else f"[{r['interval'][0]:+.4f}, {r['interval'][1]:+.4f}]"
+        diff = "-" if r["difference"] is None else f"{r['difference']:+.4f}"
+        p = "-" if r["p_value"] is None else f"{r['p_value']:.3g}"
+        table.add_row(
+            f"v{r['champion_version']}",
+            f"v{r['challenger_version']}",
+            str(r["labelled_pairs"]),
+            _pct(r["champion_accuracy"]),
+            _pct(r["challenger_accuracy"]),
+            diff,
+            interval,
+            p,
+            r["verdict"],
+        )
+    console.print(table)
 
 
 def _print_action(result: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ TRAINING_FAILED = "training.failed"
 MODELS_PROMOTED = "models.promoted"
 MODELS_REJECTED = "models.rejected"
 DEPLOYMENTS_STATUS = "deployments.status"
+MODELS_COMPARED = "models.compared"
 PROJECTS = "projects"
 
 ENVELOPE_FIELDS = ("event_id", "event_time", "produced_at", "producer", "correlation_id", "causation_id")

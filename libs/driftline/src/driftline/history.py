@@ -1,8 +1,9 @@
 """Reading the platform's history back from Kafka: topic offsets and lag, and causal chains.
 
 The control topics keep every record (retention -1), so the chain of a drift episode
-(drift.detected → training.requested → models.trained → models.promoted → deployments.status)
-can be rebuilt from the topics alone, by correlation id, with each step's cause.
+(drift.detected → training.requested → models.trained → models.promoted → deployments.status),
+or of a shadow verdict (models.compared → models.promoted → deployments.status), can be rebuilt
+from the topics alone, by correlation id, with each step's cause.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from driftline.catalog import (
     DEPLOYMENTS_STATUS,
     DRIFT_DETECTED,
+    MODELS_COMPARED,
     MODELS_PROMOTED,
     MODELS_REJECTED,
     MODELS_TRAINED,
@@ -35,6 +37,7 @@ CHAIN_TOPICS = (
     TRAINING_REQUESTED,
     MODELS_TRAINED,
     TRAINING_FAILED,
+    MODELS_COMPARED,
     MODELS_PROMOTED,
     MODELS_REJECTED,
     DEPLOYMENTS_STATUS,
@@ -132,6 +135,13 @@ def describe(event: Event[Any]) -> str:
         )
     if t == TRAINING_FAILED:
         return f"training of {v['model_name']} failed ({v['error_type']}): {v['reason']}"
+    if t == MODELS_COMPARED:
+        return (
+            f"{v['model_name']} challenger v{v['challenger_version']} vs champion v{v['champion_version']}: "
+            f"{v['verdict']} on {v['labelled_pairs']} labelled events, accuracy {v['challenger_accuracy']:.4f} vs "
+            f"{v['champion_accuracy']:.4f}, {v['confidence']:.0%} interval of the difference "
+            f"[{v['interval_low']:+.4f}, {v['interval_high']:+.4f}]"
+        )
     if t == MODELS_PROMOTED:
         prev = f" (was v{v['previous_version']})" if v.get("previous_version") else ""
         return f"{v['model_name']} v{v['version']} {v['action']}d by {v['actor']}{prev}: {v['reason']}"

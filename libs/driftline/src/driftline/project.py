@@ -280,6 +280,19 @@ class PromotionPolicy(_Model):
         description="Drift runs compare candidate and champion on this most recent fraction of the "
         "holdout examples the champion did not train on (at least the minimum comparison size).",
     )
+    shadow_min_pairs: int = Field(
+        200,
+        ge=1,
+        description="Shadow verdicts: labelled events both the champion and the challenger predicted, "
+        "at least, before monitoring judges (and the registry may promote the challenger).",
+    )
+    shadow_confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="Shadow verdicts: the challenger is promoted when the two-sided interval of its accuracy "
+        "minus the champion's, at this confidence, lies above 0.",
+    )
 
 
 class Project(_Model):

@@ -14,6 +14,88 @@ from typing import Any, ClassVar
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChallengerCompared:
+    """Monitoring's shadow verdict on a challenger, from the champion's and the challenger's predictions of the same labelled events (topic models.compared). The registry promotes the challenger by policy on a challenger_better verdict."""
+
+    RECORD: ClassVar[str] = "ChallengerCompared"
+    event_id: str
+    event_time: datetime
+    produced_at: datetime
+    producer: str
+    correlation_id: str
+    causation_id: str | None = None
+    model_name: str
+    champion_version: int
+    challenger_version: int
+    verdict: str
+    labelled_pairs: int
+    both_right: int
+    champion_only_right: int
+    challenger_only_right: int
+    both_wrong: int
+    champion_accuracy: float
+    challenger_accuracy: float
+    difference: float
+    interval_low: float
+    interval_high: float
+    confidence: float
+    p_value: float
+
+    @classmethod
+    def from_avro(cls, d: Mapping[str, Any]) -> ChallengerCompared:
+        return cls(
+            event_id=d["event_id"],
+            event_time=d["event_time"],
+            produced_at=d["produced_at"],
+            producer=d["producer"],
+            correlation_id=d["correlation_id"],
+            causation_id=d.get("causation_id", None),
+            model_name=d["model_name"],
+            champion_version=d["champion_version"],
+            challenger_version=d["challenger_version"],
+            verdict=d["verdict"],
+            labelled_pairs=d["labelled_pairs"],
+            both_right=d["both_right"],
+            champion_only_right=d["champion_only_right"],
+            challenger_only_right=d["challenger_only_right"],
+            both_wrong=d["both_wrong"],
+            champion_accuracy=d["champion_accuracy"],
+            challenger_accuracy=d["challenger_accuracy"],
+            difference=d["difference"],
+            interval_low=d["interval_low"],
+            interval_high=d["interval_high"],
+            confidence=d["confidence"],
+            p_value=d["p_value"],
+        )
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "event_time": self.event_time,
+            "produced_at": self.produced_at,
+            "producer": self.producer,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "model_name": self.model_name,
+            "champion_version": self.champion_version,
+            "challenger_version": self.challenger_version,
+            "verdict": self.verdict,
+            "labelled_pairs": self.labelled_pairs,
+            "both_right": self.both_right,
+            "champion_only_right": self.champion_only_right,
+            "challenger_only_right": self.challenger_only_right,
+            "both_wrong": self.both_wrong,
+            "champion_accuracy": self.champion_accuracy,
+            "challenger_accuracy": self.challenger_accuracy,
+            "difference": self.difference,
+            "interval_low": self.interval_low,
+            "interval_high": self.interval_high,
+            "confidence": self.confidence,
+            "p_value": self.p_value,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetter:
     """A record that was refused, with the reason and its original bytes (topic events.dlq)."""
 
@@ -633,7 +715,7 @@ class ModelTrained:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PredictionMade:
-    """A model's prediction for one feature vector (topic predictions)."""
+    """A model's prediction for one event (topic predictions): of a features.vectors record (stream) or of a POST /v1/predict request (http)."""
 
     RECORD: ClassVar[str] = "PredictionMade"
     event_id: str
@@ -651,6 +733,7 @@ class PredictionMade:
     score: float
     predicted_class: str | None = None
     scoring_latency_ms: float
+    served: str | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> PredictionMade:
@@ -670,6 +753,7 @@ class PredictionMade:
             score=d["score"],
             predicted_class=d.get("predicted_class", None),
             scoring_latency_ms=d["scoring_latency_ms"],
+            served=d.get("served", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -689,6 +773,7 @@ class PredictionMade:
             "score": self.score,
             "predicted_class": self.predicted_class,
             "scoring_latency_ms": self.scoring_latency_ms,
+            "served": self.served,
         }
 
 
@@ -912,10 +997,11 @@ class TrainingRequested:
         }
 
 
-Record = DeadLetter | DeploymentStatusChanged | DriftDetected | FeatureVectorComputed | LabelRecorded | ModelPromoted | ModelRejected | ModelTrained | PredictionMade | ProjectApplied | RawEvent | TrainingFailed | TrainingRequested
+Record = ChallengerCompared | DeadLetter | DeploymentStatusChanged | DriftDetected | FeatureVectorComputed | LabelRecorded | ModelPromoted | ModelRejected | ModelTrained | PredictionMade | ProjectApplied | RawEvent | TrainingFailed | TrainingRequested
 """Any top-level record type (the value of a topic)."""
 
 RECORD_TYPES: dict[str, type[Record]] = {
+    "ChallengerCompared": ChallengerCompared,
     "DeadLetter": DeadLetter,
     "DeploymentStatusChanged": DeploymentStatusChanged,
     "DriftDetected": DriftDetected,

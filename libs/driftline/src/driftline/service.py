@@ -36,6 +36,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 
 from driftline.api import ReadinessCheck, create_app
+from driftline.auth import ScopeMiddleware, TokenAuth
 from driftline.catalog import PROJECTS
 from driftline.consumer import BatchHandler, Handler, Routes, dispatch
 from driftline.events import Event
@@ -112,6 +113,8 @@ class Service(Generic[S, D]):
     producer_options: Callable[[S], Mapping[str, Any]] = lambda _settings: {}
     customize: Callable[[FastAPI, S], None] | None = None
     """Adjusts the built app with its settings (e.g. OpenAPI request bodies that depend on the project)."""
+    scopes: Mapping[str, str] = field(default_factory=dict)
+    """Paths that need a token scope other than GET's ``read`` outside local mode (``driftline.auth``)."""
 
 
 class Running(Generic[D]):
@@ -275,6 +278,10 @@ def build_app(service: Service[S, D], settings: S) -> FastAPI:
     )
     for router in service.routers:
         app.include_router(router)
+    if not settings.stack.local_mode:  # reads and predict need a token with the scope (driftline.auth)
+        app.add_middleware(
+            ScopeMiddleware, auth=TokenAuth.from_settings(settings.stack, service.name), scopes=service.scopes
+        )
     if service.customize is not None:
         service.customize(app, settings)
     return app

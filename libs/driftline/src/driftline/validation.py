@@ -83,7 +83,9 @@ ERROR_TYPES = frozenset(
 """Every error type client input is refused with."""
 
 EVENT_KEYS = frozenset({"type", "event_id", "event_time", "correlation_id", "payload"})
-LABEL_KEYS = frozenset({"event_id", "entity_id", "label", "label_id", "event_time", "correlation_id", "project"})
+LABEL_KEYS = frozenset(
+    {"event_id", "prediction_id", "entity_id", "label", "label_id", "event_time", "correlation_id", "project"}
+)
 MAX_ID_LENGTH = 200
 MAX_PROBLEMS = 20  # per record; a payload with 10 000 bad fields gets a bounded answer
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "string"}
@@ -553,7 +555,8 @@ class Validator:
                 "name": self.label_name,
                 "classes": self.label_classes,
                 "fields": {
-                    "event_id": "UUID of the labelled event (required)",
+                    "event_id": "UUID of the labelled event (required, unless prediction_id is given)",
+                    "prediction_id": "instead of event_id: the prediction_id POST /v1/predict answered",
                     "entity_id": "entity of the labelled event (required)",
                     "label": f"one of {self.label_classes} (required)",
                     "label_id": "UUID of this label (optional; default derived from the other fields)",
@@ -613,12 +616,20 @@ class Validator:
         if not isinstance(item, dict):
             return _not_an_object(item, index, "a label")
         problems = _unknown_fields(item, LABEL_KEYS, "a label")
-        labelled = item.get("event_id")
-        if labelled is None:
-            problems.append(Problem("event_id", MISSING_FIELD, "the labelled event's id is required"))
+        # A prediction id (what POST /v1/predict of deployment answers) names the event it scored:
+        # the request's own event, or the raw event it was sent.
+        id_field = "prediction_id" if "prediction_id" in item and "event_id" not in item else "event_id"
+        labelled = item.get(id_field)
+        if "prediction_id" in item and "event_id" in item:
+            problems.append(Problem("prediction_id", INVALID_VALUE, "give event_id or prediction_id, not both"))
+            labelled_id = None
+        elif labelled is None:
+            problems.append(
+                Problem("event_id", MISSING_FIELD, "the labelled event's id (or prediction_id) is required")
+            )
             labelled_id = None
         else:
-            labelled_id = _event_id(labelled, "event_id", problems)
+            labelled_id = _event_id(labelled, id_field, problems)
         if item.get("entity_id") is None:
             problems.append(Problem("entity_id", MISSING_FIELD, "the labelled event's entity id is required"))
             entity_id = None

@@ -1,19 +1,27 @@
-"""HTTP API of deployment: POST /v1/predict and GET /v1/deployment."""
+"""HTTP API of deployment: POST /v1/predict (a raw event or a ready vector, one or a batch) and
+GET /v1/deployment. Every prediction served is published to ``predictions`` (see
+:mod:`driftline_deployment.publish`: without a broker round trip in the request)."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
-from driftline.records import DeploymentStatusChanged
+from driftline.events import derived_event_id, envelope, now_utc
+from driftline.records import DeploymentStatusChanged, PredictionMade
 from driftline.service import wired
 from driftline_deployment.config import DeploymentSettings
+from driftline_deployment.features import InvalidEvents, RawEventFeatures, ServedEvent
 from driftline_deployment.handlers import Deployer
 from driftline_deployment.metrics import PREDICTIONS_MADE, SCORE_SECONDS
+from driftline_deployment.policy import CHALLENGER
+from driftline_deployment.publish import PredictionPublisher
 from driftline_deployment.slots import LoadedModel, ModelSlots
 from driftline_ml.models import to_matrix
 
@@ -26,6 +34,8 @@ class DeploymentDeps:
     model_name: str  # the project's model: the default of POST /v1/predict
     slots: ModelSlots
     deployer: Deployer
+    raw: RawEventFeatures  # a raw event's vector, as the features service computes it
+    publisher: PredictionPublisher  # every served prediction to the predictions topic
 
 
 Deps = Annotated[DeploymentDeps, Depends(wired)]
@@ -34,19 +44,34 @@ FeatureValue = StrictFloat | StrictInt | None
 
 
 class PredictRequest(BaseModel):
-    """One feature vector (``features``) or a batch (``instances``), by feature name."""
+    """A raw event (``event``) or a batch of them (``events``), shaped as ingestion's POST
+    /v1/events takes them; or a ready feature vector (``features``) or a batch (``instances``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="Model name (default: the project's model).")
+    model: str | None = Field(
+        None, description="Model name (default: the model of the events' project, else the configured project's)."
+    )
+    event: dict[str, Any] | None = Field(
+        None, description="One raw event: type, payload, and optional event_id, event_time, correlation_id."
+    )
+    events: list[dict[str, Any]] | None = Field(None, min_length=1, description="A batch of raw events.")
     features: dict[str, FeatureValue] | None = Field(None, description="One feature vector.")
     instances: list[dict[str, FeatureValue]] | None = Field(None, min_length=1, description="A batch of vectors.")
 
     @model_validator(mode="after")
     def _one_of(self) -> PredictRequest:
-        if (self.features is None) == (self.instances is None):
-            raise ValueError("give exactly one of 'features' (one vector) or 'instances' (a batch)")
+        given = [x for x in (self.event, self.events, self.features, self.instances) if x is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of 'event' or 'events' (raw events), 'features' or 'instances' (ready vectors)"
+            )
         return self
+
+    def raw_events(self) -> list[dict[str, Any]] | None:
+        if self.event is not None:
+            return [self.event]
+        return list(self.events) if self.events is not None else None
 
     def rows(self) -> list[dict[str, FeatureValue]]:
         return [self.features] if self.features is not None else list(self.instances or [])
@@ -55,11 +80,20 @@ class PredictRequest(BaseModel):
 class Prediction(BaseModel):
     score: float = Field(description="Probability of the positive class.")
     predicted_class: str
+    prediction_id: str = Field(
+        description="The id a label names (POST /v1/labels of ingestion, as prediction_id): the raw event's "
+        "event_id, or a new id for a ready vector."
+    )
+    entity_id: str = Field(description="The entity (a label gives it too): the event's, or the prediction id.")
+    features: dict[str, float | str | None] | None = Field(
+        None, description="For a raw event: the feature vector that was scored, in the feature set's order."
+    )
 
 
 class PredictResponse(BaseModel):
     model_name: str
     model_version: int
+    request_id: str = Field(description="Correlation id of the predictions of a request of ready vectors.")
     predictions: list[Prediction]
 
 
@@ -105,22 +139,29 @@ router = APIRouter(prefix="/v1", tags=["deployment"])
     responses={413: {"description": "Too many vectors"}, 503: {"description": "No model loaded yet"}},
 )
 async def predict(body: PredictRequest, deps: Deps) -> PredictResponse:
-    model_name = body.model or deps.model_name
+    settings = deps.settings
+    items = body.raw_events()
+    count = len(items) if items is not None else len(body.rows())
+    if count > settings.max_batch:
+        raise HTTPException(
+            413, detail={"error": "batch_too_large", "reason": f"at most {settings.max_batch} per call"}
+        )
+    model_name = body.model or _model_of_events(items, deps) or deps.model_name
     model = deps.slots.champion(model_name)  # one reference for the whole request
     if model is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail={"error": "no_model", "reason": f"no version of {model_name!r} is loaded yet"},
         )
-    rows = body.rows()
-    settings = deps.settings
-    if len(rows) > settings.max_batch:
-        raise HTTPException(
-            413, detail={"error": "batch_too_large", "reason": f"at most {settings.max_batch} vectors per call"}
-        )
-    check_rows(rows, model)
+    served: list[ServedEvent] | None = None
+    if items is not None:
+        served = await _raw_event_features(items, deps)
+        rows: list[dict[str, Any]] = [s.features for s in served]
+    else:
+        rows = body.rows()
+        check_rows(rows, model)
     try:
-        x = to_matrix(rows, model.feature_names)
+        x = to_matrix(rows, model.feature_names)  # a raw event's vector: as the stream scores it
     except ValueError as exc:
         raise _bad_request(str(exc)) from exc
     if len(rows) <= settings.inline_rows:
@@ -129,10 +170,86 @@ async def predict(body: PredictRequest, deps: Deps) -> PredictResponse:
         scores, classes, seconds = await asyncio.to_thread(model.timed_predict, x)
     SCORE_SECONDS.labels("http").observe(seconds)
     PREDICTIONS_MADE.labels("http", model.slot).inc(len(rows))
+    request_id = str(uuid.uuid4())
+    latency_ms = seconds * 1000 / len(rows)
+    answers: list[Prediction] = []
+    records: list[PredictionMade] = []
+    for i, (score, predicted) in enumerate(zip(scores, classes, strict=True)):
+        event = served[i] if served is not None else None
+        record = _prediction_record(model, event, request_id, float(score), predicted, latency_ms)
+        records.append(record)
+        answers.append(
+            Prediction(
+                score=record.score,
+                predicted_class=predicted,
+                prediction_id=record.source_event_id,
+                entity_id=record.entity_id,
+                features=event.features if event is not None else None,
+            )
+        )
+    await deps.publisher.submit(records)  # enqueued, not awaited: see driftline_deployment.publish
     return PredictResponse(
+        model_name=model.model_name, model_version=model.version, request_id=request_id, predictions=answers
+    )
+
+
+def _model_of_events(items: list[dict[str, Any]] | None, deps: DeploymentDeps) -> str | None:
+    """The one model of the events' projects (422 when they belong to several)."""
+    if not items:
+        return None
+    names = {deps.raw.model_of(item) for item in items} - {None}
+    if len(names) > 1:
+        raise HTTPException(
+            422,
+            detail={"error": "several_models", "reason": f"the events belong to several models: {sorted(names)}"},  # type: ignore[type-var]
+        )
+    return names.pop() if names else None
+
+
+async def _raw_event_features(items: list[dict[str, Any]], deps: DeploymentDeps) -> list[ServedEvent]:
+    try:
+        return await deps.raw.compute(items)
+    except InvalidEvents as exc:
+        raise HTTPException(422, detail={"error": "invalid_event", "reason": str(exc), "errors": exc.errors}) from exc
+    except (asyncpg.PostgresError, OSError) as exc:  # the online store is down or not migrated yet
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail={"error": "online_store_unavailable", "reason": f"{type(exc).__name__}: {exc}"[:300]},
+            headers={"Retry-After": "1"},
+        ) from exc
+
+
+def _prediction_record(
+    model: LoadedModel, event: ServedEvent | None, request_id: str, score: float, predicted: str, latency_ms: float
+) -> PredictionMade:
+    """The ``predictions`` record of one HTTP prediction. Its source event is the raw event (a
+    label of the event joins it, as for stream traffic) or, for a ready vector, a new id: the
+    prediction id the client labels. Its id derives from that and the model version, so a stream
+    prediction of the same raw event is another record, and a retried raw event the same one."""
+    if event is not None:
+        raw = event.raw
+        source, entity, event_time, cause = raw.event_id, raw.entity_id, raw.event_time, raw
+    else:
+        source = str(uuid.uuid4())
+        entity, event_time, cause = source, now_utc(), None
+    return PredictionMade(
+        **envelope(
+            "deployment",
+            cause=cause,
+            correlation_id=None if cause is not None else request_id,
+            event_time=event_time,
+            event_id=derived_event_id(source, model.model_name, model.version, model.slot, "http"),
+        ),
+        source_event_id=source,
+        entity_id=entity,
         model_name=model.model_name,
         model_version=model.version,
-        predictions=[Prediction(score=float(s), predicted_class=c) for s, c in zip(scores, classes, strict=True)],
+        slot=model.slot,
+        shadow=model.slot == CHALLENGER,
+        score=score,
+        predicted_class=predicted,
+        scoring_latency_ms=latency_ms,
+        served="http",
     )
 
 

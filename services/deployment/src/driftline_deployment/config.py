@@ -31,6 +31,17 @@ class DeploymentSettings(ServiceSettings):  # type: ignore[misc,unused-ignore]
         description="Load models in a child process, so a swap never makes requests wait for the GIL "
         "(false: in a worker thread of the service).",
     )
+    store_pool_size: int = Field(
+        4, ge=1, description="PostgreSQL connections to the online store (raw-event predictions read it)."
+    )
+    publish_max_pending: int = Field(
+        100_000,
+        ge=1,
+        description="Most HTTP predictions waiting for the broker's acknowledgement; beyond, counted as unpublished.",
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long to wait for HTTP predictions not yet acknowledged."
+    )
     fallback_depth: int = Field(
         5, ge=1, description="At start-up, how many earlier champions to try when the latest one does not load."
     )

@@ -329,4 +329,5 @@ class Scorer:
             score=score,
             predicted_class=predicted,
             scoring_latency_ms=latency_ms,
+            served="stream",
         )

@@ -19,3 +19,21 @@ SCORE_SECONDS = Histogram(
     ["source"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+HTTP_PUBLISHED = Counter(
+    "driftline_deployment_http_predictions_published_total", "HTTP predictions the broker acknowledged on predictions"
+)
+HTTP_REPUBLISHED = Counter(
+    "driftline_deployment_http_predictions_resent_total", "HTTP predictions sent again after a failed delivery"
+)
+HTTP_UNPUBLISHED = Counter(
+    "driftline_deployment_http_predictions_unpublished_total",
+    "HTTP predictions given up: the pending buffer was full, or still unacknowledged at shutdown",
+)
+HTTP_PUBLISH_PENDING = Gauge(
+    "driftline_deployment_http_predictions_pending", "HTTP predictions not yet acknowledged by the broker"
+)
+RAW_EVENT_SECONDS = Histogram(
+    "driftline_deployment_raw_event_features_seconds",
+    "Time to compute a request's raw-event features (validation, online-store read, feature code)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)

@@ -1,6 +1,10 @@
 """The deployment service: what it follows (``models.promoted``, replayed in full: the model
 slots are rebuilt from it), consumes (``features.vectors``, scored in batches), produces and
-serves; ``wire`` is the one place that builds its objects."""
+serves; ``wire`` is the one place that builds its objects.
+
+Its PostgreSQL pool is the online store's (schema ``features``, owned and migrated by the features
+service): ``POST /v1/predict`` of a raw event reads its entity's window state there, through
+:mod:`driftline_ml.online`, the code that writes it."""
 
 from __future__ import annotations
 
@@ -15,9 +19,12 @@ from driftline.service import Consume, Follow, Service, Wiring
 from driftline_deployment import api
 from driftline_deployment.api import DeploymentDeps
 from driftline_deployment.config import DeploymentSettings
+from driftline_deployment.features import RawEventFeatures
 from driftline_deployment.handlers import Deployer, Scorer
 from driftline_deployment.loader import ModelLoader, ProcessLoader, ThreadLoader
+from driftline_deployment.publish import PredictionPublisher
 from driftline_deployment.slots import ModelSlots
+from driftline_ml.online import read_states
 
 
 async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDeps]:
@@ -37,8 +44,16 @@ async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDe
     )
     projects = rt.projects
     models_of_projects = {a.name: a.project.model.name for a in projects.values()}
+    pool = rt.pool
+    assert pool is not None
+    raw = RawEventFeatures(lambda keys: read_states(pool, keys))
+    raw.update(projects.values())
+    publisher = PredictionPublisher(
+        rt.producer, max_pending=settings.publish_max_pending, drain_timeout_s=settings.drain_timeout_s
+    )
 
     async def on_project(name: str, applied: Applied | None) -> None:
+        raw.update(projects.values())
         if applied is not None:
             models_of_projects[name] = applied.project.model.name
         elif name in models_of_projects:
@@ -60,7 +75,14 @@ async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDe
         await asyncio.to_thread(loader.close)
 
     return Wiring(
-        deps=DeploymentDeps(settings=settings, model_name=project.model.name, slots=slots, deployer=deployer),
+        deps=DeploymentDeps(
+            settings=settings,
+            model_name=project.model.name,
+            slots=slots,
+            deployer=deployer,
+            raw=raw,
+            publisher=publisher,
+        ),
         # Scoring starts once the slots are rebuilt (the library's caught-up gate), so vectors are
         # not skipped as "no model"; /readyz waits for it too (check follower:deployment).
         follows=[
@@ -79,7 +101,7 @@ async def wire(rt: Runtime, settings: DeploymentSettings) -> Wiring[DeploymentDe
                 options={"max_records": settings.score_max_records},
             )
         ],
-        on_stop=[close_loader],
+        on_stop=[publisher.drain, close_loader],
     )
 
 
@@ -91,4 +113,7 @@ SERVICE: Service[DeploymentSettings, DeploymentDeps] = Service(
     produces=[PREDICTIONS, DEPLOYMENTS_STATUS],
     routers=[api.router],
     artifacts=True,
+    scopes={"/v1/predict": "predict"},  # outside local mode (reads need "read")
+    postgres_schema="features",  # the online store (read only; the features service migrates it)
+    pool_size=lambda settings: settings.store_pool_size,
 )

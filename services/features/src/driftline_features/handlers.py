@@ -18,23 +18,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from aiokafka.structs import ConsumerRecord
 
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
-from driftline.events import Envelope, as_utc, derived_event_id, epoch_ms
+from driftline.events import Envelope, as_utc, derived_event_id
 from driftline.logging import bind_event, get_logger
 from driftline.project import Project
-from driftline.projects import Applied
 from driftline.records import FeatureVectorComputed, RawEvent
 from driftline.retry import Backoff, PoisonRecord, is_transient, retry_transient
 from driftline.serde import DecodeError
 from driftline_features import metrics
 from driftline_features.store import VectorRow
 from driftline_ml.featuredefs import FeatureSet
+from driftline_ml.online import FeatureSets, StateRow
 
 log = get_logger(__name__)
 
@@ -95,76 +95,13 @@ class Producer(Protocol):
 
 
 class Store(Protocol):
-    async def write(self, rows: list[VectorRow]) -> None: ...
+    async def write(self, rows: list[VectorRow], states: Sequence[StateRow] = ()) -> None: ...
 
     async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]: ...
 
 
 class Pruner(Protocol):
     async def prune(self, older_than_days: float) -> int: ...
-
-
-@dataclass(frozen=True)
-class ProjectFeatures:
-    """One project's feature set, as its vectors carry it."""
-
-    project: str | None  # None: the feature set given directly (a unit test's), not a project's
-    event_type: str
-    features: FeatureSet
-    version: str  # the feature-set version its vectors carry (the projects topic's, e.g. "1+2")
-    digest: str = ""
-
-    def state_key(self, entity_id: str) -> str:
-        """The entity's key in the window-state table: per project, so two projects' entities
-        with the same id never share windows."""
-        return entity_id if self.project is None else f"{self.project}{_KEY_SEPARATOR}{entity_id}"
-
-
-_KEY_SEPARATOR = "\x1f"  # ASCII unit separator: in neither a project name nor an entity id in practice
-
-
-class FeatureSets:
-    """The feature set of every project on the projects topic, by event type; rebuilt when the
-    topic changes (:meth:`update`), reusing a project's set while its definition is the same."""
-
-    def __init__(self, *, keep_last: int = 32, max_entries: int = 10_000) -> None:
-        self.keep_last = keep_last
-        self.max_entries = max_entries
-        self.by_type: dict[str, ProjectFeatures] = {}
-        self.by_project: dict[str, ProjectFeatures] = {}
-
-    @classmethod
-    def single(cls, project: Project, features: FeatureSet) -> FeatureSets:
-        sets = cls()
-        pf = ProjectFeatures(None, project.event.type, features, features.version)
-        sets.by_type[pf.event_type] = pf
-        return sets
-
-    def update(self, projects: Iterable[Applied]) -> None:
-        by_type: dict[str, ProjectFeatures] = {}
-        by_project: dict[str, ProjectFeatures] = {}
-        for applied in projects:
-            known = self.by_project.get(applied.name)
-            if known is not None and known.digest == applied.digest:
-                pf = known
-            else:
-                features = FeatureSet(applied.project.features, keep_last=self.keep_last, max_entries=self.max_entries)
-                pf = ProjectFeatures(
-                    applied.name, applied.project.event.type, features, applied.feature_set_version, applied.digest
-                )
-            by_type[pf.event_type] = pf
-            by_project[applied.name] = pf
-        self.by_type, self.by_project = by_type, by_project
-
-    def of(self, raw: RawEvent) -> ProjectFeatures | None:
-        """The feature set of a raw event: its project's, else its event type's."""
-        if raw.project is not None and raw.project in self.by_project:
-            pf = self.by_project[raw.project]
-            return pf if pf.event_type == raw.event_type else None
-        return self.by_type.get(raw.event_type)
-
-    def all(self) -> list[ProjectFeatures]:
-        return list(self.by_type.values())
 
 
 @dataclass
@@ -178,6 +115,7 @@ class Computed:
     late_for: tuple[str, ...]
     watermark_ms: int | None
     features: FeatureSet | None = None
+    state: StateRow | None = None  # the entity's window state after the event (None: unchanged)
 
 
 @dataclass
@@ -194,6 +132,7 @@ class Prepared:
 
     records: list[SourceRecord]
     rows: list[VectorRow] = field(default_factory=list)
+    states: list[StateRow] = field(default_factory=list)
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
 
@@ -219,7 +158,7 @@ class FeatureProcessor:
         if sets is None:
             if project is None or features is None:
                 raise ValueError("give sets, or project and features")
-            sets = FeatureSets.single(project, features)
+            sets = FeatureSets.single(project.event.type, features)
         self.sets = sets
         self.decoder = decoder
         self.producer = producer
@@ -334,6 +273,8 @@ class FeatureProcessor:
         await states.flush()
         for c in computed:
             prepared.rows.append(c.row)
+            if c.state is not None:
+                prepared.states.append(c.state)
             if c.duplicate:
                 result.duplicates += 1
             else:
@@ -356,7 +297,7 @@ class FeatureProcessor:
     async def _complete(self, prepared: Prepared) -> BatchResult:
         """Make a prepared batch durable: the online-store write and the broker's acknowledgements."""
         started = time.perf_counter()
-        await self.store.write(prepared.rows)
+        await self.store.write(prepared.rows, prepared.states)
         metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
         if prepared.futures:
             await asyncio.gather(*prepared.futures)
@@ -401,14 +342,14 @@ class FeatureProcessor:
         feature_set = pf.features
         entity_id = raw.entity_id
         event_time = as_utc(raw.event_time)
-        row_features = feature_set.row(raw.payload)
-        windowed = None
-        if feature_set.stateful:
-            key = pf.state_key(entity_id)
-            new_state, windowed = feature_set.apply(states.get(key), raw_id, epoch_ms(event_time), row_features)
-            if new_state is not None:
-                states.put(rec.partition, key, new_state)
-        features = feature_set.vector(row_features, windowed)
+        state = None
+        key = pf.state_key(entity_id)
+        computed = pf.compute(raw, states.get(key) if feature_set.stateful else None)
+        windowed = computed.windowed
+        if computed.new_state is not None:
+            states.put(rec.partition, key, computed.new_state)
+            state = StateRow(key, computed.new_state, rec.partition, rec.offset)
+        features = computed.features
         version = pf.version
         vector_id = derived_event_id(raw_id, version)
         late = bool(windowed and windowed.late)
@@ -429,6 +370,7 @@ class FeatureProcessor:
             late_for=windowed.late_for if windowed else (),
             watermark_ms=windowed.watermark_ms if windowed else None,
             features=feature_set,
+            state=state,
         )
 
     # -- dead letters ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """The online store's SQL (schema ``features``): batched, idempotent writes and the latest-vector read.
+(The entity window states, which deployment reads too, are written by :mod:`driftline_ml.online`.)
 
 A batch is written by one statement in one round trip: its rows travel as one array per column
 (asyncpg's binary array encoding, like COPY's), are unnested once, inserted into ``vectors``
@@ -12,6 +13,7 @@ and a transaction per batch; see services/features/README.md, "Benchmark".)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +22,7 @@ import asyncpg
 import orjson
 
 from driftline.records import FeatureVectorComputed
+from driftline_ml.online import StateRow, write_states
 
 COLUMNS = (
     "event_id",
@@ -131,13 +134,15 @@ class OnlineStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def write(self, rows: list[VectorRow]) -> None:
-        """Write a batch in one transaction (idempotent: safe to repeat after a crash)."""
-        if not rows:
+    async def write(self, rows: list[VectorRow], states: Sequence[StateRow] = ()) -> None:
+        """Write a batch in one transaction (idempotent: safe to repeat after a crash): its vectors
+        and the window states of its entities (which ``POST /v1/predict`` of deployment reads)."""
+        if not rows and not states:
             return
-        columns = list(zip(*(r.record() for r in rows), strict=True))
-        async with self.pool.acquire() as conn:
-            await conn.execute(_WRITE, *columns)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if rows:
+                await conn.execute(_WRITE, *zip(*(r.record() for r in rows), strict=True))
+            await write_states(conn, states)
 
     async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]:
         """Stored vectors by event id: (features, late)."""

@@ -108,9 +108,14 @@ def _request_body(kind: Kind, validator: Validator) -> dict[str, Any]:
     else:
         item = {
             "type": "object",
-            "required": ["event_id", "entity_id", "label"],
+            "required": ["entity_id", "label"],
             "properties": {
                 "event_id": {"type": "string", "format": "uuid", "description": "the labelled event"},
+                "prediction_id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "description": "instead of event_id: the prediction_id deployment's POST /v1/predict answered",
+                },
                 "entity_id": {"type": "string"},
                 "label": {"enum": validator.label_classes},
                 "label_id": {"type": "string", "format": "uuid"},

@@ -1,4 +1,5 @@
-"""HTTP API of monitoring: GET /v1/drift, GET /v1/reports, and a page with plots at GET /."""
+"""HTTP API of monitoring: GET /v1/drift, GET /v1/reports, GET /v1/models/{name}/comparison (the
+shadow verdict), and a page with plots at GET /."""
 
 from __future__ import annotations
 
@@ -164,3 +165,24 @@ async def index(deps: Deps) -> HTMLResponse:
         accuracy_drop=deps.policy.accuracy_drop,
     )
     return HTMLResponse(html)
+
+
+@router.get(
+    "/v1/models/{name}/comparison", summary="The shadow challenger against the champion on the same labelled events"
+)
+async def comparison(
+    name: str,
+    deps: Deps,
+    confidence: float = Query(0.95, gt=0, lt=1, description="Two-sided confidence of the interval."),
+    min_pairs: int = Query(100, ge=1, description="Paired labelled outcomes needed for a verdict."),
+) -> dict[str, Any]:
+    """Per (champion version, challenger version), newest challenger first: the paired counts,
+    both accuracies, the difference challenger - champion with its confidence interval, McNemar's
+    one-sided p-value and the verdict (:mod:`driftline_monitoring.comparison`)."""
+    return {
+        "model_name": name,
+        "comparisons": [
+            {"champion_version": cv, "challenger_version": sv, **counts.summary(confidence, min_pairs)}
+            for cv, sv, counts in deps.monitoring.shadow.comparisons(name)
+        ],
+    }

@@ -21,10 +21,11 @@ from prometheus_client import Counter, Gauge
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import FEATURES_VECTORS, PREDICTIONS
 from driftline.consumer import BatchHandler, Routes, dispatch
-from driftline.events import Event, epoch_ms
+from driftline.events import Event, derived_event_id, envelope, epoch_ms
 from driftline.logging import get_logger
-from driftline.project import DriftPolicy
+from driftline.project import DriftPolicy, PromotionPolicy
 from driftline.records import (
+    ChallengerCompared,
     DeploymentStatusChanged,
     FeatureVectorComputed,
     LabelRecorded,
@@ -34,6 +35,7 @@ from driftline.records import (
     TrainingFailed,
 )
 from driftline.retry import retry_transient
+from driftline_monitoring.comparison import Pair, ShadowJoin, decisive
 from driftline_monitoring.drift import BoundedMap, CheckResult, Detection, ModelMonitor, Reference
 from driftline_monitoring.episodes import Episodes, episode_correlation_id
 from driftline_monitoring.serving import KEPT_PROMOTIONS, Serving, Switch, is_champion, is_serving
@@ -76,6 +78,8 @@ class Monitoring:
         min_examples: int = 0,
         policies: Callable[[str], ModelPolicy | None] | None = None,
         model_of: Callable[[FeatureVectorComputed], str | None] | None = None,
+        promotion_of: Callable[[str], PromotionPolicy | None] | None = None,
+        publish_verdict: Callable[[ChallengerCompared], Awaitable[object]] | None = None,
     ) -> None:
         """``policy``, ``max_examples`` and ``min_examples`` are those of a model that ``policies``
         (its project's drift policy and training limits, by model name) does not know; ``model_of``
@@ -92,6 +96,10 @@ class Monitoring:
         self.serving = Serving()
         self.monitors: dict[str, ModelMonitor] = {}
         self.labels: BoundedMap[str] = BoundedMap(join_capacity)  # labelled event id → label, awaiting its prediction
+        self.shadow = ShadowJoin(join_capacity)  # champion and challenger on the same labelled events
+        self.promotion_of = promotion_of or (lambda _name: None)
+        self.publish_verdict = publish_verdict
+        self.verdicts: dict[Pair, ChallengerCompared] = {}  # announced on models.compared
         self.references: BoundedMap[Reference] = BoundedMap(4 * KEPT_PROMOTIONS)  # promotion event id → Reference
         self._switching = asyncio.Lock()
 
@@ -243,6 +251,12 @@ class Monitoring:
 
     async def on_prediction(self, prediction: PredictionMade) -> None:
         p = prediction
+        if p.predicted_class is not None:
+            pair = self.shadow.add_prediction(
+                p.source_event_id, p.model_name, p.model_version, p.slot, p.predicted_class
+            )
+            if pair is not None:
+                await self._judge(pair)
         monitor = self.monitors.get(p.model_name)
         if monitor is None:
             IGNORED.labels(PREDICTIONS, "unknown_model").inc()
@@ -275,9 +289,52 @@ class Monitoring:
     async def on_label(self, label: LabelRecorded) -> None:
         source, value = label.labelled_event_id, str(label.label)
         self.labels.put(source, value)
+        pair = self.shadow.add_label(source, value)
+        if pair is not None:
+            await self._judge(pair)
         for monitor in list(self.monitors.values()):
             if source in monitor.predictions:  # only the model that predicted the event joins it
                 await self._performance(monitor, monitor.add_label(source, value))
+
+    async def _judge(self, pair: Pair) -> None:
+        """Announce a shadow verdict that the model's promotion policy finds decisive (once)."""
+        if self.publish_verdict is None or pair in self.verdicts:
+            return
+        policy = self.promotion_of(pair[0]) or PromotionPolicy()
+        summary = decisive(self.shadow.counts[pair], policy)
+        if summary is None:
+            return
+        model_name, champion_version, challenger_version = pair
+        low, high = summary["interval"]
+        record = ChallengerCompared(
+            **envelope("monitoring", event_id=derived_event_id("challenger-compared", *pair, summary["verdict"])),
+            model_name=model_name,
+            champion_version=champion_version,
+            challenger_version=challenger_version,
+            verdict=summary["verdict"],
+            labelled_pairs=summary["labelled_pairs"],
+            both_right=summary["both_right"],
+            champion_only_right=summary["champion_only_right"],
+            challenger_only_right=summary["challenger_only_right"],
+            both_wrong=summary["both_wrong"],
+            champion_accuracy=summary["champion_accuracy"],
+            challenger_accuracy=summary["challenger_accuracy"],
+            difference=summary["difference"],
+            interval_low=low,
+            interval_high=high,
+            confidence=summary["confidence"],
+            p_value=summary["p_value"],
+        )
+        await self.publish_verdict(record)
+        self.verdicts[pair] = record
+        log.info(
+            "shadow_verdict",
+            model=model_name,
+            champion=champion_version,
+            challenger=challenger_version,
+            verdict=record.verdict,
+            pairs=record.labelled_pairs,
+        )
 
     async def _performance(self, monitor: ModelMonitor, detection: Detection | None) -> None:
         acc = monitor.performance.accuracy

@@ -12,14 +12,15 @@ from driftline.catalog import (
     DRIFT_DETECTED,
     FEATURES_VECTORS,
     LABELS,
+    MODELS_COMPARED,
     MODELS_PROMOTED,
     MODELS_REJECTED,
     PREDICTIONS,
     TRAINING_FAILED,
 )
 from driftline.consumer import Routes
-from driftline.project import project_from_settings
-from driftline.records import FeatureVectorComputed
+from driftline.project import PromotionPolicy, project_from_settings
+from driftline.records import ChallengerCompared, FeatureVectorComputed
 from driftline.runtime import Runtime
 from driftline.service import Consume, Follow, Service, Wiring
 from driftline_monitoring import api
@@ -45,6 +46,13 @@ async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDe
         p = applied.project
         return p.drift, p.training.max_examples, p.training.min_examples
 
+    def promotion_of(model_name: str) -> PromotionPolicy | None:
+        applied = projects.by_model(model_name)
+        return applied.project.promotion if applied is not None else None
+
+    async def publish_verdict(record: ChallengerCompared) -> None:
+        await rt.producer.publish(MODELS_COMPARED, record)
+
     def model_of(vector: FeatureVectorComputed) -> str | None:
         if vector.project is None:
             return None  # written before projects were data: every champion watches it
@@ -61,6 +69,8 @@ async def wire(rt: Runtime, settings: MonitoringSettings) -> Wiring[MonitoringDe
         min_examples=project.training.min_examples,
         policies=policies,
         model_of=model_of,
+        promotion_of=promotion_of,
+        publish_verdict=publish_verdict,
     )
     data: Routes = {
         FEATURES_VECTORS: monitoring.on_vector,
@@ -105,7 +115,7 @@ SERVICE: Service[MonitoringSettings, MonitoringDeps] = Service(
     title="Driftline monitoring",
     description="Input, prediction and performance drift of the champion models; drift episodes.",
     wire=wire,
-    produces=[DRIFT_DETECTED],
+    produces=[DRIFT_DETECTED, MODELS_COMPARED],
     routers=[api.router],
     postgres_schema="monitoring",
     migrations=Path(__file__).parent / "migrations",

@@ -30,7 +30,7 @@ from driftline.events import Envelope, Event, as_utc, derived_event_id, envelope
 from driftline.logging import get_logger
 from driftline.outbox import Outbox, stage
 from driftline.project import PromotionPolicy
-from driftline.records import DeploymentStatusChanged, ModelPromoted, ModelRejected, ModelTrained
+from driftline.records import ChallengerCompared, DeploymentStatusChanged, ModelPromoted, ModelRejected, ModelTrained
 from driftline.retry import is_transient, retry_transient
 from driftline_registry.policy import Comparison, Decision, decide, rollback_target
 from driftline_registry.store import Conn, Decided, RegisteredVersion, RegistryStore
@@ -38,6 +38,7 @@ from driftline_registry.store import Conn, Decided, RegisteredVersion, RegistryS
 log = get_logger(__name__)
 
 POLICY_ACTOR = "policy"
+SHADOW_POLICY_ACTOR = "policy:shadow"  # a promotion on monitoring's shadow verdict
 COMPARISON_FIELDS = tuple(Comparison.__annotations__)
 
 
@@ -320,6 +321,48 @@ class RegistryHandlers:
                 correlation_id=e.correlation_id,
                 at=as_utc(e.event_time),
             )
+
+    # -- models.compared (monitoring's shadow verdicts) ---------------------------------------
+
+    async def on_challenger_compared(self, c: ChallengerCompared) -> None:
+        """A challenger found better than the champion on the same labelled events, with the
+        significance the project's policy states (monitoring applied ``shadow_min_pairs`` and
+        ``shadow_confidence``), is promoted, if it is still that champion's challenger here; the
+        promotion's cause is the verdict, its reason the evidence. Anything else changes nothing
+        (a replayed verdict finds the challenger already promoted)."""
+        if c.verdict != "challenger_better":
+            return
+        async with self.store.locked_model(c.model_name, create=False) as (conn, model):
+            roles = None if model is None else (model["champion_version"], model["challenger_version"])
+            if roles != (c.champion_version, c.challenger_version):
+                log.info(
+                    "shadow_verdict_not_current",
+                    model_name=c.model_name,
+                    verdict_for=[c.champion_version, c.challenger_version],
+                    now=roles,
+                )
+                return
+            target = await self.store.registered(conn, c.model_name, c.challenger_version)
+            if target is None:
+                return
+            reason = (
+                f"shadow verdict: challenger v{c.challenger_version} accuracy {c.challenger_accuracy:.4f} vs champion "
+                f"v{c.champion_version} {c.champion_accuracy:.4f} on {c.labelled_pairs} labelled events, difference "
+                f"{c.difference:+.4f}, {c.confidence:.0%} interval [{c.interval_low:+.4f}, {c.interval_high:+.4f}], "
+                f"McNemar p={c.p_value:.3g}"
+            )
+            record = promotion(
+                target,
+                version=c.challenger_version,
+                env=envelope(self.producer_name, cause=c),
+                action="promote",
+                previous_version=c.champion_version,
+                reason=reason,
+                actor=SHADOW_POLICY_ACTOR,
+            )
+            await self._announce(conn, record)
+        log.info("promoted_on_shadow_verdict", model_name=c.model_name, version=c.challenger_version)
+        await self._publish(record)
 
     # -- manual actions (HTTP API) ------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from driftline.auth import TokenAuth
-from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_PROMOTED, MODELS_REJECTED, MODELS_TRAINED
+from driftline.catalog import DEPLOYMENTS_STATUS, MODELS_COMPARED, MODELS_PROMOTED, MODELS_REJECTED, MODELS_TRAINED
 from driftline.follow import TopicFollower
 from driftline.outbox import Outbox
 from driftline.project import PromotionPolicy, project_from_settings
@@ -60,6 +60,7 @@ async def wire(rt: Runtime, settings: RegistrySettings) -> Wiring[RegistryDeps]:
         consumes=[
             Consume(routes={MODELS_TRAINED: h.on_model_trained}, group=settings.group_id),
             Consume(routes={DEPLOYMENTS_STATUS: h.on_deployment_status}, group=f"{settings.group_id}-deployments"),
+            Consume(routes={MODELS_COMPARED: h.on_challenger_compared}, group=f"{settings.group_id}-verdicts"),
         ],
         loops=[lambda: outbox.run_relay(interval_s=settings.outbox_interval_s)],
         readiness={"decision_log": decision_log},
