@@ -146,7 +146,7 @@ def _info(n: int, drifts: list[Drift]) -> loop.StreamInfo:
     return loop.StreamInfo("test", "test", 0, n, ("index",), (0, 1), tuple(drifts))
 
 
-@pytest.mark.parametrize("policy", loop.POLICY_NAMES)
+@pytest.mark.parametrize("policy", loop.BASELINES)
 @pytest.mark.parametrize("delay", [1, 37])
 def test_a_model_never_serves_an_event_whose_label_it_was_trained_on(policy: str, delay: int) -> None:
     n = 3000

@@ -326,9 +326,9 @@ async def test_state_changes_are_flushed_once_per_batch_before_the_store_write()
     flushes_at_write: list[int] = []
 
     class WatchingStore(FakeStore):
-        async def write(self, rows: list[VectorRow]) -> None:
+        async def write(self, rows: list[VectorRow], window_states: Sequence[StateRow] = ()) -> None:
             flushes_at_write.append(states.flushes)
-            await super().write(rows)
+            await super().write(rows, window_states)
 
     events = [raw_event("c1", m, 100.0 * m) for m in range(3)] + [raw_event("c2", 1, 5.0)]
     await processor(WatchingStore()).handle(records(*(encode(e) for e in events)), states)
