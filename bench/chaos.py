@@ -308,8 +308,8 @@ class Chaos:
 
 async def group_lag(stack: StackSettings) -> dict[str, int]:
     """Lag per consumer group of the namespace (records between its committed offsets and the end)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**stack.kafka.client_kwargs())
+    consumer = AIOKafkaConsumer(**stack.kafka.client_kwargs())
     await admin.start()
     await consumer.start()
     try:

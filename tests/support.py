@@ -37,6 +37,25 @@ def _with_database(dsn: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+SECURITY_FIELDS = [
+    f
+    for f in StackSettings.model_fields
+    if f.startswith(("kafka_s", "schema_registry_", "postgres_ssl", "minio_ca")) and f != "schema_registry_url"
+]
+
+
+def security_env(s: StackSettings) -> dict[str, str]:
+    """The security settings of ``s`` (TLS, SASL, CAs) as DRIFTLINE_* variables of a subprocess."""
+    env = {}
+    for name in SECURITY_FIELDS:
+        value = getattr(s, name)
+        if value is not None:
+            env[f"DRIFTLINE_{name.upper()}"] = (
+                value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+            )
+    return env
+
+
 @dataclass
 class Namespace:
     name: str
@@ -51,6 +70,7 @@ class Namespace:
         s = self.stack
         return {
             **os.environ,
+            **security_env(s),
             "DRIFTLINE_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
             "DRIFTLINE_SCHEMA_REGISTRY_URL": s.schema_registry_url,
             "DRIFTLINE_POSTGRES_DSN": s.postgres_dsn.get_secret_value(),
@@ -78,16 +98,14 @@ class TopicReader:
     def __init__(self, ns: Namespace, topics: Sequence[str]) -> None:
         self.ns = ns
         self.topics = list(topics)
-        self.registry = SchemaRegistryClient(ns.stack.schema_registry_url)
+        self.registry = SchemaRegistryClient.from_settings(ns.stack)
         self.serde = AvroSerde(self.registry, topic_prefix=ns.prefix)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=ns.stack.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
-        )
+        self.consumer = AIOKafkaConsumer(**ns.stack.kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
         self.events: list[Event] = []
 
     async def start(self, from_beginning: bool = False) -> TopicReader:
         await self.consumer.start()
-        tps = await partitions_of(self.ns.stack.kafka_bootstrap_servers, [self.ns.prefix + t for t in self.topics])
+        tps = await partitions_of(self.ns.stack.kafka, [self.ns.prefix + t for t in self.topics])
         self.consumer.assign(tps)
         if from_beginning:
             await self.consumer.seek_to_beginning(*tps)

@@ -73,8 +73,8 @@ def raw_event(entity: str, minute: int, loan: float) -> dict[str, Any]:
 
 @pytest.fixture
 async def producer(namespace: Namespace) -> AsyncIterator[EventProducer]:
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    p = EventProducer(namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "t")
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
+    p = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "t")
     await p.start([EVENTS_RAW])
     yield p
     await p.stop()

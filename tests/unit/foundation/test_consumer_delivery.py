@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from driftline import consumer as consumer_module
 from driftline import producer as producer_module
 from driftline.catalog import EVENTS_DLQ, LABELS
+from driftline.connect import KafkaConnection
 from driftline.consumer import ConsumerRunner
 from driftline.events import Event, envelope
 from driftline.producer import EventProducer, collect_deliveries
@@ -111,7 +112,7 @@ def _producer(
     fake = FakeKafkaProducer(fail)
     monkeypatch.setattr(producer_module, "AIOKafkaProducer", lambda **_: fake)
     serde: Any = JsonSerde()
-    return EventProducer("127.0.0.1:1", serde, "test"), fake
+    return EventProducer(KafkaConnection("127.0.0.1:1"), serde, "test"), fake
 
 
 async def _runner(
@@ -127,7 +128,7 @@ async def _runner(
     runner = ConsumerRunner(
         group_id="delivery-test",
         topics=[LABELS],
-        bootstrap_servers="127.0.0.1:1",
+        kafka=KafkaConnection("127.0.0.1:1"),
         serde=serde,
         producer=producer,
         handler=handler,

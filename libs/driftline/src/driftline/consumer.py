@@ -27,11 +27,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from prometheus_client import Counter, Histogram
 
+from driftline.connect import KafkaConnection
 from driftline.events import Event, record_of
 from driftline.logging import bind_event, get_logger
 from driftline.membership import InstanceSlot, stable_instance_id
 from driftline.producer import EventProducer, collect_deliveries, undelivered
-from driftline.retry import Backoff, PoisonRecord, is_transient, retry_transient
+from driftline.retry import Backoff, PoisonRecord, is_transient, retry_transient, start_client
 from driftline.serde import AvroSerde, DecodeError
 
 log = get_logger(__name__)
@@ -92,7 +93,7 @@ class TopicConsumer:
         self,
         *,
         topics: Sequence[str],
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         serde: AvroSerde,
         producer: EventProducer,
         poll_timeout_ms: int,
@@ -102,7 +103,7 @@ class TopicConsumer:
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
         self.topics = list(topics)
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka
         self.prefix = serde.topic_prefix
         self.serde = serde
         self.producer = producer
@@ -110,7 +111,7 @@ class TopicConsumer:
         subscribed = [self.prefix + t for t in self.topics] if group_id is not None else []
         self._consumer = AIOKafkaConsumer(
             *subscribed,
-            bootstrap_servers=bootstrap_servers,
+            **kafka.client_kwargs(),
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset,
@@ -150,7 +151,7 @@ class ConsumerRunner(TopicConsumer):
         *,
         group_id: str,
         topics: Sequence[str],
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         serde: AvroSerde,
         producer: EventProducer,
         handler: Handler | None = None,
@@ -174,7 +175,7 @@ class ConsumerRunner(TopicConsumer):
             options["group_instance_id"] = self._slot.id
         super().__init__(
             topics=topics,
-            bootstrap_servers=bootstrap_servers,
+            kafka=kafka,
             serde=serde,
             producer=producer,
             poll_timeout_ms=poll_timeout_ms,
@@ -197,7 +198,7 @@ class ConsumerRunner(TopicConsumer):
         return self._running
 
     async def run(self) -> None:
-        await retry_transient(self._consumer.start, what=f"consumer {self.group_id} start")
+        await start_client(self._consumer.start, self.kafka, what=f"consumer {self.group_id} start")
         self._running = True
         log.info("consumer_started", group=self.group_id, topics=self.topics)
         try:

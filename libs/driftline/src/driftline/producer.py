@@ -19,9 +19,10 @@ from aiokafka.errors import KafkaConnectionError
 from prometheus_client import Counter
 
 from driftline.catalog import EVENTS_DLQ, Topic
+from driftline.connect import KafkaConnection
 from driftline.events import Envelope, envelope
 from driftline.records import DeadLetter, Record
-from driftline.retry import retry_transient
+from driftline.retry import start_client
 from driftline.serde import AvroSerde
 
 DEAD_LETTERED = Counter("driftline_dead_lettered_total", "Records sent to the DLQ", ["source", "error_type"])
@@ -96,7 +97,7 @@ class EventProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         serde: AvroSerde,
         producer_name: str,
         *,
@@ -106,10 +107,11 @@ class EventProducer:
         request_timeout_ms: int = 30000,
     ) -> None:
         self.serde = serde
+        self.kafka = kafka
         self.name = producer_name
         self.prefix = serde.topic_prefix
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **kafka.client_kwargs(),
             acks="all",
             enable_idempotence=True,
             linger_ms=linger_ms,
@@ -121,7 +123,7 @@ class EventProducer:
 
     async def start(self, topics: Iterable[str] = ()) -> None:
         await self.serde.prepare(*topics, EVENTS_DLQ)
-        await retry_transient(self._producer.start, what="kafka producer start")
+        await start_client(self._producer.start, self.kafka, what="kafka producer start")
 
     async def stop(self) -> None:
         await self._producer.stop()

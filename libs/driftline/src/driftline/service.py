@@ -148,7 +148,7 @@ class Running(Generic[D]):
             follower = TopicFollower(
                 name=follow.name,
                 topics=follow.topics,
-                bootstrap_servers=rt.stack.kafka_bootstrap_servers,
+                kafka=rt.stack.kafka,
                 serde=rt.serde,
                 producer=rt.producer,
                 on_replayed=follow.on_replayed,
@@ -240,6 +240,8 @@ async def start_service(service: Service[S, D], settings: S) -> Running[D]:
     rt, wiring = await wire_service(service, settings)
     running = Running(rt, wiring)
     running.start()
+    # Where it connected and how (never a secret: see KafkaConnection.__str__).
+    log.info("service_started", service=service.name, kafka=str(settings.stack.kafka))
     return running
 
 

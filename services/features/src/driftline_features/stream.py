@@ -31,11 +31,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.contrib.asgi import faust_app_running
 from faust.types import TP
+from faust.types.auth import CredentialsT
 
 from driftline.catalog import EVENTS_RAW
+from driftline.connect import SASL_PROTOCOLS, KafkaConnection
 from driftline.logging import get_logger
 from driftline.membership import stable_instance_id
-from driftline.retry import TransientError, retry_transient
+from driftline.retry import TransientError, retry_transient, start_client
 from driftline.settings import StackSettings
 from driftline_features import metrics
 from driftline_features.config import NAME, FeaturesSettings
@@ -112,8 +114,8 @@ class HoleReader:
     it reads): unlike a seek of faust's consumer, whose fetcher drops re-fetched records below
     its read position, it returns every record in the range that the log still holds."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, *, max_wait_s: float = 30.0) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, kafka: KafkaConnection, topic: str, *, max_wait_s: float = 30.0) -> None:
+        self.kafka = kafka
         self.topic = topic
         self.max_wait_s = max_wait_s
         self._consumer: AIOKafkaConsumer | None = None
@@ -121,7 +123,7 @@ class HoleReader:
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
+                **self.kafka.client_kwargs(),
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -199,6 +201,20 @@ class StreamControl:
             log.warning("drain_timeout", timeout_s=timeout_s)
 
 
+def faust_credentials(kafka: KafkaConnection) -> CredentialsT | None:
+    """faust's ``broker_credentials`` for the stack's Kafka connection (None: PLAINTEXT)."""
+    if kafka.security_protocol in SASL_PROTOCOLS:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            ssl_context=kafka.ssl_context,
+            mechanism=kafka.sasl_mechanism,
+        )
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(kafka.ssl_context)
+    return None
+
+
 def broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{hostport.strip()}" for hostport in bootstrap_servers.split(",") if hostport.strip()]
 
@@ -206,8 +222,8 @@ def broker_urls(bootstrap_servers: str) -> list[str]:
 async def source_layout(stack: StackSettings) -> tuple[int, int]:
     """(partitions, replication factor) of events.raw: the state table's changelog mirrors them."""
     topic = stack.topic_prefix + EVENTS_RAW
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers, client_id="driftline-features-admin")
-    await retry_transient(admin.start, what="kafka admin start")
+    admin = AIOKafkaAdminClient(**stack.kafka.client_kwargs(), client_id="driftline-features-admin")
+    await start_client(admin.start, stack.kafka, what="kafka admin start")
     try:
         (described,) = await admin.describe_topics([topic])
     finally:
@@ -233,6 +249,7 @@ def build_stream(
     app = faust.App(
         app_id,
         broker=broker_urls(stack.kafka_bootstrap_servers),
+        broker_credentials=faust_credentials(stack.kafka),
         store="memory://",
         web_enabled=False,
         autodiscover=False,
@@ -265,7 +282,7 @@ def build_stream(
     states = TableStates(table(STATE_TABLE), writes)
     guard = OffsetGuard(TableOffsets(table(OFFSETS_TABLE), writes))
     generation: list[int | None] = [None]
-    holes = HoleReader(stack.kafka_bootstrap_servers, source.get_topic_name())
+    holes = HoleReader(stack.kafka, source.get_topic_name())
     # Next offset per partition whose effects, table changes included, are durable: committed
     # by the timer below, so the group's offsets follow the real progress even where faust's own
     # commit bookkeeping stalls (it commits nothing past an offset it never saw acknowledged).
