@@ -255,8 +255,9 @@ def _uses_consumer_groups(package: Path) -> bool:
 @cache
 def service_metrics(service: str) -> frozenset[str]:
     """Names a service's /metrics shows samples of: its package's metrics, and the library's metrics
-    of what it runs (every service serves HTTP and produces; the consumer runner's metrics only where
-    the service declares consumer groups; any other library module only if the service imports it)."""
+    of what it runs (every service serves HTTP and produces; the consumer runner's metrics, lag
+    included, only where the service declares consumer groups; any other library module only if the
+    service imports it)."""
     package = ROOT / "services" / service / "src" / f"driftline_{service}"
     names: set[str] = set()
     for path in sorted(package.glob("**/*.py")):
@@ -270,6 +271,8 @@ def service_metrics(service: str) -> frozenset[str]:
             used = True
         elif path.parent == CORE and path.name == "consumer.py":
             used = _uses_consumer_groups(package)
+        elif path.parent == CORE and path.name == "lag.py":  # the consumer runner's, or imported
+            used = _uses_consumer_groups(package) or "from driftline.lag import" in own
         else:
             module = f"{path.parent.name}.{path.stem}"
             used = re.search(rf"^\s*(from|import) {re.escape(module)}\b", own, re.M) is not None

@@ -29,6 +29,7 @@ from prometheus_client import Counter, Histogram
 
 from driftline.connect import KafkaConnection
 from driftline.events import Event, record_of
+from driftline.lag import LagGauge
 from driftline.logging import bind_event, get_logger
 from driftline.membership import InstanceSlot, stable_instance_id
 from driftline.producer import EventProducer, collect_deliveries, undelivered
@@ -108,6 +109,7 @@ class TopicConsumer:
         self.serde = serde
         self.producer = producer
         self.poll_timeout_ms = poll_timeout_ms
+        self.auto_offset_reset = auto_offset_reset
         subscribed = [self.prefix + t for t in self.topics] if group_id is not None else []
         self._consumer = AIOKafkaConsumer(
             *subscribed,
@@ -192,6 +194,8 @@ class ConsumerRunner(TopicConsumer):
         self._running = False
         self.last_batch_at = 0.0
         self.processed = 0
+        self.lag = LagGauge(self.group_id)
+        self._committed: dict[TopicPartition, int] = {}
 
     @property
     def running(self) -> bool:
@@ -201,6 +205,8 @@ class ConsumerRunner(TopicConsumer):
         await start_client(self._consumer.start, self.kafka, what=f"consumer {self.group_id} start")
         self._running = True
         log.info("consumer_started", group=self.group_id, topics=self.topics)
+        # Its own task: the lag keeps being reported while a handler is slow or stuck.
+        lag_task = asyncio.create_task(self._lag_loop(), name=f"lag:{self.group_id}")
         try:
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
@@ -216,14 +222,49 @@ class ConsumerRunner(TopicConsumer):
                 self.last_batch_at = time.monotonic()
         finally:
             self._running = False
+            lag_task.cancel()
+            await asyncio.gather(lag_task, return_exceptions=True)
+            self.lag.clear()
             await self._consumer.stop()
             if self._slot is not None:
                 self._slot.release()
             log.info("consumer_stopped", group=self.group_id, processed=self.processed)
 
+    async def _lag_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._export_lag()
+            except Exception as exc:  # a metric never stops the consumer
+                log.warning("consumer_lag_unavailable", group=self.group_id, error=repr(exc)[:300])
+            await asyncio.sleep(self.lag.interval_s)
+
+    async def _export_lag(self) -> None:
+        """driftline_consumer_lag of the partitions assigned to this member (see driftline.lag)."""
+        assigned = self._consumer.assignment()
+        for tp in set(self._committed) - assigned:
+            del self._committed[tp]  # revoked: its next owner commits there now
+
+        async def done(topic: str, partition: int) -> int | None:
+            tp = TopicPartition(topic, partition)
+            if tp not in self._committed:
+                committed = await self._consumer.committed(tp)
+                if committed is None:  # nothing committed yet: the group starts at its reset point
+                    if self.auto_offset_reset == "earliest":
+                        return int((await self._consumer.beginning_offsets([tp]))[tp])
+                    return await self._consumer.position(tp)
+                self._committed[tp] = committed
+            return self._committed[tp]
+
+        await self.lag.update(
+            [(tp.topic, tp.partition) for tp in assigned],
+            lambda topic, partition: self._consumer.highwater(TopicPartition(topic, partition)),
+            done,
+        )
+
     async def _commit(self, tp: TopicPartition, last_offset: int) -> None:
         try:
             await self._consumer.commit({tp: last_offset + 1})
+            self._committed[tp] = last_offset + 1
         except CommitFailedError as exc:
             # The partition moved to another member during a rebalance; it re-reads from the last
             # committed offset and every sink is idempotent, so nothing is lost or doubled.

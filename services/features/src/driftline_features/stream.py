@@ -35,6 +35,7 @@ from faust.types.auth import CredentialsT
 
 from driftline.catalog import EVENTS_RAW
 from driftline.connect import SASL_PROTOCOLS, KafkaConnection
+from driftline.lag import LagGauge
 from driftline.logging import get_logger
 from driftline.membership import stable_instance_id
 from driftline.retry import TransientError, retry_transient, start_client
@@ -301,6 +302,29 @@ def build_stream(
             await consumer._commit_offsets(offsets)
 
     app.timer(interval=settings.commit_interval_s)(commit_durable)
+
+    lag = LagGauge(app_id)  # faust's consumer group is the app id
+
+    async def export_lag() -> None:
+        consumer: Any = app.consumer
+        topic = source.get_topic_name()
+
+        async def done(_: str, partition: int) -> int | None:
+            if partition in durable:
+                return durable[partition]
+            position: int | None = await consumer.position(TP(topic, partition))
+            return position
+
+        try:
+            await lag.update(
+                [(tp.topic, tp.partition) for tp in consumer.assignment() if tp.topic == topic],
+                lambda t, p: consumer.highwater(TP(t, p)),
+                done,
+            )
+        except Exception as exc:  # a metric never stops the stream
+            log.warning("consumer_lag_unavailable", group=app_id, error=repr(exc)[:300])
+
+    app.timer(interval=1.0)(export_lag)
 
     # faust.Stream; typed Any because noack_take yields events while its annotation says values.
     async def compute_vectors(stream: Any) -> None:
