@@ -276,3 +276,90 @@ async def dead_letter_as_a_consumer(
     )
     await delivered
     return record, original
+
+
+@dataclass
+class CollectedSpan:
+    service: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: int  # the OTLP enum: 2 server, 4 producer, 5 consumer
+    attributes: dict[str, Any]
+
+
+class OtlpCollector:
+    """An OTLP/HTTP trace receiver kept in memory: services export to it through the standard
+    variables (:meth:`env`), as they would to an OpenTelemetry Collector."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        self.spans: list[CollectedSpan] = []
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                    for scope_spans in resource_spans.scope_spans:
+                        for s in scope_spans.spans:
+                            collector.spans.append(
+                                CollectedSpan(
+                                    service=attrs.get("service.name", ""),
+                                    trace_id=s.trace_id.hex(),
+                                    span_id=s.span_id.hex(),
+                                    parent_id=s.parent_span_id.hex(),
+                                    name=s.name,
+                                    kind=s.kind,
+                                    attributes={a.key: _otlp_value(a.value) for a in s.attributes},
+                                )
+                            )
+                payload = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.port = free_port()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_BSP_SCHEDULE_DELAY": "500",
+        }
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def ancestors(self, span: CollectedSpan) -> list[CollectedSpan]:
+        """The span's parent, its parent's parent, … as far as they were exported."""
+        by_id = {s.span_id: s for s in self.spans}
+        chain = []
+        while span.parent_id and span.parent_id in by_id:
+            span = by_id[span.parent_id]
+            chain.append(span)
+        return chain
+
+
+def _otlp_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None

@@ -316,6 +316,13 @@ def known_env() -> frozenset[str]:
     return frozenset(n for n in names if n.startswith("DRIFTLINE_"))
 
 
+@cache
+def otel_env() -> frozenset[str]:
+    """The OpenTelemetry variables driftline.tracing names (``OTEL_EXPORTER_OTLP_`` as a prefix)."""
+    text = (CORE / "tracing.py").read_text()
+    return frozenset(re.findall(r"\bOTEL_[A-Z0-9_]+", text))
+
+
 def script_labels(script: Path) -> set[str]:
     """The words a shell script's ``case`` statements accept."""
     labels: set[str] = set()
@@ -492,6 +499,19 @@ def check_simple(cmd: Simple, doc: Path) -> list[str]:
                 problems += [problem] if problem else []
     elif head == "set":
         problems += [f"set {a}: only -a/+a expected" for a in args if a not in ("-a", "+a")]
+    elif head == "export":
+        for arg in args:
+            name, eq, _ = arg.partition("=")
+            if not eq:
+                problems.append(f"export {arg}: only NAME=value is checked")
+            elif name.startswith("DRIFTLINE_"):
+                problems += [f"unknown variable {name}"] if name not in known_env() else []
+            elif name.startswith("OTEL_"):
+                known = otel_env()
+                if name not in known and not any(k.endswith("_") and name.startswith(k) for k in known):
+                    problems.append(f"{name} is not a variable driftline/tracing.py says it honours")
+            else:
+                problems.append(f"export {name}: neither a DRIFTLINE_ nor an OTEL_ variable")
     elif head in ("python3", ".venv/bin/python"):
         if args[:1] != ["-m"] or len(args) < 2:
             problems.append(f"{head} {' '.join(args)}: only `-m MODULE` is checked")

@@ -43,7 +43,9 @@ class FakeKafkaProducer:
         self.sent: list[tuple[str, bytes, bool]] = []  # topic, value, delivered
         self._pending: list[asyncio.Future[Any]] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         error = self.fail(topic)
         self.sent.append((topic, value, error is None))
@@ -85,6 +87,9 @@ class FakeConsumer:
             return {TP: out}
         await asyncio.sleep(timeout_ms / 1000)
         return {}
+
+    def assignment(self) -> set[TopicPartition]:  # the lag reporter's view: nothing assigned
+        return set()
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))

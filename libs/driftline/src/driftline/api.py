@@ -12,6 +12,8 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from driftline import tracing
+
 HTTP_REQUESTS = Counter("driftline_http_requests_total", "HTTP requests", ["service", "route", "method", "status"])
 HTTP_LATENCY = Histogram(
     "driftline_http_request_seconds",
@@ -61,6 +63,41 @@ class _MetricsMiddleware:
             children[1].observe(time.perf_counter() - start)
 
 
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class _TracingMiddleware:
+    """A SERVER span per request (not for the probes and scrapes of OPS_PATHS), continuing the
+    caller's W3C traceparent: what the request produces to Kafka carries its trace on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPS_PATHS:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_note_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracing.http_server_span(scope["method"], scope.get("path", ""), scope.get("headers", [])) as span:
+            try:
+                await self.app(scope, receive, send_and_note_status)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if route is not None:
+                    span.update_name(f"{scope['method']} {route}")
+                    span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(tracing.StatusCode.ERROR)
+
+
 class _NulRefusingMiddleware:
     """Refuses (400) a request whose path or query holds a NUL character: no PostgreSQL text
     column can hold one, so it would otherwise fail deep in a handler as a server error."""
@@ -99,6 +136,7 @@ def create_app(
 
     app.add_middleware(_NulRefusingMiddleware)
     app.add_middleware(_MetricsMiddleware, service=service)
+    app.add_middleware(_TracingMiddleware)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from prometheus_client import Counter, Histogram
 
+from driftline import tracing
 from driftline.connect import KafkaConnection
 from driftline.events import Event, record_of
 from driftline.lag import LagGauge
@@ -320,8 +321,11 @@ class ConsumerRunner(TopicConsumer):
                 await self._dead_letter(rec, str(exc), "decode_error", None, 1)
                 continue
             events.append((rec, event))
-        if events and not await self._handle_events(events):
-            return None
+        if events:
+            consumed = [tracing.Consumed(r.topic, r.partition, r.offset, r.headers, e.event_id) for r, e in events]
+            with tracing.processing(consumed, self.group_id):
+                if not await self._handle_events(events):
+                    return None
         return len(events)
 
     async def _handle_events(self, events: list[tuple[ConsumerRecord[bytes, bytes], Event[Any]]]) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from driftline import tracing
 from driftline.connect import KafkaConnection
 from driftline.consumer import TopicConsumer
 from driftline.events import Event
@@ -167,6 +168,8 @@ class TopicFollower(TopicConsumer):
                         event = await self._decode(rec, live=True)
                         if event is None:
                             continue
-                        await self._handle_live(rec, event)
+                        consumed = tracing.Consumed(rec.topic, rec.partition, rec.offset, rec.headers, event.event_id)
+                        with tracing.processing([consumed], None):  # groupless: every copy reads it all
+                            await self._handle_live(rec, event)
         finally:
             await self._consumer.stop()

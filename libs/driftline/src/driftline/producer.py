@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import Counter
 
+from driftline import tracing
 from driftline.catalog import EVENTS_DLQ, Topic
 from driftline.connect import KafkaConnection
 from driftline.events import Envelope, envelope
@@ -137,7 +138,10 @@ class EventProducer:
         wire = to_wire(t, record)
         value = self.serde.encode(topic, wire)
         fut: asyncio.Future[Any] = await self._producer.send(
-            self.prefix + topic, value=value, key=key if key is not None else kafka_key(t, wire)
+            self.prefix + topic,
+            value=value,
+            key=key if key is not None else kafka_key(t, wire),
+            headers=tracing.record_headers(self.prefix + topic, wire),
         )
         PRODUCED.labels(topic).inc()
         return fut
@@ -152,12 +156,16 @@ class EventProducer:
 
     async def send_raw(self, topic: str, value: bytes, *, key: bytes | None = None) -> asyncio.Future[Any]:
         """Enqueue bytes that are already encoded (DLQ replay, benchmarks); ``topic`` is logical."""
-        fut: asyncio.Future[Any] = await self._producer.send(self.prefix + topic, value=value, key=key)
+        fut: asyncio.Future[Any] = await self._producer.send(
+            self.prefix + topic, value=value, key=key, headers=tracing.record_headers(self.prefix + topic, {})
+        )
         return _track(fut)
 
     async def tombstone(self, topic: str, key: bytes) -> Any:
         """Write a null value for ``key`` on a compacted topic and wait for the acknowledgement."""
-        fut: asyncio.Future[Any] = await self._producer.send(self.prefix + topic, value=None, key=key)
+        fut: asyncio.Future[Any] = await self._producer.send(
+            self.prefix + topic, value=None, key=key, headers=tracing.record_headers(self.prefix + topic, {})
+        )
         return await fut
 
     async def publish(self, topic: str, record: Outgoing, *, key: bytes | None = None) -> Any:

@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 
+from driftline import tracing
 from driftline.api import ReadinessCheck, create_app
 from driftline.catalog import PROJECTS
 from driftline.consumer import BatchHandler, Handler, Routes, dispatch
@@ -310,4 +311,8 @@ def run(service: Service[S, D], settings_cls: Callable[[], S]) -> None:
     settings = settings_cls()
     # Before the app is built, so start-up warnings (the local-mode token) are JSON lines too.
     configure_logging(service.name, settings.stack.log_level, settings.stack.log_format)
-    serve(build_app(service, settings), settings, service.name)
+    tracing.setup(service.name)  # OTLP export only when the OTEL_* variables ask for it
+    try:
+        serve(build_app(service, settings), settings, service.name)
+    finally:
+        tracing.shutdown()  # flushes the spans still in the exporter's queue

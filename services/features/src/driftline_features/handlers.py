@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from aiokafka.structs import ConsumerRecord
 
+from driftline import tracing
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import Envelope, as_utc, derived_event_id, epoch_ms
 from driftline.logging import bind_event, get_logger
@@ -51,6 +52,7 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()  # the record's Kafka headers (its traceparent)
 
 
 class EntityStates(Protocol):
@@ -220,6 +222,7 @@ class FeatureProcessor:
         self.producer = producer
         self.store = store
         self.source = f"consumer:{group}"
+        self.group = group
         self.max_attempts = max_attempts
         self.stopping = stopping
         self._function_errors_seen: dict[str, int] = {}
@@ -295,6 +298,7 @@ class FeatureProcessor:
         prepared = Prepared(records=list(records))
         result = prepared.result
         computed: list[Computed] = []
+        traced: list[tracing.Consumed] = []
         # One log context per batch (binding per record costs more than computing a vector);
         # per-event log lines name their event explicitly.
         if records:
@@ -308,6 +312,7 @@ class FeatureProcessor:
                     stopping=self.stopping,
                 )
                 raw = raw_event(value)
+                traced.append(tracing.Consumed(rec.topic, rec.partition, rec.offset, rec.headers, raw.event_id))
                 computed.append(self.compute(rec, raw, states))
             except DecodeError as exc:
                 prepared.futures.append(await self._dead_letter(rec, str(exc), "decode_error", None, 1))
@@ -317,26 +322,27 @@ class FeatureProcessor:
                 prepared.futures.append(await self._dead_letter(rec, exc.reason, exc.error_type, correlation_id, 1))
                 result.dead_lettered += 1
         await self._recognise_old_redeliveries(computed)
-        for c in computed:
-            prepared.futures.append(await self.producer.send(FEATURES_VECTORS, c.vector))
-            prepared.rows.append(c.row)
-            if c.duplicate:
-                result.duplicates += 1
-            else:
-                result.computed += 1
-                if c.late:
-                    result.late += 1
-                    log.info(
-                        "late_event",
-                        event_id=c.row.source_event_id,
-                        correlation_id=c.row.correlation_id,
-                        partition=c.row.source_partition,
-                        offset=c.row.source_offset,
-                        entity_id=c.row.entity_id,
-                        event_time=c.row.event_time.isoformat(),
-                        watermark_ms=c.watermark_ms,
-                        late_for=list(c.late_for),
-                    )
+        with tracing.processing(traced, self.group):  # each vector continues its event's trace
+            for c in computed:
+                prepared.futures.append(await self.producer.send(FEATURES_VECTORS, c.vector))
+                prepared.rows.append(c.row)
+                if c.duplicate:
+                    result.duplicates += 1
+                else:
+                    result.computed += 1
+                    if c.late:
+                        result.late += 1
+                        log.info(
+                            "late_event",
+                            event_id=c.row.source_event_id,
+                            correlation_id=c.row.correlation_id,
+                            partition=c.row.source_partition,
+                            offset=c.row.source_offset,
+                            entity_id=c.row.entity_id,
+                            event_time=c.row.event_time.isoformat(),
+                            watermark_ms=c.watermark_ms,
+                            late_for=list(c.late_for),
+                        )
         return prepared
 
     async def _complete(self, prepared: Prepared) -> BatchResult:

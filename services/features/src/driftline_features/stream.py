@@ -172,6 +172,7 @@ class HoleReader:
                                 key=rec.key,
                                 value=rec.value,
                                 timestamp_ms=rec.timestamp,
+                                headers=tuple(rec.headers or ()),
                             )
                         )
         return out
@@ -402,6 +403,14 @@ async def running(app: faust.App, control: StreamControl, *, drain_timeout_s: fl
         log.info("features_stopped")
 
 
+def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    """A faust message's headers (a list of pairs, or a mapping) as pairs."""
+    if not headers:
+        return ()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return tuple((str(k), bytes(v)) for k, v in items)
+
+
 def _source_record(event: Any) -> SourceRecord:
     msg = event.message
     return SourceRecord(
@@ -411,6 +420,7 @@ def _source_record(event: Any) -> SourceRecord:
         key=msg.key,
         value=msg.value,
         timestamp_ms=int((msg.timestamp or 0) * 1000),
+        headers=_headers(msg.headers),
     )
 
 
