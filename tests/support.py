@@ -8,13 +8,14 @@ MinIO bucket. Services under test get ``namespace.stack`` as their StackSettings
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ class TopicReader:
         self.serde = AvroSerde(self.registry, topic_prefix=ns.prefix)
         self.consumer = AIOKafkaConsumer(**ns.stack.kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
         self.events: list[Event] = []
+        self.headers: dict[str, dict[str, bytes]] = {}  # event_id → the record's Kafka headers
 
     async def start(self, from_beginning: bool = False) -> TopicReader:
         await self.consumer.start()
@@ -126,6 +128,7 @@ class TopicReader:
             for rec in records:
                 topic = rec.topic[len(self.ns.prefix) :]
                 value, sid = await self.serde.decode(rec.value, topic)
+                self.headers[str(value.get("event_id"))] = dict(rec.headers or ())
                 new.append(
                     Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", sid, rec.timestamp)
                 )
@@ -363,3 +366,22 @@ class OtlpCollector:
 def _otlp_value(value: Any) -> Any:
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind else None
+
+
+SERVICES = ("ingestion", "features", "training", "registry", "deployment", "monitoring")
+
+
+@contextlib.asynccontextmanager
+async def running_services(
+    ns: Namespace, env: dict[str, str] | None = None, *, timeout_s: float = 180
+) -> AsyncIterator[dict[str, ServiceProcess]]:
+    """The six services as real processes bound to ``ns``, ready; stopped (SIGTERM) on exit."""
+    procs = {name: ServiceProcess(f"driftline_{name}", ns, env=env) for name in SERVICES}
+    try:
+        for name, proc in procs.items():
+            proc.start(f"DRIFTLINE_{name.upper()}_")
+        await asyncio.gather(*(p.wait_ready(timeout_s=timeout_s) for p in procs.values()))
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()

@@ -29,9 +29,16 @@ import yaml
 from driftline.history import CHAIN_TOPICS, chain, read_topics
 from driftline.project import EXAMPLE_PROJECT
 from driftline_cli.examples.loan_approval.scenario import Scenario, ScenarioConfig
-from tests.support import ROOT, CollectedSpan, Namespace, OtlpCollector, ServiceProcess, eventually
+from tests.support import (
+    ROOT,
+    CollectedSpan,
+    Namespace,
+    OtlpCollector,
+    ServiceProcess,
+    eventually,
+    running_services,
+)
 
-SERVICES = ("ingestion", "features", "training", "registry", "deployment", "monitoring")
 ACCURACY_FLOOR = 0.85  # the retrained model on the new concept (the old one scores ~0.45 there)
 
 
@@ -44,15 +51,8 @@ def collector() -> Iterator[OtlpCollector]:
 
 @pytest.fixture
 async def services(namespace: Namespace, collector: OtlpCollector) -> AsyncIterator[dict[str, ServiceProcess]]:
-    procs = {name: ServiceProcess(f"driftline_{name}", namespace, env=collector.env()) for name in SERVICES}
-    try:
-        for name, proc in procs.items():
-            proc.start(f"DRIFTLINE_{name.upper()}_")
-        await asyncio.gather(*(p.wait_ready(timeout_s=180) for p in procs.values()))
+    async with running_services(namespace, collector.env()) as procs:
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 async def test_drift_retrains_promotes_and_redeploys_by_itself(

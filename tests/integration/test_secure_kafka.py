@@ -23,9 +23,7 @@ from driftline.producer import EventProducer
 from driftline.serde import AvroSerde, SchemaRegistryClient
 from driftline.settings import StackSettings, find_stack_env
 from driftline_cli.examples.loan_approval.scenario import Scenario, ScenarioConfig
-from tests.support import Namespace, ServiceProcess, create_namespace, drop_namespace
-
-SERVICES = ("ingestion", "features", "training", "registry", "deployment", "monitoring")
+from tests.support import Namespace, create_namespace, drop_namespace, running_services
 
 
 def sasl_ssl_settings() -> dict[str, str]:
@@ -103,11 +101,7 @@ async def test_the_loop_closes_over_sasl_ssl(secure_namespace: Namespace) -> Non
     env = namespace.env()
     assert env["DRIFTLINE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
     assert env["DRIFTLINE_KAFKA_BOOTSTRAP_SERVERS"] == namespace.stack.kafka_bootstrap_servers
-    procs = {name: ServiceProcess(f"driftline_{name}", namespace) for name in SERVICES}
-    try:
-        for name, proc in procs.items():
-            proc.start(f"DRIFTLINE_{name.upper()}_")
-        await asyncio.gather(*(p.wait_ready(timeout_s=180) for p in procs.values()))
+    async with running_services(namespace) as procs:
         config = ScenarioConfig(
             seed=11,
             warmup=700,
@@ -120,9 +114,6 @@ async def test_the_loop_closes_over_sasl_ssl(secure_namespace: Namespace) -> Non
             training_url=procs["training"].url,
         )
         summary = await Scenario(namespace.stack, config, say=print).run()
-    finally:
-        for proc in procs.values():
-            proc.stop()
     timeline = "\n".join(f"{t['t']}s {t['topic']} {t['what']}" for t in summary.timeline)
     # publish → features → predictions (accuracy is measured on them) → drift → retrain → serve.
     assert summary.closed, f"loop did not close over SASL_SSL: {summary.reason}\n{timeline}"

@@ -25,6 +25,19 @@ HTTP_LATENCY = Histogram(
 ReadinessCheck = Callable[[], Awaitable[Any]]
 
 
+class _StatusNotingSend:
+    """An ASGI ``send`` that remembers the response's status code (500 until one is sent)."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class _MetricsMiddleware:
     """Counts and times every HTTP request by route template, as a plain ASGI middleware
     (Starlette's BaseHTTPMiddleware costs about half a millisecond per request)."""
@@ -39,17 +52,11 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-
-        async def send_and_note_status(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        noting = _StatusNotingSend(send)
         try:
-            await self.app(scope, receive, send_and_note_status)
+            await self.app(scope, receive, noting)
         finally:
+            status = noting.status
             route = getattr(scope.get("route"), "path", "unmatched")  # the router sets it on this scope
             key = (route, scope["method"], status)
             children = self._children.get(key)
@@ -77,18 +84,12 @@ class _TracingMiddleware:
         if scope["type"] != "http" or scope.get("path") in OPS_PATHS:
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_and_note_status(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        noting = _StatusNotingSend(send)
         with tracing.http_server_span(scope["method"], scope.get("path", ""), scope.get("headers", [])) as span:
             try:
-                await self.app(scope, receive, send_and_note_status)
+                await self.app(scope, receive, noting)
             finally:
+                status = noting.status
                 route = getattr(scope.get("route"), "path", None)
                 if route is not None:
                     span.update_name(f"{scope['method']} {route}")
