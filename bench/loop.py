@@ -44,7 +44,8 @@ Metrics per stream and policy: served accuracy (all, last quarter); training run
 first model ("retrains", and per drift episode); for policies that detect (adwin): alarms, false
 alarms (alarms on the label of an event before the first onset; on a stationary stream every
 alarm), detection delay (labelled outcomes after the onset seen up to the alarm: an alarm on the
-label of event e >= onset has delay e - onset + 1; the first alarm between an onset and the next)
+label of event e >= onset has delay e - onset + 1; the first alarm between an onset and the next;
+an input-drift alarm needs no label and counts at the last event it saw, so its delay is in events)
 and missed onsets. A covariate-only stream's onset is a change of P(x) only: an alarm after it
 is counted as its detection, and the accuracy columns say whether retraining helped.
 The table shows the mean over seeds ± the standard deviation (delay: over all detected onsets).

@@ -48,6 +48,7 @@ from driftline_monitoring.lifecycle import Attempt
 from driftline_registry import policy as registry_policy
 from driftline_training import pipeline, trigger_policy
 from driftline_training.pipeline import Example, TrainingFailure
+from driftline_training.window import fit_choosing_window
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 EVENTS_PER_SECOND = 300.0
@@ -119,6 +120,7 @@ class Driftline:
         self.waiting: tuple[trigger_policy.Ask, int] | None = None  # requested, waiting for labels
         self.decisions: list[str] = []
         self.requesting_episode: str | None = None  # the episode whose request the next run serves
+        self.run_since: int | None = None  # the next drift run's onset (its window choice)
         self.detected_by: list[str] = []  # kind/method of each published detection
         self.attempts: list[tuple[int, int, str]] = []  # (t, attempt, reason) of further attempts
 
@@ -153,7 +155,8 @@ class Driftline:
         columns, scores, window = self.monitor.snapshot()
         result = self.monitor.conclude(self.monitor.compute(columns, scores, window))
         if result.detection is not None:
-            self._detected(t - self.config.label_delay, result.detection)
+            # An input alarm needs no label: it is counted at the last event it saw, t.
+            self._detected(t - self.config.label_delay, result.detection, seen=t)
         ended = self.monitor.after_check(result)
         if ended is not None:
             self.decisions.append(f"{t}: episode {ended[0].episode_id[:8]} ended: {ended[1]}")
@@ -184,7 +187,7 @@ class Driftline:
         )
         self.asks.append((ask, onset))
 
-    def _detected(self, labelled_event: int, detection: Detection | None) -> None:
+    def _detected(self, labelled_event: int, detection: Detection | None, seen: int | None = None) -> None:
         monitor = self.monitor
         if detection is None or monitor is None:
             return
@@ -193,7 +196,7 @@ class Driftline:
         detection = monitor.with_onset(detection)
         episode_id = str(uuid.uuid4())
         monitor.open(episode_id, detection)
-        self.detections.append(max(0, labelled_event))
+        self.detections.append(max(0, labelled_event if seen is None else seen))
         self.detected_by.append(
             f"{detection.kind}/{detection.method} {detection.statistic:.4g}>{detection.threshold:.4g}"
         )
@@ -271,9 +274,11 @@ class Driftline:
                 request = Retrain(onset, f"drift {ask.episode_id[:8]}#{ask.episode_attempt} since {onset} (waited)")
                 self.requesting_episode = ask.episode_id
         if request is not None:
-            # The run's selection: the most recent max_examples labelled examples since the onset.
+            # The run's selection, as runs.py: the most recent max_examples labelled examples (older
+            # than the onset too); the run then chooses its window (driftline_training.window).
             last = t - self.config.label_delay
-            request = Retrain(max(request.since, last - training.max_examples + 1), request.reason)
+            self.run_since = request.since if training.selection == "since_drift" else None
+            request = Retrain(max(0, last - training.max_examples + 1), request.reason)
         return request
 
     def fit(self, t: int, data: Labelled) -> Model | None:
@@ -282,12 +287,15 @@ class Driftline:
             Example(str(i), self._time(i), dict(zip(self.names, row.tolist(), strict=True)), str(classes[c]))
             for i, row, c in zip(data.index.tolist(), data.x, data.y.tolist(), strict=True)
         ]
+        since = None if self.version == 0 or self.run_since is None else self._time(self.run_since)
         try:
-            result = pipeline.fit(self.project, examples, self.project.training)
+            result, choice = fit_choosing_window(self.project, examples, since, self.project.training)
         except TrainingFailure as failure:
             self.decisions.append(f"{t}: run failed {failure.error_type}")
             self._run_reported()
             return None
+        if choice is not None:
+            self.decisions.append(f"{t}: window {choice.chosen} {choice.accuracy}")
         champion_version = self.version or None
         champion_metrics = comparison_metrics = None
         paired: tuple[int, int] | None = None

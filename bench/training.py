@@ -2,8 +2,8 @@
 
 The run goes through the service's own run function (``Runs.run``, wired by ``SERVICE.wire``): selection from
 PostgreSQL, the time split, fit, holdout evaluation of the candidate and of the champion,
-reference profiles, skops serialisation, and both uploads (model + metadata) to MinIO. The
-baseline fits the project's estimator on exactly the run's training split, in memory.
+reference profiles, skops serialisation, the training-set file, and the uploads (model, training
+set, metadata) to MinIO. The baseline fits the project's estimator on exactly the run's training split, in memory.
 
 Needs a running stack (an isolated namespace is created on it and dropped afterwards)::
 
@@ -62,13 +62,13 @@ def synthetic_rows(n: int, names: list[str], seed: int = 0) -> tuple[list[Featur
     return vectors, labels
 
 
-def request(i: int, model_name: str) -> TrainingRequested:
+def request(i: int, model_name: str, **parameters: str) -> TrainingRequested:
     return request_record(
         request_id=f"bench-request-{i}",
         model_name=model_name,
         reason="bench",
         requested_by="bench",
-        parameters={"selection": "recent"},
+        parameters={"selection": "recent", **parameters},
         producer="bench",
     )
 
@@ -101,7 +101,11 @@ async def main(n_examples: int, repeat: int) -> None:
         # Warm-up run (imports, first connections); it also becomes the champion, so the timed runs
         # include the champion's metadata and model downloads, SHA-256 checks, safe load and
         # evaluation on the holdout examples after its training data, as in production.
-        first = await deps.runs.run(request(0, project.model.name), derived_event_id("run", "bench-warmup"))
+        # Not refitted: a refitted champion's training data ends where the holdout ends, and
+        # would leave no holdout example to compare it on.
+        first = await deps.runs.run(
+            request(0, project.model.name, refit="false"), derived_event_id("run", "bench-warmup")
+        )
         rec = first.record
         champion = Champion(
             model_name=project.model.name,

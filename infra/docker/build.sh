@@ -15,9 +15,16 @@ for pyproject in "$ROOT"/services/*/pyproject.toml; do
   targets+=("$(basename "$(dirname "$pyproject")")")
 done
 cd "$ROOT"
+# The commit the images are built from, recorded by every training run as its code version
+# ("-dirty" when tracked files differ from it); outside a checkout none is passed: "unknown".
+code_version_args=()
+if commit="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null)"; then
+  [ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no)" ] || commit="$commit-dirty"
+  code_version_args=(--build-arg "DRIFTLINE_CODE_VERSION=$commit")
+fi
 for target in "${targets[@]}"; do
   echo "building $PREFIX/$target:$TAG"
   # shellcheck disable=SC2086 # DOCKER_BUILD_ARGS is a list of words on purpose
   DOCKER_BUILDKIT=1 docker build -f infra/docker/Dockerfile --target "$target" -t "$PREFIX/$target:$TAG" \
-    ${DOCKER_BUILD_ARGS:-} .
+    "${code_version_args[@]}" ${DOCKER_BUILD_ARGS:-} .
 done

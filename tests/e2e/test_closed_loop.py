@@ -19,9 +19,11 @@ the retrained model, across the processes, through the traceparent of the Kafka 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -108,7 +110,50 @@ async def test_drift_retrains_promotes_and_redeploys_by_itself(
     assert f"v{summary.new_version}" in cli.stdout
     assert "chain incomplete" not in cli.stdout
 
+    # The retrained version's model card tells the same lineage as the trace.
+    drift = events[0]
+    trained = next(e for e in events if e.topic == "models.trained" and e.value["run_id"] == promoted.value["run_id"])
+    requested = next(
+        e
+        for e in events
+        if e.topic == "training.requested" and e.value["request_id"] == trained.value["training_request_id"]
+    )
+    deployed = {e.event_id for e in events if e.topic == "deployments.status" and e.causation_id == promoted.event_id}
+    assert drift.topic == "drift.detected" and deployed
+    card = await model_card(namespace, services["registry"].url, promoted.value["model_name"], summary.new_version)
+    lineage = card["lineage"]
+    assert lineage["correlation_id"] == summary.correlation_id == trained.correlation_id
+    assert lineage["drift_episode_id"] == drift.value["episode_id"] == trained.value["drift_episode_id"]
+    assert lineage["training_request_id"] == requested.value["request_id"]
+    assert (lineage["run_id"], lineage["trained_event_id"]) == (trained.value["run_id"], trained.event_id)
+    assert lineage["promotion"]["event_id"] == promoted.event_id and lineage["version"] == summary.new_version
+    assert deployed <= {d["event_id"] for d in lineage["deployments"]}, (deployed, lineage["deployments"])
+    assert card["training_set"]["key"] == trained.value["training_set_key"]
+    assert card["training_set"]["sha256"] == trained.value["dataset_fingerprint"]
+    assert card["training_set"]["rows"] == trained.value["n_train"] + trained.value["n_holdout"]
+    assert card["code_version"] == trained.value["code_version"] is not None
+
     await traces_cross_the_services(namespace, collector)
+
+
+async def model_card(namespace: Namespace, registry_url: str, model: str, version: int) -> dict[str, Any]:
+    """`driftline models show MODEL VERSION --json`, once the registry holds every deployment report
+    the trace holds (the registry consumes deployments.status on its own schedule)."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [str(ROOT / ".venv" / "bin" / "driftline"), "models", "show", model, str(version), "--json"],
+            env={**namespace.env(), "COLUMNS": "250", "DRIFTLINE_REGISTRY_URL": registry_url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli.stderr
+        card: dict[str, Any] = json.loads(cli.stdout)
+        if card["lineage"]["deployments"] or asyncio.get_running_loop().time() > deadline:
+            return card
+        await asyncio.sleep(1.0)
 
 
 SERVER, PRODUCER, CONSUMER = 2, 4, 5  # OTLP span kinds

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -26,6 +28,7 @@ def trained_record(
     accuracy: float, *, champion_version: int | None = None, champion_accuracy: float | None = None
 ) -> dict[str, Any]:
     run_id = new_event_id()
+    sha = new_event_id().replace("-", "")
     return {
         **envelope("test-training", event_id=derived_event_id("model-trained", run_id)),
         "run_id": run_id,
@@ -49,6 +52,13 @@ def trained_record(
         "trigger": "request",
         "drift_episode_id": None,
         "training_request_id": new_event_id(),
+        "training_set_key": f"models/{MODEL}/{run_id}/training-set-{sha}.parquet",
+        "training_set_sha256": sha,
+        "training_set_size": 12345,
+        "labels_as_of": datetime(2026, 1, 2, 1, tzinfo=UTC),
+        "train_start": datetime(2026, 1, 1, tzinfo=UTC),
+        "holdout_end": datetime(2026, 1, 2, tzinfo=UTC),
+        "code_version": f"commit-{run_id[:8]}",
     }
 
 
@@ -206,6 +216,31 @@ async def test_the_registry_promotes_rejects_rolls_back_and_rebuilds_from_the_lo
             ]
             assert v2["lineage"]["run_id"] == first["run_id"]
             assert v2["lineage"]["correlation_id"] == first["correlation_id"]
+            # The model card: what it was trained on, how it was judged, where it came from and went.
+            ts = v2["training_set"]
+            assert (ts["key"], ts["sha256"], ts["size"]) == (
+                first["training_set_key"],
+                first["training_set_sha256"],
+                first["training_set_size"],
+            )
+            assert (ts["rows"], ts["n_train"], ts["n_holdout"]) == (400, 300, 100)
+            assert ts["start"].startswith("2026-01-01T00:00:00") and ts["end"].startswith("2026-01-02T00:00:00")
+            assert v2["holdout_metrics"] == first["metrics"] and v2["params"] == first["params"]
+            assert v2["code_version"] == first["code_version"]
+            assert v2["comparison"]["champion_version"] is None
+            lineage = v2["lineage"]
+            assert lineage["trained_event_id"] == first["event_id"] and lineage["version"] == 2
+            assert lineage["training_request_id"] == first["training_request_id"]
+            assert lineage["promotion"]["event_id"] == p["event_id"] and lineage["promotion"]["action"] == "promote"
+            assert [d["event_id"] for d in lineage["deployments"]] == [status_event["event_id"]]
+            assert lineage["deployments"][0]["instance_id"] == "deployment-1"
+            out = CliRunner().invoke(cli, ["models", "show", MODEL, "2", "--url", registry.url])
+            assert out.exit_code == 0, out.output
+            shown_fields = ("400: 300 train + 100 holdout", first["code_version"], "rollback", "deployment-1", "loaded")
+            for shown in shown_fields:
+                assert shown in out.output, (shown, out.output)
+            out = CliRunner().invoke(cli, ["models", "show", MODEL, "2", "--url", registry.url, "--json"])
+            assert json.loads(out.output)["lineage"] == lineage
             history = (await client.get(f"/v1/models/{MODEL}/history")).json()["history"]
             assert [h["action"] for h in history[:4]] == ["deployment", "shadow", "promote", "rollback"]
             out = CliRunner().invoke(cli, ["models", "history", MODEL, "--url", registry.url])

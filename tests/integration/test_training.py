@@ -7,6 +7,10 @@ features service needed); labels follow a simple rule of the features so a model
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +18,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from driftline.artifacts import ArtifactStore
@@ -484,5 +489,90 @@ async def test_a_drift_run_that_fails_does_not_use_up_the_cooldown(
             assert trained.value["drift_episode_id"] == "episode-b"
             triggers = {t["episode_id"]: t for t in (await client.get(f"{url}/v1/triggers")).json()["triggers"]}
             assert triggers["episode-a"]["decision"] == triggers["episode-b"]["decision"] == "requested"
+    finally:
+        await reader.stop()
+
+
+def cli(namespace: Namespace, *args: str) -> subprocess.CompletedProcess[str]:
+    """The driftline command, as an operator runs it, against this namespace's stack."""
+    return subprocess.run(
+        [sys.executable, "-m", "driftline_cli.main", *args],
+        env={**namespace.env(), "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+async def test_a_run_is_reproduced_from_its_recorded_training_set_and_tampering_is_detected(
+    namespace: Namespace, producer: EventProducer, training: ServiceProcess
+) -> None:
+    start = datetime.now(UTC) - timedelta(hours=3)
+    rows = loan_rows(400, start=start, seed=5)
+    reader = await TopicReader(namespace, [MODELS_TRAINED, TRAINING_FAILED]).start()
+    store = ArtifactStore.from_settings(namespace.stack)
+    try:
+        await feed(producer, rows)
+        # A label correction is a new record for the same event: the run uses it, and its
+        # training set says which record the label came from.
+        corrected = rows[50]
+        flipped = "deny" if corrected.label == "approve" else "approve"
+        correction = {**label_record(corrected), "label": flipped}
+        correction.update(envelope("test-ingestion", event_time=corrected.event_time + timedelta(minutes=30)))
+        await producer.publish(LABELS, correction)
+        async with httpx.AsyncClient(timeout=30) as client:
+            await wait_examples(client, training.url, 400)
+
+            async def corrected_in_store() -> None:
+                r = await client.get(f"{training.url}/v1/examples", params={"project": PROJECT.name})
+                assert r.json()["label_records"] >= 401, r.text
+
+            await eventually(corrected_in_store, timeout_s=60, interval_s=0.5)
+            run = await request_run(client, training.url, parameters={"selection": "recent"})
+            trained = await wait_result(reader, run["run_id"])
+        assert trained.topic == MODELS_TRAINED, trained.value
+        v = trained.value
+        key, sha = v["training_set_key"], v["training_set_sha256"]
+        assert key == f"models/{PROJECT.model.name}/{v['run_id']}/training-set-{sha}.parquet"
+        assert sha == v["dataset_fingerprint"]
+        metadata = await store.get_json(v["metadata_key"], v["metadata_sha256"])
+        assert v["code_version"] == metadata["code_version"] and v["code_version"] != "unknown"
+        data = await store.get(key, sha)
+        assert v["training_set_size"] == len(data)
+        assert v["labels_as_of"] is not None and v["train_start"] == rows[0].event_time.replace(
+            microsecond=rows[0].event_time.microsecond // 1000 * 1000
+        )
+
+        # The file is plain Parquet with every example, its values, its label record and its split.
+        table = pq.read_table(io.BytesIO(data)).to_pylist()
+        assert len(table) == 400 and [r["split"] for r in table].count("holdout") == v["n_holdout"]
+        by_id = {r["example_id"]: r for r in table}
+        assert by_id[corrected.raw_event_id]["label"] == flipped
+        assert by_id[corrected.raw_event_id]["label_event_id"] == correction["event_id"]
+        assert by_id[rows[7].raw_event_id]["feature.salary"] == rows[7].features["salary"]
+
+        # Reproduced here and now: identical holdout predictions and, in the same environment,
+        # identical model bytes.
+        done = cli(namespace, "runs", "reproduce", v["run_id"], "--url", training.url, "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads(done.stdout)
+        assert report["predictions_identical"] and report["probabilities_identical"]
+        assert report["n_holdout"] == v["n_holdout"] and report["n_train"] == v["n_train"]
+        assert report["model_bytes_identical"] and report["new_model_sha256"] == v["artifact_sha256"]
+        assert report["library_differences"] == {}
+        table_out = cli(namespace, "runs", "reproduce", v["run_id"], "--url", training.url)
+        assert table_out.returncode == 0 and "identical" in table_out.stdout, table_out.stdout
+
+        # Tampering: one label flipped in the stored training set, a valid Parquet file still.
+        rewritten = pq.read_table(io.BytesIO(data))
+        labels = rewritten.column("label").to_pylist()
+        labels[0] = "deny" if labels[0] == "approve" else "approve"
+        tampered = io.BytesIO()
+        pq.write_table(rewritten.set_column(rewritten.schema.get_field_index("label"), "label", [labels]), tampered)
+        await store.put(key, tampered.getvalue())
+        refused = cli(namespace, "runs", "reproduce", v["run_id"], "--url", training.url)
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert "SHA-256" in refused.stderr and key in refused.stderr.replace("\n", "")
     finally:
         await reader.stop()

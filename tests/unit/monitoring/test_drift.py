@@ -16,6 +16,7 @@ from driftline_monitoring.drift import PerformanceTracker, input_tests
 from driftline_monitoring.page import render
 
 POLICY = load_project().drift
+ADWIN_ONLY = POLICY.model_copy(update={"detectors": ["adwin"]})
 
 
 def test_ks_evidence_reads_statistic_over_the_critical_distance_at_the_bonferroni_level() -> None:
@@ -61,6 +62,34 @@ def test_a_rising_error_rate_is_detected_within_a_few_hundred_outcomes() -> None
     # The change-point estimate lands near the true change (1000), inside the window, before the alarm.
     assert first[1].window_start_ms <= onset <= first[0]
     assert abs(onset - 1000) < 120, onset
+
+
+def test_a_sudden_rise_counts_at_adwins_own_alarm() -> None:
+    """Error 3 % -> 15 % under a reference of 95 %: when ADWIN fires, the rolling window still mixes
+    both regimes and its drop is under three standard errors, but the outcomes after its most
+    likely change point are clearly below the reference, so the alarm counts then, not later."""
+    from river.drift import ADWIN
+
+    at_adwins_alarm = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        errors = np.concatenate([rng.random(2000) < 0.03, rng.random(2000) < 0.15])
+        bare: ADWIN = ADWIN(delta=POLICY.adwin_delta)
+        adwin_at = next(t for t, wrong in enumerate(errors) if bare.update(float(wrong)) or bare.drift_detected)
+        assert adwin_at >= 2000
+        tracker = PerformanceTracker(ADWIN_ONLY, reference_accuracy=0.95)
+        detected = next((t for t, wrong in enumerate(errors) if tracker.add(t, not wrong) is not None), None)
+        assert detected is not None and detected >= adwin_at, (seed, detected, adwin_at)
+        at_adwins_alarm += detected == adwin_at
+    assert at_adwins_alarm >= 9  # with the rolling window's drop alone: 2 of 10
+
+
+def test_adwin_on_a_stream_at_its_reference_accuracy_never_counts() -> None:
+    for seed in range(8):
+        rng = np.random.default_rng(100 + seed)
+        tracker = PerformanceTracker(ADWIN_ONLY, reference_accuracy=0.9)
+        for t, wrong in enumerate(rng.random(6000) < 0.1):
+            assert tracker.add(t, not wrong) is None, f"seed {seed}: false alarm at outcome {t}"
 
 
 def test_the_page_plots_psi_per_feature_and_escapes_names() -> None:

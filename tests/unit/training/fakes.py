@@ -70,7 +70,7 @@ class FakeStore:
 
     async def example_counts(self, *_: Any) -> dict[str, int]:
         n = len(self.examples) if self.labelled is None else self.labelled
-        return {"vectors": n, "labels": n, "labelled": n}
+        return {"vectors": n, "labels": n, "label_records": n, "labelled": n}
 
     async def count_labelled(self, _fsv: str, _classes: Any, since: datetime | None, project: Any = None) -> int:
         self.counted_since.append(since)
@@ -78,7 +78,12 @@ class FakeStore:
             return self.labelled
         return sum(1 for e in self.examples if since is None or e.event_time >= since)
 
-    async def select_examples(self, *_: Any, since: datetime | None, limit: int, project: Any = None) -> list[Example]:
+    async def clock(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def select_examples(
+        self, *_: Any, since: datetime | None, limit: int, project: Any = None, labels_as_of: Any = None
+    ) -> list[Example]:
         self.selected += 1
         if self.select_error is not None:
             raise self.select_error
@@ -241,7 +246,7 @@ class FlakyArtifacts(RecordingArtifacts):
 @dataclass
 class SlowStore(FakeStore):
     async def select_examples(
-        self, *args: Any, since: datetime | None, limit: int, project: Any = None
+        self, *args: Any, since: datetime | None, limit: int, project: Any = None, labels_as_of: Any = None
     ) -> list[Example]:
         await asyncio.sleep(5)
         return await super().select_examples(*args, since=since, limit=limit, project=project)

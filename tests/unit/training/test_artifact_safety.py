@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import skops.io as sio
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -98,3 +101,16 @@ def test_a_plain_scikit_learn_model_loads() -> None:
     model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], ["deny", "deny", "approve", "approve"])
     loaded = load_model(dump_model(model))
     assert list(loaded.predict([[0.0], [3.0]])) == ["deny", "approve"]
+
+
+def test_equal_models_give_equal_model_files_that_load_as_the_model() -> None:
+    # skops names objects by their memory address and stamps the time of writing: dump_model
+    # renumbers and unstamps, so a re-fit in the same environment can prove identical bytes.
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(size=(200, 3)), np.asarray(["a", "b"] * 100)
+    first = RandomForestClassifier(n_estimators=5, random_state=1).fit(x, y)
+    blob = dump_model(first)
+    time.sleep(2.1)  # zip member times have a 2 s resolution: cross at least one step
+    assert dump_model(RandomForestClassifier(n_estimators=5, random_state=1).fit(x, y)) == blob
+    assert dump_model(RandomForestClassifier(n_estimators=5, random_state=2).fit(x, y)) != blob
+    assert (load_model(blob).predict_proba(x) == first.predict_proba(x)).all()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -53,13 +55,28 @@ def test_same_examples_and_seed_give_the_same_metrics_fingerprint_and_prediction
     assert set(a.metrics) == {"accuracy", "f1", "roc_auc", "log_loss"}
 
 
-def test_the_fingerprint_covers_the_example_ids_and_the_feature_set_version() -> None:
+def test_the_holdout_fingerprint_covers_the_example_ids_and_the_feature_set_version() -> None:
     ids = [f"e{i}" for i in range(10)]
-    base = pipeline.dataset_fingerprint(ids, "1")
-    assert pipeline.dataset_fingerprint(list(reversed(ids)), "1") == base
-    assert pipeline.dataset_fingerprint(ids, "2") != base
-    assert pipeline.dataset_fingerprint([*ids[:-1], "e99"], "1") != base
-    assert pipeline.dataset_fingerprint(ids[:-1], "1") != base
+    base = pipeline.ids_fingerprint(ids, "1")
+    assert pipeline.ids_fingerprint(list(reversed(ids)), "1") == base
+    assert pipeline.ids_fingerprint(ids, "2") != base
+    assert pipeline.ids_fingerprint([*ids[:-1], "e99"], "1") != base
+    assert pipeline.ids_fingerprint(ids[:-1], "1") != base
+
+
+def test_the_dataset_fingerprint_is_the_training_sets_digest_and_covers_values_and_labels() -> None:
+    data = examples(200)
+    base = pipeline.fit(PROJECT, data, POLICY)
+    assert base.dataset_fingerprint == hashlib.sha256(base.training_set).hexdigest()
+    # One feature value changed, or one label corrected: same ids, another fingerprint.
+    e = data[10]
+    changed_value = [*data[:10], replace(e, features={**e.features, "salary": e.features["salary"] + 1}), *data[11:]]
+    flipped = "deny" if e.label == "approve" else "approve"
+    corrected = [*data[:10], replace(e, label=flipped, label_event_id="correction"), *data[11:]]
+    for other in (changed_value, corrected):
+        result = pipeline.fit(PROJECT, other, POLICY)
+        assert result.holdout_fingerprint == base.holdout_fingerprint
+        assert result.dataset_fingerprint != base.dataset_fingerprint
 
 
 def test_the_holdout_is_the_most_recent_part() -> None:

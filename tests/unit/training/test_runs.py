@@ -80,7 +80,12 @@ async def test_a_run_left_running_by_a_crash_is_run_again() -> None:
     ((_, status, topic, record),) = store.finished
     assert (status, topic) == ("succeeded", MODELS_TRAINED)
     assert record.event_id == derived_event_id("model-trained", run_id)
-    assert set(artifacts.objects) == {record.artifact_key, record.metadata_key}
+    assert set(artifacts.objects) == {record.artifact_key, record.metadata_key, record.training_set_key}
+    assert (
+        record.training_set_sha256
+        == record.dataset_fingerprint
+        == sha256_hex(artifacts.objects[record.training_set_key])
+    )
 
 
 # -- attempts, retries and the run's time limit ------------------------------------------------
@@ -93,7 +98,12 @@ async def test_an_object_store_outage_is_retried_with_a_new_attempt_and_the_run_
     ((run_id, status, topic, record),) = store.finished
     assert (status, topic) == ("succeeded", MODELS_TRAINED)
     assert store.runs[run_id]["attempts"] == 2
-    assert set(artifacts.objects) == {record.artifact_key, record.metadata_key}
+    assert set(artifacts.objects) == {record.artifact_key, record.metadata_key, record.training_set_key}
+    assert (
+        record.training_set_sha256
+        == record.dataset_fingerprint
+        == sha256_hex(artifacts.objects[record.training_set_key])
+    )
 
 
 async def test_a_failure_that_needs_new_data_is_not_retried_in_place() -> None:
@@ -141,5 +151,7 @@ async def test_two_attempts_of_one_run_never_overwrite_each_others_artifact() ->
         r = outcome.record
         assert sha256_hex(artifacts.objects[r.artifact_key]) == r.artifact_sha256
         assert sha256_hex(artifacts.objects[r.metadata_key]) == r.metadata_sha256
-        assert r.artifact_sha256 in r.artifact_key
-    assert len(artifacts.objects) == 4
+        assert r.training_set_key is not None and r.training_set_sha256 is not None
+        assert sha256_hex(artifacts.objects[r.training_set_key]) == r.training_set_sha256
+        assert r.artifact_sha256 in r.artifact_key and r.training_set_sha256 in r.training_set_key
+    assert len(artifacts.objects) == 6

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from driftline_cli import demo, dlq, inspect, models, projects, publish, stack
+from driftline_cli import demo, dlq, inspect, models, projects, publish, runs, stack
 
 app = typer.Typer(
     name="driftline",
@@ -20,6 +20,7 @@ publish.register(app)
 dlq.register(app)
 inspect.register(app)
 models.register(app)
+runs.register(app)
 projects.register(app)
 demo.register(app)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as json_module
 import time
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ DEFAULT_TRAINING_URL = "http://127.0.0.1:38103"
 DEFAULT_REGISTRY_URL = "http://127.0.0.1:38104"
 
 models_app = typer.Typer(
-    help="The model registry: versions, stage history, promotion, shadow deployment and rollback.",
+    help="The model registry: versions, model cards, stage history, promotion, shadow deployment and rollback.",
     no_args_is_help=True,
 )
 
@@ -150,6 +151,114 @@ def history(
             h["reason"],
         )
     console.print(table)
+
+
+def _metrics_text(metrics: dict[str, float] | None) -> str:
+    if not metrics:
+        return "—"
+    return ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+
+
+def _card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """The model card as (field, value) rows, in the order a reviewer reads it."""
+    rows: list[tuple[str, str]] = [
+        ("stage", card["stage"] + (" (champion)" if card["is_champion"] else "")),
+        ("artifact", f"{card['artifact_key']} (sha256 {card['artifact_sha256']})"),
+    ]
+    ts = card.get("training_set")
+    if ts is None:
+        rows.append(("training set", "not recorded (trained before runs recorded their training set)"))
+    else:
+        rows += [
+            ("training set", f"{ts['key']} (sha256 {ts['sha256']}, {ts['size']} bytes)"),
+            ("examples", f"{ts['rows']}: {ts['n_train']} train + {ts['n_holdout']} holdout"),
+            ("time range", f"{_time(ts['start'])} → {_time(ts['end'])} (event time)"),
+            ("labels as of", _time(ts["labels_as_of"])),
+        ]
+    rows += [
+        ("feature set", f"version {card['feature_set_version']}: {', '.join(card['feature_names'])}"),
+        ("params", ", ".join(f"{k}={v}" for k, v in sorted(card["params"].items()))),
+        ("code version", card.get("code_version") or "not recorded"),
+        ("holdout metrics", _metrics_text(card["holdout_metrics"])),
+    ]
+    cmp = card["comparison"]
+    if cmp["champion_version"] is None:
+        rows.append(("champion comparison", "none (no champion when trained)"))
+    else:
+        rows.append(
+            (
+                "champion comparison",
+                f"vs {_version(cmp['champion_version'])} on {cmp['n_comparison']} holdout examples: "
+                f"candidate {_metrics_text(cmp['candidate_metrics'])}; "
+                f"champion {_metrics_text(cmp['champion_metrics'])}",
+            )
+        )
+    decision = cmp["decision"]
+    if decision is not None:
+        rows.append(
+            (
+                "decision",
+                f"{decision['action']} on {decision['metric']}: candidate {decision.get('candidate_value')} vs "
+                f"champion {decision.get('champion_value')} (margin {decision.get('margin')})",
+            )
+        )
+    lin = card["lineage"]
+    promotion, rejection = lin["promotion"], lin["rejection"]
+    rows += [
+        ("correlation", lin["correlation_id"]),
+        ("drift episode", lin["drift_episode_id"] or f"— (trigger {lin['trigger']})"),
+        ("training request", lin["training_request_id"] or "—"),
+        ("run", lin["run_id"]),
+        ("models.trained", lin["trained_event_id"]),
+        (
+            "promotion",
+            "—"
+            if promotion is None
+            else f"{promotion['action']} {promotion['event_id']} at {_time(promotion['at'])} by {promotion['actor']}",
+        ),
+    ]
+    if rejection is not None:
+        rows.append(("rejection", f"{rejection['event_id']} at {_time(rejection['at'])}: {rejection['reason']}"))
+    for d in lin["deployments"] or [None]:
+        rows.append(
+            (
+                "deployment",
+                "—"
+                if d is None
+                else f"{d['instance_id']} {d['slot']} {d['status']} at {_time(d['at'])} ({d['event_id']})",
+            )
+        )
+    return rows
+
+
+@models_app.command("show")
+def show(
+    name: ModelName,
+    version: Annotated[int, typer.Argument(help="Version to describe.")],
+    url: RegistryUrl = DEFAULT_REGISTRY_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the registry's document as JSON.")] = False,
+) -> None:
+    """A version's model card: what it was trained on (training-set key, size, time range), its
+    params, holdout metrics, the champion comparison, its lineage (drift episode → request → run
+    → version → promotion → deployment) and its full stage history."""
+    card = _call("GET", f"{url}/v1/models/{name}/versions/{version}")
+    if as_json:
+        console.print_json(json_module.dumps(card, default=str))
+        return
+    table = Table(title=f"{name} v{version}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key, value in _card_rows(card):
+        table.add_row(key, value)
+    console.print(table)
+    hist = Table(title=f"{name} v{version} stage history (oldest first)")
+    for col in ("time", "action", "previous", "actor", "reason", "event"):
+        hist.add_column(col)
+    for h in reversed(card["history"]):
+        hist.add_row(
+            _time(h["at"]), h["action"], _version(h["previous_version"]), h["actor"], h["reason"], h["event_id"]
+        )
+    console.print(hist)
 
 
 def _print_action(result: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -111,9 +112,65 @@ def preload() -> None:
 
 
 def dump_model(model: Any) -> bytes:
+    """The model as a skops file whose bytes depend on the model only (:func:`canonical_skops`)."""
     import skops.io as sio
 
-    return bytes(sio.dumps(model))
+    return canonical_skops(bytes(sio.dumps(model)))
+
+
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def canonical_skops(data: bytes) -> bytes:
+    """A skops file rewritten so that equal models give equal bytes.
+
+    skops names each object by its ``id()`` (a memory address: ``__id__`` in schema.json and the
+    ``<id>.npy`` member of each array) and stamps every zip member with the time of writing, so
+    two dumps of one model differ. Here the ids are renumbered in the order schema.json lists
+    them (the same id keeps one number, so shared objects stay shared), members are written in
+    name order with a fixed time, and schema.json with sorted keys. skops reads it as before: it
+    looks members up by the names schema.json gives.
+    """
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+        compression = {info.filename: info.compress_type for info in archive.infolist()}
+    schema = json.loads(members.pop("schema.json"))
+    numbers: dict[str, int] = {}
+
+    def renumber(old: str) -> int:
+        return numbers.setdefault(old, len(numbers) + 1)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "__id__" and isinstance(value, int):
+                out[key] = renumber(str(value))
+            elif key == "file" and isinstance(value, str) and value.endswith(".npy") and value[:-4].isdigit():
+                out[key] = f"{renumber(value[:-4])}.npy"
+            else:
+                out[key] = walk(value)
+        return out
+
+    canonical = walk(schema)
+    renamed = {"schema.json": json.dumps(canonical, sort_keys=True, indent=2).encode()}
+    types = {"schema.json": compression.get("schema.json", zipfile.ZIP_STORED)}
+    for name, payload in members.items():
+        stem = name[:-4]
+        new_name = f"{numbers[stem]}.npy" if name.endswith(".npy") and stem in numbers else name
+        renamed[new_name] = payload
+        types[new_name] = compression[name]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in sorted(renamed):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+            info.compress_type = types[name]
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, renamed[name])
+    return out.getvalue()
 
 
 def types_in(data: bytes) -> set[str]:

@@ -537,6 +537,13 @@ class ModelTrained:
     n_comparison: int | None = None
     comparison_wins: int | None = None
     comparison_losses: int | None = None
+    training_set_key: str | None = None
+    training_set_sha256: str | None = None
+    training_set_size: int | None = None
+    labels_as_of: datetime | None = None
+    train_start: datetime | None = None
+    holdout_end: datetime | None = None
+    code_version: str | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> ModelTrained:
@@ -572,6 +579,13 @@ class ModelTrained:
             n_comparison=d.get("n_comparison", None),
             comparison_wins=d.get("comparison_wins", None),
             comparison_losses=d.get("comparison_losses", None),
+            training_set_key=d.get("training_set_key", None),
+            training_set_sha256=d.get("training_set_sha256", None),
+            training_set_size=d.get("training_set_size", None),
+            labels_as_of=d.get("labels_as_of", None),
+            train_start=d.get("train_start", None),
+            holdout_end=d.get("holdout_end", None),
+            code_version=d.get("code_version", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -607,6 +621,13 @@ class ModelTrained:
             "n_comparison": self.n_comparison,
             "comparison_wins": self.comparison_wins,
             "comparison_losses": self.comparison_losses,
+            "training_set_key": self.training_set_key,
+            "training_set_sha256": self.training_set_sha256,
+            "training_set_size": self.training_set_size,
+            "labels_as_of": self.labels_as_of,
+            "train_start": self.train_start,
+            "holdout_end": self.holdout_end,
+            "code_version": self.code_version,
         }
 
 

@@ -403,7 +403,9 @@ class PerformanceTracker:
         ph_drifted = ph_alarm and drop > guard
         long_drop = self.long_drop
         adwin_drifted = adwin_alarm and (
-            drop > self.noise() or (long_drop is not None and long_drop > self.long_noise())
+            drop > self.noise()
+            or (long_drop is not None and long_drop > self.long_noise())
+            or self._degraded_since_change()
         )
         if ph_alarm:
             self.ph_alarms += 1
@@ -435,6 +437,20 @@ class PerformanceTracker:
             return False
         self.adwin_changes += 1
         return float(self.adwin.estimation) > before
+
+    def _degraded_since_change(self) -> bool:
+        """The outcomes after the rolling window's most likely change point have an accuracy below
+        the reference by three of their standard errors. Right after a sudden change the rolling
+        window still mixes both regimes, and its drop stays under its noise for a while."""
+        if self.reference_accuracy is None:
+            return False
+        ms, _, rose = change_point(self.outcomes)
+        after = [ok for t, ok in self.outcomes if t >= ms]
+        n = len(after)
+        if not rose or n < min(30, self.policy.min_labels):
+            return False
+        acc = sum(after) / n
+        return self.reference_accuracy - acc > 3 * math.sqrt(acc * (1 - acc) / n)
 
     def degraded(self) -> bool:
         """Served performance is still below the reference (an open episode asks for training

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from driftline.auth import TokenAuth
 from driftline.projects import ProjectBook
 from driftline.service import wired
+from driftline_registry.card import model_card
 from driftline_registry.handlers import ActionResult, Conflict, NotFound, RegistryHandlers
 
 STAGES = "^(candidate|champion|rejected|archived|rolled_back)$"
@@ -115,29 +116,24 @@ async def list_versions(name: str, deps: Deps, stage: Annotated[str | None, Quer
     return {"model_name": name, "versions": await deps.handlers.store.list_versions(name, stage)}
 
 
-@router.get("/{name}/versions/{version}", summary="One version with its lineage and stage history")
+@router.get(
+    "/{name}/versions/{version}",
+    summary="One version's model card: training set, params, holdout metrics, champion comparison, lineage "
+    "and full stage history",
+)
 async def get_version(name: str, version: Version, deps: Deps) -> Any:
     row = await deps.handlers.store.get_version(name, version)
     if row is None:
         raise _not_found(f"{name} has no version {version}")
     model = await deps.handlers.store.get_model(name)
     assert model is not None
+    history = await deps.handlers.store.history(name, version=version, limit=None)
     return {
         **row,
         "is_champion": model["champion_version"] == version,
         "is_challenger": model["challenger_version"] == version,
-        "lineage": {
-            "trigger": row["trigger"],
-            "drift_episode_id": row["drift_episode_id"],
-            "training_request_id": row["training_request_id"],
-            "run_id": row["run_id"],
-            "trained_event_id": row["trained_event_id"],
-            "correlation_id": row["correlation_id"],
-            "dataset_fingerprint": row["dataset_fingerprint"],
-            "holdout_fingerprint": row["holdout_fingerprint"],
-            "evaluated_against": row["evaluated_against"],
-        },
-        "history": await deps.handlers.store.history(name, version=version),
+        **model_card(row, history),
+        "history": history,
     }
 
 

@@ -23,7 +23,8 @@ VERSION_COLUMNS = (
     "artifact_sha256, metadata_key, metadata_sha256, metrics, champion_metrics, evaluated_against, "
     "dataset_fingerprint, holdout_fingerprint, feature_set_version, feature_names, params, n_train, n_holdout, "
     "duration_s, trigger, drift_episode_id, training_request_id, trained_at, registered_at, comparison_metrics, "
-    "n_comparison"
+    "n_comparison, training_set_key, training_set_sha256, training_set_size, labels_as_of, train_start, holdout_end, "
+    "code_version"
 )
 # An asyncpg connection or the pool's proxy of one (the stubs type them apart).
 Conn = Any
@@ -226,9 +227,11 @@ class RegistryStore:
             "artifact_bucket, artifact_key, artifact_sha256, metadata_key, metadata_sha256, metrics, "
             "champion_metrics, comparison_metrics, n_comparison, evaluated_against, dataset_fingerprint, "
             "holdout_fingerprint, feature_set_version, feature_names, params, n_train, n_holdout, duration_s, "
-            "trigger, drift_episode_id, training_request_id, trained_at) "
+            "trigger, drift_episode_id, training_request_id, trained_at, training_set_key, training_set_sha256, "
+            "training_set_size, labels_as_of, train_start, holdout_end, code_version) "
             "VALUES ($1, $2, $3, 'candidate', $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13::jsonb, $14, "
-            "$15, $16, $17, $18, $19::jsonb, $20::jsonb, $21, $22, $23, $24, $25, $26, $27)",
+            "$15, $16, $17, $18, $19::jsonb, $20::jsonb, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, "
+            "$32, $33, $34)",
             e.model_name,
             version,
             e.run_id,
@@ -256,6 +259,13 @@ class RegistryStore:
             e.drift_episode_id,
             e.training_request_id,
             as_utc(e.event_time),
+            e.training_set_key,
+            e.training_set_sha256,
+            e.training_set_size,
+            None if e.labels_as_of is None else as_utc(e.labels_as_of),
+            None if e.train_start is None else as_utc(e.train_start),
+            None if e.holdout_end is None else as_utc(e.holdout_end),
+            e.code_version,
         )
 
     @staticmethod
@@ -349,7 +359,8 @@ class RegistryStore:
         async with self.pool.acquire() as conn:
             return await self.version(conn, name, version)
 
-    async def history(self, name: str, *, version: int | None = None, limit: int = 500) -> list[dict[str, Any]]:
+    async def history(self, name: str, *, version: int | None = None, limit: int | None = 500) -> list[dict[str, Any]]:
+        """Most recent first; ``limit`` None: all of it."""
         rows = await self.pool.fetch(
             "SELECT id, event_id, model_name, version, action, previous_version, actor, reason, details, "
             "correlation_id, at FROM history WHERE model_name = $1 AND ($2::int IS NULL OR version = $2) "

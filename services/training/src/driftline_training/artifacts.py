@@ -26,6 +26,11 @@ def model_key(model_name: str, run_id: str, sha256: str) -> str:
     return f"models/{model_name}/{run_id}/model-{sha256}.skops"
 
 
+def training_set_key(model_name: str, run_id: str, sha256: str) -> str:
+    """The run's examples (Parquet); its SHA-256 is the run's dataset fingerprint."""
+    return f"models/{model_name}/{run_id}/training-set-{sha256}.parquet"
+
+
 def metadata_key(model_name: str, run_id: str, sha256: str) -> str:
     return f"models/{model_name}/{run_id}/metadata-{sha256}.json"
 

@@ -26,10 +26,10 @@ from driftline_ml.models import (
     build_estimator,
     dump_model,
     positive_scores,
-    to_matrix,
     trusted_types_for,
 )
 from driftline_ml.profiles import build_profiles, numeric_profile
+from driftline_ml.trainingset import model_matrix, number, write_training_set
 
 # Policy values a training request may override (TrainingRequested.parameters).
 OVERRIDABLE = ("min_examples", "max_examples", "holdout_fraction", "selection", "seed", "refit")
@@ -56,6 +56,8 @@ class Example:
     event_time: datetime
     features: Mapping[str, Any]
     label: str
+    label_event_id: str | None = None  # the labels record the label comes from
+    label_time: datetime | None = None  # that record's event time
 
 
 def effective_policy(base: TrainingPolicy, parameters: Mapping[str, str]) -> TrainingPolicy:
@@ -72,8 +74,10 @@ def effective_policy(base: TrainingPolicy, parameters: Mapping[str, str]) -> Tra
         raise TrainingFailure("invalid_parameters", f"invalid training parameters: {problems}") from None
 
 
-def dataset_fingerprint(example_ids: Sequence[str], feature_set_version: str) -> str:
-    """SHA-256 of the feature-set version and the sorted example ids (independent of their order)."""
+def ids_fingerprint(example_ids: Sequence[str], feature_set_version: str) -> str:
+    """SHA-256 of the feature-set version and the sorted example ids (independent of their order):
+    the holdout's fingerprint. The dataset's is the SHA-256 of the training-set file, which covers
+    feature values and labels too."""
     h = hashlib.sha256(f"feature_set_version={feature_set_version}\n".encode())
     for example_id in sorted(example_ids):
         h.update(example_id.encode())
@@ -81,28 +85,22 @@ def dataset_fingerprint(example_ids: Sequence[str], feature_set_version: str) ->
     return h.hexdigest()
 
 
-def split_by_time(examples: Sequence[Example], holdout_fraction: float) -> tuple[list[Example], list[Example]]:
-    """Oldest part for training, the most recent ``holdout_fraction`` as holdout (ties by id)."""
+def split_by_time(
+    examples: Sequence[Example], holdout_fraction: float, n_holdout: int | None = None
+) -> tuple[list[Example], list[Example]]:
+    """Oldest part for training, the most recent ``holdout_fraction`` (or ``n_holdout``) as holdout
+    (ties by id)."""
     ordered = sorted(examples, key=lambda e: (e.event_time, e.example_id))
-    n_holdout = max(1, math.ceil(len(ordered) * holdout_fraction))
-    n_holdout = min(n_holdout, len(ordered) - 1)
+    if n_holdout is None:
+        n_holdout = max(1, math.ceil(len(ordered) * holdout_fraction))
+    n_holdout = min(max(1, n_holdout), len(ordered) - 1)
     return ordered[:-n_holdout], ordered[-n_holdout:]
-
-
-def _number(value: Any) -> Any:
-    """Numbers pass; numeric strings become floats; anything else is left for to_matrix to refuse."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def feature_matrix(examples: Sequence[Example], names: Sequence[str]) -> np.ndarray:
     """The model's input matrix; TrainingFailure(bad_features) names a non-numeric value."""
     try:
-        return to_matrix(({n: _number(e.features.get(n)) for n in names} for e in examples), names)
+        return model_matrix(examples, names)
     except ValueError as exc:
         raise TrainingFailure("bad_features", f"feature vectors do not fit the model: {exc}") from None
 
@@ -113,7 +111,7 @@ def _profile_matrix(examples: Sequence[Example], names: Sequence[str]) -> np.nda
     for e in examples:
         row = []
         for n in names:
-            v = _number(e.features.get(n))
+            v = number(e.features.get(n))
             row.append(float(v) if isinstance(v, int | float) and not isinstance(v, bool) else np.nan)
         rows.append(row)
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names))
@@ -154,8 +152,9 @@ class FitResult:
     feature_names: list[str]
     train: list[Example]
     holdout: list[Example]
-    dataset_fingerprint: str
+    dataset_fingerprint: str  # SHA-256 of training_set
     holdout_fingerprint: str
+    training_set: bytes  # the examples as a Parquet file (driftline_ml.trainingset)
     reference_profile: dict[str, Any]
     label_counts: dict[str, dict[str, int]]
     fit_seconds: float
@@ -195,11 +194,14 @@ def check_examples(examples: Sequence[Example], policy: TrainingPolicy) -> None:
         )
 
 
-def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -> FitResult:
-    """Split by time, fit the project's estimator, evaluate it on the holdout, profile, serialise."""
+def fit(
+    project: Project, examples: Sequence[Example], policy: TrainingPolicy, *, n_holdout: int | None = None
+) -> FitResult:
+    """Split by time, fit the project's estimator, evaluate it on the holdout, profile, serialise.
+    ``n_holdout``: the holdout's size instead of the policy's fraction (a drift run's window choice)."""
     check_examples(examples, policy)
     timings: dict[str, float] = {}
-    train, holdout = split_by_time(examples, policy.holdout_fraction)
+    train, holdout = split_by_time(examples, policy.holdout_fraction, n_holdout)
     positive = project.label.positive_class
     y_train = [e.label for e in train]
     train_classes = sorted(set(y_train))
@@ -260,9 +262,13 @@ def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -
         raise TrainingFailure("unsafe_model", f"the fitted {project.model.estimator} cannot be stored: {exc}") from None
     timings["dump_s"] = time.perf_counter() - started
 
+    started = time.perf_counter()
+    fsv = project.features.version
+    training_set = write_training_set(train, holdout, feature_set_version=fsv)
+    timings["training_set_s"] = time.perf_counter() - started
+
     params = jsonable_params(model)
     random_state = params.get("random_state")
-    fsv = project.features.version
     return FitResult(
         model=model,
         model_bytes=model_bytes,
@@ -273,8 +279,9 @@ def fit(project: Project, examples: Sequence[Example], policy: TrainingPolicy) -
         feature_names=list(names),
         train=train,
         holdout=holdout,
-        dataset_fingerprint=dataset_fingerprint([e.example_id for e in examples], fsv),
-        holdout_fingerprint=dataset_fingerprint([e.example_id for e in holdout], fsv),
+        dataset_fingerprint=hashlib.sha256(training_set).hexdigest(),
+        holdout_fingerprint=ids_fingerprint([e.example_id for e in holdout], fsv),
+        training_set=training_set,
         reference_profile=reference,
         label_counts={
             "train": dict(sorted(Counter(y_train).items())),

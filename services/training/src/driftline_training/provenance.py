@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
-import platform
 import subprocess
 
 from driftline.settings import repo_root
+from driftline_ml import provenance
 
-RECORDED_DISTRIBUTIONS = ("scikit-learn", "numpy", "scipy", "skops", "driftline", "driftline-training")
+UNKNOWN = "unknown"
 
 
 @functools.cache
 def code_version() -> str:
-    """``DRIFTLINE_CODE_VERSION``, else the checkout's git commit, else the package version."""
-    explicit = os.environ.get("DRIFTLINE_CODE_VERSION")
+    """``DRIFTLINE_CODE_VERSION`` (an image's build argument), else the checkout's git commit,
+    else ``unknown``: never a version that does not name the code."""
+    explicit = os.environ.get("DRIFTLINE_CODE_VERSION", "").strip()
     if explicit:
         return explicit
     root = repo_root()
@@ -41,15 +41,9 @@ def code_version() -> str:
             return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
         except (OSError, subprocess.SubprocessError):
             pass
-    return f"driftline-training {importlib.metadata.version('driftline-training')}"
+    return UNKNOWN
 
 
 @functools.cache
 def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in RECORDED_DISTRIBUTIONS:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
+    return provenance.library_versions()

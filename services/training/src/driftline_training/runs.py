@@ -28,8 +28,9 @@ from driftline.outbox import Outbox
 from driftline.project import Project, TrainingPolicy
 from driftline.records import ModelTrained, TrainingFailed, TrainingRequested
 from driftline.retry import is_transient
+from driftline_ml.trainingset import CONTENT_TYPE as TRAINING_SET_CONTENT_TYPE
 from driftline_training import pipeline
-from driftline_training.artifacts import RunArtifacts, metadata_key, model_key
+from driftline_training.artifacts import RunArtifacts, metadata_key, model_key, training_set_key
 from driftline_training.champion import ChampionComparison, ChampionEvaluator
 from driftline_training.pipeline import RETRIED_IN_PLACE, Example, FitResult, TrainingFailure
 from driftline_training.provenance import code_version, library_versions
@@ -37,6 +38,7 @@ from driftline_training.requests import run_id_of, trigger_of
 from driftline_training.store import TrainingStore
 from driftline_training.trigger_policy import drift_trigger_id
 from driftline_training.triggers import Triggers
+from driftline_training.window import WindowChoice, fit_choosing_window
 
 log = get_logger(__name__)
 
@@ -59,9 +61,12 @@ class TrainedModel:
     attempt: int
     policy: TrainingPolicy
     since: datetime | None
+    window: WindowChoice | None  # a drift run's choice of training window (None: no choice)
     result: FitResult
     comparison: ChampionComparison
     model: ArtifactRef
+    training_set: ArtifactRef
+    labels_as_of: datetime
     duration_s: float
     timings: dict[str, float]
 
@@ -187,25 +192,36 @@ class Runs:
         started = time.perf_counter() if started is None else started
         policy = self._policy(request)
         timings: dict[str, float] = {}
+        # Labels as of the run's start: a correction recorded after it is left to the next run.
+        labels_as_of = await self.store.clock()
         with _timed(timings, "select_s"):
-            examples, since = await self._select(request, policy)
+            examples, since = await self._select(request, policy, labels_as_of)
         _check_enough(examples, policy, since)
-        result = await asyncio.to_thread(pipeline.fit, self.project, examples, policy)
+        result, window = await asyncio.to_thread(fit_choosing_window, self.project, examples, since, policy)
         timings.update(result.timings)
         with _timed(timings, "champion_s"):
             champion = await self.store.get_champion(request.model_name)
             comparison = await self.champions.compare(champion, result, drift_run=since is not None)
         with _timed(timings, "upload_s"):
             model_ref = await self._store_model(request.model_name, run_id, result)
+            training_set_ref = await self.artifacts.put(
+                training_set_key(request.model_name, run_id, result.dataset_fingerprint),
+                result.training_set,
+                "the training-set upload",
+                TRAINING_SET_CONTENT_TYPE,
+            )
         trained = TrainedModel(
             request=request,
             run_id=run_id,
             attempt=attempt,
             policy=policy,
             since=since,
+            window=window,
             result=result,
             comparison=comparison,
             model=model_ref,
+            training_set=training_set_ref,
+            labels_as_of=labels_as_of,
             duration_s=time.perf_counter() - started,
             timings=timings,
         )
@@ -220,18 +236,21 @@ class Runs:
         return pipeline.effective_policy(self.project.training, request.parameters)
 
     async def _select(
-        self, request: TrainingRequested, policy: TrainingPolicy
+        self, request: TrainingRequested, policy: TrainingPolicy, labels_as_of: datetime
     ) -> tuple[list[Example], datetime | None]:
-        """Examples for a run: the most recent ``max_examples``, after the drift onset for since_drift."""
+        """Examples for a run: the most recent ``max_examples``, each with its latest label recorded
+        by ``labels_as_of``; for since_drift also the drift onset, so that the run chooses between
+        the examples after it and all of them (:mod:`driftline_training.window`)."""
         since = None
         if policy.selection == "since_drift" and request.since is not None:
             since = as_utc(request.since)
         examples = await self.store.select_examples(
             self.feature_set_version,
             self.project.label.classes,
-            since=since,
+            since=None,
             limit=policy.max_examples,
             project=self.project.name,
+            labels_as_of=labels_as_of,
         )
         return examples, since
 
@@ -253,8 +272,11 @@ class Runs:
             "model_name": request.model_name,
             "created_at": now_utc().isoformat(),
             "estimator": project.model.estimator,
+            # The estimator as built (the project's parameters; the seed below fills random_state).
+            "estimator_spec": {"estimator": project.model.estimator, "params": dict(project.model.params)},
             "params": result.params,
             "seed": result.seed,
+            "refit": result.refit,
             "feature_names": result.feature_names,
             "feature_set_version": self.feature_set_version,
             "classes": result.classes,
@@ -266,12 +288,22 @@ class Runs:
             "comparison": comparison.describe(len(result.holdout)),
             "dataset_fingerprint": result.dataset_fingerprint,
             "holdout_fingerprint": result.holdout_fingerprint,
+            "training_set": {
+                "bucket": t.training_set.bucket,
+                "key": t.training_set.key,
+                "sha256": t.training_set.sha256,
+                "size": t.training_set.size,
+                "format": "parquet",
+                "rows": len(result.train) + len(result.holdout),
+                "labels_as_of": t.labels_as_of.isoformat(),
+            },
             "n_train": len(result.train),
             "n_holdout": len(result.holdout),
             "label_counts": result.label_counts,
             "selection": {
                 "policy": t.policy.selection,
                 "since": t.since.isoformat() if t.since else None,
+                "window": t.window.as_dict() if t.window else None,
                 "max_examples": t.policy.max_examples,
                 "holdout_fraction": t.policy.holdout_fraction,
                 **result.time_ranges(),
@@ -315,6 +347,13 @@ class Runs:
             comparison_losses=comparison.losses,
             dataset_fingerprint=result.dataset_fingerprint,
             holdout_fingerprint=result.holdout_fingerprint,
+            training_set_key=t.training_set.key,
+            training_set_sha256=t.training_set.sha256,
+            training_set_size=t.training_set.size,
+            labels_as_of=t.labels_as_of,
+            train_start=result.train[0].event_time,
+            holdout_end=result.holdout[-1].event_time,
+            code_version=code_version(),
             feature_set_version=self.feature_set_version,
             feature_names=tuple(result.feature_names),
             params={k: _param_text(p) for k, p in result.params.items()},
@@ -369,11 +408,12 @@ class Runs:
 
 
 def _check_enough(examples: list[Example], policy: TrainingPolicy, since: datetime | None) -> None:
-    if len(examples) < policy.min_examples:
+    n = len(examples) if since is None else sum(e.event_time >= since for e in examples)
+    if n < policy.min_examples:
         where = f" at or after {since.isoformat()} (drift onset)" if since else ""
         raise TrainingFailure(
             "too_few_examples",
-            f"{len(examples)} labelled examples{where}, the policy needs at least {policy.min_examples}",
+            f"{n} labelled examples{where}, the policy needs at least {policy.min_examples}",
             retryable=True,
         )
 

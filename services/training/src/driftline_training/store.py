@@ -142,15 +142,22 @@ class TrainingStore:
                     "WHERE labels.event_time <= EXCLUDED.event_time",
                     [(lb.labelled_event_id, str(lb.label), lb.event_id, lb.entity_id, lb.event_time) for lb in labels],
                 )
+                # Every record is kept, corrections too; a replay finds its record and keeps its time.
+                await conn.executemany(
+                    "INSERT INTO label_events (label_event_id, labelled_event_id, label, entity_id, event_time) "
+                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (label_event_id) DO NOTHING",
+                    [(lb.event_id, lb.labelled_event_id, str(lb.label), lb.entity_id, lb.event_time) for lb in labels],
+                )
 
     async def example_counts(
         self, feature_set_version: str, classes: Sequence[str], project: str | None = None
     ) -> dict[str, int]:
         """Vectors and labelled examples of a project's feature set (``project`` None: the default
-        project's), and every label held."""
+        project's), every labelled event (``labels``) and every label record, corrections included
+        (``label_records``)."""
         row = await self.pool.fetchrow(
             "SELECT (SELECT count(*) FROM vectors WHERE project = $3 AND feature_set_version = $1) AS vectors, "
-            "(SELECT count(*) FROM labels) AS labels, "
+            "(SELECT count(*) FROM labels) AS labels, (SELECT count(*) FROM label_events) AS label_records, "
             "(SELECT count(*) FROM vectors v JOIN labels l ON l.labelled_event_id = v.source_event_id "
             " WHERE v.project = $3 AND v.feature_set_version = $1 AND l.label = ANY($2::text[])) AS labelled",
             feature_set_version,
@@ -158,7 +165,12 @@ class TrainingStore:
             self.default_project if project is None else project,
         )
         assert row is not None
-        return {k: int(row[k]) for k in ("vectors", "labels", "labelled")}
+        return {k: int(row[k]) for k in ("vectors", "labels", "label_records", "labelled")}
+
+    async def clock(self) -> datetime:
+        """The database's clock (label records are timed by it)."""
+        value: datetime = await self.pool.fetchval("SELECT clock_timestamp()")
+        return value
 
     async def select_examples(
         self,
@@ -168,12 +180,18 @@ class TrainingStore:
         since: datetime | None,
         limit: int,
         project: str | None = None,
+        labels_as_of: datetime | None = None,
     ) -> list[Example]:
         """The most recent ``limit`` labelled examples of a project's feature set (at or after
-        ``since`` when given)."""
+        ``since`` when given), each with its latest label recorded at or before ``labels_as_of``
+        (None: every label held)."""
         rows = await self.pool.fetch(
-            "SELECT v.source_event_id, v.event_time, v.features, l.label FROM vectors v "
-            "JOIN labels l ON l.labelled_event_id = v.source_event_id "
+            "SELECT v.source_event_id, v.event_time, v.features, l.label, l.label_event_id, "
+            "l.event_time AS label_time FROM vectors v "
+            "JOIN LATERAL (SELECT le.label, le.label_event_id, le.event_time FROM label_events le "
+            "  WHERE le.labelled_event_id = v.source_event_id "
+            "  AND ($6::timestamptz IS NULL OR le.recorded_at <= $6) "
+            "  ORDER BY le.event_time DESC, le.label_event_id DESC LIMIT 1) l ON TRUE "
             "WHERE v.project = $5 AND v.feature_set_version = $1 AND l.label = ANY($2::text[]) "
             "AND ($3::timestamptz IS NULL OR v.event_time >= $3) "
             "ORDER BY v.event_time DESC, v.source_event_id DESC LIMIT $4",
@@ -182,8 +200,19 @@ class TrainingStore:
             since,
             limit,
             self.default_project if project is None else project,
+            labels_as_of,
         )
-        return [Example(r["source_event_id"], r["event_time"], json.loads(r["features"]), r["label"]) for r in rows]
+        return [
+            Example(
+                r["source_event_id"],
+                r["event_time"],
+                json.loads(r["features"]),
+                r["label"],
+                label_event_id=r["label_event_id"],
+                label_time=r["label_time"],
+            )
+            for r in rows
+        ]
 
     async def count_labelled(
         self, feature_set_version: str, classes: Sequence[str], since: datetime | None, project: str | None = None
