@@ -101,7 +101,7 @@ chaos: venv install ## chaos run: HTTP load, 20 service SIGKILLs and a broker ki
 	@infra/with-test-stack.sh $(PY) bench/chaos.py $(CHAOS_ARGS)
 
 bench-loop: venv ## the closed-loop benchmark (in-process, no stack): retraining policies on drifting streams
-	@$(PY) bench/loop.py --policies never,cron,adwin,oracle,driftline $(BENCH_LOOP_ARGS)
+	@$(PY) bench/loop.py $(BENCH_LOOP_ARGS)
 
 services-up: venv ## run the six services with honcho against the local stack (waits until ready)
 	@infra/services.sh start

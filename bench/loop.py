@@ -92,7 +92,7 @@ sys.path.insert(0, str(ROOT))
 from bench.streams import FAMILIES, KINDS, Drift, available, make_stream  # noqa: E402
 from driftline.project import ModelSpec, load_project  # noqa: E402
 
-POLICY_NAMES = ("never", "cron", "adwin", "oracle")
+POLICY_NAMES = ("never", "cron", "adwin", "oracle", "driftline")
 
 
 # ---------------------------------------------------------------------------------------------

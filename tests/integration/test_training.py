@@ -319,8 +319,11 @@ async def test_drift_events_within_the_cooldown_cause_one_run(
     namespace: Namespace, producer: EventProducer, training: ServiceProcess
 ) -> None:
     start = datetime.now(UTC) - timedelta(hours=2)
-    rows = loan_rows(500, start=start, seed=2)
+    # The concept switches at row 100 (the drift onset below): only the examples after it teach it.
+    rows = loan_rows(100, start=start, seed=2)
+    rows += loan_rows(400, start=start + timedelta(seconds=100), seed=3, inverted=True)
     reader = await TopicReader(namespace, [TRAINING_REQUESTED, MODELS_TRAINED, TRAINING_FAILED]).start()
+    store = ArtifactStore.from_settings(namespace.stack)
     try:
         await feed(producer, rows)
         async with httpx.AsyncClient(timeout=30) as client:
@@ -358,7 +361,17 @@ async def test_drift_events_within_the_cooldown_cause_one_run(
             assert request.value["causation_id"] == first["event_id"]
             assert trained.value["causation_id"] == request.event_id
             assert trained.value["trigger"] == "drift" and trained.value["drift_episode_id"] == "episode-1"
-            # since_drift selection: only what came at or after the drift onset.
+            # since_drift selection: the run weighed 'since the onset' (400) against all 500 on the
+            # newest quarter after the onset, and after a concept switch the older examples lose.
+            metadata = await store.get_json(trained.value["metadata_key"], trained.value["metadata_sha256"])
+            window = metadata["selection"]["window"]
+            assert {k: window[k] for k in ("chosen", "since_onset", "recent", "holdout")} == {
+                "chosen": "since_onset",
+                "since_onset": 400,
+                "recent": 500,
+                "holdout": 100,
+            }, window
+            assert window["accuracy"]["since_onset"] >= window["accuracy"]["recent"], window
             assert trained.value["n_train"] + trained.value["n_holdout"] == 400
             runs = (await client.get(f"{url}/v1/runs")).json()["runs"]
             assert [r["run_id"] for r in runs] == [run_id]

@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import numpy as np
+import pytest
 
 from driftline.project import TrainingPolicy
-from driftline_training.pipeline import Example
+from driftline_training.pipeline import Example, TrainingFailure
 from driftline_training.window import RECENT, SINCE_ONSET, fit_choosing_window
 from tests.unit.training.test_pipeline import PROJECT, START
 
@@ -55,3 +56,11 @@ def test_without_an_onset_or_older_data_there_is_no_choice() -> None:
     for since in (None, START):
         result, choice = fit_choosing_window(PROJECT, data, since, POLICY)
         assert choice is None and len(result.train) + len(result.holdout) == 400
+
+
+def test_one_class_since_the_onset_fails_the_run_even_when_older_data_has_two() -> None:
+    data = stream(2300, 2000, flip=False)
+    data = data[:2000] + [Example(e.example_id, e.event_time, e.features, "deny") for e in data[2000:]]
+    with pytest.raises(TrainingFailure) as failure:
+        fit_choosing_window(PROJECT, data, START + timedelta(seconds=2000), POLICY)
+    assert failure.value.error_type == "single_class" and "since the drift onset" in failure.value.reason

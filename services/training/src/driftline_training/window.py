@@ -69,14 +69,22 @@ def fit_choosing_window(
     n_holdout = min(max(1, math.ceil(len(after) * policy.holdout_fraction)), len(after) - 1)
     holdout = after[-n_holdout:]
     candidates = {SINCE_ONSET: after[:-n_holdout], RECENT: ordered[:-n_holdout]}
+    onset_classes = sorted({e.label for e in candidates[SINCE_ONSET]})
+    if len(onset_classes) < 2:
+        # One class since the onset: no window can be judged on it (any model that predicts that
+        # class wins), and the older examples are what since_drift exists to leave out.
+        raise TrainingFailure(
+            "single_class",
+            f"the examples since the drift onset have one class only ({onset_classes}): "
+            "a classifier needs at least two",
+            retryable=True,
+        )
     names = project.model_features
     x_holdout = feature_matrix(holdout, names)
     y_holdout = np.asarray([e.label for e in holdout])
     accuracy: dict[str, float] = {}
     for window, train in candidates.items():
         labels = [e.label for e in train]
-        if len(set(labels)) < 2:
-            continue  # a one-class window cannot be fitted; fit() reports it if it is the only one
         model = build_estimator(project.model, seed=policy.seed)
         try:
             model.fit(feature_matrix(train, names), np.asarray(labels))
