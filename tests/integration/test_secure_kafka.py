@@ -11,6 +11,7 @@ not retried as an outage.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -31,7 +32,10 @@ def sasl_ssl_settings() -> dict[str, str]:
     stack_env = find_stack_env()
     path = stack_env.parent / "kafka-sasl-ssl.env" if stack_env is not None else None
     if path is None or not path.is_file():
-        pytest.skip("the stack has no SASL_SSL listener: start it with DRIFTLINE_KAFKA_SASL_SSL=1 (make test does)")
+        why = f"the stack ({stack_env}) has no SASL_SSL listener: start it with DRIFTLINE_KAFKA_SASL_SSL=1"
+        if os.environ.get("DRIFTLINE_KAFKA_SASL_SSL") == "1":  # the test stack (with-test-stack.sh, make test)
+            pytest.fail(f"{why} (a stack started before it had one? `make test-down` and run again)")
+        pytest.skip(f"{why} (make test and make test-up do)")
     settings = {}
     for line in path.read_text().splitlines():
         if line and not line.startswith("#"):
