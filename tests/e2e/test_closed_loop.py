@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +37,9 @@ from tests.support import (
     OtlpCollector,
     ServiceProcess,
     eventually,
-    running_services,
 )
 
 ACCURACY_FLOOR = 0.85  # the retrained model on the new concept (the old one scores ~0.45 there)
-
-
-@pytest.fixture
-def collector() -> Iterator[OtlpCollector]:
-    collector = OtlpCollector()
-    yield collector
-    collector.close()
-
-
-@pytest.fixture
-async def services(namespace: Namespace, collector: OtlpCollector) -> AsyncIterator[dict[str, ServiceProcess]]:
-    async with running_services(namespace, collector.env()) as procs:
-        yield procs
 
 
 async def test_drift_retrains_promotes_and_redeploys_by_itself(
