@@ -138,6 +138,7 @@ cmd_install() {
   install_postgres
   # Debian packages first, one apt run at a time; the downloads and builds below run side by side.
   ensure_apt_package java openjdk-17-jre-headless
+  ensure_apt_package openssl openssl  # the test stack's SASL_SSL listener: its CA and broker certificate
   if [ ! -f "$KAFKA_HOME/.complete" ] || [ ! -f "$APICURIO_HOME/.complete" ]; then ensure_apt_package mvn maven; fi
   if [ ! -x "$MINIO_BIN" ]; then ensure_apt_package go golang-go; fi
   local pids=() names=() failed=0 i todo=()
