@@ -81,7 +81,7 @@ test-e2e: venv ## the closed loop against the real stack
 	@infra/with-test-stack.sh $(PYTEST) tests/e2e -q $(PYTEST_ARGS)
 
 test-up: venv ## keep a test stack running between test runs (faster iteration)
-	@DRIFTLINE_STATE_DIR=.state/test DRIFTLINE_PORT_BASE=39190 infra/stack.sh up
+	@DRIFTLINE_STATE_DIR=.state/test DRIFTLINE_PORT_BASE=39190 DRIFTLINE_KAFKA_SASL_SSL=1 infra/stack.sh up
 	@DRIFTLINE_STATE_DIR=.state/test $(CLI) stack init >/dev/null
 
 test-down: ## stop and wipe the kept test stack

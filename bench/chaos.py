@@ -308,8 +308,8 @@ class Chaos:
 
 async def group_lag(stack: StackSettings) -> dict[str, int]:
     """Lag per consumer group of the namespace (records between its committed offsets and the end)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**stack.kafka.client_kwargs())
+    consumer = AIOKafkaConsumer(**stack.kafka.client_kwargs())
     await admin.start()
     await consumer.start()
     try:
@@ -377,7 +377,7 @@ async def count(stack: StackSettings, load: Load) -> dict[str, Any]:
         loads_per_promotion[(s["model_name"], s["version"], s["instance_id"])].add(s["event_id"])
     labels_seen = {e.value["labelled_event_id"] for e in by_topic[LABELS]}
 
-    conn = await asyncpg.connect(stack.postgres_dsn.get_secret_value())
+    conn = await asyncpg.connect(stack.postgres_dsn.get_secret_value(), ssl=stack.postgres_ssl())
     try:
         fv_rows = {
             r["source_event_id"]: r["n"]

@@ -92,11 +92,11 @@ def raw_events(n: int, entities: int) -> list[dict[str, Any]]:
 
 
 async def end_offsets(stack: StackSettings, topic: str) -> tuple[int, list[TopicPartition]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers)
+    consumer = AIOKafkaConsumer(**stack.kafka.client_kwargs())
     await consumer.start()
     try:
         await consumer.topics()
-        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
+        admin = AIOKafkaAdminClient(**stack.kafka.client_kwargs())
         await admin.start()
         try:
             (described,) = await admin.describe_topics([topic])
@@ -119,7 +119,7 @@ async def output_timestamps(stack: StackSettings, topic: str, expected: int, tim
         if time.monotonic() > deadline:
             raise SystemExit(f"{topic}: {total} of {expected} records after {timeout_s}s")
         await asyncio.sleep(1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**stack.kafka.client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     stamps: list[int] = []
     try:
@@ -144,12 +144,12 @@ async def baseline(stack: StackSettings, n: int) -> float:
     source, sink = stack.topic_prefix + EVENTS_RAW, stack.topic_prefix + BASELINE_TOPIC
     consumer = AIOKafkaConsumer(
         source,
-        bootstrap_servers=stack.kafka_bootstrap_servers,
+        **stack.kafka.client_kwargs(),
         group_id=stack.topic_prefix + "bench-baseline",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap_servers, **PRODUCER_SETTINGS)
+    producer = AIOKafkaProducer(**stack.kafka.client_kwargs(), **PRODUCER_SETTINGS)
     await consumer.start()
     await producer.start()
     try:
@@ -304,13 +304,13 @@ async def main() -> None:
     base = StackSettings()
     ns: Namespace = await create_namespace(base, "benchf")
     stack = ns.stack
-    registry = SchemaRegistryClient(stack.schema_registry_url)
-    producer = EventProducer(stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=stack.topic_prefix), "b")
+    registry = SchemaRegistryClient.from_settings(stack)
+    producer = EventProducer(stack.kafka, AvroSerde(registry, topic_prefix=stack.topic_prefix), "b")
     services: list[ServiceProcess] = []
     profile: Profile | None = None
     try:
         partitions = default_catalog()[EVENTS_RAW].partitions
-        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
+        admin = AIOKafkaAdminClient(**stack.kafka.client_kwargs())
         await admin.start()
         await admin.create_topics([NewTopic(stack.topic_prefix + BASELINE_TOPIC, partitions, 1)])
         await admin.close()

@@ -69,7 +69,7 @@ async def path_a(stack: StackSettings, serde: AvroSerde, events: list[dict[str, 
     schema = parsed_schema("RawEvent")
     header = serde._writer[EVENTS_RAW][2]  # the same magic byte + schema id the platform writes
     topic = stack.topic_prefix + EVENTS_RAW
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap_servers, **PRODUCER_SETTINGS)
+    producer = AIOKafkaProducer(**stack.kafka.client_kwargs(), **PRODUCER_SETTINGS)
     await producer.start()
     try:
         started = time.perf_counter()
@@ -90,7 +90,7 @@ async def path_a0(stack: StackSettings, serde: AvroSerde, events: list[dict[str,
     built = [validator.event(e, i, producer="bench", source="bench") for i, e in enumerate(events)]
     encoded = [(serde.encode(EVENTS_RAW, v.record), v.key) for v in built if isinstance(v, Valid)]
     topic = stack.topic_prefix + EVENTS_RAW
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap_servers, **PRODUCER_SETTINGS)
+    producer = AIOKafkaProducer(**stack.kafka.client_kwargs(), **PRODUCER_SETTINGS)
     await producer.start()
     try:
         started = time.perf_counter()
@@ -176,7 +176,7 @@ async def main() -> None:
         ns,
         env={"DRIFTLINE_API_TOKENS": "", "DRIFTLINE_LOG_LEVEL": "WARNING", "DRIFTLINE_INGESTION_MAX_BATCH": "1000"},
     ).start("DRIFTLINE_INGESTION_")
-    registry = SchemaRegistryClient(stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(stack)
     serde = AvroSerde(registry, topic_prefix=stack.topic_prefix)
     try:
         await proc.wait_ready()

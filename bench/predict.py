@@ -159,8 +159,8 @@ async def main(args: argparse.Namespace) -> None:
         tmp.write(model.artifact)
         tmp.close()
 
-        registry = SchemaRegistryClient(ns.stack.schema_registry_url)
-        producer = EventProducer(ns.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=ns.prefix), "bench")
+        registry = SchemaRegistryClient.from_settings(ns.stack)
+        producer = EventProducer(ns.stack.kafka, AvroSerde(registry, topic_prefix=ns.prefix), "bench")
         await producer.start([MODELS_PROMOTED, EVENTS_RAW])
         await synthetic.publish_promotion(producer, ArtifactStore.from_settings(ns.stack), model, 1)
 

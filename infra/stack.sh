@@ -13,7 +13,11 @@
 # Environment:
 #   DRIFTLINE_STATE_DIR   where data, logs, pid files and the chosen ports live (default: .state/dev)
 #   DRIFTLINE_CACHE_DIR   downloads and builds shared by every clone (default: ~/.cache/driftline)
-#   DRIFTLINE_PORT_BASE   first port tried; components take base+0 … base+5 when free (default 39090)
+#   DRIFTLINE_PORT_BASE   first port tried; components take base+0 … base+7 when free (default 39090)
+#   DRIFTLINE_KAFKA_SASL_SSL=1  at `up`: the broker also gets a SASL_SSL listener (SCRAM-SHA-512; a
+#                         CA and a broker certificate made here with openssl, a SCRAM user made with
+#                         Kafka's own ConfigCommand); its client settings go to kafka-sasl-ssl.env in
+#                         the state dir. Kept for the life of the state dir (see kafka_sasl_ssl_on).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -134,6 +138,7 @@ cmd_install() {
   install_postgres
   # Debian packages first, one apt run at a time; the downloads and builds below run side by side.
   ensure_apt_package java openjdk-17-jre-headless
+  ensure_apt_package openssl openssl  # the test stack's SASL_SSL listener: its CA and broker certificate
   if [ ! -f "$KAFKA_HOME/.complete" ] || [ ! -f "$APICURIO_HOME/.complete" ]; then ensure_apt_package mvn maven; fi
   if [ ! -x "$MINIO_BIN" ]; then ensure_apt_package go golang-go; fi
   local pids=() names=() failed=0 i todo=()
@@ -162,7 +167,8 @@ cmd_install() {
 # ports and connection settings
 # ----------------------------------------------------------------------------------------------
 
-PORT_NAMES=(KAFKA_PORT CONTROLLER_PORT REGISTRY_PORT POSTGRES_PORT MINIO_PORT MINIO_CONSOLE_PORT REGISTRY_MGMT_PORT)
+PORT_NAMES=(KAFKA_PORT CONTROLLER_PORT REGISTRY_PORT POSTGRES_PORT MINIO_PORT MINIO_CONSOLE_PORT REGISTRY_MGMT_PORT
+  KAFKA_SASL_SSL_PORT)
 
 ensure_ports() {
   # Ports are chosen once per state dir (free ones from DRIFTLINE_PORT_BASE up) and then kept.
@@ -286,6 +292,76 @@ postgres_status() {
   else echo "stopped"; return 1; fi
 }
 
+KAFKA_JAVA_OPTS=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+  "-Dlog4j2.configurationFile=file:$ROOT/infra/kafka/log4j2.xml" -cp "$KAFKA_HOME/libs/*")
+TLS_DIR="$STATE_DIR/tls"
+SASL_SSL_ENV="$STATE_DIR/kafka-sasl-ssl.env"
+
+kafka_sasl_ssl_on() { # asked for at `up`, or once before in this state dir (restarts keep it)
+  [ "${DRIFTLINE_KAFKA_SASL_SSL:-0}" = 1 ] || [ -f "$TLS_DIR/broker.p12" ]
+}
+
+make_tls() {
+  # A CA and a broker certificate for 127.0.0.1, made once per state dir (test-only secrets,
+  # generated here and never committed), and the broker's PKCS12 keystore.
+  [ -f "$TLS_DIR/broker.p12" ] && return
+  mkdir -p "$TLS_DIR" && chmod 700 "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    openssl rand -hex 16 >keystore.pw
+    openssl rand -hex 16 >scram.pw
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=Driftline local CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout broker.key -out broker.csr 2>/dev/null
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+      "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+      -extfile broker.ext -out broker.crt 2>/dev/null
+    openssl pkcs12 -export -in broker.crt -inkey broker.key -certfile ca.crt -name broker \
+      -passout "pass:$(cat keystore.pw)" -out broker.p12.tmp
+    mv broker.p12.tmp broker.p12
+    rm -f broker.csr broker.ext ca.srl
+  )
+  log "kafka: made a CA and a broker certificate for the SASL_SSL listener in $TLS_DIR"
+}
+
+kafka_sasl_ssl_properties() {
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT"
+  local scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+  printf '%s\n' \
+    "# The SASL_SSL listener (DRIFTLINE_KAFKA_SASL_SSL=1); these lines win over the ones above." \
+    "listeners=$listeners,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT" \
+    "advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT" \
+    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL" \
+    "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512" \
+    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram" \
+    "listener.name.sasl_ssl.ssl.keystore.type=PKCS12" \
+    "listener.name.sasl_ssl.ssl.keystore.location=$TLS_DIR/broker.p12" \
+    "listener.name.sasl_ssl.ssl.keystore.password=$(cat "$TLS_DIR/keystore.pw")"
+}
+
+kafka_sasl_ssl_user() {
+  # SCRAM credentials live in the cluster's metadata: made (idempotently) with Kafka's own
+  # ConfigCommand (what kafka-configs.sh runs) over the PLAINTEXT listener, once the broker answers.
+  local pw
+  pw=$(cat "$TLS_DIR/scram.pw")
+  java "${KAFKA_JAVA_OPTS[@]}" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+    --alter --entity-type users --entity-name driftline \
+    --add-config "SCRAM-SHA-512=[password=$pw]" >>"$LOG_DIR/kafka-scram.log" 2>&1 ||
+    die "creating the SCRAM user failed: see $LOG_DIR/kafka-scram.log"
+  printf '%s\n' \
+    "# Client settings of this stack's SASL_SSL listener — written by infra/stack.sh (test-only secrets)." \
+    "DRIFTLINE_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_SASL_SSL_PORT" \
+    "DRIFTLINE_KAFKA_SECURITY_PROTOCOL=SASL_SSL" \
+    "DRIFTLINE_KAFKA_SASL_MECHANISM=SCRAM-SHA-512" \
+    "DRIFTLINE_KAFKA_SASL_USERNAME=driftline" \
+    "DRIFTLINE_KAFKA_SASL_PASSWORD=$pw" \
+    "DRIFTLINE_KAFKA_SSL_CA_FILE=$TLS_DIR/ca.crt" >"$SASL_SSL_ENV"
+  wait_until kafka 60 tcp_open "$KAFKA_SASL_SSL_PORT"
+  log "kafka: SASL_SSL listener on 127.0.0.1:$KAFKA_SASL_SSL_PORT (SCRAM user 'driftline'; client settings in $SASL_SSL_ENV)"
+}
+
 kafka_up() {
   load_ports
   is_running kafka && return
@@ -293,8 +369,11 @@ kafka_up() {
   mkdir -p "$dir/data"
   sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
     -e "s|@DATA_DIR@|$dir/data|g" "$ROOT/infra/kafka/server.properties.in" >"$dir/server.properties"
-  local java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
-    "-Dlog4j2.configurationFile=file:$ROOT/infra/kafka/log4j2.xml" -cp "$KAFKA_HOME/libs/*")
+  if kafka_sasl_ssl_on; then
+    make_tls
+    kafka_sasl_ssl_properties >>"$dir/server.properties"
+  fi
+  local java_opts=("${KAFKA_JAVA_OPTS[@]}")
   if [ ! -f "$dir/data/meta.properties" ]; then
     local cluster_id
     cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid)
@@ -337,6 +416,7 @@ minio_up() {
 wait_all() {
   load_ports
   wait_until "kafka" 90 tcp_open "$KAFKA_PORT"
+  if kafka_sasl_ssl_on; then kafka_sasl_ssl_user; fi
   wait_until "minio" 60 http_ok "http://127.0.0.1:$MINIO_PORT/minio/health/ready"
   wait_until "apicurio" 120 http_ok "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects"
 }
@@ -372,7 +452,11 @@ cmd_stop() { # component
 cmd_start() { # component
   load_ports
   case "${1:-}" in
-    kafka) kafka_up; wait_until kafka 90 tcp_open "$KAFKA_PORT" ;;
+    kafka)
+      kafka_up
+      wait_until kafka 90 tcp_open "$KAFKA_PORT"
+      if kafka_sasl_ssl_on; then wait_until kafka 90 tcp_open "$KAFKA_SASL_SSL_PORT"; fi
+      ;;
     apicurio) apicurio_up; wait_until apicurio 120 http_ok "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" ;;
     minio) minio_up; wait_until minio 60 http_ok "http://127.0.0.1:$MINIO_PORT/minio/health/ready" ;;
     postgres) postgres_up ;;

@@ -7,6 +7,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DRIFTLINE_STATE_DIR="${DRIFTLINE_TEST_STATE_DIR:-$ROOT/.state/test}"
 export DRIFTLINE_PORT_BASE="${DRIFTLINE_TEST_PORT_BASE:-39190}"
+# The test stack's broker also has a SASL_SSL listener (tests/integration/test_secure_kafka.py).
+export DRIFTLINE_KAFKA_SASL_SSL="${DRIFTLINE_KAFKA_SASL_SSL:-1}"
 source "$ROOT/infra/lib.sh"
 
 started=0

@@ -8,13 +8,14 @@ MinIO bucket. Services under test get ``namespace.stack`` as their StackSettings
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,25 @@ def _with_database(dsn: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+SECURITY_FIELDS = [
+    f
+    for f in StackSettings.model_fields
+    if f.startswith(("kafka_s", "schema_registry_", "postgres_ssl", "minio_ca")) and f != "schema_registry_url"
+]
+
+
+def security_env(s: StackSettings) -> dict[str, str]:
+    """The security settings of ``s`` (TLS, SASL, CAs) as DRIFTLINE_* variables of a subprocess."""
+    env = {}
+    for name in SECURITY_FIELDS:
+        value = getattr(s, name)
+        if value is not None:
+            env[f"DRIFTLINE_{name.upper()}"] = (
+                value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+            )
+    return env
+
+
 @dataclass
 class Namespace:
     name: str
@@ -51,6 +71,7 @@ class Namespace:
         s = self.stack
         return {
             **os.environ,
+            **security_env(s),
             "DRIFTLINE_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
             "DRIFTLINE_SCHEMA_REGISTRY_URL": s.schema_registry_url,
             "DRIFTLINE_POSTGRES_DSN": s.postgres_dsn.get_secret_value(),
@@ -78,16 +99,15 @@ class TopicReader:
     def __init__(self, ns: Namespace, topics: Sequence[str]) -> None:
         self.ns = ns
         self.topics = list(topics)
-        self.registry = SchemaRegistryClient(ns.stack.schema_registry_url)
+        self.registry = SchemaRegistryClient.from_settings(ns.stack)
         self.serde = AvroSerde(self.registry, topic_prefix=ns.prefix)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=ns.stack.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
-        )
+        self.consumer = AIOKafkaConsumer(**ns.stack.kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
         self.events: list[Event] = []
+        self.headers: dict[str, dict[str, bytes]] = {}  # event_id → the record's Kafka headers
 
     async def start(self, from_beginning: bool = False) -> TopicReader:
         await self.consumer.start()
-        tps = await partitions_of(self.ns.stack.kafka_bootstrap_servers, [self.ns.prefix + t for t in self.topics])
+        tps = await partitions_of(self.ns.stack.kafka, [self.ns.prefix + t for t in self.topics])
         self.consumer.assign(tps)
         if from_beginning:
             await self.consumer.seek_to_beginning(*tps)
@@ -108,6 +128,7 @@ class TopicReader:
             for rec in records:
                 topic = rec.topic[len(self.ns.prefix) :]
                 value, sid = await self.serde.decode(rec.value, topic)
+                self.headers[str(value.get("event_id"))] = dict(rec.headers or ())
                 new.append(
                     Event(topic, rec.partition, rec.offset, rec.key, value, rec.value or b"", sid, rec.timestamp)
                 )
@@ -258,3 +279,109 @@ async def dead_letter_as_a_consumer(
     )
     await delivered
     return record, original
+
+
+@dataclass
+class CollectedSpan:
+    service: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: int  # the OTLP enum: 2 server, 4 producer, 5 consumer
+    attributes: dict[str, Any]
+
+
+class OtlpCollector:
+    """An OTLP/HTTP trace receiver kept in memory: services export to it through the standard
+    variables (:meth:`env`), as they would to an OpenTelemetry Collector."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        self.spans: list[CollectedSpan] = []
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                    for scope_spans in resource_spans.scope_spans:
+                        for s in scope_spans.spans:
+                            collector.spans.append(
+                                CollectedSpan(
+                                    service=attrs.get("service.name", ""),
+                                    trace_id=s.trace_id.hex(),
+                                    span_id=s.span_id.hex(),
+                                    parent_id=s.parent_span_id.hex(),
+                                    name=s.name,
+                                    kind=s.kind,
+                                    attributes={a.key: _otlp_value(a.value) for a in s.attributes},
+                                )
+                            )
+                payload = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.port = free_port()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_BSP_SCHEDULE_DELAY": "500",
+        }
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def ancestors(self, span: CollectedSpan) -> list[CollectedSpan]:
+        """The span's parent, its parent's parent, … as far as they were exported."""
+        by_id = {s.span_id: s for s in self.spans}
+        chain = []
+        while span.parent_id and span.parent_id in by_id:
+            span = by_id[span.parent_id]
+            chain.append(span)
+        return chain
+
+
+def _otlp_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+SERVICES = ("ingestion", "features", "training", "registry", "deployment", "monitoring")
+
+
+@contextlib.asynccontextmanager
+async def running_services(
+    ns: Namespace, env: dict[str, str] | None = None, *, timeout_s: float = 180
+) -> AsyncIterator[dict[str, ServiceProcess]]:
+    """The six services as real processes bound to ``ns``, ready; stopped (SIGTERM) on exit."""
+    procs = {name: ServiceProcess(f"driftline_{name}", ns, env=env) for name in SERVICES}
+    try:
+        for name, proc in procs.items():
+            proc.start(f"DRIFTLINE_{name.upper()}_")
+        await asyncio.gather(*(p.wait_ready(timeout_s=timeout_s) for p in procs.values()))
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()

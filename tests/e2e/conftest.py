@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from driftline.settings import StackSettings, find_stack_env
+from tests.support import Namespace, OtlpCollector, ServiceProcess, running_services
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -26,3 +28,18 @@ def _stack_is_up() -> None:
             "run end-to-end tests with `make test-e2e`, which starts the test stack",
             pytrace=False,
         )
+
+
+@pytest.fixture
+def collector() -> Iterator[OtlpCollector]:
+    """The six services' spans, exported to it over OTLP/HTTP by the standard OTEL_* variables."""
+    collector = OtlpCollector()
+    yield collector
+    collector.close()
+
+
+@pytest.fixture
+async def services(namespace: Namespace, collector: OtlpCollector) -> AsyncIterator[dict[str, ServiceProcess]]:
+    """The six services as real processes on the test's namespace, tracing to ``collector``."""
+    async with running_services(namespace, collector.env()) as procs:
+        yield procs

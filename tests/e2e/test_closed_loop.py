@@ -9,6 +9,11 @@ platform must close the loop by itself:
   candidate, trained early in the transition, is rejected; the episode stays open while served
   performance stays degraded and asks again on new labelled outcomes; a later attempt is promoted;
   `trace` shows both attempts in the episode's chain.
+
+The services export their spans (OTLP/HTTP, configured by the standard OTEL_* variables) to a
+collector kept in memory here: the sudden switch also checks that one trace runs from an HTTP
+request to ingestion to the predictions of its events, and from the drift to the deployment of
+the retrained model, across the processes, through the traceparent of the Kafka records.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +30,20 @@ import yaml
 from driftline.history import CHAIN_TOPICS, chain, read_topics
 from driftline.project import EXAMPLE_PROJECT
 from driftline_cli.examples.loan_approval.scenario import Scenario, ScenarioConfig
-from tests.support import ROOT, Namespace, ServiceProcess
+from tests.support import (
+    ROOT,
+    CollectedSpan,
+    Namespace,
+    OtlpCollector,
+    ServiceProcess,
+    eventually,
+)
 
-SERVICES = ("ingestion", "features", "training", "registry", "deployment", "monitoring")
 ACCURACY_FLOOR = 0.85  # the retrained model on the new concept (the old one scores ~0.45 there)
 
 
-@pytest.fixture
-async def services(namespace: Namespace) -> AsyncIterator[dict[str, ServiceProcess]]:
-    procs = {name: ServiceProcess(f"driftline_{name}", namespace) for name in SERVICES}
-    try:
-        for name, proc in procs.items():
-            proc.start(f"DRIFTLINE_{name.upper()}_")
-        await asyncio.gather(*(p.wait_ready(timeout_s=180) for p in procs.values()))
-        yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
-
-
 async def test_drift_retrains_promotes_and_redeploys_by_itself(
-    namespace: Namespace, services: dict[str, ServiceProcess]
+    namespace: Namespace, services: dict[str, ServiceProcess], collector: OtlpCollector
 ) -> None:
     config = ScenarioConfig(
         seed=11,
@@ -121,6 +118,8 @@ async def test_drift_retrains_promotes_and_redeploys_by_itself(
     assert card["training_set"]["rows"] == trained.value["n_train"] + trained.value["n_holdout"]
     assert card["code_version"] == trained.value["code_version"] is not None
 
+    await traces_cross_the_services(namespace, collector)
+
 
 async def model_card(namespace: Namespace, registry_url: str, model: str, version: int) -> dict[str, Any]:
     """`driftline models show MODEL VERSION --json`, once the registry holds every deployment report
@@ -140,6 +139,72 @@ async def model_card(namespace: Namespace, registry_url: str, model: str, versio
         if card["lineage"]["deployments"] or asyncio.get_running_loop().time() > deadline:
             return card
         await asyncio.sleep(1.0)
+
+
+SERVER, PRODUCER, CONSUMER = 2, 4, 5  # OTLP span kinds
+
+
+def in_order(expected: list[tuple[str, str, int]], chain: list[tuple[str, str, int]]) -> bool:
+    """Every expected step is in the chain, in this order (other spans may lie between)."""
+    steps = iter(chain)
+    return all(any(s == e for s in steps) for e in expected)
+
+
+async def traces_cross_the_services(namespace: Namespace, collector: OtlpCollector) -> None:
+    p = namespace.prefix
+
+    def step(span: CollectedSpan) -> tuple[str, str, int]:
+        return (span.service, span.name, span.kind)
+
+    def sent(service: str, topic: str) -> list[CollectedSpan]:
+        return [s for s in collector.spans if step(s) == (f"driftline-{service}", f"send {p}{topic}", PRODUCER)]
+
+    # HTTP event → its prediction: a predictions record's trace starts at ingestion's POST.
+    http_to_prediction = [
+        ("driftline-ingestion", "POST /v1/events", SERVER),
+        ("driftline-ingestion", f"send {p}events.raw", PRODUCER),
+        ("driftline-features", f"process {p}events.raw", CONSUMER),
+        ("driftline-features", f"send {p}features.vectors", PRODUCER),
+        ("driftline-deployment", f"process {p}features.vectors", CONSUMER),
+    ]
+
+    async def prediction_traced() -> CollectedSpan:
+        for span in sent("deployment", "predictions"):
+            chain = [step(a) for a in reversed(collector.ancestors(span))]
+            if chain[:1] == http_to_prediction[:1] and in_order(http_to_prediction, chain):
+                return span
+        raise AssertionError(f"no prediction descends from an HTTP event: {len(collector.spans)} spans")
+
+    prediction = await eventually(prediction_traced, timeout_s=30)
+    consumed = collector.ancestors(prediction)[0]
+    assert consumed.attributes["messaging.system"] == "kafka"
+    assert consumed.attributes["messaging.consumer.group.name"] == f"{p}deployment"
+    assert {"messaging.destination.partition.id", "messaging.kafka.offset"} <= consumed.attributes.keys()
+
+    # Drift → deployment of the retrained model: deployments.status descends from drift.detected.
+    drift_to_deployment = [
+        ("driftline-training", f"process {p}drift.detected", CONSUMER),
+        ("driftline-training", f"send {p}training.requested", PRODUCER),
+        ("driftline-training", f"process {p}training.requested", CONSUMER),
+        ("driftline-training", f"send {p}models.trained", PRODUCER),
+        ("driftline-registry", f"process {p}models.trained", CONSUMER),
+        ("driftline-registry", f"send {p}models.promoted", PRODUCER),
+        ("driftline-deployment", f"process {p}models.promoted", CONSUMER),
+    ]
+
+    async def deployment_traced() -> None:
+        drifts = {s.span_id for s in sent("monitoring", "drift.detected")}
+        for span in sent("deployment", "deployments.status"):
+            chain = list(reversed(collector.ancestors(span)))
+            at = next((i for i, a in enumerate(chain) if a.span_id in drifts), None)
+            if at is not None and in_order(drift_to_deployment, [step(a) for a in chain[at + 1 :]]):
+                return
+        raise AssertionError(
+            "no deployments.status descends from a drift.detected: "
+            + repr([[step(a) for a in collector.ancestors(s)] for s in sent("deployment", "deployments.status")])
+        )
+
+    await eventually(deployment_traced, timeout_s=30)
 
 
 async def trace(namespace: Namespace, correlation_id: str) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ from driftline.settings import LOCAL_API_TOKEN
 from driftline_cli.examples.loan_approval.scenario import Scenario, ScenarioConfig
 from driftline_cli.examples.machine_health.stream import MachineStream
 from driftline_sdk import Publisher
-from tests.e2e.test_closed_loop import services, trace  # noqa: F401 - the services fixture
+from tests.e2e.test_closed_loop import trace
 from tests.support import ROOT, Namespace, ServiceProcess, eventually
 
 MACHINE = "machine-health"
@@ -60,7 +60,7 @@ async def feed(url: str, stream: MachineStream, stop: asyncio.Event, *, rate: fl
 
 async def test_two_projects_on_one_install_drift_in_one_retrains_only_that_one(
     namespace: Namespace,
-    services: dict[str, ServiceProcess],  # noqa: F811
+    services: dict[str, ServiceProcess],
 ) -> None:
     training, registry = services["training"].url, services["registry"].url
     applied = await asyncio.to_thread(

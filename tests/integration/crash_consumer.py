@@ -29,9 +29,9 @@ async def main(group: str, hang_on: str) -> None:
             "CREATE TABLE IF NOT EXISTS sink (event_id text PRIMARY KEY, label text NOT NULL);"
             "CREATE TABLE IF NOT EXISTS deliveries (event_id text NOT NULL, at timestamptz DEFAULT now());"
         )
-    registry = SchemaRegistryClient(stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(stack)
     serde = AvroSerde(registry, topic_prefix=stack.topic_prefix)
-    producer = EventProducer(stack.kafka_bootstrap_servers, serde, "crash-consumer")
+    producer = EventProducer(stack.kafka, serde, "crash-consumer")
     await producer.start()
 
     async def handle(event: Event) -> None:
@@ -49,7 +49,7 @@ async def main(group: str, hang_on: str) -> None:
     runner = ConsumerRunner(
         group_id=group,
         topics=[LABELS],
-        bootstrap_servers=stack.kafka_bootstrap_servers,
+        kafka=stack.kafka,
         serde=serde,
         producer=producer,
         handler=handle,

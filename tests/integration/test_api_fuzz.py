@@ -72,8 +72,8 @@ async def seed_a_served_model(ns: Namespace, procs: dict[str, ServiceProcess]) -
         "feature_names": FEATURES,
         "metrics": {"accuracy": model.accuracy},
     }
-    registry = SchemaRegistryClient(ns.stack.schema_registry_url)
-    producer = EventProducer(ns.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=ns.prefix), "test-fuzz")
+    registry = SchemaRegistryClient.from_settings(ns.stack)
+    producer = EventProducer(ns.stack.kafka, AvroSerde(registry, topic_prefix=ns.prefix), "test-fuzz")
     await producer.start([MODELS_TRAINED])
     try:
         await producer.publish(MODELS_TRAINED, record)

@@ -276,9 +276,9 @@ async def test_dlq_replay_resends_a_consumer_refused_record_to_its_topic(
     service: tuple[Namespace, ServiceProcess],
 ) -> None:
     ns, _ = service
-    registry = SchemaRegistryClient(ns.stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(ns.stack)
     serde = AvroSerde(registry, topic_prefix=ns.prefix)
-    producer = EventProducer(ns.stack.kafka_bootstrap_servers, serde, "features")
+    producer = EventProducer(ns.stack.kafka, serde, "features")
     await producer.start([EVENTS_RAW])
     reader = await TopicReader(ns, [EVENTS_RAW]).start()
     try:

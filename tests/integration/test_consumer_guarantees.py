@@ -38,9 +38,9 @@ def label(event_id: str | None = None, value: str = "approve") -> dict[str, Any]
 
 
 async def _clients(ns: Namespace) -> tuple[SchemaRegistryClient, AvroSerde, EventProducer]:
-    registry = SchemaRegistryClient(ns.stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(ns.stack)
     serde = AvroSerde(registry, topic_prefix=ns.prefix)
-    producer = EventProducer(ns.stack.kafka_bootstrap_servers, serde, "test")
+    producer = EventProducer(ns.stack.kafka, serde, "test")
     await producer.start([LABELS])
     return registry, serde, producer
 
@@ -66,7 +66,7 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_keeps_going(namespa
     runner = ConsumerRunner(
         group_id="poison-test",
         topics=[LABELS],
-        bootstrap_servers=namespace.stack.kafka_bootstrap_servers,
+        kafka=namespace.stack.kafka,
         serde=serde,
         producer=producer,
         handler=handle,
@@ -124,7 +124,7 @@ async def test_outages_are_retried_and_the_record_is_handled_once_not_dead_lette
     runner = ConsumerRunner(
         group_id="outage-test",
         topics=[LABELS],
-        bootstrap_servers=namespace.stack.kafka_bootstrap_servers,
+        kafka=namespace.stack.kafka,
         serde=serde,
         producer=producer,
         handler=handle,
@@ -200,7 +200,7 @@ async def test_an_output_the_broker_refuses_keeps_the_offset_uncommitted_until_i
     registry, serde, producer = await _clients(namespace)
     out = f"{namespace.prefix}out-tiny"
     group = f"{namespace.prefix}undelivered-test"
-    admin = AIOKafkaAdminClient(bootstrap_servers=namespace.stack.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**namespace.stack.kafka.client_kwargs())
     await admin.start()
     await admin.create_topics([NewTopic(out, 1, 1, topic_configs={"max.message.bytes": "2048"})])
     record = label()
@@ -216,7 +216,7 @@ async def test_an_output_the_broker_refuses_keeps_the_offset_uncommitted_until_i
     runner = ConsumerRunner(
         group_id="undelivered-test",
         topics=[LABELS],
-        bootstrap_servers=namespace.stack.kafka_bootstrap_servers,
+        kafka=namespace.stack.kafka,
         serde=serde,
         producer=producer,
         handler=handle,
@@ -243,9 +243,7 @@ async def test_an_output_the_broker_refuses_keeps_the_offset_uncommitted_until_i
             assert await committed() == [1]
 
         await eventually(committed_after_delivery, timeout_s=60)
-        reader = AIOKafkaConsumer(
-            out, bootstrap_servers=namespace.stack.kafka_bootstrap_servers, auto_offset_reset="earliest"
-        )
+        reader = AIOKafkaConsumer(out, **namespace.stack.kafka.client_kwargs(), auto_offset_reset="earliest")
         await reader.start()
         try:
             batch = await reader.getmany(timeout_ms=5000)

@@ -47,10 +47,8 @@ class Clients:
 
 @pytest.fixture
 async def clients(namespace: Namespace) -> AsyncIterator[Clients]:
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    producer = EventProducer(
-        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "test"
-    )
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
+    producer = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "test")
     await producer.start([MODELS_PROMOTED, FEATURES_VECTORS])
     yield Clients(registry, producer, ArtifactStore.from_settings(namespace.stack))
     await producer.stop()

@@ -73,8 +73,8 @@ def raw_event(entity: str, minute: int, loan: float) -> dict[str, Any]:
 
 @pytest.fixture
 async def producer(namespace: Namespace) -> AsyncIterator[EventProducer]:
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    p = EventProducer(namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "t")
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
+    p = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "t")
     await p.start([EVENTS_RAW])
     yield p
     await p.stop()
@@ -172,6 +172,21 @@ async def test_windows_store_and_api_for_a_hand_computed_sequence(
             assert r.status_code == 404 and r.json()["detail"]["error"] == "not_found"
             r = await http.get("/v1/features/c1", params={"version": "other"})
             assert r.status_code == 404
+
+            # The faust app's group reports its lag like every consumer group: all processed.
+            group, topic = f"{namespace.prefix}features", f"{namespace.prefix}{EVENTS_RAW}"
+
+            async def lag_drained() -> None:
+                text = (await http.get("/metrics")).text
+                series = [
+                    line
+                    for line in text.splitlines()
+                    if line.startswith("driftline_consumer_lag{") and f'group="{group}"' in line
+                ]
+                assert series and all(f'topic="{topic}"' in line for line in series), text[-2000:]
+                assert {float(line.rsplit(" ", 1)[1]) for line in series} == {0.0}, series
+
+            await eventually(lag_drained, timeout_s=30)
 
             async def metrics_counted() -> str:
                 text = (await http.get("/metrics")).text

@@ -102,10 +102,8 @@ async def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothin
     expected, expected_latest = uninterrupted_run(events)
     assert sum(e["late"] for e in expected.values()) > 10  # the stream does exercise late events
 
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    producer = EventProducer(
-        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "crash-test"
-    )
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
+    producer = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "crash-test")
     await producer.start([EVENTS_RAW])
     reader = await TopicReader(namespace, [FEATURES_VECTORS]).start()
     first = ServiceProcess("driftline_features", namespace, env=FAST_GROUP).start("DRIFTLINE_FEATURES_")
@@ -173,12 +171,10 @@ async def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothin
 
 async def read_latest(namespace: Namespace, topic: str) -> dict[tuple[int, bytes], tuple[int, bytes]]:
     """The last record per (partition, key) of a topic: (partition, key) → (offset, value)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=namespace.stack.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
+    consumer = AIOKafkaConsumer(**namespace.stack.kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        tps = await partitions_of(namespace.stack.kafka_bootstrap_servers, [topic])
+        tps = await partitions_of(namespace.stack.kafka, [topic])
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -204,10 +200,8 @@ async def test_progress_behind_the_committed_offsets_is_caught_up_by_reading_the
     events = stream_of_events(seed=5)[:600]
     expected, _ = uninterrupted_run(events)
     half = 300
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    producer = EventProducer(
-        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "hole-test"
-    )
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
+    producer = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "hole-test")
     await producer.start([EVENTS_RAW])
     conn = await asyncpg.connect(namespace.stack.postgres_dsn.get_secret_value())
     first = ServiceProcess("driftline_features", namespace, env=FAST_GROUP).start("DRIFTLINE_FEATURES_")
@@ -226,7 +220,7 @@ async def test_progress_behind_the_committed_offsets_is_caught_up_by_reading_the
         # Move the durable-progress record back by up to 25 records per partition.
         changelog = f"{namespace.prefix}features-source-offsets-changelog"
         progress = await read_latest(namespace, changelog)
-        raw_producer = AIOKafkaProducer(bootstrap_servers=namespace.stack.kafka_bootstrap_servers, acks="all")
+        raw_producer = AIOKafkaProducer(**namespace.stack.kafka.client_kwargs(), acks="all")
         await raw_producer.start()
         assert len(progress) == 4, "the worker records its progress per partition in the changelog"
         resume: dict[int, int] = {}

@@ -26,10 +26,8 @@ def computed(metrics_text: str) -> float:
 async def test_a_second_worker_joins_and_leaves_mid_stream(namespace: Namespace) -> None:
     events = stream_of_events(seed=23)
     expected, expected_latest = uninterrupted_run(events)
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    producer = EventProducer(
-        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "scaling-test"
-    )
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
+    producer = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "scaling-test")
     await producer.start([EVENTS_RAW])
     reader = await TopicReader(namespace, [FEATURES_VECTORS]).start()
     first = ServiceProcess("driftline_features", namespace, env=FAST_GROUP).start("DRIFTLINE_FEATURES_")

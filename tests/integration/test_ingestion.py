@@ -111,6 +111,29 @@ async def test_a_single_event_is_stored_only_after_kafka_acknowledged(ingestion:
         await reader.stop()
 
 
+async def test_a_caller_s_trace_goes_on_in_the_headers_of_the_records_it_produced(ingestion: Ingestion) -> None:
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    reader = await ingestion.reader(EVENTS_RAW)
+    try:
+        event = loan_event(customer_id="traced")
+        r = await ingestion.http.post(
+            "/v1/events",
+            content=orjson.dumps(event),
+            headers={"Content-Type": "application/json", **AUTH, "traceparent": f"00-{caller_trace}-{caller_span}-01"},
+        )
+        assert r.status_code == 200, r.text
+        await read_to_end(reader)
+        version, trace_id, parent, _ = reader.headers[event["event_id"]]["traceparent"].decode().split("-")
+        assert (version, trace_id) == ("00", caller_trace)  # the caller's trace, through the service
+        assert parent != caller_span  # a span of the service's own (the send), child of the request's
+        untraced = loan_event(customer_id="untraced")
+        assert (await ingestion.post("/v1/events", untraced)).status_code == 200
+        await read_to_end(reader)
+        assert reader.headers[untraced["event_id"]]["traceparent"].decode().split("-")[1] != caller_trace
+    finally:
+        await reader.stop()
+
+
 async def test_a_batch_and_its_labels_are_stored(ingestion: Ingestion) -> None:
     reader = await ingestion.reader(EVENTS_RAW, LABELS)
     try:

@@ -81,10 +81,8 @@ class World:
 
 @pytest.fixture
 async def world(namespace: Namespace) -> AsyncIterator[World]:
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    producer = EventProducer(
-        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "test"
-    )
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
+    producer = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "test")
     await producer.start([MODELS_PROMOTED, FEATURES_VECTORS, PREDICTIONS, LABELS, DEPLOYMENTS_STATUS, MODELS_REJECTED])
     drift = await TopicReader(namespace, [DRIFT_DETECTED]).start()
     yield World(namespace, producer, ArtifactStore.from_settings(namespace.stack), drift)

@@ -29,9 +29,9 @@ def _canonical(record_name: str, value: dict[str, Any]) -> dict[str, Any]:
 async def test_every_record_type_round_trips_through_kafka_and_the_registry(namespace: Namespace) -> None:
     catalog = default_catalog()
     topics = catalog.names()
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
     serde = AvroSerde(registry, topic_prefix=namespace.prefix)
-    producer = EventProducer(namespace.stack.kafka_bootstrap_servers, serde, "roundtrip-test")
+    producer = EventProducer(namespace.stack.kafka, serde, "roundtrip-test")
     await producer.start(topics)
     reader = await TopicReader(namespace, topics).start()
     sent: dict[str, dict[str, Any]] = {}
@@ -66,7 +66,7 @@ def serde_schema_text(record: str) -> str:
 async def test_a_record_that_breaks_its_schema_is_refused_before_it_is_sent(namespace: Namespace, record: str) -> None:
     from driftline.serde import EncodeError
 
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
     serde = AvroSerde(registry, topic_prefix=namespace.prefix)
     topic = next(t.name for t in default_catalog() if t.record == record)
     await serde.prepare(topic)

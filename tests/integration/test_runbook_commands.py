@@ -71,9 +71,9 @@ async def refused(base_stack: StackSettings) -> AsyncIterator[Namespace]:
 
 
 async def dead_letter_as_a_consumer(ns: Namespace) -> None:
-    registry = SchemaRegistryClient(ns.stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(ns.stack)
     serde = AvroSerde(registry, topic_prefix=ns.prefix)
-    producer = EventProducer(ns.stack.kafka_bootstrap_servers, serde, "features")
+    producer = EventProducer(ns.stack.kafka, serde, "features")
     await producer.start([EVENTS_RAW])
     try:
         await support_dead_letter(

@@ -48,7 +48,7 @@ async def test_an_artifact_comes_back_only_with_its_digest(namespace: Namespace)
 async def test_the_registry_refuses_a_breaking_schema_change_and_accepts_a_compatible_one(
     namespace: Namespace,
 ) -> None:
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
     subject = f"{namespace.prefix}labels-value"  # registered BACKWARD by the namespace fixture
     try:
         current = load_schema_json("LabelRecorded")
@@ -67,7 +67,7 @@ async def test_the_registry_refuses_a_breaking_schema_change_and_accepts_a_compa
 
 
 async def test_registering_the_catalog_again_changes_nothing(namespace: Namespace) -> None:
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
     try:
         first = await register_schemas(registry, default_catalog(), namespace.prefix)
         second = await register_schemas(registry, default_catalog(), namespace.prefix)

@@ -172,10 +172,8 @@ async def feed(producer: EventProducer, rows: Sequence[Row], *, labels_first_eve
 
 @pytest.fixture
 async def producer(namespace: Namespace) -> AsyncIterator[EventProducer]:
-    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    p = EventProducer(
-        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "test"
-    )
+    registry = SchemaRegistryClient.from_settings(namespace.stack)
+    p = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "test")
     await p.start(default_catalog().names())
     yield p
     await p.stop()

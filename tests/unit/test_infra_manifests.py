@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from packaging.markers import Marker
@@ -68,6 +69,14 @@ SECRET_SETTINGS = {
     "DRIFTLINE_MINIO_SECRET_KEY",
     "DRIFTLINE_API_TOKENS",
 }
+# ...and these from a Secret too, when the install uses them (secretKeyRef optional: SASL, basic auth).
+OPTIONAL_SECRET_SETTINGS = {
+    "DRIFTLINE_KAFKA_SASL_PASSWORD": "kafka-sasl-password",
+    "DRIFTLINE_SCHEMA_REGISTRY_PASSWORD": "schema-registry-password",
+}
+TLS_SECRET, TLS_DIR = "driftline-tls", "/etc/driftline/tls"  # CA bundles and client certificates
+# The Kubernetes version whose API schemas (kubernetes-validate's, offline) the manifests must fit.
+K8S_VERSION = "1.33.0"
 # Read by the library outside StackSettings (catalog.py).
 EXTRA_SETTINGS = {"DRIFTLINE_SCHEMAS_DIR"}
 SECRETISH_NAME = re.compile(r"(DSN|SECRET|TOKEN|PASSWORD|ACCESS_KEY)", re.IGNORECASE)
@@ -778,6 +787,23 @@ def check_pod_settings(obj: dict[str, Any], container: dict[str, Any]) -> None:
     for name in SECRET_SETTINGS:
         ref = env[name].get("valueFrom", {}).get("secretKeyRef")
         assert ref and ref.get("name") == SECRET_NAME and ref.get("key"), f"{where}: {name} must come from a Secret"
+    for name, key in OPTIONAL_SECRET_SETTINGS.items():
+        assert name in env, f"{where}: {name} (from the Secret, optional) missing"
+        ref = env[name].get("valueFrom", {}).get("secretKeyRef")
+        assert ref == {"name": SECRET_NAME, "key": key, "optional": True}, f"{where}: {name} from {SECRET_NAME}/{key}"
+    # The settings the pod gets (the Secret's required keys filled in) make a valid StackSettings.
+    values = {}
+    for name, item in env.items():
+        field = name.removeprefix("DRIFTLINE_").lower()
+        if field not in StackSettings.model_fields:
+            continue
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            values[field] = item["value"]
+        elif not ref.get("optional"):
+            values[field] = f"value-of-{ref['key']}"
+    stack = StackSettings(**values)
+    assert not stack.local_mode and stack.kafka.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
     # The project file is a file of the mounted project ConfigMap.
     pod = obj["spec"]["template"]["spec"]
@@ -790,6 +816,17 @@ def check_pod_settings(obj: dict[str, Any], container: dict[str, Any]) -> None:
         and volumes.get(m["name"], {}).get("configMap", {}).get("name") == PROJECT_CONFIGMAP
     ]
     assert mounts, f"{where}: {project_file} is not in a mounted {PROJECT_CONFIGMAP} ConfigMap"
+    # CA files and client certificates: the optional Secret driftline-tls, mounted read-only.
+    tls = [
+        m
+        for m in container.get("volumeMounts", [])
+        if m["mountPath"] == TLS_DIR and volumes.get(m["name"], {}).get("secret", {}).get("secretName") == TLS_SECRET
+    ]
+    assert tls and tls[0].get("readOnly") is True, f"{where}: Secret {TLS_SECRET} is not mounted read-only at {TLS_DIR}"
+    assert volumes[tls[0]["name"]]["secret"].get("optional") is True, f"{where}: {TLS_SECRET} must be optional"
+    for name, item in env.items():
+        if name.endswith("_FILE") and "value" in item and name != "DRIFTLINE_PROJECT_FILE":
+            assert item["value"].startswith(TLS_DIR + "/"), f"{where}: {name} is not a file of {TLS_DIR}"
 
     security = pod.get("securityContext", {})
     assert security.get("runAsNonRoot") is True, f"{where}: runAsNonRoot"
@@ -895,6 +932,46 @@ def infra_files() -> list[Path]:
     files += sorted((ROOT / "infra" / "docker").glob("*.sh"))
     files += sorted(IMAGE_LOCKS.glob("*.txt"))
     return files
+
+
+def schema_checked(obj: dict[str, Any]) -> bool:
+    """Kubernetes API objects; custom resources (Strimzi's KafkaTopic) have no schema in the validator."""
+    return "." not in obj["apiVersion"].split("/")[0] or obj["apiVersion"].split("/")[0].endswith(".k8s.io")
+
+
+def test_every_kubernetes_manifest_fits_the_api_schemas() -> None:
+    """kubernetes-validate (the API's OpenAPI schemas, shipped in the package: no cluster, no
+    network), strict: a misspelt or misplaced field fails, not only a wrong type."""
+    checked = 0
+    for obj in k8s_objects():
+        if not schema_checked(obj):
+            continue
+        resource = {k: v for k, v in obj.items() if k != "_file"}
+        try:
+            kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{obj['_file']}: {obj['kind']} {obj['metadata']['name']}: {exc.message}") from None
+        checked += 1
+    kinds = {o["kind"] for o in k8s_objects() if schema_checked(o)}
+    assert {"Deployment", "Service", "ConfigMap", "Job", "Namespace"} <= kinds and checked >= 15
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda d: d["spec"].update(replicas="two"), "is not of type 'integer'"),
+        (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(enviroment=[]), "'enviroment' was unexpected"),
+        (lambda d: d["spec"]["template"]["spec"]["volumes"][0].update(secrett={}), "'secrett' was unexpected"),
+    ],
+)
+def test_the_schema_check_catches_a_broken_manifest(break_it: Any, message: str) -> None:
+    import copy
+
+    deployment = copy.deepcopy(of_kind("Deployment")["driftline-training"])
+    del deployment["_file"]
+    break_it(deployment)
+    with pytest.raises(kubernetes_validate.ValidationError, match=message):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
 
 def test_no_secret_is_written_in_a_manifest() -> None:

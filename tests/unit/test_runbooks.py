@@ -255,8 +255,9 @@ def _uses_consumer_groups(package: Path) -> bool:
 @cache
 def service_metrics(service: str) -> frozenset[str]:
     """Names a service's /metrics shows samples of: its package's metrics, and the library's metrics
-    of what it runs (every service serves HTTP and produces; the consumer runner's metrics only where
-    the service declares consumer groups; any other library module only if the service imports it)."""
+    of what it runs (every service serves HTTP and produces; the consumer runner's metrics, lag
+    included, only where the service declares consumer groups; any other library module only if the
+    service imports it)."""
     package = ROOT / "services" / service / "src" / f"driftline_{service}"
     names: set[str] = set()
     for path in sorted(package.glob("**/*.py")):
@@ -270,6 +271,8 @@ def service_metrics(service: str) -> frozenset[str]:
             used = True
         elif path.parent == CORE and path.name == "consumer.py":
             used = _uses_consumer_groups(package)
+        elif path.parent == CORE and path.name == "lag.py":  # the consumer runner's, or imported
+            used = _uses_consumer_groups(package) or "from driftline.lag import" in own
         else:
             module = f"{path.parent.name}.{path.stem}"
             used = re.search(rf"^\s*(from|import) {re.escape(module)}\b", own, re.M) is not None
@@ -311,6 +314,13 @@ def known_env() -> frozenset[str]:
     literal += "\n".join(p.read_text() for p in _sources("libs", "services"))
     names |= set(re.findall(r"\bDRIFTLINE_[A-Z0-9_]+", literal))
     return frozenset(n for n in names if n.startswith("DRIFTLINE_"))
+
+
+@cache
+def otel_env() -> frozenset[str]:
+    """The OpenTelemetry variables driftline.tracing names (``OTEL_EXPORTER_OTLP_`` as a prefix)."""
+    text = (CORE / "tracing.py").read_text()
+    return frozenset(re.findall(r"\bOTEL_[A-Z0-9_]+", text))
 
 
 def script_labels(script: Path) -> set[str]:
@@ -489,6 +499,19 @@ def check_simple(cmd: Simple, doc: Path) -> list[str]:
                 problems += [problem] if problem else []
     elif head == "set":
         problems += [f"set {a}: only -a/+a expected" for a in args if a not in ("-a", "+a")]
+    elif head == "export":
+        for arg in args:
+            name, eq, _ = arg.partition("=")
+            if not eq:
+                problems.append(f"export {arg}: only NAME=value is checked")
+            elif name.startswith("DRIFTLINE_"):
+                problems += [f"unknown variable {name}"] if name not in known_env() else []
+            elif name.startswith("OTEL_"):
+                known = otel_env()
+                if name not in known and not any(k.endswith("_") and name.startswith(k) for k in known):
+                    problems.append(f"{name} is not a variable driftline/tracing.py says it honours")
+            else:
+                problems.append(f"export {name}: neither a DRIFTLINE_ nor an OTEL_ variable")
     elif head in ("python3", ".venv/bin/python"):
         if args[:1] != ["-m"] or len(args) < 2:
             problems.append(f"{head} {' '.join(args)}: only `-m MODULE` is checked")

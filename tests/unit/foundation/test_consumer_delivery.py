@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from driftline import consumer as consumer_module
 from driftline import producer as producer_module
 from driftline.catalog import EVENTS_DLQ, LABELS
+from driftline.connect import KafkaConnection
 from driftline.consumer import ConsumerRunner
 from driftline.events import Event, envelope
 from driftline.producer import EventProducer, collect_deliveries
@@ -42,7 +43,9 @@ class FakeKafkaProducer:
         self.sent: list[tuple[str, bytes, bool]] = []  # topic, value, delivered
         self._pending: list[asyncio.Future[Any]] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         error = self.fail(topic)
         self.sent.append((topic, value, error is None))
@@ -85,6 +88,9 @@ class FakeConsumer:
         await asyncio.sleep(timeout_ms / 1000)
         return {}
 
+    def assignment(self) -> set[TopicPartition]:  # the lag reporter's view: nothing assigned
+        return set()
+
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
         self.committed.set()
@@ -111,7 +117,7 @@ def _producer(
     fake = FakeKafkaProducer(fail)
     monkeypatch.setattr(producer_module, "AIOKafkaProducer", lambda **_: fake)
     serde: Any = JsonSerde()
-    return EventProducer("127.0.0.1:1", serde, "test"), fake
+    return EventProducer(KafkaConnection("127.0.0.1:1"), serde, "test"), fake
 
 
 async def _runner(
@@ -127,7 +133,7 @@ async def _runner(
     runner = ConsumerRunner(
         group_id="delivery-test",
         topics=[LABELS],
-        bootstrap_servers="127.0.0.1:1",
+        kafka=KafkaConnection("127.0.0.1:1"),
         serde=serde,
         producer=producer,
         handler=handler,

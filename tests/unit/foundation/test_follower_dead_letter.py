@@ -7,6 +7,7 @@ from typing import Any
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 
+from driftline.connect import KafkaConnection
 from driftline.follow import TopicFollower
 from tests.fakes import FakeProducer, JsonSerde
 
@@ -23,7 +24,7 @@ def follower_with(producer: FakeProducer, on_event: Any) -> TopicFollower:
         return None
 
     follower = TopicFollower(
-        name="unit", topics=["models.promoted"], bootstrap_servers="127.0.0.1:1",
+        name="unit", topics=["models.promoted"], kafka=KafkaConnection("127.0.0.1:1"),
         serde=JsonSerde(topic_prefix="t."), producer=producer, on_replayed=nothing, on_event=on_event,  # type: ignore[arg-type]
     )  # fmt: skip
     return follower

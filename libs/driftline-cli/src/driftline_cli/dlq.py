@@ -113,17 +113,15 @@ def nothing_matched_hint(records: list[DeadLetter]) -> str:
 
 async def read_dlq(stack: StackSettings, *, timeout_s: float = 60.0) -> tuple[list[DeadLetter], int]:
     """Every record of events.dlq up to its current end (and how many could not be decoded)."""
-    registry = SchemaRegistryClient(stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(stack)
     serde = AvroSerde(registry, topic_prefix=stack.topic_prefix)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=stack.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**stack.kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
     topic = stack.topic_prefix + EVENTS_DLQ
     out: list[DeadLetter] = []
     undecodable = 0
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
-        tps = await partitions_of(stack.kafka_bootstrap_servers, [topic])
+        tps = await partitions_of(stack.kafka, [topic])
         if not tps:
             return [], 0
         consumer.assign(tps)
@@ -226,9 +224,9 @@ async def replay_dlq(
     if limit is not None:
         matching = matching[:limit]
     validator = Validator.from_project(project_from_settings(stack))
-    registry = SchemaRegistryClient(stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(stack)
     serde = AvroSerde(registry, topic_prefix=stack.topic_prefix)
-    producer = EventProducer(stack.kafka_bootstrap_servers, serde, REPLAY_SOURCE)
+    producer = EventProducer(stack.kafka, serde, REPLAY_SOURCE)
     outcomes: list[Outcome] = []
     futures: list[asyncio.Future[Any]] = []
     try:

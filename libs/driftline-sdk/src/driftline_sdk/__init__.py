@@ -304,15 +304,13 @@ class KafkaTransport:
 
     async def start(self) -> None:
         # Built here, not in __init__: aiokafka's producer belongs to the running event loop.
-        self._registry = SchemaRegistryClient(self.stack.schema_registry_url)
+        self._registry = SchemaRegistryClient.from_settings(self.stack)
         serde = AvroSerde(self._registry, topic_prefix=self.stack.topic_prefix)
-        self._producer = EventProducer(self.stack.kafka_bootstrap_servers, serde, self.source, **self._producer_options)
+        self._producer = EventProducer(self.stack.kafka, serde, self.source, **self._producer_options)
         try:
             await asyncio.wait_for(self._producer.start([EVENTS_RAW, LABELS]), self.connect_timeout_s)
         except (TimeoutError, KafkaError, RegistryError) as exc:
-            raise PublishError(
-                f"cannot reach Kafka at {self.stack.kafka_bootstrap_servers} or the schema registry: {exc!r}"
-            ) from exc
+            raise PublishError(f"cannot reach Kafka at {self.stack.kafka} or the schema registry: {exc!r}") from exc
 
     async def close(self) -> None:
         try:

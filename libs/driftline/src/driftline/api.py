@@ -12,6 +12,8 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from driftline import tracing
+
 HTTP_REQUESTS = Counter("driftline_http_requests_total", "HTTP requests", ["service", "route", "method", "status"])
 HTTP_LATENCY = Histogram(
     "driftline_http_request_seconds",
@@ -21,6 +23,19 @@ HTTP_LATENCY = Histogram(
 )
 
 ReadinessCheck = Callable[[], Awaitable[Any]]
+
+
+class _StatusNotingSend:
+    """An ASGI ``send`` that remembers the response's status code (500 until one is sent)."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
 
 
 class _MetricsMiddleware:
@@ -37,17 +52,11 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-
-        async def send_and_note_status(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        noting = _StatusNotingSend(send)
         try:
-            await self.app(scope, receive, send_and_note_status)
+            await self.app(scope, receive, noting)
         finally:
+            status = noting.status
             route = getattr(scope.get("route"), "path", "unmatched")  # the router sets it on this scope
             key = (route, scope["method"], status)
             children = self._children.get(key)
@@ -59,6 +68,35 @@ class _MetricsMiddleware:
                 self._children[key] = children
             children[0].inc()
             children[1].observe(time.perf_counter() - start)
+
+
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class _TracingMiddleware:
+    """A SERVER span per request (not for the probes and scrapes of OPS_PATHS), continuing the
+    caller's W3C traceparent: what the request produces to Kafka carries its trace on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPS_PATHS:
+            await self.app(scope, receive, send)
+            return
+        noting = _StatusNotingSend(send)
+        with tracing.http_server_span(scope["method"], scope.get("path", ""), scope.get("headers", [])) as span:
+            try:
+                await self.app(scope, receive, noting)
+            finally:
+                status = noting.status
+                route = getattr(scope.get("route"), "path", None)
+                if route is not None:
+                    span.update_name(f"{scope['method']} {route}")
+                    span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(tracing.StatusCode.ERROR)
 
 
 class _NulRefusingMiddleware:
@@ -99,6 +137,7 @@ def create_app(
 
     app.add_middleware(_NulRefusingMiddleware)
     app.add_middleware(_MetricsMiddleware, service=service)
+    app.add_middleware(_TracingMiddleware)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 
@@ -50,9 +51,29 @@ def json_bytes(doc: Any) -> bytes:
 
 
 class ArtifactStore:
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, *, secure: bool = False) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        secure: bool = False,
+        ca_file: str | None = None,
+    ) -> None:
         self.bucket = bucket
-        self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+        http_client = None
+        if ca_file is not None:  # https verified against this CA instead of the system's
+            http_client = urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=60, read=300),
+                maxsize=10,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=ca_file,
+                retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            )
+        self._client = Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http_client
+        )
 
     @classmethod
     def from_settings(cls, stack: Any) -> ArtifactStore:
@@ -62,6 +83,7 @@ class ArtifactStore:
             stack.minio_secret_key.get_secret_value(),
             stack.artifact_bucket,
             secure=stack.minio_secure,
+            ca_file=str(stack.minio_ca_file) if stack.minio_ca_file else None,
         )
 
     async def ensure_bucket(self) -> None:

@@ -27,11 +27,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from prometheus_client import Counter, Histogram
 
+from driftline import tracing
+from driftline.connect import KafkaConnection
 from driftline.events import Event, record_of
+from driftline.lag import LagGauge
 from driftline.logging import bind_event, get_logger
 from driftline.membership import InstanceSlot, stable_instance_id
 from driftline.producer import EventProducer, collect_deliveries, undelivered
-from driftline.retry import Backoff, PoisonRecord, is_transient, retry_transient
+from driftline.retry import Backoff, PoisonRecord, is_transient, retry_transient, start_client
 from driftline.serde import AvroSerde, DecodeError
 
 log = get_logger(__name__)
@@ -92,7 +95,7 @@ class TopicConsumer:
         self,
         *,
         topics: Sequence[str],
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         serde: AvroSerde,
         producer: EventProducer,
         poll_timeout_ms: int,
@@ -102,15 +105,16 @@ class TopicConsumer:
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
         self.topics = list(topics)
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka
         self.prefix = serde.topic_prefix
         self.serde = serde
         self.producer = producer
         self.poll_timeout_ms = poll_timeout_ms
+        self.auto_offset_reset = auto_offset_reset
         subscribed = [self.prefix + t for t in self.topics] if group_id is not None else []
         self._consumer = AIOKafkaConsumer(
             *subscribed,
-            bootstrap_servers=bootstrap_servers,
+            **kafka.client_kwargs(),
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset,
@@ -150,7 +154,7 @@ class ConsumerRunner(TopicConsumer):
         *,
         group_id: str,
         topics: Sequence[str],
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         serde: AvroSerde,
         producer: EventProducer,
         handler: Handler | None = None,
@@ -174,7 +178,7 @@ class ConsumerRunner(TopicConsumer):
             options["group_instance_id"] = self._slot.id
         super().__init__(
             topics=topics,
-            bootstrap_servers=bootstrap_servers,
+            kafka=kafka,
             serde=serde,
             producer=producer,
             poll_timeout_ms=poll_timeout_ms,
@@ -191,15 +195,19 @@ class ConsumerRunner(TopicConsumer):
         self._running = False
         self.last_batch_at = 0.0
         self.processed = 0
+        self.lag = LagGauge(self.group_id)
+        self._committed: dict[TopicPartition, int] = {}
 
     @property
     def running(self) -> bool:
         return self._running
 
     async def run(self) -> None:
-        await retry_transient(self._consumer.start, what=f"consumer {self.group_id} start")
+        await start_client(self._consumer.start, self.kafka, what=f"consumer {self.group_id} start")
         self._running = True
         log.info("consumer_started", group=self.group_id, topics=self.topics)
+        # Its own task: the lag keeps being reported while a handler is slow or stuck.
+        lag_task = asyncio.create_task(self._lag_loop(), name=f"lag:{self.group_id}")
         try:
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
@@ -215,14 +223,49 @@ class ConsumerRunner(TopicConsumer):
                 self.last_batch_at = time.monotonic()
         finally:
             self._running = False
+            lag_task.cancel()
+            await asyncio.gather(lag_task, return_exceptions=True)
+            self.lag.clear()
             await self._consumer.stop()
             if self._slot is not None:
                 self._slot.release()
             log.info("consumer_stopped", group=self.group_id, processed=self.processed)
 
+    async def _lag_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._export_lag()
+            except Exception as exc:  # a metric never stops the consumer
+                log.warning("consumer_lag_unavailable", group=self.group_id, error=repr(exc)[:300])
+            await asyncio.sleep(self.lag.interval_s)
+
+    async def _export_lag(self) -> None:
+        """driftline_consumer_lag of the partitions assigned to this member (see driftline.lag)."""
+        assigned = self._consumer.assignment()
+        for tp in set(self._committed) - assigned:
+            del self._committed[tp]  # revoked: its next owner commits there now
+
+        async def done(topic: str, partition: int) -> int | None:
+            tp = TopicPartition(topic, partition)
+            if tp not in self._committed:
+                committed = await self._consumer.committed(tp)
+                if committed is None:  # nothing committed yet: the group starts at its reset point
+                    if self.auto_offset_reset == "earliest":
+                        return int((await self._consumer.beginning_offsets([tp]))[tp])
+                    return await self._consumer.position(tp)
+                self._committed[tp] = committed
+            return self._committed[tp]
+
+        await self.lag.update(
+            [(tp.topic, tp.partition) for tp in assigned],
+            lambda topic, partition: self._consumer.highwater(TopicPartition(topic, partition)),
+            done,
+        )
+
     async def _commit(self, tp: TopicPartition, last_offset: int) -> None:
         try:
             await self._consumer.commit({tp: last_offset + 1})
+            self._committed[tp] = last_offset + 1
         except CommitFailedError as exc:
             # The partition moved to another member during a rebalance; it re-reads from the last
             # committed offset and every sink is idempotent, so nothing is lost or doubled.
@@ -278,8 +321,11 @@ class ConsumerRunner(TopicConsumer):
                 await self._dead_letter(rec, str(exc), "decode_error", None, 1)
                 continue
             events.append((rec, event))
-        if events and not await self._handle_events(events):
-            return None
+        if events:
+            consumed = [tracing.Consumed(r.topic, r.partition, r.offset, r.headers, e.event_id) for r, e in events]
+            with tracing.processing(consumed, self.group_id):
+                if not await self._handle_events(events):
+                    return None
         return len(events)
 
     async def _handle_events(self, events: list[tuple[ConsumerRecord[bytes, bytes], Event[Any]]]) -> bool:

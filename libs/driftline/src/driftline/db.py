@@ -33,20 +33,22 @@ def _check_schema(schema: str) -> str:
     return schema
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
-    """A pool whose connections use ``schema`` first; waits (with backoff) for the database."""
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 5, ssl: Any = None) -> asyncpg.Pool:
+    """A pool whose connections use ``schema`` first; waits (with backoff) for the database.
+
+    ``ssl``: asyncpg's TLS argument (:meth:`driftline.settings.StackSettings.postgres_ssl`)."""
     _check_schema(schema)
 
     async def connect() -> asyncpg.Pool:
         # The schema must exist before connections set their search_path to it.
-        conn = await asyncpg.connect(dsn)
+        conn = await asyncpg.connect(dsn, ssl=ssl)
         try:
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         finally:
             await conn.close()
         # A startup parameter, not a SET: the pool's RESET ALL on release returns to it.
         return await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, server_settings={"search_path": f"{schema}, public"}
+            dsn, min_size=min_size, max_size=max_size, ssl=ssl, server_settings={"search_path": f"{schema}, public"}
         )
 
     pool: asyncpg.Pool = await retry_transient(connect, what=f"postgres pool ({schema})")

@@ -23,12 +23,14 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from driftline import tracing
+from driftline.connect import KafkaConnection
 from driftline.consumer import TopicConsumer
 from driftline.events import Event
 from driftline.kafka import partitions_of
 from driftline.logging import bind_event, get_logger
 from driftline.producer import EventProducer
-from driftline.retry import Backoff, PoisonRecord, retry_transient
+from driftline.retry import Backoff, PoisonRecord, retry_transient, start_client
 from driftline.serde import AvroSerde, DecodeError
 
 log = get_logger(__name__)
@@ -40,7 +42,7 @@ class TopicFollower(TopicConsumer):
         *,
         name: str,
         topics: Sequence[str],
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         serde: AvroSerde,
         producer: EventProducer,
         on_replayed: Callable[[list[Event[Any]]], Awaitable[None]],
@@ -51,7 +53,7 @@ class TopicFollower(TopicConsumer):
         self.max_attempts = max_attempts
         super().__init__(
             topics=topics,
-            bootstrap_servers=bootstrap_servers,
+            kafka=kafka,
             serde=serde,
             producer=producer,
             poll_timeout_ms=poll_timeout_ms,
@@ -68,7 +70,7 @@ class TopicFollower(TopicConsumer):
 
     async def _partitions(self) -> list[TopicPartition]:
         physical = [self.prefix + topic for topic in self.topics]
-        tps = await partitions_of(self.bootstrap_servers, physical)
+        tps = await partitions_of(self.kafka, physical)
         missing = sorted(set(physical) - {tp.topic for tp in tps})
         if missing:
             raise ConnectionError(f"topic {', '.join(missing)} has no known partitions yet")
@@ -133,7 +135,7 @@ class TopicFollower(TopicConsumer):
                 await asyncio.sleep(backoff.next_delay())
 
     async def run(self) -> None:
-        await retry_transient(self._consumer.start, what=f"{self.name} follower start")
+        await start_client(self._consumer.start, self.kafka, what=f"{self.name} follower start")
         try:
             tps = await retry_transient(self._partitions, what=f"{self.name} follower partitions")
             self._consumer.assign(tps)
@@ -166,6 +168,8 @@ class TopicFollower(TopicConsumer):
                         event = await self._decode(rec, live=True)
                         if event is None:
                             continue
-                        await self._handle_live(rec, event)
+                        consumed = tracing.Consumed(rec.topic, rec.partition, rec.offset, rec.headers, event.event_id)
+                        with tracing.processing([consumed], None):  # groupless: every copy reads it all
+                            await self._handle_live(rec, event)
         finally:
             await self._consumer.stop()

@@ -46,15 +46,13 @@ CHAIN_TOPICS = (
 
 async def read_topics(stack: StackSettings, topics: Sequence[str], *, timeout_s: float = 30) -> list[Event[Any]]:
     """Every record of ``topics`` from the beginning up to their current end, decoded."""
-    registry = SchemaRegistryClient(stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(stack)
     serde = AvroSerde(registry, topic_prefix=stack.topic_prefix)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=stack.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
+    consumer = AIOKafkaConsumer(**stack.kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
     events: list[Event[Any]] = []
     await consumer.start()
     try:
-        tps = await partitions_of(stack.kafka_bootstrap_servers, [stack.topic_prefix + t for t in topics])
+        tps = await partitions_of(stack.kafka, [stack.topic_prefix + t for t in topics])
         if not tps:
             return []
         consumer.assign(tps)
@@ -165,13 +163,13 @@ class TopicStatus:
 
 async def topic_status(stack: StackSettings) -> list[TopicStatus]:
     """Every catalog topic with its end offsets and the lag of each consumer group reading it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers, group_id=None)
+    admin = AIOKafkaAdminClient(**stack.kafka.client_kwargs())
+    consumer = AIOKafkaConsumer(**stack.kafka.client_kwargs(), group_id=None)
     await admin.start()
     await consumer.start()
     try:
         names = [stack.topic_prefix + t.name for t in default_catalog()]
-        all_tps = await partitions_of(stack.kafka_bootstrap_servers, names)
+        all_tps = await partitions_of(stack.kafka, names)
         tps: dict[str, list[TopicPartition]] = {n: [tp for tp in all_tps if tp.topic == n] for n in names}
         end = await consumer.end_offsets(all_tps) if all_tps else {}
         groups: list[Any] = await admin.list_consumer_groups()

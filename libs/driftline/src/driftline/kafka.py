@@ -14,14 +14,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from driftline.catalog import Catalog
-from driftline.retry import retry_transient
+from driftline.connect import KafkaConnection
+from driftline.retry import start_client
 
 
-async def partitions_of(bootstrap_servers: str, topics: Sequence[str]) -> list[TopicPartition]:
+async def partitions_of(kafka: KafkaConnection, topics: Sequence[str]) -> list[TopicPartition]:
     """Every partition of each (physical) topic, from the cluster's metadata (the admin client's
     public describe call: a consumer only caches metadata of topics it subscribed to). A topic
     the cluster does not know has no partitions here."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="driftline-metadata")
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), client_id="driftline-metadata")
     await admin.start()
     try:
         described = await admin.describe_topics(list(topics))
@@ -32,7 +33,7 @@ async def partitions_of(bootstrap_servers: str, topics: Sequence[str]) -> list[T
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    kafka: KafkaConnection,
     catalog: Catalog,
     prefix: str = "",
     *,
@@ -43,9 +44,9 @@ async def ensure_topics(
 
     ``replication_factor`` overrides the catalog's for every topic created (production clusters).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="driftline-admin")
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), client_id="driftline-admin")
     deadline = time.monotonic() + timeout_s
-    await retry_transient(admin.start, what="kafka admin start", stopping=lambda: time.monotonic() > deadline)
+    await start_client(admin.start, kafka, what="kafka admin start", stopping=lambda: time.monotonic() > deadline)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in catalog if prefix + t.name not in existing]

@@ -19,10 +19,12 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 
+from driftline import tracing
 from driftline.catalog import EVENTS_DLQ, Topic
+from driftline.connect import KafkaConnection
 from driftline.events import Envelope, envelope
 from driftline.records import DeadLetter, Record
-from driftline.retry import retry_transient
+from driftline.retry import start_client
 from driftline.serde import AvroSerde
 
 DEAD_LETTERED = Counter("driftline_dead_lettered_total", "Records sent to the DLQ", ["source", "error_type"])
@@ -97,7 +99,7 @@ class EventProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         serde: AvroSerde,
         producer_name: str,
         *,
@@ -107,10 +109,11 @@ class EventProducer:
         request_timeout_ms: int = 30000,
     ) -> None:
         self.serde = serde
+        self.kafka = kafka
         self.name = producer_name
         self.prefix = serde.topic_prefix
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **kafka.client_kwargs(),
             acks="all",
             enable_idempotence=True,
             linger_ms=linger_ms,
@@ -124,7 +127,7 @@ class EventProducer:
 
     async def start(self, topics: Iterable[str] = ()) -> None:
         await self.serde.prepare(*topics, EVENTS_DLQ)
-        await retry_transient(self._producer.start, what="kafka producer start")
+        await start_client(self._producer.start, self.kafka, what="kafka producer start")
 
     async def stop(self) -> None:
         await self._producer.stop()
@@ -138,7 +141,10 @@ class EventProducer:
         wire = to_wire(t, record)
         value = self.serde.encode(topic, wire)
         fut: asyncio.Future[Any] = await self._producer.send(
-            self.prefix + topic, value=value, key=key if key is not None else kafka_key(t, wire)
+            self.prefix + topic,
+            value=value,
+            key=key if key is not None else kafka_key(t, wire),
+            headers=tracing.record_headers(self.prefix + topic, wire),
         )
         PRODUCED.labels(topic).inc()
         return fut
@@ -168,14 +174,15 @@ class EventProducer:
             wire = to_wire(t, record)
             value = self.serde.encode(topic, wire)
             key = kafka_key(t, wire)
+            headers = tracing.record_headers(name, wire)
             partition = self._partition_of(name, key, partitions)
             builder = builders.get(partition)
             if builder is None:
                 builder = builders[partition] = self._producer.create_batch()
-            if builder.append(timestamp=None, key=key, value=value) is None:  # full: send it, start another
+            if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:  # full: send it
                 futures.append(await self._producer.send_batch(builder, name, partition=partition))
                 builder = builders[partition] = self._producer.create_batch()
-                if builder.append(timestamp=None, key=key, value=value) is None:
+                if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
                     raise ValueError(f"a record of {len(value)} bytes does not fit an empty batch")
         for partition, builder in builders.items():
             futures.append(await self._producer.send_batch(builder, name, partition=partition))
@@ -197,12 +204,16 @@ class EventProducer:
 
     async def send_raw(self, topic: str, value: bytes, *, key: bytes | None = None) -> asyncio.Future[Any]:
         """Enqueue bytes that are already encoded (DLQ replay, benchmarks); ``topic`` is logical."""
-        fut: asyncio.Future[Any] = await self._producer.send(self.prefix + topic, value=value, key=key)
+        fut: asyncio.Future[Any] = await self._producer.send(
+            self.prefix + topic, value=value, key=key, headers=tracing.record_headers(self.prefix + topic, {})
+        )
         return _track(fut)
 
     async def tombstone(self, topic: str, key: bytes) -> Any:
         """Write a null value for ``key`` on a compacted topic and wait for the acknowledgement."""
-        fut: asyncio.Future[Any] = await self._producer.send(self.prefix + topic, value=None, key=key)
+        fut: asyncio.Future[Any] = await self._producer.send(
+            self.prefix + topic, value=None, key=key, headers=tracing.record_headers(self.prefix + topic, {})
+        )
         return await fut
 
     async def publish(self, topic: str, record: Outgoing, *, key: bytes | None = None) -> Any:

@@ -52,7 +52,7 @@ async def project_lock(
     dsn = stack.postgres_dsn.get_secret_value()
 
     async def connect() -> Any:
-        return await asyncpg.connect(dsn, timeout=10)
+        return await asyncpg.connect(dsn, timeout=10, ssl=stack.postgres_ssl())
 
     try:
         conn = await (retry_transient(connect, what="postgres (project lock)") if retry else connect())
@@ -85,10 +85,8 @@ async def _publish(stack: StackSettings, producer_name: str, record: ProjectAppl
     from driftline.producer import EventProducer
     from driftline.serde import AvroSerde, SchemaRegistryClient
 
-    registry = SchemaRegistryClient(stack.schema_registry_url)
-    producer = EventProducer(
-        stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=stack.topic_prefix), producer_name
-    )
+    registry = SchemaRegistryClient.from_settings(stack)
+    producer = EventProducer(stack.kafka, AvroSerde(registry, topic_prefix=stack.topic_prefix), producer_name)
     try:
         await asyncio.wait_for(producer.start([PROJECTS]), 60)
         await producer.publish(PROJECTS, record)

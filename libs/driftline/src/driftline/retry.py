@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+from driftline.connect import KafkaConnection
 from driftline.logging import get_logger
 from driftline.serde import RegistryError
 
@@ -101,3 +102,24 @@ async def retry_transient(
             if on_retry:
                 on_retry(exc)
             await asyncio.sleep(delay)
+
+
+async def start_client(
+    start: Callable[[], Awaitable[Any]],
+    kafka: KafkaConnection,
+    *,
+    what: str,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Any:
+    """Start an aiokafka client, retrying outages, but fail at once with :class:`KafkaRefused`
+    when the broker refuses the credentials or the certificate is not trusted (aiokafka reports
+    both as an unreachable cluster, which would otherwise be retried for ever)."""
+
+    async def attempt() -> Any:
+        try:
+            return await start()
+        except KafkaConnectionError:
+            await kafka.raise_if_refused()
+            raise
+
+    return await retry_transient(attempt, what=what, stopping=stopping)

@@ -66,15 +66,15 @@ class Runtime:
         pool_size: int = 5,
         producer_options: Mapping[str, Any] | None = None,
     ) -> Runtime:
-        registry = SchemaRegistryClient(stack.schema_registry_url)
+        registry = SchemaRegistryClient.from_settings(stack)
         serde = AvroSerde(registry, topic_prefix=stack.topic_prefix)
-        producer = EventProducer(stack.kafka_bootstrap_servers, serde, service, **(producer_options or {}))
+        producer = EventProducer(stack.kafka, serde, service, **(producer_options or {}))
         rt = cls(service, stack, registry, serde, producer)
         try:
             await producer.start(produces)
             if postgres_schema is not None:
                 rt.pool = await db.create_pool(
-                    stack.postgres_dsn.get_secret_value(), postgres_schema, max_size=pool_size
+                    stack.postgres_dsn.get_secret_value(), postgres_schema, max_size=pool_size, ssl=stack.postgres_ssl()
                 )
                 if migrations is not None:
                     await db.apply_migrations(rt.pool, postgres_schema, migrations)
@@ -98,7 +98,7 @@ class Runtime:
         runner = ConsumerRunner(
             group_id=group_id or self.service,
             topics=topics,
-            bootstrap_servers=self.stack.kafka_bootstrap_servers,
+            kafka=self.stack.kafka,
             serde=self.serde,
             producer=self.producer,
             handler=handler,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import ssl
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -58,10 +59,32 @@ class RegistryError(Exception):
 class SchemaRegistryClient:
     """The subset of the Confluent schema-registry API that Driftline uses."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        auth: tuple[str, str] | None = None,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self._url = url.rstrip("/")
-        self._http = httpx.AsyncClient(timeout=timeout, headers={"Content-Type": _CONTENT_TYPE})
+        self._http = httpx.AsyncClient(
+            timeout=timeout, headers={"Content-Type": _CONTENT_TYPE}, auth=auth, verify=verify
+        )
         self._by_id: dict[int, Any] = {}
+
+    @classmethod
+    def from_settings(cls, stack: Any) -> SchemaRegistryClient:
+        """The registry of a :class:`~driftline.settings.StackSettings`: its basic auth and CA."""
+        from driftline.connect import tls_context
+
+        auth = None
+        if stack.schema_registry_username is not None:
+            auth = (stack.schema_registry_username, stack.schema_registry_password.get_secret_value())
+        verify: ssl.SSLContext | bool = True
+        if stack.schema_registry_ca_file is not None:
+            verify = tls_context(stack.schema_registry_ca_file)
+        return cls(stack.schema_registry_url, auth=auth, verify=verify)
 
     async def close(self) -> None:
         await self._http.aclose()

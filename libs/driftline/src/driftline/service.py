@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 
+from driftline import tracing
 from driftline.api import ReadinessCheck, create_app
 from driftline.auth import ScopeMiddleware, TokenAuth
 from driftline.catalog import PROJECTS
@@ -151,7 +152,7 @@ class Running(Generic[D]):
             follower = TopicFollower(
                 name=follow.name,
                 topics=follow.topics,
-                bootstrap_servers=rt.stack.kafka_bootstrap_servers,
+                kafka=rt.stack.kafka,
                 serde=rt.serde,
                 producer=rt.producer,
                 on_replayed=follow.on_replayed,
@@ -243,6 +244,8 @@ async def start_service(service: Service[S, D], settings: S) -> Running[D]:
     rt, wiring = await wire_service(service, settings)
     running = Running(rt, wiring)
     running.start()
+    # Where it connected and how (never a secret: see KafkaConnection.__str__).
+    log.info("service_started", service=service.name, kafka=str(settings.stack.kafka))
     return running
 
 
@@ -315,4 +318,8 @@ def run(service: Service[S, D], settings_cls: Callable[[], S]) -> None:
     settings = settings_cls()
     # Before the app is built, so start-up warnings (the local-mode token) are JSON lines too.
     configure_logging(service.name, settings.stack.log_level, settings.stack.log_format)
-    serve(build_app(service, settings), settings, service.name)
+    tracing.setup(service.name)  # OTLP export only when the OTEL_* variables ask for it
+    try:
+        serve(build_app(service, settings), settings, service.name)
+    finally:
+        tracing.shutdown()  # flushes the spans still in the exporter's queue

@@ -9,11 +9,14 @@ its own prefix (``DRIFTLINE_INGESTION_PORT``…) and reaches the shared ones thr
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from driftline.connect import SASL_PROTOCOLS, SSL_PROTOCOLS, KafkaConnection, PgSslMode, postgres_ssl
 
 LOCAL_POSTGRES_PASSWORD = "driftline-local"  # noqa: S105 - the documented local-mode default
 LOCAL_MINIO_SECRET = "driftline-local-secret"  # noqa: S105 - the documented local-mode default
@@ -54,12 +57,34 @@ class StackSettings(BaseSettings):
 
     local_mode: bool = Field(True, description="Allow the insecure local defaults for secrets.")
     kafka_bootstrap_servers: str = "127.0.0.1:39090"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA bundle the brokers' certificates chain to (default: the system CAs)."
+    )
+    kafka_ssl_cert_file: Path | None = Field(None, description="Client certificate (PEM), for mutual TLS.")
+    kafka_ssl_key_file: Path | None = Field(None, description="Private key (PEM) of the client certificate.")
+    kafka_ssl_key_password: SecretStr | None = None
     schema_registry_url: str = "http://127.0.0.1:39092/apis/ccompat/v7"
+    schema_registry_username: str | None = Field(None, description="HTTP basic auth user of the schema registry.")
+    schema_registry_password: SecretStr | None = None
+    schema_registry_ca_file: Path | None = Field(
+        None, description="CA bundle of an https registry (default: system CAs)."
+    )
     postgres_dsn: SecretStr = SecretStr(f"postgresql://driftline:{LOCAL_POSTGRES_PASSWORD}@127.0.0.1:39093/driftline")
+    postgres_sslmode: PgSslMode | None = Field(
+        None, description="libpq sslmode; None leaves it to the DSN (`?sslmode=…`)."
+    )
+    postgres_ssl_ca_file: Path | None = Field(None, description="CA bundle of the server (verify-ca, verify-full).")
     minio_endpoint: str = "127.0.0.1:39094"
     minio_access_key: str = "driftline"
     minio_secret_key: SecretStr = SecretStr(LOCAL_MINIO_SECRET)
-    minio_secure: bool = False
+    minio_secure: bool = Field(False, description="https to the object store (S3: true).")
+    minio_ca_file: Path | None = Field(
+        None, description="CA bundle of the object store over https (default: system CAs)."
+    )
     artifact_bucket: str = "driftline-artifacts"
     topic_prefix: str = Field(
         "", description="Prefix of every physical topic and subject name (isolates tests or tenants)."
@@ -86,6 +111,42 @@ class StackSettings(BaseSettings):
         if env_file is not None and env_file.is_file():
             values.setdefault("_env_file", env_file)
         super().__init__(**values)
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How every Kafka client of this stack connects (see :mod:`driftline.connect`)."""
+        return KafkaConnection(
+            self.kafka_bootstrap_servers,
+            self.kafka_security_protocol,
+            self.kafka_sasl_mechanism,
+            self.kafka_sasl_username,
+            self.kafka_sasl_password,
+            self.kafka_ssl_ca_file,
+            self.kafka_ssl_cert_file,
+            self.kafka_ssl_key_file,
+            self.kafka_ssl_key_password,
+        )
+
+    def postgres_ssl(self) -> ssl.SSLContext | PgSslMode | None:
+        """asyncpg's ``ssl`` argument (see :func:`driftline.connect.postgres_ssl`)."""
+        return postgres_ssl(self.postgres_sslmode, self.postgres_ssl_ca_file)
+
+    @model_validator(mode="after")
+    def _security_settings_complete(self) -> Self:
+        if self.kafka_security_protocol in SASL_PROTOCOLS and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"DRIFTLINE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "DRIFTLINE_KAFKA_SASL_USERNAME and DRIFTLINE_KAFKA_SASL_PASSWORD"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("DRIFTLINE_KAFKA_SSL_CERT_FILE and DRIFTLINE_KAFKA_SSL_KEY_FILE go together")
+        if self.kafka_ssl_cert_file is not None and self.kafka_security_protocol not in SSL_PROTOCOLS:
+            raise ValueError("a Kafka client certificate needs DRIFTLINE_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL")
+        if (self.schema_registry_username is None) != (self.schema_registry_password is None):
+            raise ValueError("DRIFTLINE_SCHEMA_REGISTRY_USERNAME and DRIFTLINE_SCHEMA_REGISTRY_PASSWORD go together")
+        return self
 
     @model_validator(mode="after")
     def _no_local_secrets_in_production(self) -> Self:

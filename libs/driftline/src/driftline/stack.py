@@ -42,12 +42,12 @@ async def init_stack(stack: StackSettings, catalog: Catalog | None = None) -> In
     catalog = catalog or default_catalog()
     report = InitReport()
     report.topics_created = await ensure_topics(
-        stack.kafka_bootstrap_servers,
+        stack.kafka,
         catalog,
         stack.topic_prefix,
         replication_factor=stack.topic_replication_factor,
     )
-    registry = SchemaRegistryClient(stack.schema_registry_url)
+    registry = SchemaRegistryClient.from_settings(stack)
     try:
         report.schemas = await register_schemas(registry, catalog, stack.topic_prefix)
     finally:
@@ -68,7 +68,7 @@ async def init_isolated(base: StackSettings, name: str) -> StackSettings:
         raise ValueError(f"bad name {name!r}: lower-case letters, digits and '-', 3 to 41 characters")
     dsn = base.postgres_dsn.get_secret_value()
     database = name.replace("-", "_")
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, ssl=base.postgres_ssl())
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
             await conn.execute(f'CREATE DATABASE "{database}"')
@@ -87,7 +87,7 @@ async def init_isolated(base: StackSettings, name: str) -> StackSettings:
 
 async def drop_isolated_database(base: StackSettings, isolated: StackSettings) -> None:
     database = urlsplit(isolated.postgres_dsn.get_secret_value()).path.lstrip("/")
-    conn = await asyncpg.connect(base.postgres_dsn.get_secret_value())
+    conn = await asyncpg.connect(base.postgres_dsn.get_secret_value(), ssl=base.postgres_ssl())
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     finally:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from aiokafka.structs import ConsumerRecord
 
+from driftline import tracing
 from driftline.catalog import EVENTS_RAW, FEATURES_VECTORS
 from driftline.events import Envelope, as_utc, derived_event_id
 from driftline.logging import bind_event, get_logger
@@ -51,6 +52,7 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()  # the record's Kafka headers (its traceparent)
 
 
 class EntityStates(Protocol):
@@ -164,6 +166,7 @@ class FeatureProcessor:
         self.producer = producer
         self.store = store
         self.source = f"consumer:{group}"
+        self.group = group
         self.max_attempts = max_attempts
         self.stopping = stopping
         self._function_errors_seen: dict[str, int] = {}
@@ -239,6 +242,7 @@ class FeatureProcessor:
         prepared = Prepared(records=list(records))
         result = prepared.result
         computed: list[Computed] = []
+        traced: list[tracing.Consumed] = []
         # One log context per batch (binding per record costs more than computing a vector);
         # per-event log lines name their event explicitly.
         if records:
@@ -255,6 +259,7 @@ class FeatureProcessor:
                 if isinstance(item, DecodeError):
                     raise item
                 raw = raw_event(item[0])
+                traced.append(tracing.Consumed(rec.topic, rec.partition, rec.offset, rec.headers, raw.event_id))
                 computed.append(self.compute(rec, raw, states))
             except DecodeError as exc:
                 prepared.futures.append(await self._dead_letter(rec, str(exc), "decode_error", None, 1))
@@ -269,7 +274,8 @@ class FeatureProcessor:
         # The vectors as whole producer batches (one per partition), acknowledged in bulk below;
         # the batch's state changes go to the changelog now too, so both are in flight during
         # the online-store write.
-        prepared.futures += await self.producer.send_many(FEATURES_VECTORS, [c.vector for c in computed])
+        with tracing.processing(traced, self.group):  # each vector continues its event's trace
+            prepared.futures += await self.producer.send_many(FEATURES_VECTORS, [c.vector for c in computed])
         await states.flush()
         for c in computed:
             prepared.rows.append(c.row)

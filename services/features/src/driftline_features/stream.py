@@ -32,11 +32,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.contrib.asgi import faust_app_running
 from faust.types import TP
+from faust.types.auth import CredentialsT
 
 from driftline.catalog import EVENTS_RAW
+from driftline.connect import SASL_PROTOCOLS, KafkaConnection
+from driftline.lag import LagGauge
 from driftline.logging import get_logger
 from driftline.membership import stable_instance_id
-from driftline.retry import TransientError, retry_transient
+from driftline.retry import TransientError, retry_transient, start_client
 from driftline.settings import StackSettings
 from driftline_features import metrics
 from driftline_features.config import NAME, FeaturesSettings
@@ -164,8 +167,8 @@ class HoleReader:
     it reads): unlike a seek of faust's consumer, whose fetcher drops re-fetched records below
     its read position, it returns every record in the range that the log still holds."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, *, max_wait_s: float = 30.0) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, kafka: KafkaConnection, topic: str, *, max_wait_s: float = 30.0) -> None:
+        self.kafka = kafka
         self.topic = topic
         self.max_wait_s = max_wait_s
         self._consumer: AIOKafkaConsumer | None = None
@@ -173,7 +176,7 @@ class HoleReader:
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
+                **self.kafka.client_kwargs(),
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -221,6 +224,7 @@ class HoleReader:
                                 key=rec.key,
                                 value=rec.value,
                                 timestamp_ms=rec.timestamp,
+                                headers=tuple(rec.headers or ()),
                             )
                         )
         return out
@@ -251,6 +255,20 @@ class StreamControl:
             log.warning("drain_timeout", timeout_s=timeout_s)
 
 
+def faust_credentials(kafka: KafkaConnection) -> CredentialsT | None:
+    """faust's ``broker_credentials`` for the stack's Kafka connection (None: PLAINTEXT)."""
+    if kafka.security_protocol in SASL_PROTOCOLS:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            ssl_context=kafka.ssl_context,
+            mechanism=kafka.sasl_mechanism,
+        )
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(kafka.ssl_context)
+    return None
+
+
 def broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{hostport.strip()}" for hostport in bootstrap_servers.split(",") if hostport.strip()]
 
@@ -258,8 +276,8 @@ def broker_urls(bootstrap_servers: str) -> list[str]:
 async def source_layout(stack: StackSettings) -> tuple[int, int]:
     """(partitions, replication factor) of events.raw: the state table's changelog mirrors them."""
     topic = stack.topic_prefix + EVENTS_RAW
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers, client_id="driftline-features-admin")
-    await retry_transient(admin.start, what="kafka admin start")
+    admin = AIOKafkaAdminClient(**stack.kafka.client_kwargs(), client_id="driftline-features-admin")
+    await start_client(admin.start, stack.kafka, what="kafka admin start")
     try:
         (described,) = await admin.describe_topics([topic])
     finally:
@@ -285,6 +303,7 @@ def build_stream(
     app = faust.App(
         app_id,
         broker=broker_urls(stack.kafka_bootstrap_servers),
+        broker_credentials=faust_credentials(stack.kafka),
         store="memory://",
         web_enabled=False,
         autodiscover=False,
@@ -323,7 +342,7 @@ def build_stream(
     states = TableStates(table(STATE_TABLE), writes, ChangelogBatches(app))
     guard = OffsetGuard(TableOffsets(table(OFFSETS_TABLE), writes))
     generation: list[int | None] = [None]
-    holes = HoleReader(stack.kafka_bootstrap_servers, source.get_topic_name())
+    holes = HoleReader(stack.kafka, source.get_topic_name())
     # Next offset per partition whose effects, table changes included, are durable: committed
     # by the timer below, so the group's offsets follow the real progress even where faust's own
     # commit bookkeeping stalls (it commits nothing past an offset it never saw acknowledged).
@@ -342,6 +361,29 @@ def build_stream(
             await consumer._commit_offsets(offsets)
 
     app.timer(interval=settings.commit_interval_s)(commit_durable)
+
+    lag = LagGauge(app_id)  # faust's consumer group is the app id
+
+    async def export_lag() -> None:
+        consumer: Any = app.consumer
+        topic = source.get_topic_name()
+
+        async def done(_: str, partition: int) -> int | None:
+            if partition in durable:
+                return durable[partition]
+            position: int | None = await consumer.position(TP(topic, partition))
+            return position
+
+        try:
+            await lag.update(
+                [(tp.topic, tp.partition) for tp in consumer.assignment() if tp.topic == topic],
+                lambda t, p: consumer.highwater(TP(t, p)),
+                done,
+            )
+        except Exception as exc:  # a metric never stops the stream
+            log.warning("consumer_lag_unavailable", group=app_id, error=repr(exc)[:300])
+
+    app.timer(interval=1.0)(export_lag)
 
     # faust.Stream; typed Any because noack_take yields events while its annotation says values.
     async def compute_vectors(stream: Any) -> None:
@@ -419,6 +461,14 @@ async def running(app: faust.App, control: StreamControl, *, drain_timeout_s: fl
         log.info("features_stopped")
 
 
+def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    """A faust message's headers (a list of pairs, or a mapping) as pairs."""
+    if not headers:
+        return ()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return tuple((str(k), bytes(v)) for k, v in items)
+
+
 def _source_record(event: Any) -> SourceRecord:
     msg = event.message
     return SourceRecord(
@@ -428,6 +478,7 @@ def _source_record(event: Any) -> SourceRecord:
         key=msg.key,
         value=msg.value,
         timestamp_ms=int((msg.timestamp or 0) * 1000),
+        headers=_headers(msg.headers),
     )
 
 

@@ -80,7 +80,7 @@ async def _read_back_decisions(rt: Runtime, h: RegistryHandlers) -> tuple[TopicF
     follower = TopicFollower(
         name="registry-decisions",
         topics=DECISION_TOPICS,
-        bootstrap_servers=rt.stack.kafka_bootstrap_servers,
+        kafka=rt.stack.kafka,
         serde=rt.serde,
         producer=rt.producer,
         on_replayed=h.on_decisions_replayed,

@@ -102,14 +102,14 @@ class Watcher:
     def __init__(self, stack: StackSettings, on_event: Callable[[Event, float], None]) -> None:
         self.stack = stack
         self.on_event = on_event
-        self.registry = SchemaRegistryClient(stack.schema_registry_url)
+        self.registry = SchemaRegistryClient.from_settings(stack)
         self.serde = AvroSerde(self.registry, topic_prefix=stack.topic_prefix)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers, group_id=None)
+        self.consumer = AIOKafkaConsumer(**stack.kafka.client_kwargs(), group_id=None)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.consumer.start()
-        tps = await partitions_of(self.stack.kafka_bootstrap_servers, [self.stack.topic_prefix + t for t in WATCHED])
+        tps = await partitions_of(self.stack.kafka, [self.stack.topic_prefix + t for t in WATCHED])
         self.consumer.assign(tps)
         await self.consumer.seek_to_end(*tps)
         for tp in tps:
