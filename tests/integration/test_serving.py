@@ -92,7 +92,7 @@ def payload(entity: str, loan: float) -> dict[str, Any]:
 @pytest.fixture
 async def producer(namespace: Namespace) -> AsyncIterator[EventProducer]:
     registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    p = EventProducer(namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "t")
+    p = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "t")
     await p.start([EVENTS_RAW, MODELS_PROMOTED])
     yield p
     await p.stop()

@@ -30,7 +30,7 @@ N = 160
 @pytest.fixture
 async def producer(namespace: Namespace) -> AsyncIterator[EventProducer]:
     registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    p = EventProducer(namespace.stack.kafka_bootstrap_servers, AvroSerde(registry, topic_prefix=namespace.prefix), "t")
+    p = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "t")
     await p.start([MODELS_PROMOTED, FEATURES_VECTORS, LABELS])
     yield p
     await p.stop()
@@ -138,7 +138,7 @@ async def test_the_registry_promotes_a_challenger_on_a_decisive_shadow_verdict(
     await producer.stop()  # this test also sends models.trained
     registry_client = SchemaRegistryClient(namespace.stack.schema_registry_url)
     producer = EventProducer(
-        namespace.stack.kafka_bootstrap_servers, AvroSerde(registry_client, topic_prefix=namespace.prefix), "t"
+        namespace.stack.kafka, AvroSerde(registry_client, topic_prefix=namespace.prefix), "t"
     )
     await producer.start([MODELS_TRAINED, FEATURES_VECTORS, LABELS])
     reader = await TopicReader(namespace, [MODELS_PROMOTED, MODELS_COMPARED, DEPLOYMENTS_STATUS]).start()

@@ -11,6 +11,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
 from driftline.catalog import FEATURES_VECTORS
+from driftline.connect import KafkaConnection
 from driftline.events import envelope
 from driftline.producer import EventProducer
 from driftline.records import FeatureVectorComputed
@@ -63,7 +64,7 @@ def vector(i: int) -> FeatureVectorComputed:
 async def producer(batch_size: int) -> tuple[EventProducer, FakeKafka, AvroSerde]:
     serde = AvroSerde(FakeRegistry())  # type: ignore[arg-type]
     await serde.prepare(FEATURES_VECTORS)
-    p = EventProducer("127.0.0.1:1", serde, "test")
+    p = EventProducer(KafkaConnection("127.0.0.1:1"), serde, "test")
     kafka = FakeKafka(batch_size)
     await p.stop()  # the real client was never started: close it before it is replaced
     p._producer = kafka  # type: ignore[assignment]
