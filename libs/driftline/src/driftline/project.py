@@ -293,6 +293,25 @@ class PromotionPolicy(_Model):
         description="Shadow verdicts: the challenger is promoted when the two-sided interval of its accuracy "
         "minus the champion's, at this confidence, lies above 0.",
     )
+    canary_min_labels: int = Field(
+        200,
+        ge=1,
+        description="Canary verdicts: labelled events each arm (the canary's entities and the champion's) "
+        "served, at least, before monitoring judges.",
+    )
+    canary_max_labels: int = Field(
+        2000,
+        ge=1,
+        description="Canary verdicts: labelled events of the canary's arm after which a canary not shown "
+        "better is withdrawn (verdict no_difference); the champion keeps serving.",
+    )
+    canary_confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="Canary verdicts: the canary is promoted when the two-sided interval of its accuracy "
+        "minus the champion's (two independent samples) lies above 0, withdrawn when it lies below 0.",
+    )
 
 
 class Project(_Model):

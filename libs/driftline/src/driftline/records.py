@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChallengerCompared:
-    """Monitoring's shadow verdict on a challenger, from the champion's and the challenger's predictions of the same labelled events (topic models.compared). The registry promotes the challenger by policy on a challenger_better verdict."""
+    """Monitoring's verdict on a challenger (topic models.compared). In shadow: from the champion's and the challenger's predictions of the same labelled events (paired counts, McNemar). For a canary: from the labelled events each served (two independent samples, the canary's entities and the champion's). The registry promotes the challenger on a challenger_better verdict and, for a canary, withdraws it on champion_better or on a no_difference verdict reached at the policy's most labels."""
 
     RECORD: ClassVar[str] = "ChallengerCompared"
     event_id: str
@@ -40,6 +40,12 @@ class ChallengerCompared:
     interval_high: float
     confidence: float
     p_value: float
+    mode: str = 'shadow'
+    champion_labelled: int | None = None
+    champion_right: int | None = None
+    challenger_labelled: int | None = None
+    challenger_right: int | None = None
+    traffic_fraction: float | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> ChallengerCompared:
@@ -66,6 +72,12 @@ class ChallengerCompared:
             interval_high=d["interval_high"],
             confidence=d["confidence"],
             p_value=d["p_value"],
+            mode=d.get("mode", 'shadow'),
+            champion_labelled=d.get("champion_labelled", None),
+            champion_right=d.get("champion_right", None),
+            challenger_labelled=d.get("challenger_labelled", None),
+            challenger_right=d.get("challenger_right", None),
+            traffic_fraction=d.get("traffic_fraction", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -92,6 +104,12 @@ class ChallengerCompared:
             "interval_high": self.interval_high,
             "confidence": self.confidence,
             "p_value": self.p_value,
+            "mode": self.mode,
+            "champion_labelled": self.champion_labelled,
+            "champion_right": self.champion_right,
+            "challenger_labelled": self.challenger_labelled,
+            "challenger_right": self.challenger_right,
+            "traffic_fraction": self.traffic_fraction,
         }
 
 
@@ -430,7 +448,7 @@ class LabelRecorded:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelPromoted:
-    """A model version became champion (topic models.promoted): promotion or rollback."""
+    """A model version's role changed (topic models.promoted): it became champion (promotion or rollback), challenger in shadow, or canary serving a share of the traffic, or its canary ended."""
 
     RECORD: ClassVar[str] = "ModelPromoted"
     event_id: str
@@ -459,6 +477,7 @@ class ModelPromoted:
     champion_value: float | None = None
     margin: float | None = None
     floor: float | None = None
+    traffic_fraction: float | None = None
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> ModelPromoted:
@@ -489,6 +508,7 @@ class ModelPromoted:
             champion_value=d.get("champion_value", None),
             margin=d.get("margin", None),
             floor=d.get("floor", None),
+            traffic_fraction=d.get("traffic_fraction", None),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -519,6 +539,7 @@ class ModelPromoted:
             "champion_value": self.champion_value,
             "margin": self.margin,
             "floor": self.floor,
+            "traffic_fraction": self.traffic_fraction,
         }
 
 
