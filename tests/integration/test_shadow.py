@@ -137,9 +137,7 @@ async def test_the_registry_promotes_a_challenger_on_a_decisive_shadow_verdict(
 
     await producer.stop()  # this test also sends models.trained
     registry_client = SchemaRegistryClient(namespace.stack.schema_registry_url)
-    producer = EventProducer(
-        namespace.stack.kafka, AvroSerde(registry_client, topic_prefix=namespace.prefix), "t"
-    )
+    producer = EventProducer(namespace.stack.kafka, AvroSerde(registry_client, topic_prefix=namespace.prefix), "t")
     await producer.start([MODELS_TRAINED, FEATURES_VECTORS, LABELS])
     reader = await TopicReader(namespace, [MODELS_PROMOTED, MODELS_COMPARED, DEPLOYMENTS_STATUS]).start()
     services = [

@@ -28,7 +28,7 @@ from driftline_ml.online import FeatureSets
 from tests.fakes import FakeArtifactStore, FakeProducer
 from tests.support import ROOT
 from tests.unit.deployment import synthetic
-from tests.unit.deployment.test_deployment_handlers import deployer, model, promoted
+from tests.unit.deployment.test_deployment_handlers import canary_promoted, deployer, model, promoted
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -44,11 +44,20 @@ def payload(entity: str, loan: float) -> dict[str, Any]:
 
 
 class App:
-    def __init__(self, states: dict[str, dict[str, Any]] | None = None, fail: Exception | None = None) -> None:
+    """The route with v1 as champion and, given ``canary``, v2 as the canary serving that share."""
+
+    def __init__(
+        self,
+        states: dict[str, dict[str, Any]] | None = None,
+        fail: Exception | None = None,
+        canary: float | None = None,
+    ) -> None:
         self.states = states or {}
         self.fail = fail
+        self.canary = canary
         self.producer = FakeProducer()
         self.reads: list[list[str]] = []
+        self.slots = ModelSlots()
 
     async def read_states(self, keys: Any) -> dict[str, dict[str, Any]]:
         self.reads.append(list(keys))
@@ -57,9 +66,11 @@ class App:
         return {k: self.states[k] for k in keys if k in self.states}
 
     async def client(self) -> TestClient:
-        slots = ModelSlots()
+        slots = self.slots
         store = FakeArtifactStore()
         assert await deployer(store, FakeProducer(), slots).apply(promoted(store, model(1), 1))
+        if self.canary is not None:
+            assert await deployer(store, FakeProducer(), slots).apply(canary_promoted(store, model(2), 2, self.canary))
         raw = RawEventFeatures(self.read_states)
         raw.update([applied()])
         deps = DeploymentDeps(

@@ -61,6 +61,11 @@ def promoted(
     return ModelPromoted.from_avro(synthetic.promotion(m, refs, version, action=action))
 
 
+def canary_promoted(store: FakeArtifactStore, m: TrainedModel, version: int, fraction: float) -> ModelPromoted:
+    """``m`` as the canary ``version`` serving ``fraction`` of the entities."""
+    return replace(promoted(store, m, version, action="canary"), traffic_fraction=fraction)
+
+
 def deployer(store: FakeArtifactStore, producer: FakeProducer, slots: ModelSlots, **kw: Any) -> Deployer:
     return Deployer(
         slots=slots,

@@ -10,8 +10,10 @@ from driftline_deployment.policy import (
     CHALLENGER,
     CHAMPION,
     Announcement,
+    canary_rolled_back,
     load_failed,
     plan_from_history,
+    refused,
     slot_for,
     swapped,
     unknown_action,
@@ -39,7 +41,7 @@ def promotion(version: int, action: str = "promote", **kw: Any) -> ModelPromoted
 
 
 def test_shadow_fills_the_challenger_slot_and_every_other_action_the_champions() -> None:
-    assert slot_for("shadow") == CHALLENGER
+    assert slot_for("shadow") == slot_for("canary") == slot_for("canary_rollback") == CHALLENGER
     assert slot_for("promote") == slot_for("rollback") == slot_for("replace") == CHAMPION
 
 
@@ -73,4 +75,56 @@ def test_the_startup_plan_is_per_model_and_tries_at_most_the_fallback_depth() ->
     shadow = promotion(4, "shadow")
     plan = plan_from_history([*history, shadow])["m"]
     assert plan.challenger_beside(None) is shadow  # no champion loaded: the challenger still shadows
+    assert plan.challenger_beside(plan.champions[0]) is shadow
+
+
+def test_a_canary_needs_a_traffic_fraction_in_zero_to_one() -> None:
+    assert refused(promotion(2, "canary", traffic_fraction=0.25)) is None
+    assert refused(promotion(2, "canary", traffic_fraction=1.0)) is None
+    assert refused(promotion(2, "canary_rollback")) is None
+    for fraction in (None, 0.0, 1.5):
+        refusal = refused(promotion(2, "canary", traffic_fraction=fraction))
+        assert refusal is not None and (refusal.slot, refusal.status, refusal.version) == (CHALLENGER, "failed", 2)
+    assert refused(promotion(2, "replace")) == unknown_action(promotion(2, "replace"))
+
+
+def test_a_canary_load_names_its_share_and_its_rollback_is_announced_rolled_back() -> None:
+    (loaded,) = swapped(
+        promotion(2, "canary", reason="try", traffic_fraction=0.1),
+        load_seconds=0.2,
+        retired_version=None,
+        startup=False,
+    )
+    assert loaded == Announcement(CHALLENGER, "loaded", "canary v2 serving 10% of the entities: try", 2, 0.2)
+    withdrawn = canary_rolled_back(promotion(2, "canary_rollback", reason="champion_better"))
+    assert (withdrawn.slot, withdrawn.status, withdrawn.version) == (CHALLENGER, "rolled_back", 2)
+    assert "canary v2" in withdrawn.reason and "champion_better" in withdrawn.reason
+
+
+def test_the_startup_plan_keeps_a_canary_until_its_rollback() -> None:
+    champion = promotion(1)
+    canary = promotion(2, "canary", traffic_fraction=0.2)
+    plan = plan_from_history([champion, canary])["m"]
+    assert plan.challenger_beside(plan.champions[0]) is canary
+    plan = plan_from_history([champion, canary, promotion(2, "canary_rollback")])["m"]
+    assert plan.challenger_beside(plan.champions[0]) is None
+    # A rollback of another version leaves the challenger (live, the slot does not hold it).
+    plan = plan_from_history([champion, canary, promotion(3, "canary_rollback")])["m"]
+    assert plan.challenger_beside(plan.champions[0]) is canary
+    # After a rollback, a later challenger fills the slot again; a champion supersedes a canary.
+    shadow = promotion(3, "shadow")
+    plan = plan_from_history([champion, canary, promotion(2, "canary_rollback"), shadow])["m"]
+    assert plan.challenger_beside(plan.champions[0]) is shadow
+    plan = plan_from_history([champion, canary, promotion(4)])["m"]
+    assert plan.challenger_beside(plan.champions[0]) is None
+    # A canary refused live (no valid fraction) does not replace the challenger at start-up either.
+    plan = plan_from_history([champion, canary, promotion(5, "canary", traffic_fraction=2.0)])["m"]
+    assert plan.challenger_beside(plan.champions[0]) is canary
+
+
+def test_with_shadow_off_the_startup_plan_ignores_shadow_promotions_but_not_canaries() -> None:
+    champion, canary, shadow = promotion(1), promotion(2, "canary", traffic_fraction=0.2), promotion(3, "shadow")
+    plan = plan_from_history([champion, canary, shadow], shadow=False)["m"]
+    assert plan.challenger_beside(plan.champions[0]) is canary  # as live: the shadow promotion is ignored
+    plan = plan_from_history([champion, canary, shadow])["m"]
     assert plan.challenger_beside(plan.champions[0]) is shadow

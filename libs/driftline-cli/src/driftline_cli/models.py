@@ -19,7 +19,7 @@ DEFAULT_REGISTRY_URL = "http://127.0.0.1:38104"
 DEFAULT_MONITORING_URL = "http://127.0.0.1:38106"
 
 models_app = typer.Typer(
-    help="The model registry: versions, model cards, stage history, promotion, shadow deployment and rollback.",
+    help="The model registry: versions, model cards, stage history, promotion, shadow and canary deployment, rollback.",
     no_args_is_help=True,
 )
 
@@ -284,12 +284,14 @@ def compare(
     min_pairs: Annotated[int, typer.Option(help="Paired labelled outcomes needed for a verdict.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print monitoring's document as JSON.")] = False,
 ) -> None:
-    """The shadow challenger against the champion on the same labelled events (from monitoring):
-    both accuracies, the difference with its confidence interval, McNemar's p-value, the verdict."""
+    """The challenger against the champion (from monitoring): in shadow, on the same labelled
+    events (both accuracies, the difference with its confidence interval, McNemar's p-value, the
+    verdict); for a canary, on the labelled events each side of the traffic split served."""
     doc = _call("GET", f"{url}/v1/models/{name}/comparison?confidence={confidence}&min_pairs={min_pairs}")
     if as_json:
         console.print_json(json_module.dumps(doc, default=str))
         return
+    _print_canaries(name, doc.get("canaries") or [])
     rows = doc["comparisons"]
     if not rows:
         console.print(f"{name}: no challenger prediction joined with a label and the champion's yet")
@@ -321,6 +323,30 @@ def compare(
             interval,
             p,
             r["verdict"],
+        )
+    console.print(table)
+
+
+def _print_canaries(name: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    table = Table(title=f"{name}: canary vs champion, each on the labelled events it served")
+    for col in ("champion", "canary", "share", "labelled", "champion acc", "canary acc", "difference", "interval",
+                "p", "verdict"):  # fmt: skip
+        table.add_column(col)
+    for r in rows:
+        interval = r.get("interval")
+        table.add_row(
+            f"v{r['champion_version']}",
+            f"v{r['challenger_version']}",
+            "-" if r.get("traffic_fraction") is None else f"{r['traffic_fraction']:g}",
+            f"{r.get('challenger_labelled', 0)} / {r.get('champion_labelled', 0)}",
+            _pct(r.get("champion_accuracy")),
+            _pct(r.get("challenger_accuracy")),
+            "-" if r.get("difference") is None else f"{r['difference']:+.4f}",
+            "-" if interval is None else f"[{interval[0]:+.4f}, {interval[1]:+.4f}]",
+            "-" if r.get("p_value") is None else f"{r['p_value']:.3g}",
+            str(r.get("verdict", "-")),
         )
     console.print(table)
 
@@ -370,6 +396,44 @@ for _action, _version_help, _doc in (
     ),
 ):
     _version_command(_action, _version_help, _doc)
+
+
+@models_app.command("canary")
+def canary(
+    name: ModelName,
+    version: Annotated[int, typer.Argument(help="Version to deploy as the canary.")],
+    fraction: Annotated[
+        float, typer.Option("--fraction", "-f", min=0.0, max=1.0, help="Share of the entities it serves (0-1].")
+    ] = 0.1,
+    reason: Reason = None,
+    url: RegistryUrl = DEFAULT_REGISTRY_URL,
+    token: Token = LOCAL_API_TOKEN,
+) -> None:
+    """Deploy a version as a canary: it serves --fraction of the entities (split by entity id, the
+    same on every instance), the champion the rest. Monitoring compares both on their labelled
+    events; the policy then promotes the canary or withdraws it (each decision on models.promoted
+    with its evidence). `driftline models compare NAME` shows where the comparison stands."""
+    if fraction <= 0:
+        fail("--fraction must be above 0")
+    body: dict[str, Any] = {"fraction": fraction}
+    if reason:
+        body["reason"] = reason
+    result = _call("POST", f"{url}/v1/models/{name}/versions/{version}/canary", token=token, json=body, ok=(200, 202))
+    _print_action(result)
+    console.print(f"serving {result['traffic_fraction']:g} of the entities")
+
+
+@models_app.command("canary-rollback")
+def canary_rollback(
+    name: ModelName,
+    reason: Reason = None,
+    url: RegistryUrl = DEFAULT_REGISTRY_URL,
+    token: Token = LOCAL_API_TOKEN,
+) -> None:
+    """Withdraw the canary now: the champion serves every entity again (the canary version is
+    marked rolled back)."""
+    body = {"reason": reason} if reason else None
+    _print_action(_call("POST", f"{url}/v1/models/{name}/canary/rollback", token=token, json=body, ok=(200, 202)))
 
 
 @models_app.command("rollback")

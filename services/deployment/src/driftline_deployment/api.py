@@ -1,11 +1,14 @@
 """HTTP API of deployment: POST /v1/predict (a raw event or a ready vector, one or a batch) and
-GET /v1/deployment. Every prediction served is published to ``predictions`` (see
-:mod:`driftline_deployment.publish`: without a broker round trip in the request)."""
+GET /v1/deployment. Each row is served by the champion, or by the model's canary when the canary
+serves its entity (see :class:`driftline_deployment.slots.Split`). Every prediction served is
+published to ``predictions`` (see :mod:`driftline_deployment.publish`: without a broker round trip
+in the request)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -20,10 +23,8 @@ from driftline_deployment.config import DeploymentSettings
 from driftline_deployment.features import InvalidEvents, RawEventFeatures, ServedEvent
 from driftline_deployment.handlers import Deployer
 from driftline_deployment.metrics import PREDICTIONS_MADE, SCORE_SECONDS
-from driftline_deployment.policy import CHALLENGER
 from driftline_deployment.publish import PredictionPublisher
-from driftline_deployment.slots import LoadedModel, ModelSlots
-from driftline_ml.models import to_matrix
+from driftline_deployment.slots import LoadedModel, ModelSlots, Served, Split, by_row, canary_rows
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Prediction(BaseModel):
         "event_id, or a new id for a ready vector."
     )
     entity_id: str = Field(description="The entity (a label gives it too): the event's, or the prediction id.")
+    model_version: int = Field(description="The version that served it: the champion's, or the canary's.")
+    slot: str = Field(description="champion, or canary when the model's canary serves the entity.")
     features: dict[str, float | str | None] | None = Field(
         None, description="For a raw event: the feature vector that was scored, in the feature set's order."
     )
@@ -92,7 +95,7 @@ class Prediction(BaseModel):
 
 class PredictResponse(BaseModel):
     model_name: str
-    model_version: int
+    model_version: int = Field(description="The champion's version (a prediction names the version that served it).")
     request_id: str = Field(description="Correlation id of the predictions of a request of ready vectors.")
     predictions: list[Prediction]
 
@@ -101,16 +104,25 @@ def _bad_request(reason: str, **extra: Any) -> HTTPException:
     return HTTPException(422, detail={"error": "invalid_features", "reason": reason, **extra})
 
 
-def check_rows(rows: list[dict[str, FeatureValue]], model: LoadedModel) -> None:
-    """Every vector names exactly the model's features (null for a missing value)."""
-    expected = set(model.feature_names)
+def check_rows(
+    rows: list[dict[str, FeatureValue]],
+    model: LoadedModel,
+    canary: LoadedModel | None = None,
+    picked: Collection[int] = (),
+) -> None:
+    """Every vector names exactly the features of the model that scores it (null for a missing
+    value): ``canary``'s for the rows at ``picked`` (see :func:`canary_rows`), ``model``'s (the
+    champion's) for the others."""
+    on_canary = set(picked) if canary is not None else set()
     for i, row in enumerate(rows):
+        scorer = canary if canary is not None and i in on_canary else model
+        expected = set(scorer.feature_names)
         unknown = sorted(set(row) - expected)
         missing = sorted(expected - set(row))
         if unknown or missing:
             raise _bad_request(
-                f"row {i}: the vector must name exactly the features of {model.model_name} "
-                f"v{model.version} (null for a missing value)",
+                f"row {i}: the vector must name exactly the features of {scorer.model_name} "
+                f"v{scorer.version} (null for a missing value)",
                 unknown=unknown,
                 missing=missing,
             )
@@ -135,7 +147,7 @@ router = APIRouter(prefix="/v1", tags=["deployment"])
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    summary="Score one feature vector or a batch with the champion",
+    summary="Score one feature vector or a batch with the champion (and the canary for its entities)",
     responses={413: {"description": "Too many vectors"}, 503: {"description": "No model loaded yet"}},
 )
 async def predict(body: PredictRequest, deps: Deps) -> PredictResponse:
@@ -147,7 +159,9 @@ async def predict(body: PredictRequest, deps: Deps) -> PredictResponse:
             413, detail={"error": "batch_too_large", "reason": f"at most {settings.max_batch} per call"}
         )
     model_name = body.model or _model_of_events(items, deps) or deps.model_name
-    model = deps.slots.champion(model_name)  # one reference for the whole request
+    model = deps.slots.champion(model_name)  # one reference of each slot for the whole request
+    challenger = deps.slots.challenger(model_name)
+    canary = challenger if challenger is not None and challenger.is_canary else None
     if model is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -157,26 +171,31 @@ async def predict(body: PredictRequest, deps: Deps) -> PredictResponse:
     if items is not None:
         served = await _raw_event_features(items, deps)
         rows: list[dict[str, Any]] = [s.features for s in served]
+        sources = [s.raw.event_id for s in served]
+        entities = [s.raw.entity_id for s in served]
+        picked = canary_rows(canary, entities)
     else:
         rows = body.rows()
-        check_rows(rows, model)
+        sources = [str(uuid.uuid4()) for _ in rows]  # a ready vector's prediction id is its entity too
+        picked = canary_rows(canary, sources)
+        check_rows(rows, model, canary, picked)
     try:
-        x = to_matrix(rows, model.feature_names)  # a raw event's vector: as the stream scores it
+        split = Split.of(model, rows, canary, picked)  # a raw event's vector: as the stream scores it
     except ValueError as exc:
         raise _bad_request(str(exc)) from exc
     if len(rows) <= settings.inline_rows:
-        scores, classes, seconds = model.timed_predict(x)
+        parts = split.predict()
     else:
-        scores, classes, seconds = await asyncio.to_thread(model.timed_predict, x)
-    SCORE_SECONDS.labels("http").observe(seconds)
-    PREDICTIONS_MADE.labels("http", model.slot).inc(len(rows))
+        parts = await asyncio.to_thread(split.predict)
+    for part in parts:
+        SCORE_SECONDS.labels("http").observe(part.seconds)
+        PREDICTIONS_MADE.labels("http", part.model.prediction_slot).inc(len(part.rows))
     request_id = str(uuid.uuid4())
-    latency_ms = seconds * 1000 / len(rows)
     answers: list[Prediction] = []
     records: list[PredictionMade] = []
-    for i, (score, predicted) in enumerate(zip(scores, classes, strict=True)):
+    for i, (part, score, predicted) in enumerate(by_row(parts)):
         event = served[i] if served is not None else None
-        record = _prediction_record(model, event, request_id, float(score), predicted, latency_ms)
+        record = _prediction_record(part, event, sources[i], request_id, score, predicted)
         records.append(record)
         answers.append(
             Prediction(
@@ -184,6 +203,8 @@ async def predict(body: PredictRequest, deps: Deps) -> PredictResponse:
                 predicted_class=predicted,
                 prediction_id=record.source_event_id,
                 entity_id=record.entity_id,
+                model_version=record.model_version,
+                slot=record.slot,
                 features=event.features if event is not None else None,
             )
         )
@@ -220,17 +241,18 @@ async def _raw_event_features(items: list[dict[str, Any]], deps: DeploymentDeps)
 
 
 def _prediction_record(
-    model: LoadedModel, event: ServedEvent | None, request_id: str, score: float, predicted: str, latency_ms: float
+    part: Served, event: ServedEvent | None, source: str, request_id: str, score: float, predicted: str
 ) -> PredictionMade:
-    """The ``predictions`` record of one HTTP prediction. Its source event is the raw event (a
-    label of the event joins it, as for stream traffic) or, for a ready vector, a new id: the
-    prediction id the client labels. Its id derives from that and the model version, so a stream
-    prediction of the same raw event is another record, and a retried raw event the same one."""
+    """The ``predictions`` record of one HTTP prediction by ``part.model``. Its source event is the
+    raw event (a label of the event joins it, as for stream traffic) or, for a ready vector, a new
+    id (``source``): the prediction id the client labels, and its entity. Its id derives from that,
+    the model version and the slot, so a stream prediction of the same raw event is another record,
+    and a retried raw event the same one."""
+    model = part.model
     if event is not None:
         raw = event.raw
-        source, entity, event_time, cause = raw.event_id, raw.entity_id, raw.event_time, raw
+        entity, event_time, cause = raw.entity_id, raw.event_time, raw
     else:
-        source = str(uuid.uuid4())
         entity, event_time, cause = source, now_utc(), None
     return PredictionMade(
         **envelope(
@@ -238,17 +260,17 @@ def _prediction_record(
             cause=cause,
             correlation_id=None if cause is not None else request_id,
             event_time=event_time,
-            event_id=derived_event_id(source, model.model_name, model.version, model.slot, "http"),
+            event_id=derived_event_id(source, model.model_name, model.version, model.prediction_slot, "http"),
         ),
         source_event_id=source,
         entity_id=entity,
         model_name=model.model_name,
         model_version=model.version,
-        slot=model.slot,
-        shadow=model.slot == CHALLENGER,
+        slot=model.prediction_slot,
+        shadow=model.shadow,
         score=score,
         predicted_class=predicted,
-        scoring_latency_ms=latency_ms,
+        scoring_latency_ms=part.latency_ms,
         served="http",
     )
 

@@ -1,5 +1,6 @@
 """What deployment does with its records: apply ``models.promoted`` to the model slots (load off
-to the side, swap, announce on ``deployments.status``) and score ``features.vectors``.
+to the side, swap, announce on ``deployments.status``) and score ``features.vectors`` (the
+champion, or its canary for the canary's entities; a shadow challenger beside).
 
 A model that fails any step of its load is announced as ``failed`` and the one serving keeps
 serving. The decisions (which slot, what to load at start-up, what to announce) are in
@@ -15,9 +16,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import DEPLOYMENTS_STATUS, PREDICTIONS
 from driftline.events import Event, derived_event_id, now_utc
@@ -28,9 +26,9 @@ from driftline.retry import PoisonRecord, is_transient
 from driftline_deployment import policy
 from driftline_deployment.loader import LoadError, ModelLoader, ThreadLoader
 from driftline_deployment.metrics import MODEL_LOADS, PREDICTIONS_MADE, SCORE_SECONDS, SHADOW_ERRORS, UNSCORED
-from driftline_deployment.policy import CHALLENGER, Announcement
+from driftline_deployment.policy import Announcement
 from driftline_deployment.scoring import profile_rows, scores_for
-from driftline_deployment.slots import LoadedModel, ModelSlots
+from driftline_deployment.slots import LoadedModel, ModelSlots, Served, Split, by_row, canary_rows
 from driftline_ml.models import to_matrix
 
 log = get_logger(__name__)
@@ -78,7 +76,7 @@ class Deployer:
                 await self.on_status(e.record)
             elif isinstance(e.record, ModelPromoted):
                 promotions.append(e.record)
-        for model_name, plan in policy.plan_from_history(promotions).items():
+        for model_name, plan in policy.plan_from_history(promotions, shadow=self.shadow).items():
             if not self.serves(model_name):
                 log.info("model_of_no_project_not_loaded", model=model_name)
                 continue
@@ -117,13 +115,16 @@ class Deployer:
             self.history.append(status)
 
     async def apply(self, p: ModelPromoted, *, startup: bool = False) -> bool:
-        """Carry out one promotion; True when the model now serves in its slot."""
-        refusal = policy.unknown_action(p)
+        """Carry out one promotion; True when the model now serves in its slot (for a
+        ``canary_rollback``: when the canary left it)."""
+        refusal = policy.refused(p)
         if refusal is not None:
             await self._announce(p, refusal)
             return False
+        if p.action == "canary_rollback":
+            return await self._withdraw_canary(p)
         slot = policy.slot_for(p.action)
-        if slot == CHALLENGER and not self.shadow:
+        if p.action == "shadow" and not self.shadow:  # a canary still loads: it serves traffic
             log.info("shadow_disabled_ignoring", model=p.model_name, version=p.version)
             return False
         start = time.perf_counter()
@@ -152,6 +153,23 @@ class Deployer:
             await self._announce(p, announcement)
         return True
 
+    async def _withdraw_canary(self, p: ModelPromoted) -> bool:
+        """``canary_rollback``: the challenger slot is emptied if it holds the canary withdrawn
+        (announced ``rolled_back``); otherwise there is nothing to withdraw here."""
+        removed = self.slots.remove_challenger(p.model_name, p.version)
+        if removed is None:
+            held = self.slots.challenger(p.model_name)
+            log.info(
+                "canary_rollback_not_loaded",
+                model=p.model_name,
+                version=p.version,
+                challenger=None if held is None else held.version,
+            )
+            return False
+        log.info("canary_withdrawn", model=p.model_name, version=p.version, mode=removed.mode)
+        await self._announce(p, policy.canary_rolled_back(p))
+        return True
+
     async def _load(self, p: ModelPromoted, slot: str, *, startup: bool) -> LoadedModel:
         start = time.perf_counter()
         store = self.artifacts(p.artifact_bucket)
@@ -177,6 +195,7 @@ class Deployer:
             load_seconds=time.perf_counter() - start,
             promotion=p,
             scores=scores,
+            traffic_fraction=p.traffic_fraction if p.action == "canary" else None,
         )
 
     async def _announce(self, p: ModelPromoted, a: Announcement) -> None:
@@ -203,7 +222,7 @@ class Deployer:
 
 
 class Scorer:
-    """Stream scoring of features.vectors: one predict call per consumer batch and model."""
+    """Stream scoring of features.vectors: one worker-thread call per consumer batch."""
 
     def __init__(
         self,
@@ -237,11 +256,13 @@ class Scorer:
             raise PoisonRecord(f"feature vector cannot be scored: {exc}", "validation_error") from exc
 
     async def score(self, vectors: Sequence[FeatureVectorComputed]) -> None:
-        """Score each vector with its project's model (one predict call per model in the batch).
+        """Score each vector with its project's model: its champion, or its canary for the
+        entities the canary serves (:class:`driftline_deployment.slots.Split`).
 
-        A row the champion cannot score fails the batch (the runner then isolates it). The
-        challenger is scored after the champion's predictions are sent, and nothing it does (an
-        error in its input conversion or its predict) reaches the champion's path: it is counted
+        A row the champion cannot score fails the batch (the runner then isolates it); rows the
+        canary cannot score are served by the champion (counted and logged), never failed. A
+        shadow challenger is scored after the served predictions are sent, and nothing it does (an
+        error in its input conversion or its predict) reaches them: it is counted
         (``driftline_deployment_shadow_errors_total``), logged, and its batch is skipped. A vector
         of no known project (deleted, or not applied here yet) is not scored."""
         by_model: dict[str, list[FeatureVectorComputed]] = {}
@@ -260,25 +281,28 @@ class Scorer:
         # Every champion's input first (a row one cannot score fails the batch before anything is
         # sent), then one worker-thread call that scores every model's rows: with many projects a
         # batch spans many models, and a thread hop per model would cost more than its predict.
-        plans: list[tuple[list[FeatureVectorComputed], LoadedModel, NDArray[np.float64]]] = []
+        plans: list[tuple[list[FeatureVectorComputed], Split, LoadedModel | None]] = []
         for name, group in by_model.items():
-            champion = self.slots.champion(name)
+            champion = self.slots.champion(name)  # each slot's reference once for the batch
+            challenger = self.slots.challenger(name)
             if champion is None:
                 UNSCORED.inc(len(group))
                 log.debug("no_model_loaded_vectors_unscored", model=name, count=len(group))
                 continue
-            plans.append((group, champion, to_matrix([v.features for v in group], champion.feature_names)))
+            canary = challenger if challenger is not None and challenger.is_canary else None
+            picked = canary_rows(canary, [v.entity_id for v in group])
+            split = Split.of(champion, [v.features for v in group], canary, picked)
+            plans.append((group, split, None if canary is not None else challenger))
         if not plans:
             return
-        results = await asyncio.to_thread(lambda: [model.timed_predict(x) for _, model, x in plans])
-        for (group, champion, _), result in zip(plans, results, strict=True):
-            await self._send(group, champion, result)
+        results = await asyncio.to_thread(lambda: [split.predict() for _, split, _ in plans])
+        for (group, _, _), served in zip(plans, results, strict=True):
+            await self._send_served(group, served)
         if not self.shadow:
             return
-        for group, champion, _ in plans:
-            challenger = self.slots.challenger(champion.model_name)
-            if challenger is not None:
-                await self._shadow(group, challenger)
+        for group, _, shadow in plans:
+            if shadow is not None:  # no shadow scoring beside a canary
+                await self._shadow(group, shadow)
 
     async def _shadow(self, vectors: Sequence[FeatureVectorComputed], challenger: LoadedModel) -> None:
         try:
@@ -296,20 +320,15 @@ class Scorer:
                 error=f"{type(exc).__name__}: {exc}"[:500],
             )
             return
-        await self._send(vectors, challenger, result)
+        await self._send_served(vectors, [Served(challenger, list(range(len(vectors))), *result)])
 
-    async def _send(
-        self,
-        vectors: Sequence[FeatureVectorComputed],
-        model: LoadedModel,
-        result: tuple[NDArray[np.float64], list[str], float],
-    ) -> None:
-        scores, classes, seconds = result
-        SCORE_SECONDS.labels("stream").observe(seconds)
-        per_record_ms = seconds * 1000 / len(vectors)
-        for v, score, predicted in zip(vectors, scores, classes, strict=True):
-            await self.producer.send(PREDICTIONS, self._prediction(v, model, float(score), predicted, per_record_ms))
-        PREDICTIONS_MADE.labels("stream", model.slot).inc(len(vectors))
+    async def _send_served(self, vectors: Sequence[FeatureVectorComputed], served: Sequence[Served]) -> None:
+        """The predictions of one model's vectors (by its champion and canary, or its shadow), in their order."""
+        for part in served:
+            SCORE_SECONDS.labels("stream").observe(part.seconds)
+            PREDICTIONS_MADE.labels("stream", part.model.prediction_slot).inc(len(part.rows))
+        for v, (part, score, predicted) in zip(vectors, by_row(served), strict=True):
+            await self.producer.send(PREDICTIONS, self._prediction(v, part.model, score, predicted, part.latency_ms))
 
     def _prediction(
         self, v: FeatureVectorComputed, model: LoadedModel, score: float, predicted: str, latency_ms: float
@@ -318,14 +337,14 @@ class Scorer:
             **self.producer.envelope(
                 cause=v,
                 event_time=v.event_time,
-                event_id=derived_event_id(v.source_event_id, model.model_name, model.version, model.slot),
+                event_id=derived_event_id(v.source_event_id, model.model_name, model.version, model.prediction_slot),
             ),
             source_event_id=v.source_event_id,
             entity_id=v.entity_id,
             model_name=model.model_name,
             model_version=model.version,
-            slot=model.slot,
-            shadow=model.slot == CHALLENGER,
+            slot=model.prediction_slot,
+            shadow=model.shadow,
             score=score,
             predicted_class=predicted,
             scoring_latency_ms=latency_ms,

@@ -6,11 +6,18 @@ from prometheus_client import Counter, Gauge, Histogram
 
 MODEL_LOADS = Counter("driftline_deployment_model_loads_total", "Model loads by outcome", ["slot", "status"])
 MODEL_VERSION = Gauge("driftline_deployment_model_version", "Version loaded per model and slot", ["model", "slot"])
-PREDICTIONS_MADE = Counter("driftline_deployment_predictions_total", "Predictions", ["source", "slot"])
+PREDICTIONS_MADE = Counter(
+    "driftline_deployment_predictions_total", "Predictions (slot: champion, challenger, canary)", ["source", "slot"]
+)
 UNSCORED = Counter("driftline_deployment_unscored_total", "Feature vectors received while no model was loaded")
 SHADOW_ERRORS = Counter(
     "driftline_deployment_shadow_errors_total",
     "Consumer batches the challenger failed to score (the champion's predictions are unaffected)",
+    ["model", "version"],
+)
+CANARY_ERRORS = Counter(
+    "driftline_deployment_canary_errors_total",
+    "Scoring calls (a consumer batch's or a request's rows) the canary failed; the champion served those rows",
     ["model", "version"],
 )
 SCORE_SECONDS = Histogram(

@@ -1,5 +1,5 @@
 """HTTP API of monitoring: GET /v1/drift, GET /v1/reports, GET /v1/models/{name}/comparison (the
-shadow verdict), and a page with plots at GET /."""
+shadow and canary verdicts), and a page with plots at GET /."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 
 from driftline.events import as_utc
-from driftline.project import DriftPolicy
+from driftline.project import DriftPolicy, PromotionPolicy
 from driftline.projects import ProjectBook
 from driftline.service import wired
 from driftline_monitoring import page
@@ -168,21 +168,55 @@ async def index(deps: Deps) -> HTMLResponse:
 
 
 @router.get(
-    "/v1/models/{name}/comparison", summary="The shadow challenger against the champion on the same labelled events"
+    "/v1/models/{name}/comparison",
+    summary="The challengers against the champion: in shadow on the same labelled events, as canaries on their arms",
 )
 async def comparison(
     name: str,
     deps: Deps,
-    confidence: float = Query(0.95, gt=0, lt=1, description="Two-sided confidence of the interval."),
-    min_pairs: int = Query(100, ge=1, description="Paired labelled outcomes needed for a verdict."),
+    confidence: float = Query(0.95, gt=0, lt=1, description="Shadow: two-sided confidence of the interval."),
+    min_pairs: int = Query(100, ge=1, description="Shadow: paired labelled outcomes needed for a verdict."),
+    canary_confidence: float | None = Query(
+        None, gt=0, lt=1, description="Canaries: two-sided confidence (default: the project's promotion policy)."
+    ),
+    min_labels: int | None = Query(
+        None, ge=1, description="Canaries: labelled events each arm needs for a verdict (default: the policy's)."
+    ),
+    max_labels: int | None = Query(
+        None,
+        ge=1,
+        description="Canaries: the canary arm's labelled events that make no difference decisive "
+        "(default: the policy's).",
+    ),
 ) -> dict[str, Any]:
-    """Per (champion version, challenger version), newest challenger first: the paired counts,
-    both accuracies, the difference challenger - champion with its confidence interval, McNemar's
-    one-sided p-value and the verdict (:mod:`driftline_monitoring.comparison`)."""
+    """``comparisons``, per (champion version, challenger version) in shadow, newest challenger
+    first: the paired counts, both accuracies, the difference challenger - champion with its
+    confidence interval, McNemar's one-sided p-value and the verdict. ``canaries``, per (champion
+    version, canary version), the canary started last first: each arm's labelled and right counts
+    and accuracy, the difference with its interval for independent proportions, the two-proportion
+    z-test's one-sided p-value, the verdict, whether it is decisive, and whether the canary is still
+    active (:mod:`driftline_monitoring.comparison`)."""
+    monitoring = deps.monitoring
+    policy = monitoring.promotion_of(name) or PromotionPolicy()
+    judged = (
+        policy.canary_confidence if canary_confidence is None else canary_confidence,
+        policy.canary_min_labels if min_labels is None else min_labels,
+        policy.canary_max_labels if max_labels is None else max_labels,
+    )
     return {
         "model_name": name,
         "comparisons": [
             {"champion_version": cv, "challenger_version": sv, **counts.summary(confidence, min_pairs)}
-            for cv, sv, counts in deps.monitoring.shadow.comparisons(name)
+            for cv, sv, counts in monitoring.shadow.comparisons(name)
+        ],
+        "canaries": [
+            {
+                "champion_version": cv,
+                "challenger_version": kv,
+                "traffic_fraction": fraction,
+                "active": monitoring.canary.is_active((name, cv, kv)),
+                **counts.summary(*judged),
+            }
+            for cv, kv, fraction, counts in monitoring.canary.comparisons(name)
         ],
     }

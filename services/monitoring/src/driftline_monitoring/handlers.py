@@ -8,6 +8,7 @@ group, ``features.vectors``, ``predictions`` and ``labels``. Predictions of the 
 the shadow's) are joined with labels by the raw event id (``source_event_id`` =
 ``labelled_event_id``), whichever arrives first; both sides wait in bounded maps. The three topics
 are keyed by entity, so with the range assignor a record and its label land on the same instance.
+Predictions and labels also feed the challenger verdicts of :mod:`comparison` (shadow and canary).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prometheus_client import Counter, Gauge
 from driftline.artifacts import ArtifactStore
 from driftline.catalog import FEATURES_VECTORS, PREDICTIONS
 from driftline.consumer import BatchHandler, Routes, dispatch
-from driftline.events import Event, derived_event_id, envelope, epoch_ms
+from driftline.events import Event, epoch_ms
 from driftline.logging import get_logger
 from driftline.project import DriftPolicy, PromotionPolicy
 from driftline.records import (
@@ -35,7 +36,16 @@ from driftline.records import (
     TrainingFailed,
 )
 from driftline.retry import retry_transient
-from driftline_monitoring.comparison import Pair, ShadowJoin, decisive
+from driftline_monitoring.comparison import (
+    CANARY,
+    SHADOW,
+    CanaryJoin,
+    Pair,
+    ShadowJoin,
+    canary_decisive,
+    compared,
+    decisive,
+)
 from driftline_monitoring.drift import BoundedMap, CheckResult, Detection, ModelMonitor, Reference
 from driftline_monitoring.episodes import Episodes, episode_correlation_id
 from driftline_monitoring.serving import KEPT_PROMOTIONS, Serving, Switch, is_champion, is_serving
@@ -100,6 +110,8 @@ class Monitoring:
         self.promotion_of = promotion_of or (lambda _name: None)
         self.publish_verdict = publish_verdict
         self.verdicts: dict[Pair, ChallengerCompared] = {}  # announced on models.compared
+        self.canary = CanaryJoin(join_capacity)  # the two arms of each model's active canary
+        self.canary_verdicts: dict[Pair, ChallengerCompared] = {}  # announced on models.compared
         self.references: BoundedMap[Reference] = BoundedMap(4 * KEPT_PROMOTIONS)  # promotion event id → Reference
         self._switching = asyncio.Lock()
 
@@ -110,9 +122,10 @@ class Monitoring:
     # -- models.promoted and deployments.status ---------------------------------------------------
 
     async def on_replayed(self, history: Sequence[Event[ModelPromoted | DeploymentStatusChanged]]) -> None:
-        """Start-up: monitor the champion each model serves (see :meth:`Serving.at_start`); re-send
-        unpublished reports; pick up the open episodes."""
+        """Start-up: monitor the champion each model serves (see :meth:`Serving.at_start`); the
+        active canaries; re-send unpublished reports; pick up the open episodes."""
         serving = [e.record for e in history if isinstance(e.record, ModelPromoted | DeploymentStatusChanged)]
+        self.canary.rebuild(r for r in serving if isinstance(r, ModelPromoted))
         for promotion in self.serving.at_start(serving):
             reference = await self._reference(promotion)
             if reference is not None:
@@ -124,9 +137,11 @@ class Monitoring:
 
     async def on_promoted(self, promotion: ModelPromoted) -> None:
         """A new champion is announced: monitored at once if the model has no monitor yet,
-        otherwise pending until it is seen serving. Its reference is fetched now."""
+        otherwise pending until it is seen serving. Its reference is fetched now. Every action
+        starts or ends the model's canary comparison first."""
+        self._follow_canary(promotion)
         if not is_champion(promotion):
-            return  # shadow: the challenger is not monitored
+            return  # shadow or canary: the challenger is not monitored
         self.serving.remember(promotion)
         reference = await self._reference(promotion)
         if reference is None:
@@ -140,6 +155,22 @@ class Monitoring:
             version=promotion.version,
             monitored_version=self.monitors[promotion.model_name].reference.version,
         )
+
+    def _follow_canary(self, promotion: ModelPromoted) -> None:
+        ended = self.canary.follow(promotion)
+        started = self.canary.active.get(promotion.model_name) if promotion.action == CANARY else None
+        if promotion.action == CANARY and started is None:
+            log.warning("canary_without_champion", model=promotion.model_name, version=promotion.version)
+        for event, canary in (("canary_ended", ended), ("canary_compared_from_now", started)):
+            if canary is not None:
+                log.info(
+                    event,
+                    model=promotion.model_name,
+                    version=canary.version,
+                    champion=canary.champion,
+                    traffic_fraction=canary.traffic_fraction,
+                    by=promotion.action,
+                )
 
     async def on_run_outcome(self, record: ModelRejected | TrainingFailed) -> None:
         """A run's candidate was rejected, or the run failed: if an episode's attempt asked for it,
@@ -257,6 +288,11 @@ class Monitoring:
             )
             if pair is not None:
                 await self._judge(pair)
+            arms = self.canary.add_prediction(
+                p.source_event_id, p.model_name, p.model_version, p.slot, p.predicted_class
+            )
+            if arms is not None:
+                await self._judge_canary(arms)
         monitor = self.monitors.get(p.model_name)
         if monitor is None:
             IGNORED.labels(PREDICTIONS, "unknown_model").inc()
@@ -292,6 +328,9 @@ class Monitoring:
         pair = self.shadow.add_label(source, value)
         if pair is not None:
             await self._judge(pair)
+        arms = self.canary.add_label(source, value)
+        if arms is not None:
+            await self._judge_canary(arms)
         for monitor in list(self.monitors.values()):
             if source in monitor.predictions:  # only the model that predicted the event joins it
                 await self._performance(monitor, monitor.add_label(source, value))
@@ -300,40 +339,34 @@ class Monitoring:
         """Announce a shadow verdict that the model's promotion policy finds decisive (once)."""
         if self.publish_verdict is None or pair in self.verdicts:
             return
-        policy = self.promotion_of(pair[0]) or PromotionPolicy()
-        summary = decisive(self.shadow.counts[pair], policy)
-        if summary is None:
+        summary = decisive(self.shadow.counts[pair], self.promotion_of(pair[0]) or PromotionPolicy())
+        if summary is not None:
+            await self._announce(self.verdicts, pair, compared(SHADOW, pair, summary))
+
+    async def _judge_canary(self, comparison: Pair) -> None:
+        """Announce the verdict of the model's active canary once the model's promotion policy finds
+        it decisive (once; an ended canary's late labels are counted, never announced)."""
+        if self.publish_verdict is None or comparison in self.canary_verdicts or not self.canary.is_active(comparison):
             return
-        model_name, champion_version, challenger_version = pair
-        low, high = summary["interval"]
-        record = ChallengerCompared(
-            **envelope("monitoring", event_id=derived_event_id("challenger-compared", *pair, summary["verdict"])),
-            model_name=model_name,
-            champion_version=champion_version,
-            challenger_version=challenger_version,
-            verdict=summary["verdict"],
-            labelled_pairs=summary["labelled_pairs"],
-            both_right=summary["both_right"],
-            champion_only_right=summary["champion_only_right"],
-            challenger_only_right=summary["challenger_only_right"],
-            both_wrong=summary["both_wrong"],
-            champion_accuracy=summary["champion_accuracy"],
-            challenger_accuracy=summary["challenger_accuracy"],
-            difference=summary["difference"],
-            interval_low=low,
-            interval_high=high,
-            confidence=summary["confidence"],
-            p_value=summary["p_value"],
-        )
+        policy = self.promotion_of(comparison[0]) or PromotionPolicy()
+        summary = canary_decisive(self.canary.counts[comparison], policy)
+        if summary is not None:
+            record = compared(CANARY, comparison, summary, self.canary.fractions.get(comparison))
+            await self._announce(self.canary_verdicts, comparison, record)
+
+    async def _announce(
+        self, announced: dict[Pair, ChallengerCompared], pair: Pair, record: ChallengerCompared
+    ) -> None:
+        assert self.publish_verdict is not None
         await self.publish_verdict(record)
-        self.verdicts[pair] = record
+        announced[pair] = record
         log.info(
-            "shadow_verdict",
-            model=model_name,
-            champion=champion_version,
-            challenger=challenger_version,
+            f"{record.mode}_verdict",
+            model=record.model_name,
+            champion=record.champion_version,
+            challenger=record.challenger_version,
             verdict=record.verdict,
-            pairs=record.labelled_pairs,
+            labelled=record.labelled_pairs,
         )
 
     async def _performance(self, monitor: ModelMonitor, detection: Detection | None) -> None:

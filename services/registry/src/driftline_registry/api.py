@@ -1,4 +1,4 @@
-"""HTTP API of the registry: models, versions, lineage and history; promote, shadow, rollback."""
+"""HTTP API of the registry: models, versions, lineage and history; promote, shadow, canary, rollback."""
 
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -43,6 +43,12 @@ class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(None, max_length=2000, description="Why (kept in the history).")
+
+
+class CanaryBody(ActionBody):
+    fraction: float = Field(
+        0.1, gt=0, le=1, description="Share of the model's entities the canary serves (split by entity id)."
+    )
 
 
 class RollbackBody(ActionBody):
@@ -132,6 +138,7 @@ async def get_version(name: str, version: Version, deps: Deps) -> Any:
         **row,
         "is_champion": model["champion_version"] == version,
         "is_challenger": model["challenger_version"] == version,
+        "is_canary": model["challenger_version"] == version and model["canary_fraction"] is not None,
         **model_card(row, history),
         "history": history,
     }
@@ -161,6 +168,27 @@ async def shadow(
 ) -> Any:
     reason = body.reason if body else None
     return _action_response(await _act(deps.handlers.shadow(name, version, actor=actor, reason=reason)), response)
+
+
+@router.post(
+    "/{name}/versions/{version}/canary",
+    summary="Deploy a version as a canary serving a share of the entities (models.promoted, action canary)",
+)
+async def canary(
+    name: str, version: Version, deps: Deps, actor: Actor, response: Response, body: CanaryBody | None = None
+) -> Any:
+    body = body or CanaryBody()
+    result = await _act(deps.handlers.canary(name, version, fraction=body.fraction, actor=actor, reason=body.reason))
+    return {**_action_response(result, response), "traffic_fraction": result.record.traffic_fraction}
+
+
+@router.post(
+    "/{name}/canary/rollback",
+    summary="Withdraw the canary: the champion serves every entity again (models.promoted, action canary_rollback)",
+)
+async def end_canary(name: str, deps: Deps, actor: Actor, response: Response, body: ActionBody | None = None) -> Any:
+    reason = body.reason if body else None
+    return _action_response(await _act(deps.handlers.end_canary(name, actor=actor, reason=reason)), response)
 
 
 @router.post("/{name}/rollback", summary="Bring back the previous champion (models.promoted, action rollback)")

@@ -25,6 +25,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from driftline.canary import check_fraction
 from driftline.catalog import MODELS_PROMOTED, MODELS_REJECTED
 from driftline.events import Envelope, Event, as_utc, derived_event_id, envelope, epoch_ms
 from driftline.logging import get_logger
@@ -39,6 +40,7 @@ log = get_logger(__name__)
 
 POLICY_ACTOR = "policy"
 SHADOW_POLICY_ACTOR = "policy:shadow"  # a promotion on monitoring's shadow verdict
+CANARY_POLICY_ACTOR = "policy:canary"  # a canary promoted or withdrawn on monitoring's canary verdict
 COMPARISON_FIELDS = tuple(Comparison.__annotations__)
 
 
@@ -76,9 +78,10 @@ def promotion(
     reason: str,
     actor: str,
     decision: Decision | None = None,
+    traffic_fraction: float | None = None,
 ) -> ModelPromoted:
     """The ModelPromoted record of a version (a run just registered, or a registered version); a
-    policy promotion carries its comparison (``decision``)."""
+    policy promotion carries its comparison (``decision``), a canary its ``traffic_fraction``."""
     record = ModelPromoted(
         **env,
         model_name=of.model_name,
@@ -96,6 +99,7 @@ def promotion(
         actor=actor,
         metrics=dict(of.metrics),
         drift_episode_id=of.drift_episode_id,
+        traffic_fraction=traffic_fraction,
     )
     return record if decision is None else replace(record, **decision.comparison())
 
@@ -122,6 +126,23 @@ def action_and_actor(record: Decided) -> tuple[str, str]:
 def topic_of(record: Decided) -> str:
     topic: str = MODELS_REJECTED if isinstance(record, ModelRejected) else MODELS_PROMOTED
     return topic
+
+
+def verdict_reason(c: ChallengerCompared) -> str:
+    """The evidence of a verdict, as the reason of what the registry does on it."""
+    interval = f"{c.confidence:.0%} interval [{c.interval_low:+.4f}, {c.interval_high:+.4f}]"
+    if c.mode == "canary":
+        return (
+            f"canary verdict {c.verdict}: canary v{c.challenger_version} accuracy {c.challenger_accuracy:.4f} on "
+            f"{c.challenger_labelled} labelled events of its {c.traffic_fraction or 0:g} of the entities vs champion "
+            f"v{c.champion_version} {c.champion_accuracy:.4f} on {c.champion_labelled}, "
+            f"difference {c.difference:+.4f}, {interval}, one-sided p={c.p_value:.3g}"
+        )
+    return (
+        f"shadow verdict: challenger v{c.challenger_version} accuracy {c.challenger_accuracy:.4f} vs champion "
+        f"v{c.champion_version} {c.champion_accuracy:.4f} on {c.labelled_pairs} labelled events, difference "
+        f"{c.difference:+.4f}, {interval}, McNemar p={c.p_value:.3g}"
+    )
 
 
 def _wire_time(value: datetime) -> datetime:
@@ -232,6 +253,8 @@ class RegistryHandlers:
         action, actor = action_and_actor(record)
         previous = model["champion_version"] if isinstance(record, ModelRejected) else record.previous_version
         details = {k: getattr(record, k) for k in COMPARISON_FIELDS} if record.metric is not None else {}
+        if isinstance(record, ModelPromoted) and record.traffic_fraction is not None:
+            details["traffic_fraction"] = record.traffic_fraction
         new = await self.store.add_history(
             conn,
             event_id=record.event_id,
@@ -251,6 +274,15 @@ class RegistryHandlers:
             await self.store.set_stage(conn, name, version, "rejected")
         elif action == "shadow":
             await self.store.set_roles(conn, name, champion=model["champion_version"], challenger=version)
+        elif action == "canary":
+            fraction = record.traffic_fraction if isinstance(record, ModelPromoted) else None
+            await self.store.set_roles(
+                conn, name, champion=model["champion_version"], challenger=version, canary_fraction=fraction or 1.0
+            )
+        elif action == "canary_rollback":
+            await self.store.set_stage(conn, name, version, "rolled_back")
+            if model["challenger_version"] == version:
+                await self.store.set_roles(conn, name, champion=model["champion_version"], challenger=None)
         else:
             await self._crown(conn, model, version, retire_as="rolled_back" if action == "rollback" else "archived")
         return True
@@ -325,19 +357,30 @@ class RegistryHandlers:
     # -- models.compared (monitoring's shadow verdicts) ---------------------------------------
 
     async def on_challenger_compared(self, c: ChallengerCompared) -> None:
-        """A challenger found better than the champion on the same labelled events, with the
-        significance the project's policy states (monitoring applied ``shadow_min_pairs`` and
-        ``shadow_confidence``), is promoted, if it is still that champion's challenger here; the
-        promotion's cause is the verdict, its reason the evidence. Anything else changes nothing
-        (a replayed verdict finds the challenger already promoted)."""
-        if c.verdict != "challenger_better":
+        """Monitoring's verdict on the challenger, applied if the challenger is still that
+        champion's here (a replayed or late verdict changes nothing); the new record's cause is
+        the verdict, its reason the evidence.
+
+        * In shadow (the same labelled events, with the significance of the project's
+          ``shadow_min_pairs`` and ``shadow_confidence``): ``challenger_better`` promotes it.
+        * For a canary (the labelled events of each side of the traffic split, judged with
+          ``canary_min_labels``, ``canary_max_labels`` and ``canary_confidence``):
+          ``challenger_better`` promotes it; ``champion_better``, or ``no_difference`` once the
+          canary's side reached ``canary_max_labels``, withdraws it (``canary_rollback``).
+        """
+        canary = c.mode == "canary"
+        if c.verdict not in (
+            ("challenger_better", "champion_better", "no_difference") if canary else ("challenger_better",)
+        ):
             return
         async with self.store.locked_model(c.model_name, create=False) as (conn, model):
             roles = None if model is None else (model["champion_version"], model["challenger_version"])
-            if roles != (c.champion_version, c.challenger_version):
+            is_canary = model is not None and model["canary_fraction"] is not None
+            if roles != (c.champion_version, c.challenger_version) or is_canary != canary:
                 log.info(
-                    "shadow_verdict_not_current",
+                    "verdict_not_current",
                     model_name=c.model_name,
+                    mode=c.mode,
                     verdict_for=[c.champion_version, c.challenger_version],
                     now=roles,
                 )
@@ -345,23 +388,21 @@ class RegistryHandlers:
             target = await self.store.registered(conn, c.model_name, c.challenger_version)
             if target is None:
                 return
-            reason = (
-                f"shadow verdict: challenger v{c.challenger_version} accuracy {c.challenger_accuracy:.4f} vs champion "
-                f"v{c.champion_version} {c.champion_accuracy:.4f} on {c.labelled_pairs} labelled events, difference "
-                f"{c.difference:+.4f}, {c.confidence:.0%} interval [{c.interval_low:+.4f}, {c.interval_high:+.4f}], "
-                f"McNemar p={c.p_value:.3g}"
-            )
+            promote = c.verdict == "challenger_better"
             record = promotion(
                 target,
                 version=c.challenger_version,
                 env=envelope(self.producer_name, cause=c),
-                action="promote",
+                action="promote" if promote else "canary_rollback",
                 previous_version=c.champion_version,
-                reason=reason,
-                actor=SHADOW_POLICY_ACTOR,
+                reason=verdict_reason(c),
+                actor=CANARY_POLICY_ACTOR if canary else SHADOW_POLICY_ACTOR,
             )
             await self._announce(conn, record)
-        log.info("promoted_on_shadow_verdict", model_name=c.model_name, version=c.challenger_version)
+        log.info(
+            "acted_on_verdict", model_name=c.model_name, mode=c.mode, verdict=c.verdict, action=record.action,
+            version=c.challenger_version,
+        )  # fmt: skip
         await self._publish(record)
 
     # -- manual actions (HTTP API) ------------------------------------------------------------
@@ -392,6 +433,50 @@ class RegistryHandlers:
                 "shadow",
                 previous_version=model["challenger_version"],
                 reason=reason or f"shadow deployment asked by {actor}",
+                actor=actor,
+            )
+        return await self._publish(record)
+
+    async def canary(self, name: str, version: int, *, fraction: float, actor: str, reason: str | None) -> ActionResult:
+        """Deploy ``version`` as a canary serving ``fraction`` of the entities (split by entity id);
+        monitoring compares it with the champion on the labels of each side and the policy promotes
+        or withdraws it. Asking again with another fraction changes the share (a new comparison)."""
+        fraction = check_fraction(fraction)
+        async with self.store.locked_model(name, create=False) as (conn, model):
+            target = await self._target(conn, model, name, version)
+            champion = model["champion_version"]
+            if champion is None:
+                raise Conflict(f"{name} has no champion for a canary to share the traffic with: promote v{version}")
+            if champion == version:
+                raise Conflict(f"{name} v{version} is the champion; a canary must be another version")
+            if model["challenger_version"] == version and model["canary_fraction"] == fraction:
+                raise Conflict(f"{name} v{version} is already the canary at {fraction:g}")
+            record = await self._announce_manual(
+                conn,
+                target,
+                "canary",
+                previous_version=model["challenger_version"],
+                reason=reason or f"canary at {fraction:g} of the traffic asked by {actor}",
+                actor=actor,
+                traffic_fraction=fraction,
+            )
+        return await self._publish(record)
+
+    async def end_canary(self, name: str, *, actor: str, reason: str | None) -> ActionResult:
+        """Withdraw the canary (``canary_rollback``): the champion serves every entity again."""
+        async with self.store.locked_model(name, create=False) as (conn, model):
+            if model is None:
+                raise NotFound(f"no model {name!r}")
+            version = model["challenger_version"]
+            if version is None or model["canary_fraction"] is None:
+                raise Conflict(f"{name} has no canary")
+            target = await self._target(conn, model, name, version)
+            record = await self._announce_manual(
+                conn,
+                target,
+                "canary_rollback",
+                previous_version=model["champion_version"],
+                reason=reason or f"canary v{version} withdrawn by {actor}",
                 actor=actor,
             )
         return await self._publish(record)
@@ -461,8 +546,10 @@ class RegistryHandlers:
         previous_version: int | None,
         reason: str,
         actor: str,
+        traffic_fraction: float | None = None,
     ) -> ModelPromoted:
-        """An operator's ``action`` on ``target`` (promote, shadow, rollback), announced now."""
+        """An operator's ``action`` on ``target`` (promote, shadow, canary, canary_rollback,
+        rollback), announced now."""
         record = promotion(
             target,
             version=target.version,
@@ -471,6 +558,7 @@ class RegistryHandlers:
             previous_version=previous_version,
             reason=reason,
             actor=actor,
+            traffic_fraction=traffic_fraction,
         )
         await self._announce(conn, record)
         return record

@@ -101,7 +101,9 @@ class RegistryStore:
             if create:
                 await conn.execute("INSERT INTO models (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", name)
             row = await conn.fetchrow(
-                "SELECT name, champion_version, challenger_version FROM models WHERE name = $1 FOR UPDATE", name
+                "SELECT name, champion_version, challenger_version, canary_fraction FROM models "
+                "WHERE name = $1 FOR UPDATE",
+                name,
             )
             yield conn, row
 
@@ -147,7 +149,7 @@ class RegistryStore:
     @staticmethod
     async def model_row(conn: Conn, name: str) -> Any:
         return await conn.fetchrow(
-            "SELECT name, champion_version, challenger_version FROM models WHERE name = $1", name
+            "SELECT name, champion_version, challenger_version, canary_fraction FROM models WHERE name = $1", name
         )
 
     @staticmethod
@@ -275,12 +277,17 @@ class RegistryStore:
         )
 
     @staticmethod
-    async def set_roles(conn: Conn, name: str, *, champion: int | None, challenger: int | None) -> None:
+    async def set_roles(
+        conn: Conn, name: str, *, champion: int | None, challenger: int | None, canary_fraction: float | None = None
+    ) -> None:
+        """The model's champion and challenger; ``canary_fraction``: the challenger is a canary serving it."""
         await conn.execute(
-            "UPDATE models SET champion_version = $2, challenger_version = $3, updated_at = now() WHERE name = $1",
+            "UPDATE models SET champion_version = $2, challenger_version = $3, canary_fraction = $4, "
+            "updated_at = now() WHERE name = $1",
             name,
             champion,
             challenger,
+            None if challenger is None else canary_fraction,
         )
 
     @staticmethod
@@ -333,7 +340,7 @@ class RegistryStore:
 
     async def list_models(self) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            "SELECT m.name, m.champion_version, m.challenger_version, m.created_at, m.updated_at, "
+            "SELECT m.name, m.champion_version, m.challenger_version, m.canary_fraction, m.created_at, m.updated_at, "
             "count(v.version) AS versions, max(v.version) AS latest_version "
             "FROM models m LEFT JOIN versions v ON v.model_name = m.name GROUP BY m.name ORDER BY m.name"
         )
@@ -341,7 +348,8 @@ class RegistryStore:
 
     async def get_model(self, name: str) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
-            "SELECT name, champion_version, challenger_version, created_at, updated_at FROM models WHERE name = $1",
+            "SELECT name, champion_version, challenger_version, canary_fraction, created_at, updated_at FROM models "
+            "WHERE name = $1",
             name,
         )
         return dict(row) if row else None

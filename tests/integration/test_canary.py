@@ -1,0 +1,253 @@
+"""Canary on the real stack: the registry deploys a version as a canary serving a share of the
+entities, deployment serves exactly the entities the split picks with it (the others with the
+champion), monitoring compares the two sides on their labelled events, and the policy withdraws a
+worse canary and promotes a better one, each decision on ``models.promoted`` caused by the verdict
+on ``models.compared`` that carries its evidence.
+
+The champion (v1) knows concept a. Two canaries were trained on concept b: v2 meets labels of
+concept a (worse: withdrawn), v3 labels of concept b (better: promoted). The verdict's counts
+are checked against a hand computation from the predictions read from ``predictions`` and the
+labels sent.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from statistics import NormalDist
+from typing import Any
+
+import httpx
+import pytest
+
+from driftline.artifacts import ArtifactStore
+from driftline.canary import in_canary
+from driftline.catalog import (
+    DEPLOYMENTS_STATUS,
+    FEATURES_VECTORS,
+    LABELS,
+    MODELS_COMPARED,
+    MODELS_PROMOTED,
+    MODELS_TRAINED,
+    PREDICTIONS,
+)
+from driftline.producer import EventProducer
+from driftline.serde import AvroSerde, SchemaRegistryClient
+from driftline.settings import LOCAL_API_TOKEN
+from tests.integration.test_registry import trained_record
+from tests.support import ROOT, Namespace, ServiceProcess, TopicReader, eventually
+from tests.unit.deployment import synthetic
+from tests.unit.deployment.synthetic import MODEL_NAME
+
+FRACTION = 0.5
+N = 640  # about 320 labelled events per side: above the default canary_min_labels (200)
+Z = NormalDist().inv_cdf(0.975)  # the default canary_confidence, 0.95
+
+
+@pytest.fixture
+async def producer(namespace: Namespace) -> AsyncIterator[EventProducer]:
+    registry = SchemaRegistryClient(namespace.stack.schema_registry_url)
+    p = EventProducer(namespace.stack.kafka, AvroSerde(registry, topic_prefix=namespace.prefix), "t")
+    await p.start([MODELS_TRAINED, FEATURES_VECTORS, LABELS])
+    yield p
+    await p.stop()
+    await registry.close()
+
+
+def _by_hand(preds: dict[str, dict[str, Any]], truth: dict[str, str]) -> dict[str, Any]:
+    """Each side's labelled and right counts, the difference and its Wald interval (independent
+    proportions), from the predictions and the labels."""
+    arms = {"champion": [0, 0], "canary": [0, 0]}
+    for source, y in truth.items():
+        p = preds[source]
+        arms[p["slot"]][0] += 1
+        arms[p["slot"]][1] += p["predicted_class"] == y
+    (n1, r1), (n2, r2) = arms["champion"], arms["canary"]
+    p1, p2 = r1 / n1, r2 / n2
+    half = Z * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    return {"champion": (n1, r1), "canary": (n2, r2), "difference": p2 - p1, "half": half}
+
+
+async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
+    namespace: Namespace, producer: EventProducer
+) -> None:
+    reader = await TopicReader(namespace, [MODELS_PROMOTED, MODELS_COMPARED, DEPLOYMENTS_STATUS, PREDICTIONS]).start()
+    services = [
+        ServiceProcess(m, namespace).start(f"DRIFTLINE_{m.removeprefix('driftline_').upper()}_")
+        for m in ("driftline_registry", "driftline_deployment", "driftline_monitoring")
+    ]
+    registry = services[0]
+    store = ArtifactStore.from_settings(namespace.stack)
+    auth = {"Authorization": f"Bearer {LOCAL_API_TOKEN}"}
+    try:
+        for svc in services:
+            await svc.wait_ready(timeout_s=90)
+        champion = synthetic.train(seed=1, n=1200, max_iter=20)
+        worse = synthetic.train(seed=2, n=1200, max_iter=20, concept="b")
+        better = synthetic.train(seed=3, n=1200, max_iter=20, concept="b")
+        # v1 promoted by the policy; v2 and v3 below the floor (0.65), so only a canary serves them.
+        for model, accuracy, version in ((champion, 0.9, 1), (worse, 0.5, 2), (better, 0.5, 3)):
+            refs = await synthetic.store_model(store, model)
+            record = {**trained_record(accuracy), **refs, "run_id": model.run_id, "feature_names": synthetic.FEATURES}
+            await producer.publish(MODELS_TRAINED, record)
+            await reader.wait_for(
+                lambda evs, run_id=model.run_id: any(e.value.get("run_id") == run_id for e in evs),
+                timeout_s=60,
+                what=f"v{version} decided",
+            )
+        await reader.wait_for(
+            lambda evs: any(
+                e.topic == DEPLOYMENTS_STATUS and e.value["slot"] == "champion" and e.value["status"] == "loaded"
+                for e in evs
+            ),
+            timeout_s=90,
+            what="v1 serving",
+        )
+
+        async def phase(version: int, concept: str, seed: int, start_cli: bool) -> tuple[dict[str, Any], Any]:
+            """Deploy ``version`` as the canary, send N vectors of new entities and their labels of
+            ``concept``; the verdict and the hand computation."""
+            if start_cli:  # the CLI as an operator types it
+                cli = subprocess.run(
+                    [sys.executable, "-m", "driftline_cli.main", "models", "canary", MODEL_NAME, str(version),
+                     "--fraction", str(FRACTION), "--reason", "try concept b on half the entities"],
+                    env={**os.environ, "DRIFTLINE_REGISTRY_URL": registry.url},
+                    capture_output=True, text=True, cwd=ROOT, timeout=60,
+                )  # fmt: skip
+                assert cli.returncode == 0, cli.stderr
+                assert f"canary: {MODEL_NAME} v{version}" in cli.stdout, cli.stdout
+            else:
+                async with httpx.AsyncClient(timeout=30) as http:
+                    r = await http.post(
+                        f"{registry.url}/v1/models/{MODEL_NAME}/versions/{version}/canary",
+                        headers=auth,
+                        json={"fraction": FRACTION, "reason": "try concept b on half the entities"},
+                    )
+                assert r.status_code in (200, 202), r.text
+                assert r.json()["traffic_fraction"] == FRACTION
+            await reader.wait_for(
+                lambda evs: any(
+                    e.topic == DEPLOYMENTS_STATUS
+                    and e.value["slot"] == "challenger"
+                    and e.value["version"] == version
+                    and e.value["status"] == "loaded"
+                    for e in evs
+                ),
+                timeout_s=90,
+                what=f"canary v{version} loaded",
+            )
+            rows, labels = synthetic.generate(N, seed=seed, concept=concept)
+            vectors = [synthetic.vector(row, i, entity=f"v{version}-e{i}") for i, row in enumerate(rows)]
+            await producer.publish_many([(FEATURES_VECTORS, v) for v in vectors])
+            sources = {v["source_event_id"] for v in vectors}
+
+            def served(evs: list[Any]) -> dict[str, dict[str, Any]]:
+                return {
+                    e.value["source_event_id"]: e.value
+                    for e in evs
+                    if e.topic == PREDICTIONS and e.value["source_event_id"] in sources
+                }
+
+            evs = await reader.wait_for(lambda evs: len(served(evs)) >= N, timeout_s=60, what="every vector served")
+            preds = served(evs)
+            # Exactly the entities the split picks are served by the canary, and by it only.
+            per_source = [e.value for e in evs if e.topic == PREDICTIONS and e.value["source_event_id"] in sources]
+            assert len(per_source) == N, "one served prediction per vector (no shadow scoring beside a canary)"
+            for v in vectors:
+                p = preds[v["source_event_id"]]
+                on_canary = in_canary(MODEL_NAME, v["entity_id"], FRACTION)
+                assert (p["slot"], p["model_version"], p["shadow"]) == (
+                    ("canary", version, False) if on_canary else ("champion", 1, False)
+                ), v["entity_id"]
+            await producer.publish_many([(LABELS, synthetic.label(v, y)) for v, y in zip(vectors, labels, strict=True)])
+            truth = {v["source_event_id"]: y for v, y in zip(vectors, labels, strict=True)}
+            evs = await reader.wait_for(
+                lambda evs: any(e.topic == MODELS_COMPARED and e.value["challenger_version"] == version for e in evs),
+                timeout_s=90,
+                what=f"a verdict on canary v{version}",
+            )
+            (verdict,) = [
+                e.value for e in evs if e.topic == MODELS_COMPARED and e.value["challenger_version"] == version
+            ]
+            return verdict, _by_hand(preds, truth)
+
+        # -- a worse canary is withdrawn -------------------------------------------------------
+        verdict, hand = await phase(2, "a", seed=8, start_cli=True)
+        assert verdict["mode"] == "canary" and verdict["verdict"] == "champion_better"
+        assert (verdict["champion_labelled"], verdict["champion_right"]) == hand["champion"]
+        assert (verdict["challenger_labelled"], verdict["challenger_right"]) == hand["canary"]
+        assert verdict["champion_labelled"] >= 200 and verdict["challenger_labelled"] >= 200
+        assert verdict["difference"] == pytest.approx(hand["difference"])
+        assert verdict["interval_high"] == pytest.approx(hand["difference"] + hand["half"])
+        assert verdict["interval_high"] < 0 and verdict["traffic_fraction"] == FRACTION
+        evs = await reader.wait_for(
+            lambda evs: any(e.topic == MODELS_PROMOTED and e.value["action"] == "canary_rollback" for e in evs),
+            timeout_s=60,
+            what="v2 withdrawn",
+        )
+        (withdrawn,) = [e.value for e in evs if e.topic == MODELS_PROMOTED and e.value["action"] == "canary_rollback"]
+        assert (withdrawn["version"], withdrawn["actor"]) == (2, "policy:canary")
+        assert withdrawn["causation_id"] == verdict["event_id"] and "champion_better" in withdrawn["reason"]
+        await reader.wait_for(
+            lambda evs: any(
+                e.topic == DEPLOYMENTS_STATUS
+                and e.value["slot"] == "challenger"
+                and e.value["version"] == 2
+                and e.value["status"] == "rolled_back"
+                for e in evs
+            ),
+            timeout_s=60,
+            what="deployment withdrew canary v2",
+        )
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.get(f"{registry.url}/v1/models/{MODEL_NAME}/versions/2")
+            assert r.json()["stage"] == "rolled_back" and not r.json()["is_canary"], r.text
+            r = await http.get(f"{registry.url}/v1/models/{MODEL_NAME}")
+            assert (r.json()["champion_version"], r.json()["challenger_version"]) == (1, None), r.text
+
+        # -- a better canary is promoted -------------------------------------------------------
+        verdict, hand = await phase(3, "b", seed=9, start_cli=False)
+        assert verdict["mode"] == "canary" and verdict["verdict"] == "challenger_better"
+        assert (verdict["champion_labelled"], verdict["champion_right"]) == hand["champion"]
+        assert (verdict["challenger_labelled"], verdict["challenger_right"]) == hand["canary"]
+        assert verdict["interval_low"] == pytest.approx(hand["difference"] - hand["half"])
+        assert verdict["interval_low"] > 0
+        evs = await reader.wait_for(
+            lambda evs: any(
+                e.topic == MODELS_PROMOTED and e.value["action"] == "promote" and e.value["version"] == 3 for e in evs
+            ),
+            timeout_s=60,
+            what="v3 promoted",
+        )
+        (promoted,) = [
+            e.value
+            for e in evs
+            if e.topic == MODELS_PROMOTED and e.value["action"] == "promote" and e.value["version"] == 3
+        ]
+        assert promoted["actor"] == "policy:canary" and promoted["causation_id"] == verdict["event_id"]
+        assert promoted["previous_version"] == 1 and "challenger_better" in promoted["reason"]
+
+        async def serving_v3() -> None:
+            async with httpx.AsyncClient(timeout=30) as http:
+                r = await http.get(f"{registry.url}/v1/models/{MODEL_NAME}")
+            assert (r.json()["champion_version"], r.json()["challenger_version"]) == (3, None), r.text
+
+        await eventually(serving_v3, timeout_s=30)
+        await reader.wait_for(
+            lambda evs: any(
+                e.topic == DEPLOYMENTS_STATUS
+                and e.value["slot"] == "champion"
+                and e.value["version"] == 3
+                and e.value["status"] == "loaded"
+                for e in evs
+            ),
+            timeout_s=90,
+            what="v3 serving as champion",
+        )
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        await reader.stop()
