@@ -453,9 +453,21 @@ cmd_start() { # component
   load_ports
   case "${1:-}" in
     kafka)
-      kafka_up
-      wait_until kafka 90 tcp_open "$KAFKA_PORT"
-      if kafka_sasl_ssl_on; then wait_until kafka 90 tcp_open "$KAFKA_SASL_SSL_PORT"; fi
+      # The port answering is not enough: a broker that could not bind its port (taken meanwhile
+      # as a client's source port) exits, and a client connecting to itself on that port makes it
+      # look open. So the broker's own process must still run once its ports answer; else again.
+      local attempt
+      for attempt in 1 2 3; do
+        kafka_up
+        wait_until kafka 90 tcp_open "$KAFKA_PORT"
+        if kafka_sasl_ssl_on; then wait_until kafka 90 tcp_open "$KAFKA_SASL_SSL_PORT"; fi
+        sleep 2
+        is_running kafka && return 0
+        warn "kafka exited after starting (attempt $attempt); its log ends with:"
+        tail -n 15 "$LOG_DIR/kafka.log" >&2 || true
+        sleep 3
+      done
+      die "kafka does not stay up: see $LOG_DIR/kafka.log"
       ;;
     apicurio) apicurio_up; wait_until apicurio 120 http_ok "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" ;;
     minio) minio_up; wait_until minio 60 http_ok "http://127.0.0.1:$MINIO_PORT/minio/health/ready" ;;

@@ -24,6 +24,12 @@ cleanup() {
     if [ "$rc" != 0 ] && [ -d "$LOG_DIR" ]; then
       # Keep the logs of a failed run where CI can show them.
       mkdir -p "$ROOT/.state/test-logs" && cp -rL "$LOG_DIR/." "$ROOT/.state/test-logs/" 2>/dev/null || true
+      # A component that died during the run: say which, with its log's tail, where CI shows it.
+      if ! "$ROOT/infra/stack.sh" status >&2; then
+        for log in "$LOG_DIR"/kafka.log "$LOG_DIR"/apicurio.log "$LOG_DIR"/minio.log; do
+          [ -f "$log" ] && { echo "--- last lines of $log" >&2; tail -n 25 "$log" >&2; }
+        done
+      fi
     fi
     "$ROOT/infra/stack.sh" clean >/dev/null
   fi

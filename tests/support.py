@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from driftline.events import Event
 from driftline.kafka import partitions_of
@@ -90,7 +91,43 @@ async def create_namespace(base: StackSettings, label: str = "t") -> Namespace:
 
 
 async def drop_namespace(ns: Namespace, base: StackSettings) -> None:
+    """Drop the namespace's database and delete its topics (best effort: a suite creates a few
+    thousand partitions otherwise, which the one broker of the test stack keeps open, and reloads
+    whenever an outage test restarts it)."""
     await drop_isolated_database(base, ns.stack)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(_delete_topics(base, ns.name), timeout=30)
+
+
+async def _delete_topics(base: StackSettings, name: str) -> None:
+    admin = AIOKafkaAdminClient(**base.kafka.client_kwargs(), client_id="driftline-tests")
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(name)]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+def broker_down_reason(stack: StackSettings) -> str | None:
+    """Why the stack's broker cannot serve the rest of the session (None: it accepts connections):
+    the test stack's Kafka log tail, so the cause shows where the run ended."""
+    host, port = stack.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)
+    deadline = time.monotonic() + 45  # a broker restarting after an outage test is back well within this
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            return None
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                error = exc
+                break
+            time.sleep(1)
+    state = os.environ.get("DRIFTLINE_STATE_DIR")
+    log = Path(state) / "logs" / "kafka.log" if state else None
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log and log.is_file() else "(no log)"
+    return f"the broker at {stack.kafka_bootstrap_servers} is down ({error}); the last lines of {log}:\n{tail}"
 
 
 class TopicReader:
