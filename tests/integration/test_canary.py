@@ -31,6 +31,7 @@ from driftline.catalog import (
     LABELS,
     MODELS_COMPARED,
     MODELS_PROMOTED,
+    MODELS_REJECTED,
     MODELS_TRAINED,
     PREDICTIONS,
 )
@@ -57,29 +58,41 @@ async def producer(namespace: Namespace) -> AsyncIterator[EventProducer]:
     await registry.close()
 
 
-def _by_hand(preds: dict[str, dict[str, Any]], truth: dict[str, str]) -> dict[str, Any]:
-    """Each side's labelled and right counts, the difference and its Wald interval (independent
-    proportions), from the predictions and the labels."""
+def _by_hand(preds: dict[str, dict[str, Any]], truth: dict[str, str]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Each side's (labelled, right) counts, from the predictions and the labels."""
     arms = {"champion": [0, 0], "canary": [0, 0]}
     for source, y in truth.items():
         p = preds[source]
         arms[p["slot"]][0] += 1
         arms[p["slot"]][1] += p["predicted_class"] == y
-    (n1, r1), (n2, r2) = arms["champion"], arms["canary"]
+    return (arms["champion"][0], arms["champion"][1]), (arms["canary"][0], arms["canary"][1])
+
+
+def _check_arithmetic(v: dict[str, Any], low: float, high: float) -> None:
+    """A verdict's accuracies, difference, Wald interval and z-test p-value, by hand from its counts."""
+    n1, r1, n2, r2 = v["champion_labelled"], v["champion_right"], v["challenger_labelled"], v["challenger_right"]
     p1, p2 = r1 / n1, r2 / n2
     half = Z * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    return {"champion": (n1, r1), "canary": (n2, r2), "difference": p2 - p1, "half": half}
+    pooled = (r1 + r2) / (n1 + n2)
+    z = (p2 - p1) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    assert (v["champion_accuracy"], v["challenger_accuracy"]) == (pytest.approx(p1), pytest.approx(p2))
+    assert v["difference"] == pytest.approx(p2 - p1)
+    assert (low, high) == (pytest.approx(p2 - p1 - half), pytest.approx(p2 - p1 + half))
+    assert v["p_value"] == pytest.approx(1 - NormalDist().cdf(z))
+    assert n1 >= 200 and n2 >= 200  # the default canary_min_labels on each side
 
 
 async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
     namespace: Namespace, producer: EventProducer
 ) -> None:
-    reader = await TopicReader(namespace, [MODELS_PROMOTED, MODELS_COMPARED, DEPLOYMENTS_STATUS, PREDICTIONS]).start()
+    reader = await TopicReader(
+        namespace, [MODELS_PROMOTED, MODELS_REJECTED, MODELS_COMPARED, DEPLOYMENTS_STATUS, PREDICTIONS]
+    ).start()
     services = [
         ServiceProcess(m, namespace).start(f"DRIFTLINE_{m.removeprefix('driftline_').upper()}_")
         for m in ("driftline_registry", "driftline_deployment", "driftline_monitoring")
     ]
-    registry = services[0]
+    registry, monitoring = services[0], services[2]
     store = ArtifactStore.from_settings(namespace.stack)
     auth = {"Authorization": f"Bearer {LOCAL_API_TOKEN}"}
     try:
@@ -96,7 +109,7 @@ async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
             await reader.wait_for(
                 lambda evs, run_id=model.run_id: any(e.value.get("run_id") == run_id for e in evs),
                 timeout_s=60,
-                what=f"v{version} decided",
+                what=f"v{version} decided (promoted or rejected)",
             )
         await reader.wait_for(
             lambda evs: any(
@@ -172,17 +185,30 @@ async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
             (verdict,) = [
                 e.value for e in evs if e.topic == MODELS_COMPARED and e.value["challenger_version"] == version
             ]
-            return verdict, _by_hand(preds, truth)
+            _check_arithmetic(verdict, verdict["interval_low"], verdict["interval_high"])
+            champion_arm, canary_arm = _by_hand(preds, truth)
+
+            async def every_label_counted() -> dict[str, Any]:
+                # The verdict went out once it was decisive; monitoring's comparison goes on counting
+                # the labels of the canary's predictions, and ends with the hand computation's counts.
+                async with httpx.AsyncClient(timeout=30) as http:
+                    r = await http.get(f"{monitoring.url}/v1/models/{MODEL_NAME}/comparison")
+                (row,) = [c for c in r.json()["canaries"] if c["challenger_version"] == version]
+                assert (row["champion_labelled"], row["champion_right"]) == champion_arm, row
+                assert (row["challenger_labelled"], row["challenger_right"]) == canary_arm, row
+                return row
+
+            row: dict[str, Any] = await eventually(every_label_counted, timeout_s=60)
+            _check_arithmetic(row, *row["interval"])
+            assert row["champion_version"] == 1 and row["traffic_fraction"] == FRACTION
+            assert verdict["champion_labelled"] <= champion_arm[0] and verdict["challenger_labelled"] <= canary_arm[0]
+            return verdict, row
 
         # -- a worse canary is withdrawn -------------------------------------------------------
-        verdict, hand = await phase(2, "a", seed=8, start_cli=True)
+        verdict, row = await phase(2, "a", seed=8, start_cli=True)
         assert verdict["mode"] == "canary" and verdict["verdict"] == "champion_better"
-        assert (verdict["champion_labelled"], verdict["champion_right"]) == hand["champion"]
-        assert (verdict["challenger_labelled"], verdict["challenger_right"]) == hand["canary"]
-        assert verdict["champion_labelled"] >= 200 and verdict["challenger_labelled"] >= 200
-        assert verdict["difference"] == pytest.approx(hand["difference"])
-        assert verdict["interval_high"] == pytest.approx(hand["difference"] + hand["half"])
         assert verdict["interval_high"] < 0 and verdict["traffic_fraction"] == FRACTION
+        assert row["verdict"] == "champion_better" and not row["active"]
         evs = await reader.wait_for(
             lambda evs: any(e.topic == MODELS_PROMOTED and e.value["action"] == "canary_rollback" for e in evs),
             timeout_s=60,
@@ -209,12 +235,9 @@ async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
             assert (r.json()["champion_version"], r.json()["challenger_version"]) == (1, None), r.text
 
         # -- a better canary is promoted -------------------------------------------------------
-        verdict, hand = await phase(3, "b", seed=9, start_cli=False)
+        verdict, row = await phase(3, "b", seed=9, start_cli=False)
         assert verdict["mode"] == "canary" and verdict["verdict"] == "challenger_better"
-        assert (verdict["champion_labelled"], verdict["champion_right"]) == hand["champion"]
-        assert (verdict["challenger_labelled"], verdict["challenger_right"]) == hand["canary"]
-        assert verdict["interval_low"] == pytest.approx(hand["difference"] - hand["half"])
-        assert verdict["interval_low"] > 0
+        assert verdict["interval_low"] > 0 and row["verdict"] == "challenger_better"
         evs = await reader.wait_for(
             lambda evs: any(
                 e.topic == MODELS_PROMOTED and e.value["action"] == "promote" and e.value["version"] == 3 for e in evs
