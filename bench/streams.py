@@ -64,7 +64,7 @@ from driftline_cli.examples.loan_approval.generator import LoanStream
 from driftline_ml.featuredefs import FeatureSet
 
 KINDS = ("sudden", "gradual", "incremental", "recurring", "stationary", "covariate")
-FAMILIES = ("loan", "hyperplane", "sea")
+FAMILIES = ("loan", "hyperplane", "sea", "rbf")
 
 Features = dict[str, float | str]
 
@@ -73,6 +73,7 @@ _LOAN_A, _LOAN_B = 2, 7
 _LOAN_INCREMENTAL_SCALE = 1.6
 _HYPERPLANE_MAG_CHANGE = 1e-4
 _SEA_A, _SEA_B = 2, 3
+_RBF_CHANGE_SPEED = 1e-4  # per event: a model never retrained falls from 0.95 to ~0.62 over the stream
 _DEFAULT_NOISE = 0.05
 
 
@@ -337,8 +338,56 @@ def _sea_family(kind: str, seed: int, n: int, noise: float) -> Stream:
     return _river(family, kind, seed, n)
 
 
+class _Noisy(river_base.SyntheticDataset):
+    """A binary river dataset whose labels are flipped with probability ``noise`` (RandomRBF has
+    no noise of its own); ``inner`` stays reachable, so a stream can change it as it runs."""
+
+    def __init__(self, inner: river_base.SyntheticDataset, noise: float, seed: int) -> None:
+        super().__init__(task=inner.task, n_features=inner.n_features, n_classes=inner.n_classes)
+        self.inner, self.noise, self.seed = inner, noise, seed
+
+    def __iter__(self) -> Iterator[tuple[dict[Any, float], Any]]:
+        rng = random.Random(self.seed)
+        for x, y in self.inner:
+            yield x, (1 - y) if rng.random() < self.noise else y
+
+
+def _rbf(seed: int, noise: float) -> _Noisy:
+    """One concept: 50 Gaussian centroids in 10 dimensions (its seed places them and their classes)."""
+    inner = synth.RandomRBFDrift(
+        seed_model=seed, seed_sample=seed + 7, n_classes=2, n_features=10, n_centroids=50, change_speed=0.0
+    )
+    return _Noisy(inner, noise, seed + 11)
+
+
+def _rbf_incremental(noise: float) -> Callable[[int, int], Iterator[tuple[dict[Any, float], Any, int]]]:
+    def events(seed: int, onset: int) -> Iterator[tuple[dict[Any, float], Any, int]]:
+        dataset = _rbf(seed, noise)
+        for i, (x, y) in enumerate(dataset):
+            # RandomRBFDrift moves its centroids (by change_speed, read at every step) before it
+            # draws an event: set after event onset - 1 is drawn, event ``onset`` is the first moved.
+            if i == onset - 1:
+                dataset.inner.change_speed = _RBF_CHANGE_SPEED
+            yield x, y, 0 if i < onset else i - onset + 1
+
+    return events
+
+
+def _rbf_family(kind: str, seed: int, n: int, noise: float) -> Stream:
+    family = _RiverFamily(
+        "rbf",
+        lambda concept, s: _rbf(s, noise),
+        lambda x: min(1.0, max(0.0, x[0] * x[1] * 2)),
+        _rbf_incremental(noise),
+        f"river RandomRBFDrift(10 features, 50 centroids, incremental change_speed={_RBF_CHANGE_SPEED}, "
+        f"label noise {noise})",
+    )
+    return _river(family, kind, seed, n)
+
+
 _BUILDERS: dict[str, Callable[[str, int, int, float], Stream]] = {
     "loan": _loan,
     "hyperplane": _hyperplane_family,
     "sea": _sea_family,
+    "rbf": _rbf_family,
 }

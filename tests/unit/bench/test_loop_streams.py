@@ -17,7 +17,9 @@ from driftline_cli.examples.loan_approval.generator import APPROVE, FUNCTIONS
 N = 2000
 
 
-@pytest.mark.parametrize(("family", "kind"), [("loan", "gradual"), ("hyperplane", "gradual"), ("sea", "covariate")])
+@pytest.mark.parametrize(
+    ("family", "kind"), [("loan", "gradual"), ("hyperplane", "gradual"), ("sea", "covariate"), ("rbf", "sudden")]
+)
 def test_a_stream_is_the_same_for_a_seed_and_another_for_another_seed(family: str, kind: str) -> None:
     a, b, c = (make_stream(family, kind, seed, N) for seed in (1, 1, 2))
     assert list(a) == list(b)
@@ -107,6 +109,22 @@ def test_hyperplane_incremental_drift_starts_at_its_onset(monkeypatch: pytest.Mo
     assert s.labels[: d.onset] == stationary.labels[: d.onset]
     assert s.labels[d.onset : d.onset + 20] != stationary.labels[d.onset : d.onset + 20]
     assert s.concepts[d.onset - 1 : d.onset + 2] == [0, 1, 2]
+
+
+def test_rbf_incremental_drift_moves_the_centroids_from_its_onset() -> None:
+    s = make_stream("rbf", "incremental", 6, N)
+    stationary = make_stream("rbf", "stationary", 6, N)
+    (d,) = s.drifts
+    assert s.features[: d.onset] == stationary.features[: d.onset]
+    assert s.labels[: d.onset] == stationary.labels[: d.onset]
+    assert s.features[d.onset] != stationary.features[d.onset]  # the first event drawn from moved centroids
+    assert s.concepts[d.onset - 1 : d.onset + 2] == [0, 1, 2]
+
+
+def test_rbf_labels_carry_the_stated_noise() -> None:
+    clean, noisy = make_stream("rbf", "stationary", 3, N, noise=0.0), make_stream("rbf", "stationary", 3, N)
+    assert clean.features == noisy.features
+    assert 0.03 < mean(a != b for a, b in zip(clean.labels, noisy.labels, strict=True)) < 0.07
 
 
 def _subsequence(part: list[Any], whole: Iterator[Any]) -> bool:

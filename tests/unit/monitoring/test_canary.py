@@ -247,3 +247,13 @@ async def test_at_start_up_the_active_canary_is_followed_again() -> None:
     assert (verdict.champion_version, verdict.challenger_version, verdict.traffic_fraction) == (1, 2, 0.5)
     mon, _ = await canary_monitoring(history=[v1, promoted(2, "canary", 0.5), promoted(2, "canary_rollback")])
     assert mon.canary.active == {}
+
+
+def test_labels_are_kept_for_a_canary_only() -> None:
+    join = CanaryJoin()
+    join.follow(promoted(1, "promote"))
+    join.add_label("e-1", "approve")  # no canary runs, no prediction awaits it
+    assert "e-1" not in join.labels
+    join.follow(promoted(2, "canary", 0.5))
+    join.add_label("e-2", "approve")  # it may come before its prediction
+    assert join.add_prediction("e-2", MODEL_NAME, 2, "canary", "approve") == (MODEL_NAME, 1, 2)

@@ -345,6 +345,8 @@ class CanaryJoin:
     def add_label(self, source_event_id: str, label: str) -> Pair | None:
         if source_event_id in self.joined:
             return None
+        if not self.active and source_event_id not in self.predictions:
+            return None  # no canary runs and none awaits this label: nothing to keep it for
         self.labels.put(source_event_id, label)
         return self._join(source_event_id)
 
