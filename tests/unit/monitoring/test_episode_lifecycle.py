@@ -203,3 +203,64 @@ def test_a_stationary_error_stream_keeps_the_onset() -> None:
     for t, wrong in enumerate(rng.random(3000) < 0.3):
         episode.count_outcome(t, not wrong)
     assert episode.moved_onset() == 0
+
+
+REFRESHING = POLICY.model_copy(update={"refresh_fraction": 0.5})  # off in the shipped policy
+
+
+def test_refreshes_follow_while_each_is_promoted_and_stop_at_the_first_that_is_not() -> None:
+    cap = 4000
+    spacing = math.ceil(REFRESHING.refresh_fraction * cap)
+    monitor = ModelMonitor(reference(), REFRESHING, max_examples=cap)
+    feed(monitor, 400, 0.05, 0)
+    episode = monitor.open("e", monitor.with_onset(performance_detection(400)))
+    feed(monitor, 300, 0.45, 400)
+    version, t = 2, 700
+
+    def promote(examples: int) -> ModelMonitor:
+        nonlocal version
+        new = ModelMonitor(
+            reference(version, accuracy=0.9, examples=examples, episode="e"), REFRESHING, max_examples=cap
+        )
+        new.carry(episode)
+        version += 1
+        return new
+
+    # The emergency run (300 examples) and its consolidations, each promoted, up to the cap.
+    monitor = promote(300)
+    while episode.consolidated_to < cap:
+        made = feed(monitor, 100, 0.1, t, runs_report=False)
+        t += 100
+        if made:
+            monitor = promote(round(made[-1][1].threshold))
+    assert episode.consolidation_target(REFRESHING, cap) is None  # consolidation is done
+    # Its last run was promoted: a refresh is due spacing labels after it, and keeps the episode open.
+    due = episode.refresh_target(REFRESHING, cap)
+    assert due == episode.labelled_at_attempt + spacing
+    for k in range(monitor.resolve_after + 1):
+        assert monitor.after_check(clean_check(k)) is None
+    made = feed(monitor, due - episode.labelled_since_onset, 0.1, t, runs_report=False)
+    t += due
+    assert [(a.reason, a.labelled_since_onset) for _, a in made] == [(CONSOLIDATION, due)]
+    # Promoted (the concept still moves): the next one follows.
+    monitor = promote(cap)
+    assert episode.refresh_target(REFRESHING, cap) == due + spacing
+    made = feed(monitor, spacing, 0.1, t, runs_report=False)
+    t += spacing
+    assert [a.labelled_since_onset for _, a in made] == [due + spacing]
+    # Not promoted (the run reports, no new champion): the chain ends and the episode resolves.
+    episode.outcome()
+    assert episode.refresh_target(REFRESHING, cap) is None
+    assert feed(monitor, spacing, 0.1, t) == []
+    ends = [monitor.after_check(clean_check(200 + k)) for k in range(monitor.resolve_after)]
+    assert ends[-1] == (episode, "back_to_normal") and ends[:-1] == [None] * (monitor.resolve_after - 1)
+
+
+def test_no_refresh_when_it_is_off_or_the_cap_consolidation_was_not_promoted() -> None:
+    episode = Episode("e", PERFORMANCE, promoted_examples=300, consolidated_to=4000, attempts=4, promoted_attempt=3)
+    assert episode.refresh_target(REFRESHING, 4000) is None  # attempt 4's run was not promoted
+    episode.promoted_attempt = 4
+    assert episode.refresh_target(REFRESHING, 4000) is not None
+    off = POLICY  # the shipped policy: off
+    assert episode.refresh_target(off, 4000) is None
+    assert episode.refresh_target(REFRESHING, None) is None  # no cap known: consolidation has no end to refresh from

@@ -259,6 +259,15 @@ class DriftPolicy(_Model):
         description="After a promotion in an episode, one more run once the labelled outcomes since the "
         "onset reach this many times the promoted run's examples (capped by training.max_examples); 0: off.",
     )
+    refresh_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Once consolidation reached training.max_examples, one more run each time this fraction "
+        "of max_examples new labelled outcomes arrived, for as long as each such run is promoted (a concept "
+        "still moving keeps producing better models; the first one not promoted ends it); 0: off (the "
+        "default: measured in docs/drift-policies.md, it costs a run per settled episode for little gain).",
+    )
 
 
 class PromotionPolicy(_Model):

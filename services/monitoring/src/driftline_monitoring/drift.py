@@ -631,6 +631,7 @@ class ModelMonitor:
             episode.outcomes.clear()  # the errors of the model it replaces say nothing about this one
         if episode is not None and self.reference.episode_id == episode.episode_id:
             episode.promoted_examples = self.reference.examples
+            episode.promoted_attempt = episode.attempts  # runs of one episode never overlap
             episode.clean_checks = 0
             episode.outcome()  # this model is the outcome of the episode's last attempt
 
@@ -673,6 +674,7 @@ class ModelMonitor:
         # back needs none.
         pending = episode.promoted_examples is not None and (
             episode.consolidation_target(self.policy, self.max_examples) is not None
+            or episode.refresh_target(self.policy, self.max_examples) is not None
         )
         if episode.clean_checks >= self.resolve_after and not pending:
             self.episode = None

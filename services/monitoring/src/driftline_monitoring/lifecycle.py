@@ -95,6 +95,7 @@ class Episode:
     # attempt's onset (see :meth:`next_attempt`).
     outcomes: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=EPISODE_OUTCOMES))
     promoted_examples: int | None = None  # examples of the run promoted in this episode, if any
+    promoted_attempt: int = 0  # the attempt whose run was promoted last (0: none known)
     consolidated_to: int = 0  # the largest consolidation target asked for so far
     first_examples: int = 0  # labelled outcomes since the onset the first request could train on
     clean_checks: int = 0
@@ -156,13 +157,28 @@ class Episode:
             target = min(target, max_examples)
         return target if target > base else None
 
+    def refresh_target(self, policy: DriftPolicy, max_examples: int | None) -> int | None:
+        """Labelled outcomes since the onset at which the next refresh run is due; None when none is:
+        consolidation has not reached ``max_examples`` yet, refreshing is off, or the last attempt's
+        run was not promoted. A drift that keeps moving (incremental) keeps producing candidates
+        that beat the champion on the newest examples, so each promoted refresh asks for the next
+        one ``refresh_fraction`` x ``max_examples`` labels later; once the concept settled, the next
+        candidate ties with the champion, is not promoted, and the chain ends (the episode may then
+        resolve)."""
+        if policy.refresh_fraction <= 0 or max_examples is None or self.promoted_examples is None:
+            return None
+        if self.consolidated_to < max_examples or self.promoted_attempt != self.attempts:
+            return None
+        return self.labelled_at_attempt + math.ceil(policy.refresh_fraction * max_examples)
+
     def next_attempt(
         self, policy: DriftPolicy, *, degraded: bool, drop: float, guard: float, max_examples: int | None
     ) -> Attempt | None:
         """The attempt due now, if any (pure; :meth:`took` records it):
 
         * consolidation: a model promoted in the episode was trained on few post-drift examples, and
-          the labelled outcomes since the onset reached :meth:`consolidation_target`;
+          the labelled outcomes since the onset reached :meth:`consolidation_target`; or, once that
+          reached ``max_examples``, :meth:`refresh_target` (also a ``consolidation`` request);
         * still_degraded: served performance is still degraded and :meth:`retry_spacing` new labelled
           outcomes arrived since the last attempt, fewer than ``max_attempts`` made;
 
@@ -179,6 +195,16 @@ class Episode:
                 self.labelled_since_onset,
                 float(self.labelled_since_onset),
                 float(target),
+            )
+        refresh = self.refresh_target(policy, max_examples)
+        if refresh is not None and self.labelled_since_onset >= refresh:
+            return Attempt(
+                self.attempts + 1,
+                CONSOLIDATION,
+                self.onset_ms,
+                self.labelled_since_onset,
+                float(self.labelled_since_onset),
+                float(refresh),
             )
         if not degraded or self.attempts >= policy.max_attempts:
             return None
