@@ -85,6 +85,16 @@ async def read_topics(stack: StackSettings, topics: Sequence[str], *, timeout_s:
     return events
 
 
+# What each models.promoted action did, as the trace says it.
+_DONE = {
+    "promote": "promoted",
+    "rollback": "brought back (rollback)",
+    "shadow": "deployed in shadow",
+    "canary": "deployed as canary",
+    "canary_rollback": "withdrawn as canary",
+}
+
+
 def chain(events: Sequence[Event[Any]], correlation_id: str) -> list[Event[Any]]:
     """The events of one correlation id, causes before effects, then by production time."""
     mine = [e for e in events if e.correlation_id == correlation_id]
@@ -134,6 +144,14 @@ def describe(event: Event[Any]) -> str:
     if t == TRAINING_FAILED:
         return f"training of {v['model_name']} failed ({v['error_type']}): {v['reason']}"
     if t == MODELS_COMPARED:
+        if v.get("mode") == "canary":
+            return (
+                f"{v['model_name']} canary v{v['challenger_version']} (share {v.get('traffic_fraction') or 0:g}) vs "
+                f"champion v{v['champion_version']}: {v['verdict']}, accuracy {v['challenger_accuracy']:.4f} on "
+                f"{v.get('challenger_labelled')} labelled events vs {v['champion_accuracy']:.4f} on "
+                f"{v.get('champion_labelled')}, {v['confidence']:.0%} interval of the difference "
+                f"[{v['interval_low']:+.4f}, {v['interval_high']:+.4f}]"
+            )
         return (
             f"{v['model_name']} challenger v{v['challenger_version']} vs champion v{v['champion_version']}: "
             f"{v['verdict']} on {v['labelled_pairs']} labelled events, accuracy {v['challenger_accuracy']:.4f} vs "
@@ -142,7 +160,8 @@ def describe(event: Event[Any]) -> str:
         )
     if t == MODELS_PROMOTED:
         prev = f" (was v{v['previous_version']})" if v.get("previous_version") else ""
-        return f"{v['model_name']} v{v['version']} {v['action']}d by {v['actor']}{prev}: {v['reason']}"
+        done = _DONE.get(v["action"], f"{v['action']}d")
+        return f"{v['model_name']} v{v['version']} {done} by {v['actor']}{prev}: {v['reason']}"
     if t == MODELS_REJECTED:
         return f"{v['model_name']} v{v['version']} rejected: {v['reason']}"
     if t == DEPLOYMENTS_STATUS:
