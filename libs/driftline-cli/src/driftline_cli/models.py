@@ -90,12 +90,20 @@ def _version(value: int | None) -> str:
     return "—" if value is None else f"v{value}"
 
 
+def _challenger(model: dict[str, Any]) -> str:
+    """The challenger, and the share of the entities it serves when it is a canary."""
+    fraction = model.get("canary_fraction")
+    version = _version(model["challenger_version"])
+    return version if fraction is None or model["challenger_version"] is None else f"{version} (canary {fraction:g})"
+
+
 @models_app.command("list")
 def list_models(
     url: RegistryUrl = DEFAULT_REGISTRY_URL,
     project: Annotated[str | None, typer.Option("--project", help="Only the model of this project.")] = None,
 ) -> None:
-    """Every model with its project, champion, challenger and latest version."""
+    """Every model with its project, champion, challenger (in shadow, or a canary with its share)
+    and latest version."""
     query = f"?project={project}" if project else ""
     models = _call("GET", f"{url}/v1/models{query}")["models"]
     table = Table(title="models")
@@ -106,7 +114,7 @@ def list_models(
             m["name"],
             m.get("project") or "—",
             _version(m["champion_version"]),
-            _version(m["challenger_version"]),
+            _challenger(m),
             _version(m["latest_version"]),
             str(m["versions"]),
             _time(m["updated_at"]),
