@@ -186,26 +186,12 @@ class Episode:
         """
         if self.waiting_for_outcome(policy):
             return None
-        target = self.consolidation_target(policy, max_examples)
-        if target is not None and self.labelled_since_onset >= target:
-            return Attempt(
-                self.attempts + 1,
-                CONSOLIDATION,
-                self.onset_ms,
-                self.labelled_since_onset,
-                float(self.labelled_since_onset),
-                float(target),
-            )
-        refresh = self.refresh_target(policy, max_examples)
-        if refresh is not None and self.labelled_since_onset >= refresh:
-            return Attempt(
-                self.attempts + 1,
-                CONSOLIDATION,
-                self.onset_ms,
-                self.labelled_since_onset,
-                float(self.labelled_since_onset),
-                float(refresh),
-            )
+        for target in (self.consolidation_target(policy, max_examples), self.refresh_target(policy, max_examples)):
+            if target is not None and self.labelled_since_onset >= target:
+                labelled = self.labelled_since_onset
+                return Attempt(
+                    self.attempts + 1, CONSOLIDATION, self.onset_ms, labelled, float(labelled), float(target)
+                )
         if not degraded or self.attempts >= policy.max_attempts:
             return None
         if self.labelled_since_onset - self.labelled_at_attempt < self.retry_spacing(policy):
