@@ -68,6 +68,15 @@ def _by_hand(preds: dict[str, dict[str, Any]], truth: dict[str, str]) -> tuple[t
     return (arms["champion"][0], arms["champion"][1]), (arms["canary"][0], arms["canary"][1])
 
 
+def _status(evs: list[Any], slot: str, version: int, status: str) -> bool:
+    """Whether deployment reported ``status`` for ``version`` in ``slot``."""
+    return any(
+        e.topic == DEPLOYMENTS_STATUS
+        and (e.value["slot"], e.value["version"], e.value["status"]) == (slot, version, status)
+        for e in evs
+    )
+
+
 def _check_arithmetic(v: dict[str, Any], low: float, high: float) -> None:
     """A verdict's accuracies, difference, Wald interval and z-test p-value, by hand from its counts."""
     n1, r1, n2, r2 = v["champion_labelled"], v["champion_right"], v["challenger_labelled"], v["challenger_right"]
@@ -112,10 +121,7 @@ async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
                 what=f"v{version} decided (promoted or rejected)",
             )
         await reader.wait_for(
-            lambda evs: any(
-                e.topic == DEPLOYMENTS_STATUS and e.value["slot"] == "champion" and e.value["status"] == "loaded"
-                for e in evs
-            ),
+            lambda evs: _status(evs, "champion", 1, "loaded"),
             timeout_s=90,
             what="v1 serving",
         )
@@ -142,13 +148,7 @@ async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
                 assert r.status_code in (200, 202), r.text
                 assert r.json()["traffic_fraction"] == FRACTION
             await reader.wait_for(
-                lambda evs: any(
-                    e.topic == DEPLOYMENTS_STATUS
-                    and e.value["slot"] == "challenger"
-                    and e.value["version"] == version
-                    and e.value["status"] == "loaded"
-                    for e in evs
-                ),
+                lambda evs: _status(evs, "challenger", version, "loaded"),
                 timeout_s=90,
                 what=f"canary v{version} loaded",
             )
@@ -218,13 +218,7 @@ async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
         assert (withdrawn["version"], withdrawn["actor"]) == (2, "policy:canary")
         assert withdrawn["causation_id"] == verdict["event_id"] and "champion_better" in withdrawn["reason"]
         await reader.wait_for(
-            lambda evs: any(
-                e.topic == DEPLOYMENTS_STATUS
-                and e.value["slot"] == "challenger"
-                and e.value["version"] == 2
-                and e.value["status"] == "rolled_back"
-                for e in evs
-            ),
+            lambda evs: _status(evs, "challenger", 2, "rolled_back"),
             timeout_s=60,
             what="deployment withdrew canary v2",
         )
@@ -260,13 +254,7 @@ async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
 
         await eventually(serving_v3, timeout_s=30)
         await reader.wait_for(
-            lambda evs: any(
-                e.topic == DEPLOYMENTS_STATUS
-                and e.value["slot"] == "champion"
-                and e.value["version"] == 3
-                and e.value["status"] == "loaded"
-                for e in evs
-            ),
+            lambda evs: _status(evs, "champion", 3, "loaded"),
             timeout_s=90,
             what="v3 serving as champion",
         )
