@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from driftline.artifacts import ArtifactStore
 from driftline.canary import in_canary
@@ -66,6 +67,20 @@ def _by_hand(preds: dict[str, dict[str, Any]], truth: dict[str, str]) -> tuple[t
         arms[p["slot"]][0] += 1
         arms[p["slot"]][1] += p["predicted_class"] == y
     return (arms["champion"][0], arms["champion"][1]), (arms["canary"][0], arms["canary"][1])
+
+
+async def _consumed(ns: Namespace, reader: TopicReader, service: str, topic: str) -> None:
+    """The service's consumer group has committed every record of ``topic`` (the reader reads it)."""
+    admin = AIOKafkaAdminClient(**ns.stack.kafka.client_kwargs(), client_id="test-canary")
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(ns.prefix + service)
+    finally:
+        await admin.close()
+    tps = [tp for tp in reader.consumer.assignment() if tp.topic == ns.prefix + topic]
+    ends = await reader.consumer.end_offsets(tps)
+    behind = {tp.partition: end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items()}
+    assert not any(n > 0 for n in behind.values()), f"{service} is behind on {topic}: {behind}"
 
 
 def _status(evs: list[Any], slot: str, version: int, status: str) -> bool:
@@ -175,6 +190,9 @@ async def test_the_policy_withdraws_a_worse_canary_and_promotes_a_better_one(
                 assert (p["slot"], p["model_version"], p["shadow"]) == (
                     ("canary", version, False) if on_canary else ("champion", 1, False)
                 ), v["entity_id"]
+            # Monitoring counts the predictions it consumes while the canary runs: all of them must be
+            # in before the labels can make it decide (one of its consumer's partitions may lag).
+            await eventually(lambda: _consumed(namespace, reader, "monitoring", PREDICTIONS), timeout_s=60)
             await producer.publish_many([(LABELS, synthetic.label(v, y)) for v, y in zip(vectors, labels, strict=True)])
             truth = {v["source_event_id"]: y for v, y in zip(vectors, labels, strict=True)}
             evs = await reader.wait_for(
