@@ -106,3 +106,26 @@ def test_tracing_can_be_disabled_altogether(monkeypatch: pytest.MonkeyPatch) -> 
 )
 def test_otlp_export_is_off_unless_the_standard_variables_ask(env: dict[str, str], exported: bool) -> None:
     assert tracing.otlp_configured(env) is exported
+
+
+def test_without_an_exporter_context_still_flows_through_non_recording_spans() -> None:
+    assert tracing.setup("unit") is None  # nothing exported: no SDK provider
+    root = tracing.record_headers("events.raw", {"event_id": "a"})
+    trace_id = trace_id_of(root)  # a new trace, sampled as the SDK's default sampler would
+    unsampled = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    batch = [
+        tracing.Consumed("events.raw", 0, 1, root, "a"),
+        tracing.Consumed("events.raw", 0, 2, [("traceparent", unsampled)], "b"),
+    ]
+    with tracing.processing(batch, "features"):
+        out_a = tracing.record_headers("features.vectors", {"event_id": "va", "causation_id": "a"})
+        out_b = tracing.record_headers("features.vectors", {"event_id": "vb", "causation_id": "b"})
+    assert trace_id_of(out_a) == trace_id
+    assert out_a[0][1].split(b"-")[2] != root[0][1].split(b"-")[2]  # a span of its own
+    version, tid, _, flags = out_b[0][1].decode().split("-")
+    assert (version, tid, flags) == ("00", "0af7651916cd43dd8448eb211c80319c", "00")  # the caller's flags kept
+    caller = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with tracing.http_server_span("POST", "/v1/events", [(b"traceparent", caller)]):
+        assert (
+            trace_id_of(tracing.record_headers("events.raw", {"event_id": "e"})) == "0af7651916cd43dd8448eb211c80319c"
+        )
