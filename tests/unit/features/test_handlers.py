@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,11 +61,13 @@ class FakeStore:
         self.rows: dict[str, VectorRow] = {}
         self.states: dict[str, StateRow] = {}
         self.writes = 0
+        self.state_batches: list[list[str]] = []  # the state keys of each write
         self.fail_times = fail_times
         self.error = error or TransientError("postgres down")
 
     async def write(self, rows: list[VectorRow], states: Sequence[StateRow] = ()) -> None:
         self.writes += 1
+        self.state_batches.append([s.key for s in states])
         if self.fail_times:
             self.fail_times -= 1
             raise self.error
@@ -90,7 +93,7 @@ class DictStates:
         self.data[entity_id] = state
         self.changelog.append((partition, entity_id))
 
-    async def flush(self) -> int:
+    async def flush(self, encoded: Mapping[str, bytes] | None = None) -> int:
         self.flushes += 1
         return 0
 
@@ -158,6 +161,16 @@ async def test_the_online_store_gets_each_entitys_state_and_computing_from_it_gi
     streamed = producer.records(FeatureVectorComputed)[-1]
     assert served.features == streamed.features
     assert streamed.features["applications_1h"] == 4.0 and streamed.features["loan_mean_1h"] == 1075.0
+
+
+async def test_a_batch_writes_one_state_per_entity_its_last_at_its_greatest_offset() -> None:
+    store, states = FakeStore(), DictStates()
+    batch = records(*(encode(raw_event(e, m, 10.0 * m)) for m, e in enumerate(["c1", "c2", "c1", "c1", "c2"])))
+    await processor(store).handle([batch[1], batch[0], batch[3], batch[2], batch[4]], states)  # c1: 0, 3, 2
+    assert sorted(store.state_batches[-1]) == ["c1", "c2"]
+    c1 = store.states["c1"]
+    assert c1.source_offset == 3  # the greatest, although offset 2 came last
+    assert c1.state == states.data["c1"] and len(c1.state["events"]) == 3  # the state after all three
 
 
 async def test_a_redelivered_event_is_reemitted_with_the_same_values_and_not_counted_twice() -> None:
@@ -335,3 +348,57 @@ async def test_state_changes_are_flushed_once_per_batch_before_the_store_write()
     assert len(states.changelog) == 4  # every event changed its entity's state...
     assert states.flushes == 1  # ...and the batch flushed them once,
     assert flushes_at_write == [1]  # before the online-store write (in flight alongside it)
+
+
+class BlockingStore(FakeStore):
+    """A store whose first write waits until released: what was sent meanwhile shows the overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.sent_during_first_write: int | None = None
+        self.producer: FakeProducer | None = None
+
+    async def write(self, rows: list[VectorRow], states: Sequence[StateRow] = ()) -> None:
+        if self.writes == 0:
+            self.writes += 1
+            await self.release.wait()
+            assert self.producer is not None
+            self.sent_during_first_write = len(self.producer.records(FeatureVectorComputed))
+            for r in rows:
+                self.rows.setdefault(r.event_id, r)
+            return
+        await super().write(rows, states)
+
+
+async def test_a_batch_in_chunks_computes_the_next_chunk_while_the_last_is_written() -> None:
+    producer, store, states = FakeProducer(), BlockingStore(), DictStates()
+    store.producer = producer
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.2, store.release.set)
+    raws = [raw_event(f"c{i % 3}", i, 10.0 * i) for i in range(5)]
+    result = await processor(store, producer, chunk_size=2).handle(records(*map(encode, raws)), states)
+    assert result.computed == 5
+    # chunk 2 computed and sent while chunk 1 was being written (one after the other: 2)
+    assert store.sent_during_first_write == 4
+    assert store.writes == 3 and len(store.rows) == 5
+
+
+async def test_a_failed_chunk_runs_the_whole_batch_again_with_the_same_vectors() -> None:
+    producer, store, states = FakeProducer(), FakeStore(), DictStates()
+    raws = [raw_event(f"c{i % 2}", i, 10.0 * i) for i in range(5)]
+
+    class FailSecond(FakeStore):
+        async def write(self, rows: list[VectorRow], states: Sequence[StateRow] = ()) -> None:
+            self.writes += 1
+            if self.writes == 2:
+                raise TransientError("postgres down")
+            await store.write(rows, states)
+
+    result = await processor(FailSecond(), producer, chunk_size=2).handle(records(*map(encode, raws)), states)
+    assert (result.computed + result.duplicates, len(store.rows)) == (5, 5)
+    by_id: dict[str, set[str]] = {}
+    for v in producer.records(FeatureVectorComputed):
+        by_id.setdefault(v.event_id, set()).add(repr(sorted(v.features.items())))
+    assert len(by_id) == 5 and all(len(values) == 1 for values in by_id.values())  # re-sent, never changed
+    assert len(states.data["c0"]["events"]) == 3 and len(states.data["c1"]["events"]) == 2  # counted once

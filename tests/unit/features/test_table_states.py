@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from faust.serializers import codecs
@@ -85,6 +86,18 @@ async def test_records_are_encoded_as_faust_encodes_the_table() -> None:
     assert key == codecs.dumps("json", "proj\x1fcust-ü")
     assert raw == codecs.dumps("json", value)
     assert codecs.loads("json", raw) == value  # what recovery puts back in the table
+
+
+async def test_a_state_encoded_by_the_processor_is_sent_as_given() -> None:
+    sender = FakeSender()
+    states = TableStates(FakeTable(), ChangelogWrites(), sender)  # type: ignore[arg-type]
+    states.put(0, "a", state(1))
+    states.put(0, "b", state(2))
+    given = orjson.dumps(state(1))
+    await states.flush({"a": given})
+    sent = {codecs.loads("json", k): v for _, _, k, v in sender.sent}
+    assert sent["a"] is given  # not encoded again
+    assert sent["b"] == codecs.dumps("json", state(2))
 
 
 class FakeApp:

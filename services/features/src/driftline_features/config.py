@@ -24,6 +24,13 @@ class FeaturesSettings(ServiceSettings):
         "writes per entity; under a light load a batch is what arrived within batch_wait_s).",
     )
     batch_wait_s: float = Field(0.05, gt=0, description="How long a partial batch waits for more events.")
+    chunk_size: int = Field(
+        250,
+        ge=0,
+        description="Events per chunk of a batch: the next chunk is computed while the last one's online-store "
+        "write and acknowledgements are awaited (the batch is still acknowledged, and retried, as a whole); "
+        "0: a batch in one piece.",
+    )
     dedupe_keep: int = Field(
         32, ge=0, description="Events per entity remembered beyond the window horizon, to recognise re-deliveries."
     )

@@ -16,12 +16,14 @@ is an upsert and never a double count.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import orjson
 from aiokafka.structs import ConsumerRecord
 
 from driftline import tracing
@@ -62,9 +64,10 @@ class EntityStates(Protocol):
 
     def put(self, partition: int, entity_id: str, state: dict[str, Any]) -> None: ...
 
-    async def flush(self) -> int:
+    async def flush(self, encoded: Mapping[str, bytes] | None = None) -> int:
         """Persist the changes made since the last flush (the service: to the changelog, one record
-        per changed entity); called once a batch is computed. Returns how many entities changed."""
+        per changed entity); called once a batch is computed. ``encoded``: entity states already
+        encoded as JSON (orjson), by key, to reuse. Returns how many entities changed."""
         ...
 
 
@@ -154,9 +157,11 @@ class FeatureProcessor:
         sets: FeatureSets | None = None,
         project: Project | None = None,
         features: FeatureSet | None = None,
+        chunk_size: int = 0,
     ) -> None:
         """``sets``: every project's feature set (the service's, kept up to date from the projects
-        topic); or one ``project`` with its ``features`` (tests)."""
+        topic); or one ``project`` with its ``features`` (tests). ``chunk_size``: records per
+        chunk of a batch, the next computed while the last is written (0: the batch at once)."""
         if sets is None:
             if project is None or features is None:
                 raise ValueError("give sets, or project and features")
@@ -168,6 +173,7 @@ class FeatureProcessor:
         self.source = f"consumer:{group}"
         self.group = group
         self.max_attempts = max_attempts
+        self.chunk_size = chunk_size
         self.stopping = stopping
         self._function_errors_seen: dict[str, int] = {}
 
@@ -226,16 +232,37 @@ class FeatureProcessor:
                         one = BatchResult(dead_lettered=1)
                         break
                     await asyncio.sleep(backoff.next_delay())
-            total.computed += one.computed
-            total.duplicates += one.duplicates
-            total.late += one.late
-            total.dead_lettered += one.dead_lettered
+            _add(total, one)
         return total
 
     # -- one pass over a batch -------------------------------------------------------------------
 
     async def _process(self, records: Sequence[SourceRecord], states: EntityStates) -> BatchResult:
-        return await self._complete(await self._prepare(records, states))
+        """One pass over a batch, in chunks of ``chunk_size`` records: while a chunk's online-store
+        write and broker acknowledgements are awaited, the next chunk is decoded, computed and
+        sent (the service waited on PostgreSQL for ~40% of a batch otherwise). The batch stays
+        the unit of acknowledgement and of retry: it is durable when every chunk is, and a failed
+        chunk fails the pass (the caller runs the whole batch again, which the entity states
+        recognise as re-deliveries)."""
+        size = self.chunk_size if self.chunk_size > 0 else len(records)
+        chunks = [records[i : i + size] for i in range(0, len(records), size)] or [records]
+        total = BatchResult()
+        writing: asyncio.Task[BatchResult] | None = None
+        try:
+            for chunk in chunks:
+                prepared = await self._prepare(chunk, states)
+                if writing is not None:
+                    _add(total, await writing)
+                writing = asyncio.ensure_future(self._complete(prepared))
+            assert writing is not None
+            _add(total, await writing)
+            writing = None
+        finally:
+            if writing is not None and not writing.done():  # the pass failed: no write left running
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
+        return total
 
     async def _prepare(self, records: Sequence[SourceRecord], states: EntityStates) -> Prepared:
         """Decode, compute (updating entity states) and send; nothing is durable yet."""
@@ -276,11 +303,21 @@ class FeatureProcessor:
         # the online-store write.
         with tracing.processing(traced, self.group):  # each vector continues its event's trace
             prepared.futures += await self.producer.send_many(FEATURES_VECTORS, [c.vector for c in computed])
-        await states.flush()
+        # One window state per entity for the online store: its last (it holds every event of
+        # the batch), at the greatest source offset of the entity in the batch; encoded once, for
+        # the store and for the changelog.
+        last_state: dict[str, StateRow] = {}
+        for c in computed:
+            if c.state is not None:
+                before = last_state.get(c.state.key)
+                if before is not None and before.source_offset > c.state.source_offset:
+                    last_state[c.state.key] = replace(c.state, source_offset=before.source_offset)
+                else:
+                    last_state[c.state.key] = c.state
+        prepared.states = [replace(row, json=orjson.dumps(row.state)) for row in last_state.values()]
+        await states.flush({row.key: row.json for row in prepared.states if row.json is not None})
         for c in computed:
             prepared.rows.append(c.row)
-            if c.state is not None:
-                prepared.states.append(c.state)
             if c.duplicate:
                 result.duplicates += 1
             else:
@@ -431,6 +468,13 @@ class FeatureProcessor:
                     metrics.FUNCTION_ERRORS.labels(name).inc(new)
                     log.warning("derived_function_failed", project=pf.project, feature=name, failures=new)
                     self._function_errors_seen[key] = count
+
+
+def _add(total: BatchResult, part: BatchResult) -> None:
+    total.computed += part.computed
+    total.duplicates += part.duplicates
+    total.late += part.late
+    total.dead_lettered += part.dead_lettered
 
 
 def raw_event(value: Mapping[str, Any]) -> RawEvent:

@@ -74,6 +74,7 @@ async def wire(rt: Runtime, settings: FeaturesSettings) -> Wiring[FeaturesDeps]:
         store=store,
         group=stack.topic_prefix + NAME,
         stopping=lambda: control.stopping,
+        chunk_size=settings.chunk_size,
     )
     app = stream.build_stream(settings, processor, control, partitions=partitions, replication_factor=replication)
     log.info(

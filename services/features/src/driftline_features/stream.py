@@ -127,7 +127,7 @@ class TableStates:
         self.table.data[entity_id] = state
         self.dirty[entity_id] = partition
 
-    async def flush(self) -> int:
+    async def flush(self, encoded: Mapping[str, bytes] | None = None) -> int:
         """Send the batch's changed states to the changelog (their futures go to ``writes``);
         key and value encoded here with orjson, as faust's json codec (the table's) encodes them,
         so recovery reads them as ever."""
@@ -135,7 +135,10 @@ class TableStates:
         data = self.table.data
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for entity_id, partition in dirty.items():
-            by_partition.setdefault(partition, []).append((orjson.dumps(entity_id), orjson.dumps(data[entity_id])))
+            value = encoded.get(entity_id) if encoded else None
+            if value is None:
+                value = orjson.dumps(data[entity_id])
+            by_partition.setdefault(partition, []).append((orjson.dumps(entity_id), value))
         if by_partition:
             topic = self.table.changelog_topic.get_topic_name()
             for fut in await self.sender.send(topic, by_partition):
