@@ -163,10 +163,13 @@ async def test_the_online_store_gets_each_entitys_state_and_computing_from_it_gi
     assert streamed.features["applications_1h"] == 4.0 and streamed.features["loan_mean_1h"] == 1075.0
 
 
-async def test_a_batch_writes_one_state_per_entity_its_last_at_its_greatest_offset() -> None:
+@pytest.mark.parametrize("chunk_size", [0, 2])
+async def test_a_batch_writes_one_state_per_entity_its_last_at_its_greatest_offset(chunk_size: int) -> None:
     store, states = FakeStore(), DictStates()
     batch = records(*(encode(raw_event(e, m, 10.0 * m)) for m, e in enumerate(["c1", "c2", "c1", "c1", "c2"])))
-    await processor(store).handle([batch[1], batch[0], batch[3], batch[2], batch[4]], states)  # c1: 0, 3, 2
+    p = processor(store, chunk_size=chunk_size)
+    await p.handle([batch[1], batch[0], batch[3], batch[2], batch[4]], states)  # c1: 0, 3, 2
+    assert store.state_batches[:-1] == [[]] * (store.writes - 1)  # chunks before the last: vectors only
     assert sorted(store.state_batches[-1]) == ["c1", "c2"]
     c1 = store.states["c1"]
     assert c1.source_offset == 3  # the greatest, although offset 2 came last

@@ -240,7 +240,8 @@ class FeatureProcessor:
     async def _process(self, records: Sequence[SourceRecord], states: EntityStates) -> BatchResult:
         """One pass over a batch, in chunks of ``chunk_size`` records: while a chunk's online-store
         write and broker acknowledgements are awaited, the next chunk is decoded, computed and
-        sent (the service waited on PostgreSQL for ~40% of a batch otherwise). The batch stays
+        sent (the service waited on PostgreSQL for ~40% of a batch otherwise); the entity states go
+        with the last chunk, one per entity of the batch. The batch stays
         the unit of acknowledgement and of retry: it is durable when every chunk is, and a failed
         chunk fails the pass (the caller runs the whole batch again, which the entity states
         recognise as re-deliveries)."""
@@ -248,9 +249,10 @@ class FeatureProcessor:
         chunks = [records[i : i + size] for i in range(0, len(records), size)] or [records]
         total = BatchResult()
         writing: asyncio.Task[BatchResult] | None = None
+        batch_states: dict[str, StateRow] = {}  # each entity's last state, stored with the last chunk
         try:
-            for chunk in chunks:
-                prepared = await self._prepare(chunk, states)
+            for n, chunk in enumerate(chunks, start=1):
+                prepared = await self._prepare(chunk, states, batch_states, last_chunk=n == len(chunks))
                 if writing is not None:
                     _add(total, await writing)
                 writing = asyncio.ensure_future(self._complete(prepared))
@@ -264,8 +266,17 @@ class FeatureProcessor:
                     await writing
         return total
 
-    async def _prepare(self, records: Sequence[SourceRecord], states: EntityStates) -> Prepared:
-        """Decode, compute (updating entity states) and send; nothing is durable yet."""
+    async def _prepare(
+        self,
+        records: Sequence[SourceRecord],
+        states: EntityStates,
+        batch_states: dict[str, StateRow],
+        *,
+        last_chunk: bool = True,
+    ) -> Prepared:
+        """Decode, compute (updating entity states) and send; nothing is durable yet. The entity
+        states changed go into ``batch_states``; the batch's last chunk takes all of them (one per
+        entity: the online store's rows and the changelog's records)."""
         prepared = Prepared(records=list(records))
         result = prepared.result
         computed: list[Computed] = []
@@ -306,7 +317,7 @@ class FeatureProcessor:
         # One window state per entity for the online store: its last (it holds every event of
         # the batch), at the greatest source offset of the entity in the batch; encoded once, for
         # the store and for the changelog.
-        last_state: dict[str, StateRow] = {}
+        last_state = batch_states
         for c in computed:
             if c.state is not None:
                 before = last_state.get(c.state.key)
@@ -314,8 +325,9 @@ class FeatureProcessor:
                     last_state[c.state.key] = replace(c.state, source_offset=before.source_offset)
                 else:
                     last_state[c.state.key] = c.state
-        prepared.states = [replace(row, json=orjson.dumps(row.state)) for row in last_state.values()]
-        await states.flush({row.key: row.json for row in prepared.states if row.json is not None})
+        if last_chunk:
+            prepared.states = [replace(row, json=orjson.dumps(row.state)) for row in last_state.values()]
+            await states.flush({row.key: row.json for row in prepared.states if row.json is not None})
         for c in computed:
             prepared.rows.append(c.row)
             if c.duplicate:
