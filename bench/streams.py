@@ -15,6 +15,8 @@ Families (generators are reused, not copied):
   in river 0.26 flips 4 % of the labels (it tests ``0.01 + random() <= noise_percentage``).
 * ``sea``: ``river.datasets.synth.SEA``, A = variant 2 (x0 + x1 > 7), B = variant 3 (> 9.5),
   5 % noise. It has no incremental stream (its concepts are four fixed thresholds).
+* ``weather`` (held out, like ``rbf``): recorded data, NOAA daily weather, in ``bench/realdata.py``;
+  one stream of kind ``real`` (the data's order, the same for every seed).
 
 Kinds (positions are fractions of ``n``, so that short test streams have the same shape; at the
 default n = 20 000 the first onset is after the benchmark's first model, trained at event 3 199):
@@ -64,7 +66,9 @@ from driftline_cli.examples.loan_approval.generator import LoanStream
 from driftline_ml.featuredefs import FeatureSet
 
 KINDS = ("sudden", "gradual", "incremental", "recurring", "stationary", "covariate")
-FAMILIES = ("loan", "hyperplane", "sea", "rbf")
+FAMILIES = ("loan", "hyperplane", "sea", "rbf", "weather")
+REAL_FAMILIES = ("weather",)  # recorded data: one stream each, of kind REAL
+REAL = "real"
 
 Features = dict[str, float | str]
 
@@ -125,8 +129,8 @@ class Stream:
 
 def make_stream(family: str, kind: str, seed: int, n: int, *, noise: float | None = None) -> Stream:
     """The ``kind`` stream of ``family`` for ``seed``: ``n`` events with their labels and concept ids."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}: one of {KINDS}")
+    if kind not in (*KINDS, REAL):
+        raise ValueError(f"unknown kind {kind!r}: one of {(*KINDS, REAL)}")
     if family not in _BUILDERS:
         raise ValueError(f"unknown family {family!r}: one of {FAMILIES}")
     if n < 100:
@@ -135,7 +139,14 @@ def make_stream(family: str, kind: str, seed: int, n: int, *, noise: float | Non
 
 
 def available(family: str, kind: str) -> bool:
+    if (family in REAL_FAMILIES) != (kind == REAL):
+        return False
     return not (family == "sea" and kind == "incremental")
+
+
+def kinds(family: str) -> tuple[str, ...]:
+    """The kinds a family is run with when none are named (``available`` still filters them)."""
+    return (REAL,) if family in REAL_FAMILIES else KINDS
 
 
 def schedule(kind: str, n: int) -> list[Drift]:
@@ -385,9 +396,17 @@ def _rbf_family(kind: str, seed: int, n: int, noise: float) -> Stream:
     return _river(family, kind, seed, n)
 
 
+def _weather(kind: str, seed: int, n: int, noise: float) -> Stream:
+    """Recorded labels: ``noise`` adds none."""
+    from bench.realdata import weather  # bench/realdata.py imports this module
+
+    return weather(kind, seed, n)
+
+
 _BUILDERS: dict[str, Callable[[str, int, int, float], Stream]] = {
     "loan": _loan,
     "hyperplane": _hyperplane_family,
     "sea": _sea_family,
     "rbf": _rbf_family,
+    "weather": _weather,
 }

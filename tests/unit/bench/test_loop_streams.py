@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import loop, streams
+from bench import loop, realdata, streams
 from bench.streams import Drift, make_stream
 from driftline_cli.examples.loan_approval.generator import APPROVE, FUNCTIONS
 
@@ -141,6 +141,20 @@ def test_river_covariate_shift_keeps_the_labelling_function() -> None:
     assert _subsequence(_events(s, d.onset, N), iter(_events(stationary, d.onset, 4 * N)))
     x0 = [f["x0"] for f in s.features]
     assert mean(x0[d.onset :]) > mean(x0[: d.onset]) + 0.1
+
+
+def test_the_weather_stream_is_the_recorded_data_in_its_order_whatever_the_seed() -> None:
+    a = make_stream("weather", "real", 1, 20_000)
+    realdata._weather_rows.cache_clear()  # the second load reads the CSV again
+    b = make_stream("weather", "real", 2, 20_000)
+    assert len(a) == realdata.WEATHER_ROWS == 18_159
+    assert len(a.feature_names) == 8 and all(len(f) == 8 for f in a.features)
+    assert all(isinstance(v, float) for f in a.features for v in f.values())
+    assert set(a.labels) == {0, 1}
+    assert list(a) == list(b) and a.feature_names == b.feature_names and a.drifts == b.drifts == [Drift(12_000)]
+    assert a.matrix().shape == (18_159, 8)
+    assert streams.available("weather", "real") and not streams.available("weather", "sudden")
+    assert not streams.available("loan", "real")
 
 
 # ---------------------------------------------------------------------------------------------
