@@ -339,6 +339,7 @@ class Driftline:
             "n_train": len(result.train),
             "n_holdout": len(result.holdout),
             "drift_episode_id": self.requesting_episode if self.version else None,
+            "selection": {"window": choice.as_dict() if choice is not None else None},
         }
         self._next_reference = metadata
         return _Coded(result.model, classes)

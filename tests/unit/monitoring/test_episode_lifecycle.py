@@ -5,12 +5,13 @@ performance is back."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from driftline.project import DriftPolicy, load_project
 from driftline_monitoring.drift import PERFORMANCE, CheckResult, Detection, ModelMonitor, PerformanceTracker, Reference
-from driftline_monitoring.lifecycle import CONSOLIDATION, STILL_DEGRADED, Episode
+from driftline_monitoring.lifecycle import CONSOLIDATION, RECENT, STILL_DEGRADED, Episode
 
 POLICY = load_project().drift
 
@@ -208,7 +209,11 @@ def test_a_stationary_error_stream_keeps_the_onset() -> None:
 REFRESHING = POLICY.model_copy(update={"refresh_fraction": 0.5})  # off in the shipped policy
 
 
-def test_refreshes_follow_while_each_is_promoted_and_stop_at_the_first_that_is_not() -> None:
+def test_a_slow_change_refreshes_on_the_whole_window_while_promoted_and_stops_after_two_misses() -> None:
+    """A promoted run that chose the recent window (older examples than the onset helped: the
+    change is slow) starts a refresh chain: no consolidation, a run every refresh_fraction x
+    max_examples new labels on the whole selection (no onset), the spacing doubled after a run that
+    was not promoted, and the chain ended by a second one in a row."""
     cap = 4000
     spacing = math.ceil(REFRESHING.refresh_fraction * cap)
     monitor = ModelMonitor(reference(), REFRESHING, max_examples=cap)
@@ -217,50 +222,78 @@ def test_refreshes_follow_while_each_is_promoted_and_stop_at_the_first_that_is_n
     feed(monitor, 300, 0.45, 400)
     version, t = 2, 700
 
-    def promote(examples: int) -> ModelMonitor:
+    def promote(window: str | None, share: float | None = None) -> ModelMonitor:
         nonlocal version
-        new = ModelMonitor(
-            reference(version, accuracy=0.9, examples=examples, episode="e"), REFRESHING, max_examples=cap
+        ref = replace(
+            reference(version, accuracy=0.9, examples=3000, episode="e"), window=window, since_onset_share=share
         )
+        new = ModelMonitor(ref, REFRESHING, max_examples=cap)
         new.carry(episode)
         version += 1
         return new
 
-    # The emergency run (300 examples) and its consolidations, each promoted, up to the cap.
-    monitor = promote(300)
-    while episode.consolidated_to < cap:
-        made = feed(monitor, 100, 0.1, t, runs_report=False)
-        t += 100
-        if made:
-            monitor = promote(round(made[-1][1].threshold))
-    assert episode.consolidation_target(REFRESHING, cap) is None  # consolidation is done
-    # Its last run was promoted: a refresh is due spacing labels after it, and keeps the episode open.
+    monitor = promote(RECENT, 0.1)
+    assert episode.slow_change
+    assert episode.consolidation_target(REFRESHING, cap) is None  # it trained on the whole selection
     due = episode.refresh_target(REFRESHING, cap)
     assert due == episode.labelled_at_attempt + spacing
-    for k in range(monitor.resolve_after + 1):
+    for k in range(monitor.resolve_after + 1):  # a pending refresh keeps the episode open
         assert monitor.after_check(clean_check(k)) is None
-    made = feed(monitor, due - episode.labelled_since_onset, 0.1, t, runs_report=False)
-    t += due
-    assert [(a.reason, a.labelled_since_onset) for _, a in made] == [(CONSOLIDATION, due)]
-    # Promoted (the concept still moves): the next one follows.
-    monitor = promote(cap)
+    made = feed(monitor, spacing, 0.1, t, runs_report=False)
+    t += spacing
+    assert [(a.reason, a.onset_ms, a.labelled_since_onset) for _, a in made] == [(CONSOLIDATION, None, due)]
+    # Promoted (a run asked without an onset makes no window choice: the chain goes on).
+    monitor = promote(None)
+    assert episode.slow_change
     assert episode.refresh_target(REFRESHING, cap) == due + spacing
     made = feed(monitor, spacing, 0.1, t, runs_report=False)
     t += spacing
     assert [a.labelled_since_onset for _, a in made] == [due + spacing]
-    # Not promoted (the run reports, no new champion): the chain ends and the episode resolves.
+    # Not promoted: one more, twice as far.
+    episode.outcome()
+    assert episode.refresh_target(REFRESHING, cap) == due + 3 * spacing
+    made = feed(monitor, 2 * spacing, 0.1, t, runs_report=False)
+    t += 2 * spacing
+    assert [a.labelled_since_onset for _, a in made] == [due + 3 * spacing]
+    # Not promoted again: the chain ends and the episode resolves.
     episode.outcome()
     assert episode.refresh_target(REFRESHING, cap) is None
-    assert feed(monitor, spacing, 0.1, t) == []
+    assert feed(monitor, 2 * spacing, 0.1, t) == []
     ends = [monitor.after_check(clean_check(200 + k)) for k in range(monitor.resolve_after)]
     assert ends[-1] == (episode, "back_to_normal") and ends[:-1] == [None] * (monitor.resolve_after - 1)
 
 
-def test_no_refresh_when_it_is_off_or_the_cap_consolidation_was_not_promoted() -> None:
-    episode = Episode("e", PERFORMANCE, promoted_examples=300, consolidated_to=4000, attempts=4, promoted_attempt=3)
-    assert episode.refresh_target(REFRESHING, 4000) is None  # attempt 4's run was not promoted
-    episode.promoted_attempt = 4
+def test_a_change_learnt_since_its_onset_consolidates_and_never_refreshes() -> None:
+    """A sudden change: its runs chose the examples since the onset, had no older ones to choose from,
+    or chose the whole selection when nearly all of it was after the onset (the two windows are then
+    nearly the same); consolidation grows them to the cap and no refresh follows."""
+    for window, share in (("since_onset", 0.1), (None, None), (RECENT, 0.9)):
+        ref = replace(reference(2, examples=300, episode="e"), window=window, since_onset_share=share)
+        assert not ref.slow_change
+        monitor = ModelMonitor(ref, REFRESHING, max_examples=4000)
+        episode = Episode("e", PERFORMANCE, attempts=1)
+        monitor.carry(episode)
+        assert not episode.slow_change
+        assert episode.consolidation_target(REFRESHING, 4000) == 1200
+        episode.consolidated_to, episode.attempts, episode.promoted_attempt = 4000, 3, 3
+        assert episode.consolidation_target(REFRESHING, 4000) is None
+        assert episode.refresh_target(REFRESHING, 4000) is None
+
+
+def test_no_refresh_when_it_is_off_and_then_a_recent_window_consolidates_as_before() -> None:
+    episode = Episode("e", PERFORMANCE, promoted_examples=3000, attempts=1, promoted_attempt=1, slow_change=True)
     assert episode.refresh_target(REFRESHING, 4000) is not None
+    assert episode.refresh_target(REFRESHING, None) is None  # no cap known: no spacing
     off = POLICY  # the shipped policy: off
+    assert off.refresh_fraction == 0
     assert episode.refresh_target(off, 4000) is None
-    assert episode.refresh_target(REFRESHING, None) is None  # no cap known: consolidation has no end to refresh from
+    assert episode.consolidation_target(off, 4000) == 4000
+
+
+def test_the_reference_knows_the_window_its_run_chose_and_whether_that_shows_a_slow_change() -> None:
+    base = {"metrics": {"accuracy": 0.9}, "n_train": 3, "n_holdout": 1}
+    chosen = {"selection": {"window": {"chosen": "recent", "since_onset": 10, "recent": 40}}}
+    ref = Reference.from_metadata("m", 1, base | chosen, "e")
+    assert (ref.window, ref.since_onset_share, ref.slow_change) == (RECENT, 0.25, True)
+    assert Reference.from_metadata("m", 1, base | {"selection": {"window": None}}, "e").window is None
+    assert Reference.from_metadata("m", 1, base, "e").window is None

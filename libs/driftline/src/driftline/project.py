@@ -263,10 +263,11 @@ class DriftPolicy(_Model):
         0.0,
         ge=0,
         le=1,
-        description="Once consolidation reached training.max_examples, one more run each time this fraction "
-        "of max_examples new labelled outcomes arrived, for as long as each such run is promoted (a concept "
-        "still moving keeps producing better models; the first one not promoted ends it); 0: off (the "
-        "default: measured in docs/drift-policies.md, it costs a run per settled episode for little gain).",
+        description="Refreshes in a slow change: once a promoted run of the episode learnt better from the "
+        "whole selection than from the examples since the onset (most of it older than the onset), one more "
+        "run on the whole recent selection each time this fraction of training.max_examples new labelled "
+        "outcomes arrived, for as long as they are promoted (after one that is not, twice the spacing; a "
+        "second one in a row ends it); 0: off (the default: measured in docs/drift-policies.md).",
     )
 
 

@@ -57,8 +57,12 @@ from scipy import stats
 from driftline.project import DriftPolicy
 from driftline.records import DriftEvidence
 from driftline_ml.profiles import category_key, ks, numeric_profile, psi
-from driftline_monitoring.lifecycle import Attempt, Episode, change_point
+from driftline_monitoring.lifecycle import RECENT, Attempt, Episode, change_point
 
+# A drift run that chose the whole selection over the examples since the onset shows a slow change
+# when at most this share of it was after the onset (with nearly all of it after, the two windows
+# are nearly the same and the choice is noise).
+SLOW_CHANGE_SHARE = 0.5
 LONG_WINDOW_FACTOR = 4  # the long window of ADWIN's guard, in performance windows
 
 INPUT, PREDICTION, PERFORMANCE = "input", "prediction", "performance"
@@ -82,6 +86,11 @@ class Reference:
     # its holdout has no out-of-sample scores to profile at training time).
     scores_from_serving: bool = False
     episode_id: str | None = None  # the drift episode whose request trained it, if any
+    # The training window its drift run chose (driftline_training.window: since_onset | recent),
+    # and the share of the selection that was after the onset; None when the run made no choice
+    # (every selected example was after the onset, or it had no onset).
+    window: str | None = None
+    since_onset_share: float | None = None
 
     @classmethod
     def from_metadata(cls, model_name: str, version: int, metadata: Mapping[str, Any], event_id: str) -> Reference:
@@ -95,6 +104,7 @@ class Reference:
             # count the model does not use) may move without the model caring.
             profiles = {name: p for name, p in profiles.items() if name in set(inputs)}
         from_serving = profile.get("score_reference") == "first_served_window"
+        choice = ((metadata.get("selection") or {}).get("window")) or {}
         return cls(
             model_name=model_name,
             version=version,
@@ -106,7 +116,22 @@ class Reference:
             promotion_event_id=event_id,
             examples=_examples_of(metadata),
             episode_id=metadata.get("drift_episode_id"),
+            window=choice.get("chosen"),
+            since_onset_share=_share(choice),
         )
+
+    @property
+    def slow_change(self) -> bool:
+        """Its drift run learnt better from the whole selection than from the examples since the
+        onset, though most of it came before the onset: the change is slow, not a switch (a refresh
+        chain follows, see :meth:`Episode.refresh_target`)."""
+        share = self.since_onset_share
+        return self.window == RECENT and share is not None and share <= SLOW_CHANGE_SHARE
+
+
+def _share(choice: Mapping[str, Any]) -> float | None:
+    since_onset, recent = choice.get("since_onset"), choice.get("recent")
+    return int(since_onset) / int(recent) if since_onset is not None and recent else None
 
 
 def _examples_of(metadata: Mapping[str, Any]) -> int | None:
@@ -631,6 +656,8 @@ class ModelMonitor:
             episode.outcomes.clear()  # the errors of the model it replaces say nothing about this one
         if episode is not None and self.reference.episode_id == episode.episode_id:
             episode.promoted_examples = self.reference.examples
+            # Once a run showed the change to be slow, the episode refreshes until its chain ends.
+            episode.slow_change = episode.slow_change or self.reference.slow_change
             episode.promoted_attempt = episode.attempts  # runs of one episode never overlap
             episode.clean_checks = 0
             episode.outcome()  # this model is the outcome of the episode's last attempt

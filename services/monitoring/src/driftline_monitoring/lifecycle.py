@@ -56,6 +56,8 @@ def change_point(outcomes: Sequence[tuple[int, bool]], margin: int = 10) -> tupl
 
 
 DETECTED, STILL_DEGRADED, CONSOLIDATION = "detected", "still_degraded", "consolidation"
+REFRESH_MISSES = 1  # a refresh chain survives this many unpromoted attempts in a row (spacing doubled)
+RECENT = "recent"  # driftline_training.window's name for the whole selection (older than the onset too)
 EPISODE_OUTCOMES = 5000  # outcomes an episode keeps to re-estimate its onset
 # While the last attempt's run has no outcome yet (promoted, rejected or failed), the episode asks
 # for nothing more, for at most this many retry spacings of labelled outcomes: a run that is slow
@@ -96,6 +98,7 @@ class Episode:
     outcomes: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=EPISODE_OUTCOMES))
     promoted_examples: int | None = None  # examples of the run promoted in this episode, if any
     promoted_attempt: int = 0  # the attempt whose run was promoted last (0: none known)
+    slow_change: bool = False  # a run of the episode learnt from older examples: refresh (refresh_target)
     consolidated_to: int = 0  # the largest consolidation target asked for so far
     first_examples: int = 0  # labelled outcomes since the onset the first request could train on
     clean_checks: int = 0
@@ -144,6 +147,10 @@ class Episode:
         consolidation is followed by the next (whether it was promoted or not), so the post-drift
         set grows geometrically (300, 1,200, 4,000 with the shipped policy) and stops at the cap."""
         first = self.promoted_examples
+        if first is not None and self.slow_change and policy.refresh_fraction > 0:
+            # That run trained on the whole selection, older examples than the onset included: more
+            # labels since the onset would not grow it, newer ones would (refresh_target).
+            return None
         if first is None and not self.performance_onset:
             # An input (or prediction) episode whose first candidate was not promoted, its served
             # performance not degraded: the post-drift set grows the same way, and a candidate
@@ -159,17 +166,23 @@ class Episode:
 
     def refresh_target(self, policy: DriftPolicy, max_examples: int | None) -> int | None:
         """Labelled outcomes since the onset at which the next refresh run is due; None when none is:
-        consolidation has not reached ``max_examples`` yet, refreshing is off, or the last attempt's
-        run was not promoted. A drift that keeps moving (incremental) keeps producing candidates
-        that beat the champion on the newest examples, so each promoted refresh asks for the next
-        one ``refresh_fraction`` x ``max_examples`` labels later; once the concept settled, the next
-        candidate ties with the champion, is not promoted, and the chain ends (the episode may then
-        resolve)."""
+        refreshing is off, no run of the episode showed a slow change (:attr:`slow_change`: it
+        learnt better from the whole selection than from the examples since the onset, though most
+        of it came before), or the chain ended. A change that keeps moving (incremental) is never
+        learnt once and for all: each model goes stale as the boundary moves on, so the episode asks
+        for a run on the whole recent selection (no onset) ``refresh_fraction`` x ``max_examples``
+        new labels after the last attempt, for as long as refreshes are promoted; after one that was
+        not, the next waits twice as long, and ``REFRESH_MISSES`` + 1 in a row end the chain (the
+        concept settled, or moves too slowly to be worth a run). A settled sudden change's runs
+        choose the examples since the onset, so it starts no chain and costs no run."""
         if policy.refresh_fraction <= 0 or max_examples is None or self.promoted_examples is None:
             return None
-        if self.consolidated_to < max_examples or self.promoted_attempt != self.attempts:
+        if not self.slow_change:
             return None
-        return self.labelled_at_attempt + math.ceil(policy.refresh_fraction * max_examples)
+        misses = self.attempts - self.promoted_attempt  # attempts since the last promotion
+        if misses > REFRESH_MISSES:
+            return None
+        return self.labelled_at_attempt + math.ceil(policy.refresh_fraction * max_examples * (1 << max(0, misses)))
 
     def next_attempt(
         self, policy: DriftPolicy, *, degraded: bool, drop: float, guard: float, max_examples: int | None
@@ -177,8 +190,8 @@ class Episode:
         """The attempt due now, if any (pure; :meth:`took` records it):
 
         * consolidation: a model promoted in the episode was trained on few post-drift examples, and
-          the labelled outcomes since the onset reached :meth:`consolidation_target`; or, once that
-          reached ``max_examples``, :meth:`refresh_target` (also a ``consolidation`` request);
+          the labelled outcomes since the onset reached :meth:`consolidation_target`; or, in a slow
+          change, :meth:`refresh_target` (also a ``consolidation`` request, without an onset);
         * still_degraded: served performance is still degraded and :meth:`retry_spacing` new labelled
           outcomes arrived since the last attempt, fewer than ``max_attempts`` made;
 
@@ -186,12 +199,13 @@ class Episode:
         """
         if self.waiting_for_outcome(policy):
             return None
-        for target in (self.consolidation_target(policy, max_examples), self.refresh_target(policy, max_examples)):
+        for target, onset in (
+            (self.consolidation_target(policy, max_examples), self.onset_ms),
+            (self.refresh_target(policy, max_examples), None),
+        ):
             if target is not None and self.labelled_since_onset >= target:
                 labelled = self.labelled_since_onset
-                return Attempt(
-                    self.attempts + 1, CONSOLIDATION, self.onset_ms, labelled, float(labelled), float(target)
-                )
+                return Attempt(self.attempts + 1, CONSOLIDATION, onset, labelled, float(labelled), float(target))
         if not degraded or self.attempts >= policy.max_attempts:
             return None
         if self.labelled_since_onset - self.labelled_at_attempt < self.retry_spacing(policy):
