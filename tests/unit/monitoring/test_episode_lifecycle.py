@@ -297,3 +297,15 @@ def test_the_reference_knows_the_window_its_run_chose_and_whether_that_shows_a_s
     assert (ref.window, ref.since_onset_share, ref.slow_change) == (RECENT, 0.25, True)
     assert Reference.from_metadata("m", 1, base | {"selection": {"window": None}}, "e").window is None
     assert Reference.from_metadata("m", 1, base, "e").window is None
+
+
+def test_an_episode_shown_slow_stays_slow_when_a_later_run_chooses_the_examples_since_the_onset() -> None:
+    """A still-degraded retry of a slow episode may choose the examples since its (moved) onset; the
+    boundary still moves, so the chain goes on from that promotion."""
+    episode = Episode("e", PERFORMANCE, attempts=1)
+    for version, (window, share) in enumerate(((RECENT, 0.2), ("since_onset", 0.6)), start=2):
+        ref = replace(reference(version, examples=3000, episode="e"), window=window, since_onset_share=share)
+        ModelMonitor(ref, REFRESHING, max_examples=4000).carry(episode)
+        assert episode.slow_change
+        assert episode.refresh_target(REFRESHING, 4000) == episode.labelled_at_attempt + 2000
+        episode.attempts += 1
