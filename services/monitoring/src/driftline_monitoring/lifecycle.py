@@ -5,7 +5,9 @@ served performance is back (:meth:`driftline_monitoring.drift.ModelMonitor.after
 is open it asks for training again (:meth:`Episode.next_attempt`): while the serving model stays
 degraded (``retry_after_labels`` new labelled outcomes, growing by ``retry_growth``, up to
 ``max_attempts``), and to consolidate as the post-drift labelled set grows (``consolidate_factor``,
-up to the training policy's ``max_examples``). A still-degraded retry's onset moves forward to where
+up to the training policy's ``max_examples``); with ``refresh_fraction``, a slow change (a promoted
+run learnt better from its whole selection, most of it older than the onset) is refreshed instead
+(:meth:`Episode.refresh_target`). A still-degraded retry's onset moves forward to where
 the serving model's errors since the onset rose (:func:`change_point`), so a gradual change trains
 on its new concept. See docs/architecture.md, "Drift episodes".
 """
