@@ -11,7 +11,7 @@ import numpy as np
 
 from driftline.project import DriftPolicy, load_project
 from driftline_monitoring.drift import PERFORMANCE, CheckResult, Detection, ModelMonitor, PerformanceTracker, Reference
-from driftline_monitoring.lifecycle import CONSOLIDATION, RECENT, STILL_DEGRADED, Episode
+from driftline_monitoring.lifecycle import CONSOLIDATION, RECENT, STILL_DEGRADED, Attempt, Episode
 
 POLICY = load_project().drift
 
@@ -309,3 +309,17 @@ def test_an_episode_shown_slow_stays_slow_when_a_later_run_chooses_the_examples_
         assert episode.slow_change
         assert episode.refresh_target(REFRESHING, 4000) == episode.labelled_at_attempt + 2000
         episode.attempts += 1
+
+
+def test_a_moved_onset_starts_consolidation_again_from_the_new_onset() -> None:
+    """A long episode consolidated up to the cap counted from its first onset; an attempt that moves
+    the onset (the errors rose later) leaves few examples after it, so the model promoted from that
+    attempt is consolidated again as the set after the new onset grows."""
+    episode = Episode("e", PERFORMANCE, onset_ms=0, attempts=3, consolidated_to=4000, promoted_examples=300)
+    for t in range(5000):
+        episode.count_outcome(t, t < 4000)
+    assert episode.consolidation_target(POLICY, 4000) is None  # at the cap, counted from 0
+    episode.took(Attempt(4, STILL_DEGRADED, 4700, episode.labelled_since_onset, 0.3, 0.1))
+    assert (episode.onset_ms, episode.labelled_since_onset, episode.consolidated_to) == (4700, 300, 0)
+    target = episode.consolidation_target(POLICY, 4000)  # the run of attempt 4, once promoted: 300 examples
+    assert target == min(math.ceil(POLICY.consolidate_factor * 300), 4000)

@@ -223,6 +223,8 @@ class Episode:
             self.outcomes.clear()
             self.outcomes.extend(kept)
             self.labelled_since_onset = len(kept)
+            # Consolidation counts post-drift examples from the onset: from the new one, afresh.
+            self.consolidated_to = 0
         self.labelled_at_attempt = self.labelled_since_onset
         self.awaiting = True
         if attempt.reason == CONSOLIDATION:
