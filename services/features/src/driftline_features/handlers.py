@@ -41,8 +41,6 @@ from driftline_ml.online import FeatureSets, StateRow
 
 log = get_logger(__name__)
 
-PRUNE_EVERY_S = 600.0
-
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
@@ -103,10 +101,6 @@ class Store(Protocol):
     async def write(self, rows: list[VectorRow], states: Sequence[StateRow] = ()) -> None: ...
 
     async def find(self, event_ids: list[str]) -> dict[str, tuple[dict[str, Any], bool]]: ...
-
-
-class Pruner(Protocol):
-    async def prune(self, older_than_days: float) -> int: ...
 
 
 @dataclass
@@ -241,8 +235,8 @@ class FeatureProcessor:
         """One pass over a batch, in chunks of ``chunk_size`` records: while a chunk's online-store
         write and broker acknowledgements are awaited, the next chunk is decoded, computed and
         sent (the service waited on PostgreSQL for ~40% of a batch otherwise); the entity states go
-        with the last chunk, one per entity of the batch. The batch stays
-        the unit of acknowledgement and of retry: it is durable when every chunk is, and a failed
+        with the last chunk, one per entity of the batch. The batch stays the unit of
+        acknowledgement and of retry: it is durable when every chunk is, and a failed
         chunk fails the pass (the caller runs the whole batch again, which the entity states
         recognise as re-deliveries)."""
         size = self.chunk_size if self.chunk_size > 0 else len(records)
@@ -317,16 +311,15 @@ class FeatureProcessor:
         # One window state per entity for the online store: its last (it holds every event of
         # the batch), at the greatest source offset of the entity in the batch; encoded once, for
         # the store and for the changelog.
-        last_state = batch_states
         for c in computed:
             if c.state is not None:
-                before = last_state.get(c.state.key)
+                before = batch_states.get(c.state.key)
                 if before is not None and before.source_offset > c.state.source_offset:
-                    last_state[c.state.key] = replace(c.state, source_offset=before.source_offset)
+                    batch_states[c.state.key] = replace(c.state, source_offset=before.source_offset)
                 else:
-                    last_state[c.state.key] = c.state
+                    batch_states[c.state.key] = c.state
         if last_chunk:
-            prepared.states = [replace(row, json=orjson.dumps(row.state)) for row in last_state.values()]
+            prepared.states = [replace(row, json=orjson.dumps(row.state)) for row in batch_states.values()]
             await states.flush({row.key: row.json for row in prepared.states if row.json is not None})
         for c in computed:
             prepared.rows.append(c.row)
@@ -495,18 +488,6 @@ def raw_event(value: Mapping[str, Any]) -> RawEvent:
         return RawEvent.from_avro(value)
     except (KeyError, TypeError) as exc:
         raise DecodeError(f"record does not fit RawEvent: missing or wrong field {exc}") from exc
-
-
-async def prune_history(store: Pruner, older_than_days: float, every_s: float = PRUNE_EVERY_S) -> None:
-    """Delete old rows of the computed-vector history, every ``every_s`` (a failure is retried then)."""
-    while True:
-        try:
-            deleted = await store.prune(older_than_days)
-            if deleted:
-                log.info("vectors_pruned", deleted=deleted, older_than_days=older_than_days)
-        except Exception as exc:
-            log.warning("vectors_prune_failed", error=repr(exc)[:300])
-        await asyncio.sleep(every_s)
 
 
 def _consumer_record(rec: SourceRecord) -> ConsumerRecord[bytes, bytes]:

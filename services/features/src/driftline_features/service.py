@@ -22,8 +22,8 @@ from driftline.runtime import Runtime
 from driftline.service import Service, Wiring
 from driftline_features import api, stream
 from driftline_features.config import NAME, FeaturesSettings
-from driftline_features.handlers import FeatureProcessor, prune_history
-from driftline_features.store import OnlineStore
+from driftline_features.handlers import FeatureProcessor
+from driftline_features.store import OnlineStore, prune_history
 from driftline_ml.online import FeatureSets
 
 log = get_logger(__name__)

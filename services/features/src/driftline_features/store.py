@@ -12,6 +12,7 @@ and a transaction per batch; see services/features/README.md, "Benchmark".)
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +22,11 @@ from typing import Any
 import asyncpg
 import orjson
 
+from driftline.logging import get_logger
 from driftline.records import FeatureVectorComputed
 from driftline_ml.online import StateRow, write_states
+
+log = get_logger(__name__)
 
 COLUMNS = (
     "event_id",
@@ -176,3 +180,18 @@ class OnlineStore:
                 "DELETE FROM vectors WHERE written_at < now() - make_interval(secs => $1)", older_than_days * 86400.0
             )
         return int(status.split()[-1])
+
+
+PRUNE_EVERY_S = 600.0
+
+
+async def prune_history(store: OnlineStore, older_than_days: float, every_s: float = PRUNE_EVERY_S) -> None:
+    """Delete old rows of the computed-vector history, every ``every_s`` (a failure is retried then)."""
+    while True:
+        try:
+            deleted = await store.prune(older_than_days)
+            if deleted:
+                log.info("vectors_pruned", deleted=deleted, older_than_days=older_than_days)
+        except Exception as exc:
+            log.warning("vectors_prune_failed", error=repr(exc)[:300])
+        await asyncio.sleep(every_s)
