@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import struct
+import uuid
 from typing import Any
 
 import fastavro
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from driftline.catalog import EVENTS_RAW, LABELS
 from driftline.events import derived_event_id, envelope
@@ -61,6 +64,13 @@ def test_a_chain_starts_with_its_first_event_and_inherits_correlation() -> None:
 def test_derived_ids_are_stable_and_distinct() -> None:
     assert derived_event_id("e1", "v1") == derived_event_id("e1", "v1")
     assert derived_event_id("e1", "v1") != derived_event_id("e1", "v2")
+
+
+@given(st.lists(st.one_of(st.text(), st.integers()), min_size=1, max_size=3))
+def test_derived_ids_are_uuid5_of_the_joined_parts(parts: list[object]) -> None:
+    # The ids are stored (online store, sinks' upserts): the fast form must stay uuid5's.
+    expected = str(uuid.uuid5(uuid.UUID("6f1c3f55-6a47-4a8c-9d0e-2f5b8f0c4a11"), "|".join(map(str, parts))))
+    assert derived_event_id(*parts) == expected
 
 
 async def test_encode_uses_confluent_framing_and_round_trips() -> None:

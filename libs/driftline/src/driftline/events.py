@@ -8,6 +8,7 @@ event's id); every event caused by another inherits the correlation id and names
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Generic, TypedDict, TypeVar
 # Namespace for ids derived from other ids (uuid5): the same input always yields the same id,
 # which is what makes a recomputation after a crash an upsert rather than a duplicate.
 _DERIVED_NS = uuid.UUID("6f1c3f55-6a47-4a8c-9d0e-2f5b8f0c4a11")
+_DERIVED_NS_BYTES = _DERIVED_NS.bytes
 
 
 def now_utc() -> datetime:
@@ -28,8 +30,15 @@ def new_event_id() -> str:
 
 
 def derived_event_id(*parts: object) -> str:
-    """A deterministic UUID from its parts (e.g. a source event id and a feature-set version)."""
-    return str(uuid.uuid5(_DERIVED_NS, "|".join(str(p) for p in parts)))
+    """A deterministic UUID from its parts (e.g. a source event id and a feature-set version):
+    ``str(uuid.uuid5(_DERIVED_NS, "|".join(parts)))``, written out because the features service
+    derives one per event (3x faster without the UUID object; a unit test holds it to uuid5)."""
+    name = "|".join([str(p) for p in parts]).encode()
+    digest = bytearray(hashlib.sha1(_DERIVED_NS_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Envelope(TypedDict):

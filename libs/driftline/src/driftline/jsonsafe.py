@@ -170,7 +170,7 @@ def _required_number(value: Any, path: str) -> Any:
 
 def _record(fields: list[tuple[str, Sanitiser]]) -> Sanitiser:
     def sanitise(value: Any, path: str) -> Any:
-        if not isinstance(value, Mapping):
+        if value.__class__ is not dict and not isinstance(value, Mapping):  # dict first: no ABC check
             return value
         out: dict[str, Any] | None = None  # a copy only when something changes
         for name, fn in fields:
@@ -197,7 +197,7 @@ def _array(item: Sanitiser) -> Sanitiser:
 
 def _map(values: Sanitiser, *, dropped: bool, scalar: bool) -> Sanitiser:
     def sanitise(value: Any, path: str) -> Any:
-        if not isinstance(value, Mapping):
+        if value.__class__ is not dict and not isinstance(value, Mapping):
             return value
         if scalar and not any(v.__class__ is float and not math.isfinite(v) for v in value.values()):
             return value  # the common case: nothing to change (numbers only, no nested values)

@@ -468,7 +468,7 @@ def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
     """A faust message's headers (a list of pairs, or a mapping) as pairs."""
     if not headers:
         return ()
-    items = headers.items() if isinstance(headers, Mapping) else headers
+    items = headers if isinstance(headers, list | tuple) else headers.items()  # no ABC check per record
     return tuple((str(k), bytes(v)) for k, v in items)
 
 
