@@ -44,7 +44,7 @@ from driftline.events import epoch_ms
 from driftline.project import Project, load_project
 from driftline_ml.models import positive_scores
 from driftline_monitoring.drift import Detection, ModelMonitor, Reference
-from driftline_monitoring.lifecycle import Attempt
+from driftline_monitoring.lifecycle import REFRESH, Attempt
 from driftline_registry import policy as registry_policy
 from driftline_training import pipeline, trigger_policy
 from driftline_training.pipeline import Example, TrainingFailure
@@ -116,11 +116,13 @@ class Driftline:
         self.waiting_labels: dict[str, str] = {}
         self.last_request: datetime | None = None  # nearest live request (the cooldown)
         self.last_request_at = 0  # its position in the stream
-        self.asks: list[tuple[trigger_policy.Ask, int]] = []  # published detections not yet decided
-        self.waiting: tuple[trigger_policy.Ask, int] | None = None  # requested, waiting for labels
+        # Published detections not yet decided, with their onset (None: a refresh, no onset).
+        self.asks: list[tuple[trigger_policy.Ask, int | None]] = []
+        self.waiting: tuple[trigger_policy.Ask, int | None] | None = None  # requested, waiting for labels
         self.decisions: list[str] = []
         self.requesting_episode: str | None = None  # the episode whose request the next run serves
         self.run_since: int | None = None  # the next drift run's onset (its window choice)
+        self.run_refresh = False  # the next run is a refresh (no onset, ModelTrained.refresh)
         self.detected_by: list[str] = []  # kind/method of each published detection
         self.attempts: list[tuple[int, int, str]] = []  # (t, attempt, reason) of further attempts
 
@@ -174,7 +176,11 @@ class Driftline:
 
     def _ask(self, labelled_event: int, episode_id: str, attempt: Attempt) -> None:
         now = self._time(labelled_event + self.config.label_delay)
-        onset = max(0, self._event(attempt.onset_ms)) if attempt.onset_ms is not None else 0
+        # A refresh has no onset (training: the whole recent selection); another attempt without
+        # one trains since the window start, here the stream's start.
+        onset: int | None = None if attempt.reason == REFRESH else 0
+        if attempt.onset_ms is not None:
+            onset = max(0, self._event(attempt.onset_ms))
         self.attempts.append((labelled_event + self.config.label_delay, attempt.number, attempt.reason))
         ask = trigger_policy.Ask(
             trigger_id=trigger_policy.drift_trigger_id(self.project.model.name, episode_id, attempt.number),
@@ -182,7 +188,7 @@ class Driftline:
             model_name=self.project.model.name,
             event_time=now,
             episode_id=episode_id,
-            since=self._time(onset),
+            since=self._time(onset) if onset is not None else None,
             episode_attempt=attempt.number,
         )
         self.asks.append((ask, onset))
@@ -253,7 +259,7 @@ class Driftline:
                 ask,
                 trigger_policy.TriggerState(None, self.last_request, self._gap(ask)),
                 cooldown=training.cooldown_spec,
-                labelled=self._labelled_since(t, onset),
+                labelled=self._labelled_since(t, onset or 0),
                 min_examples=training.min_examples,
             )
             self.decisions.append(f"{t}: {decision.decision} {decision.reason}")
@@ -265,21 +271,26 @@ class Driftline:
                 self.waiting = (ask, onset)
             else:
                 self.waiting = None
-                request = Retrain(onset, f"drift {ask.episode_id[:8]}#{ask.episode_attempt} since {onset}")
-                self.requesting_episode = ask.episode_id
+                request = self._request(ask, onset, "")
         if request is None and self.waiting is not None:
             ask, onset = self.waiting
-            if trigger_policy.enough_labelled(self._labelled_since(t, onset), training.min_examples):
+            if trigger_policy.enough_labelled(self._labelled_since(t, onset or 0), training.min_examples):
                 self.waiting = None
-                request = Retrain(onset, f"drift {ask.episode_id[:8]}#{ask.episode_attempt} since {onset} (waited)")
-                self.requesting_episode = ask.episode_id
+                request = self._request(ask, onset, " (waited)")
         if request is not None:
             # The run's selection, as runs.py: the most recent max_examples labelled examples (older
-            # than the onset too); the run then chooses its window (driftline_training.window).
+            # than the onset too); the run then chooses its window (driftline_training.window); a
+            # refresh has no onset and fits on all of them.
             last = t - self.config.label_delay
-            self.run_since = request.since if training.selection == "since_drift" else None
+            self.run_since = request.since if training.selection == "since_drift" and not self.run_refresh else None
             request = Retrain(max(0, last - training.max_examples + 1), request.reason)
         return request
+
+    def _request(self, ask: trigger_policy.Ask, onset: int | None, note: str) -> Retrain:
+        self.requesting_episode = ask.episode_id
+        self.run_refresh = onset is None
+        what = "refresh" if onset is None else f"since {onset}"
+        return Retrain(onset or 0, f"drift {ask.episode_id[:8]}#{ask.episode_attempt} {what}{note}")
 
     def fit(self, t: int, data: Labelled) -> Model | None:
         classes = self.info.classes
@@ -324,6 +335,7 @@ class Driftline:
             n_compared=len(compared) if champion_metrics is not None else None,
             wins=paired[0] if paired else None,
             losses=paired[1] if paired else None,
+            refresh=self.run_refresh,
         )
         self.decisions.append(f"{t}: {'promoted' if decision.promote else 'rejected'} {decision.reason}")
         if not decision.promote:
@@ -340,6 +352,8 @@ class Driftline:
             "n_holdout": len(result.holdout),
             "drift_episode_id": self.requesting_episode if self.version else None,
             "selection": {"window": choice.as_dict() if choice is not None else None},
+            "refresh": self.run_refresh,
+            "comparison": {"wins": paired[0], "losses": paired[1]} if paired else None,
         }
         self._next_reference = metadata
         return _Coded(result.model, classes)
@@ -362,6 +376,7 @@ class Driftline:
             self.project.drift,
             max_examples=self.project.training.max_examples,
             min_examples=self.project.training.min_examples,
+            refresh_confidence=self.project.promotion.refresh_confidence,
         )
         self.monitor.carry(previous.episode if previous is not None else None)
         self.waiting_labels = {}

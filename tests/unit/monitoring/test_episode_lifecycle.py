@@ -11,7 +11,15 @@ import numpy as np
 
 from driftline.project import DriftPolicy, load_project
 from driftline_monitoring.drift import PERFORMANCE, CheckResult, Detection, ModelMonitor, PerformanceTracker, Reference
-from driftline_monitoring.lifecycle import CONSOLIDATION, RECENT, STILL_DEGRADED, Attempt, Episode
+from driftline_monitoring.lifecycle import (
+    CONSOLIDATION,
+    RECENT,
+    REFRESH,
+    STILL_DEGRADED,
+    Attempt,
+    Episode,
+    refresh_gained,
+)
 
 POLICY = load_project().drift
 
@@ -241,7 +249,7 @@ def test_a_slow_change_refreshes_on_the_whole_window_while_promoted_and_stops_af
         assert monitor.after_check(clean_check(k)) is None
     made = feed(monitor, spacing, 0.1, t, runs_report=False)
     t += spacing
-    assert [(a.reason, a.onset_ms, a.labelled_since_onset) for _, a in made] == [(CONSOLIDATION, None, due)]
+    assert [(a.reason, a.onset_ms, a.labelled_since_onset) for _, a in made] == [(REFRESH, None, due)]
     # Promoted (a run asked without an onset makes no window choice: the chain goes on).
     monitor = promote(None)
     assert episode.slow_change
@@ -323,3 +331,45 @@ def test_a_moved_onset_starts_consolidation_again_from_the_new_onset() -> None:
     assert (episode.onset_ms, episode.labelled_since_onset, episode.consolidated_to) == (4700, 300, 0)
     target = episode.consolidation_target(POLICY, 4000)  # the run of attempt 4, once promoted: 300 examples
     assert target == min(math.ceil(POLICY.consolidate_factor * 300), 4000)
+
+
+def test_a_refresh_gains_when_it_beats_its_champion_beyond_the_bound() -> None:
+    assert refresh_gained(30, 15, 0.75)  # 15 > 0.674 * sqrt(45) = 4.5
+    assert not refresh_gained(22, 20, 0.75)  # 2 < 0.674 * sqrt(42) = 4.4: within the noise
+    assert refresh_gained(22, 20, 0.5) and not refresh_gained(20, 20, 0.5)  # z = 0: better at all
+    assert not refresh_gained(0, 0, 0.5) and not refresh_gained(10, 20, 0.75)
+
+
+def test_a_refresh_promoted_within_the_noise_is_a_miss_of_its_chain() -> None:
+    """With promotion.refresh_confidence the registry promotes a refresh that is merely not worse;
+    the chain goes on at its spacing only after one that gained (refresh_gained), so two refreshes
+    in a row that the boundary did not need end it, promoted or not."""
+    cap, policy = 4000, REFRESHING
+    spacing = math.ceil(policy.refresh_fraction * cap)
+    episode = Episode("e", PERFORMANCE, onset_ms=0, attempts=2)
+    slow = replace(reference(2, examples=3000, episode="e"), window=RECENT, since_onset_share=0.2)
+    ModelMonitor(slow, policy, max_examples=cap, refresh_confidence=0.75).carry(episode)
+    assert episode.promoted_attempt == 2 and episode.refresh_target(policy, cap) == spacing
+
+    def refreshed(version: int, wins: int, losses: int, confidence: float = 0.75) -> int | None:
+        episode.attempts += 1  # the refresh went out ...
+        ref = replace(reference(version, examples=3000, episode="e"), refresh=True, wins=wins, losses=losses)
+        ModelMonitor(ref, policy, max_examples=cap, refresh_confidence=confidence).carry(episode)  # ... promoted
+        return episode.refresh_target(policy, cap)
+
+    assert refreshed(3, 30, 15) == spacing  # a gain: the chain goes on at its spacing
+    assert episode.promoted_attempt == 3
+    assert refreshed(4, 22, 20) == 2 * spacing  # within the noise: a miss, twice the spacing
+    assert episode.promoted_attempt == 3 and not episode.awaiting  # the run reported all the same
+    assert refreshed(5, 21, 20) is None  # a second miss in a row ends the chain
+    # Off (refresh_confidence 0): every promotion goes on with the chain, as before.
+    episode.attempts, episode.promoted_attempt = 2, 2
+    assert refreshed(6, 21, 20, confidence=0.0) == spacing
+
+
+def test_the_reference_knows_a_refresh_and_its_runs_paired_counts() -> None:
+    base = {"metrics": {"accuracy": 0.9}, "n_train": 3, "n_holdout": 1}
+    ref = Reference.from_metadata("m", 1, base | {"refresh": True, "comparison": {"wins": 7, "losses": 4}}, "e")
+    assert (ref.refresh, ref.wins, ref.losses) == (True, 7, 4)
+    old = Reference.from_metadata("m", 1, base | {"comparison": None}, "e")  # before refreshes were marked
+    assert (old.refresh, old.wins, old.losses) == (False, None, None)

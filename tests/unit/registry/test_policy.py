@@ -183,3 +183,43 @@ def test_with_paired_counts_the_decision_is_mcnemars() -> None:
     # ... noise when they disagree on many (the unpaired bound would reject both).
     assert not with_counts(60, 51)  # 9 < 1.28 * sqrt(111) = 13.5
     assert not with_counts(3, 3)
+
+
+def test_a_refresh_is_promoted_unless_it_is_significantly_worse() -> None:
+    """promotion.refresh_confidence reverses the burden of proof for a refresh (the champion's window
+    on newer data): within the noise it is promoted, where any other candidate must be better beyond
+    promotion.confidence; clearly worse, it is rejected; the floor and the same-holdout rule hold."""
+    policy = PromotionPolicy(metric="accuracy", margin=0.0, floor=0.5, confidence=0.75, refresh_confidence=0.75)
+
+    def judge(wins: int, losses: int, *, refresh: bool, p: PromotionPolicy = policy, against: int = 2) -> bool:
+        champion, n = 0.85, 375
+        return decide(
+            p, metrics={"accuracy": champion + (wins - losses) / n}, champion_version=2, evaluated_against=against,
+            champion_metrics={"accuracy": champion}, n_compared=n, wins=wins, losses=losses, refresh=refresh,
+        ).promote  # fmt: skip
+
+    assert judge(22, 20, refresh=True) and not judge(22, 20, refresh=False)  # better within the noise
+    assert judge(20, 20, refresh=True) and not judge(20, 20, refresh=False)  # a tie
+    assert judge(20, 24, refresh=True)  # worse by 4 < 0.674 * sqrt(44) = 4.47
+    assert not judge(20, 25, refresh=True)  # worse by 5 > 0.674 * sqrt(45) = 4.52
+    assert judge(30, 15, refresh=True) and judge(30, 15, refresh=False)  # clearly better: both
+    assert not judge(22, 20, refresh=True, against=1)  # not compared with the current champion
+    off = policy.model_copy(update={"refresh_confidence": 0.0})
+    assert not judge(22, 20, refresh=True, p=off)  # off: judged like any candidate
+    below = decide(
+        policy, metrics={"accuracy": 0.45}, champion_version=2, evaluated_against=2,
+        champion_metrics={"accuracy": 0.45}, n_compared=375, wins=0, losses=0, refresh=True,
+    )  # fmt: skip
+    assert not below.promote and "below the floor" in below.reason
+    tie = decide(
+        policy, metrics={"accuracy": 0.85}, champion_version=2, evaluated_against=2,
+        champion_metrics={"accuracy": 0.85}, n_compared=375, wins=20, losses=20, refresh=True,
+    )  # fmt: skip
+    assert "a refresh" in tie.reason and "not worse" in tie.reason
+
+
+def test_refresh_confidence_is_off_or_at_least_a_half() -> None:
+    assert PromotionPolicy().refresh_confidence == 0
+    assert PromotionPolicy(refresh_confidence=0.5).refresh_confidence == 0.5
+    with pytest.raises(ValueError, match="refresh_confidence"):
+        PromotionPolicy(refresh_confidence=0.3)

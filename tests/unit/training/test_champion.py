@@ -8,6 +8,7 @@ from driftline_ml.models import build_estimator, dump_model, load_model
 from driftline_training import pipeline
 from driftline_training.champion import Champion
 from driftline_training.pipeline import Example
+from driftline_training.requests import is_refresh, request_record
 from tests.unit.training.fakes import PROJECT, FakeStore, RecordingArtifacts, handlers, promoted, request
 from tests.unit.training.test_pipeline import examples
 
@@ -105,3 +106,25 @@ async def test_a_tampered_champion_is_refused_and_the_run_says_why() -> None:
     metadata = json.loads(artifacts.objects[r.metadata_key])
     assert "SHA-256" in metadata["champion_evaluation_error"]
     assert metadata["comparison"]["champion_version"] == 1 and metadata["comparison"]["error"]
+
+
+async def test_a_refresh_is_marked_on_its_run_and_compared_on_the_most_recent_holdout_like_a_drift_run() -> None:
+    """A refresh (a drift episode's request without an onset) trains on the whole recent selection;
+    its models.trained says so (the registry judges it by promotion.refresh_confidence) and, like
+    every drift run, it compares on the most recent compare_recent of the unseen holdout."""
+    data = examples(400)
+    artifacts = RecordingArtifacts()
+    champion = await _champion(artifacts, data[:300])  # the whole 100-example holdout is unseen
+    store = FakeStore(examples=data, champion=champion)
+    runs = handlers(store, artifacts, min_comparison_examples=20).runs
+    refresh = request_record(
+        request_id="req-r", model_name=PROJECT.model.name, reason="drift", requested_by="drift-policy",
+        drift_episode_id="episode-1", since=None, producer="test",
+    )  # fmt: skip
+    assert is_refresh(refresh) and not is_refresh(request(selection="recent"))
+    r = (await runs.run(refresh, "run-r")).record
+    assert r.refresh and r.n_holdout == 100
+    assert r.n_comparison == round(100 * PROJECT.promotion.compare_recent)
+    assert json.loads(artifacts.objects[r.metadata_key])["refresh"] is True
+    plain = (await runs.run(request("req-m", selection="recent"), "run-m")).record
+    assert not plain.refresh and plain.n_comparison == 100

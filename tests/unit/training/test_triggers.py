@@ -11,7 +11,7 @@ from driftline.catalog import LABELS, TRAINING_REQUESTED
 from driftline.events import envelope
 from driftline.project import Project
 from driftline.records import LabelRecorded
-from driftline_training.requests import drift_request_id
+from driftline_training.requests import drift_request_id, is_refresh
 from driftline_training.trigger_policy import MAX_TRIGGER_ATTEMPTS, drift_trigger_id
 from tests.unit.training.fakes import PROJECT, FakeStore, drift_record, event, handlers, published
 from tests.unit.training.test_pipeline import examples
@@ -214,3 +214,17 @@ async def test_a_drift_run_that_lacked_labelled_examples_waits_for_them_again(at
     ((_, status, _, failed),) = store.finished
     assert status == "failed" and failed.error_type == "too_few_examples"
     assert store.triggers[trigger_id].waiting is waits
+
+
+async def test_a_refresh_attempt_requests_a_run_on_the_whole_recent_selection_without_an_onset() -> None:
+    """monitoring's refresh (a slow change's next run, drift.refresh_fraction) carries no onset; the
+    request has none either (requests.is_refresh), whatever window the record names; a consolidation
+    keeps its onset."""
+    store = FakeStore(labelled=MIN)
+    h = handlers(store)
+    await h.on_drift(replace(drift_record(None), attempt=3, reason="refresh"))
+    await h.on_drift(replace(drift_record(ONSET), attempt=4, reason="consolidation"))
+    assert store.counted_since == [None, ONSET]
+    refresh, consolidation = store.staged_on(TRAINING_REQUESTED)
+    assert refresh.since is None and is_refresh(refresh)
+    assert consolidation.since is not None and not is_refresh(consolidation)

@@ -283,6 +283,17 @@ class PromotionPolicy(_Model):
         "exceed the noise of the comparison: z(confidence) standard errors of the difference on the "
         "compared examples (0: off).",
     )
+    refresh_confidence: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="A refresh (a drift run of a slow-change episode's refresh chain on the whole recent "
+        "selection: a window of the champion's size on newer data) is promoted unless the champion is "
+        "better on the same comparison beyond z(this) standard errors of the paired difference (McNemar), "
+        "instead of having to be better beyond promotion.confidence; its refresh chain goes on only after a "
+        "refresh better beyond the same bound (drift.refresh_fraction). At 0.5 (z = 0): promoted unless "
+        "worse, the chain goes on while better. 0: off, a refresh is judged like any candidate.",
+    )
     compare_recent: float = Field(
         0.5,
         gt=0,
@@ -322,6 +333,15 @@ class PromotionPolicy(_Model):
         description="Canary verdicts: the canary is promoted when the two-sided interval of its accuracy "
         "minus the champion's (two independent samples) lies above 0, withdrawn when it lies below 0.",
     )
+
+    @field_validator("refresh_confidence")
+    @classmethod
+    def _refresh_confidence(cls, v: float) -> float:
+        if 0 < v < 0.5:
+            raise ValueError(
+                "refresh_confidence is 0 (off) or at least 0.5 (z >= 0): below, a better refresh could be rejected"
+            )
+        return v
 
 
 class Project(_Model):

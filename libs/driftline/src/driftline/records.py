@@ -647,6 +647,7 @@ class ModelTrained:
     train_start: datetime | None = None
     holdout_end: datetime | None = None
     code_version: str | None = None
+    refresh: bool = False
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> ModelTrained:
@@ -689,6 +690,7 @@ class ModelTrained:
             train_start=d.get("train_start", None),
             holdout_end=d.get("holdout_end", None),
             code_version=d.get("code_version", None),
+            refresh=d.get("refresh", False),
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -731,6 +733,7 @@ class ModelTrained:
             "train_start": self.train_start,
             "holdout_end": self.holdout_end,
             "code_version": self.code_version,
+            "refresh": self.refresh,
         }
 
 

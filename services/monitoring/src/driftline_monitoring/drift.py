@@ -57,7 +57,7 @@ from scipy import stats
 from driftline.project import DriftPolicy
 from driftline.records import DriftEvidence
 from driftline_ml.profiles import category_key, ks, numeric_profile, psi
-from driftline_monitoring.lifecycle import RECENT, Attempt, Episode, change_point
+from driftline_monitoring.lifecycle import RECENT, Attempt, Episode, change_point, refresh_gained
 
 # A drift run that chose the whole selection over the examples since the onset shows a slow change
 # when at most this share of it was after the onset (with nearly all of it after, the two windows
@@ -91,6 +91,11 @@ class Reference:
     # (every selected example was after the onset, or it had no onset).
     window: str | None = None
     since_onset_share: float | None = None
+    # A refresh of a slow change (its run's ``refresh``), and its run's paired counts against the
+    # champion it was compared with (``comparison.wins`` / ``losses``), for the chain's own test.
+    refresh: bool = False
+    wins: int | None = None
+    losses: int | None = None
 
     @classmethod
     def from_metadata(cls, model_name: str, version: int, metadata: Mapping[str, Any], event_id: str) -> Reference:
@@ -105,6 +110,7 @@ class Reference:
             profiles = {name: p for name, p in profiles.items() if name in set(inputs)}
         from_serving = profile.get("score_reference") == "first_served_window"
         choice = ((metadata.get("selection") or {}).get("window")) or {}
+        comparison = metadata.get("comparison") or {}
         return cls(
             model_name=model_name,
             version=version,
@@ -118,6 +124,9 @@ class Reference:
             episode_id=metadata.get("drift_episode_id"),
             window=choice.get("chosen"),
             since_onset_share=_share(choice),
+            refresh=bool(metadata.get("refresh")),
+            wins=_count(comparison.get("wins")),
+            losses=_count(comparison.get("losses")),
         )
 
     @property
@@ -127,6 +136,10 @@ class Reference:
         chain follows, see :meth:`Episode.refresh_target`)."""
         share = self.since_onset_share
         return self.window == RECENT and share is not None and share <= SLOW_CHANGE_SHARE
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if value is not None else None
 
 
 def _share(choice: Mapping[str, Any]) -> float | None:
@@ -522,6 +535,7 @@ class ModelMonitor:
     join_capacity: int = 50_000
     max_examples: int | None = None  # the training policy's: caps the consolidation target
     min_examples: int = 0  # the training policy's: a drift run waits for these since the onset
+    refresh_confidence: float = 0.0  # the promotion policy's: a refresh's gain for the chain (carry)
     features: list[str] = field(init=False)
     vectors: deque[tuple[int, tuple[Any, ...]]] = field(init=False)
     scores: deque[tuple[int, float]] = field(init=False)
@@ -658,9 +672,23 @@ class ModelMonitor:
             episode.promoted_examples = self.reference.examples
             # Once a run showed the change to be slow, the episode refreshes until its chain ends.
             episode.slow_change = episode.slow_change or self.reference.slow_change
-            episode.promoted_attempt = episode.attempts  # runs of one episode never overlap
+            if self.refresh_gain():
+                episode.promoted_attempt = episode.attempts  # runs of one episode never overlap
             episode.clean_checks = 0
             episode.outcome()  # this model is the outcome of the episode's last attempt
+
+    def refresh_gain(self) -> bool:
+        """Whether this model's promotion goes on with the episode's refresh chain: any promotion,
+        but a refresh let through by ``promotion.refresh_confidence`` only when it was better than
+        the champion it replaced beyond the same bound (:func:`refresh_gained`)."""
+        ref = self.reference
+        if not ref.refresh or self.refresh_confidence <= 0:
+            return True
+        return (
+            ref.wins is not None
+            and ref.losses is not None
+            and refresh_gained(ref.wins, ref.losses, self.refresh_confidence)
+        )
 
     def due_attempt(self) -> Attempt | None:
         """The further training request the open episode makes now, if any (see

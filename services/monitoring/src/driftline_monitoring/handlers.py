@@ -237,8 +237,15 @@ class Monitoring:
     def _monitor(self, promotion: ModelPromoted, reference: Reference) -> ModelMonitor:
         own = self.policies(reference.model_name)
         policy, max_examples, min_examples = own or (self.policy, self.max_examples, self.min_examples)
+        promotion_policy = self.promotion_of(reference.model_name)
         monitor = self.monitors[reference.model_name] = ModelMonitor(
-            reference, policy, self.resolve_after, self.join_capacity, max_examples, min_examples
+            reference,
+            policy,
+            self.resolve_after,
+            self.join_capacity,
+            max_examples,
+            min_examples,
+            refresh_confidence=promotion_policy.refresh_confidence if promotion_policy is not None else 0.0,
         )
         self.serving.follow(promotion)
         return monitor

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from statistics import NormalDist
 
 import numpy as np
 
@@ -57,7 +58,18 @@ def change_point(outcomes: Sequence[tuple[int, bool]], margin: int = 10) -> tupl
     return times[split], 2.0 * (float(score[best]) - whole), bool(rose)
 
 
-DETECTED, STILL_DEGRADED, CONSOLIDATION = "detected", "still_degraded", "consolidation"
+def refresh_gained(wins: int, losses: int, confidence: float) -> bool:
+    """The refresh chain's own test: a promoted refresh's paired counts against the champion it
+    replaced (``comparison.wins`` / ``losses`` of its run) show it better beyond z(confidence)
+    standard errors (McNemar), i.e. the boundary is still moving and refreshing pays. With
+    ``promotion.refresh_confidence`` the registry promotes a refresh that is merely not worse; such
+    a refresh counts as a miss of the chain (:meth:`Episode.refresh_target`)."""
+    if wins <= losses:
+        return False
+    return wins - losses > NormalDist().inv_cdf(confidence) * math.sqrt(wins + losses)
+
+
+DETECTED, STILL_DEGRADED, CONSOLIDATION, REFRESH = "detected", "still_degraded", "consolidation", "refresh"
 REFRESH_MISSES = 1  # a refresh chain survives this many unpromoted attempts in a row (spacing doubled)
 RECENT = "recent"  # driftline_training.window's name for the whole selection (older than the onset too)
 EPISODE_OUTCOMES = 5000  # outcomes an episode keeps to re-estimate its onset
@@ -73,11 +85,11 @@ class Attempt:
     """A further request for training of an open episode (``DriftDetected.attempt`` > 1)."""
 
     number: int
-    reason: str  # still_degraded | consolidation
+    reason: str  # still_degraded | consolidation | refresh (a consolidation of a slow change: no onset)
     onset_ms: int | None
     labelled_since_onset: int
-    statistic: float  # still_degraded: the accuracy drop; consolidation: the labelled outcomes since the onset
-    threshold: float  # still_degraded: the guard it is beyond; consolidation: the target it reached
+    statistic: float  # still_degraded: the accuracy drop; else the labelled outcomes since the onset
+    threshold: float  # still_degraded: the guard it is beyond; else the target it reached
 
 
 @dataclass
@@ -99,7 +111,9 @@ class Episode:
     # attempt's onset (see :meth:`next_attempt`).
     outcomes: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=EPISODE_OUTCOMES))
     promoted_examples: int | None = None  # examples of the run promoted in this episode, if any
-    promoted_attempt: int = 0  # the attempt whose run was promoted last (0: none known)
+    # The attempt whose run was promoted last (0: none known); a refresh promoted without a gain
+    # (refresh_gained) does not count: for the refresh chain it is a miss.
+    promoted_attempt: int = 0
     slow_change: bool = False  # a run of the episode learnt from older examples: refresh (refresh_target)
     consolidated_to: int = 0  # the largest consolidation target asked for so far
     first_examples: int = 0  # labelled outcomes since the onset the first request could train on
@@ -173,9 +187,10 @@ class Episode:
         of it came before), or the chain ended. A change that keeps moving (incremental) is never
         learnt once and for all: each model goes stale as the boundary moves on, so the episode asks
         for a run on the whole recent selection (no onset) ``refresh_fraction`` x ``max_examples``
-        new labels after the last attempt, for as long as refreshes are promoted; after one that was
-        not, the next waits twice as long, and ``REFRESH_MISSES`` + 1 in a row end the chain (the
-        concept settled, or moves too slowly to be worth a run). A settled sudden change's runs
+        new labels after the last attempt, for as long as refreshes are promoted (with
+        ``promotion.refresh_confidence``: promoted and better beyond its bound, :func:`refresh_gained`);
+        after one that was not, the next waits twice as long, and ``REFRESH_MISSES`` + 1 in a row end
+        the chain (the concept settled, or moves too slowly to be worth a run). A settled sudden change's runs
         choose the examples since the onset, so it starts no chain and costs no run."""
         if policy.refresh_fraction <= 0 or max_examples is None or self.promoted_examples is None:
             return None
@@ -193,7 +208,7 @@ class Episode:
 
         * consolidation: a model promoted in the episode was trained on few post-drift examples, and
           the labelled outcomes since the onset reached :meth:`consolidation_target`; or, in a slow
-          change, :meth:`refresh_target` (also a ``consolidation`` request, without an onset);
+          change, :meth:`refresh_target` (a ``refresh`` request: no onset, the whole recent selection);
         * still_degraded: served performance is still degraded and :meth:`retry_spacing` new labelled
           outcomes arrived since the last attempt, fewer than ``max_attempts`` made;
 
@@ -201,13 +216,13 @@ class Episode:
         """
         if self.waiting_for_outcome(policy):
             return None
-        for target, onset in (
-            (self.consolidation_target(policy, max_examples), self.onset_ms),
-            (self.refresh_target(policy, max_examples), None),
+        for target, reason, onset in (
+            (self.consolidation_target(policy, max_examples), CONSOLIDATION, self.onset_ms),
+            (self.refresh_target(policy, max_examples), REFRESH, None),
         ):
             if target is not None and self.labelled_since_onset >= target:
                 labelled = self.labelled_since_onset
-                return Attempt(self.attempts + 1, CONSOLIDATION, onset, labelled, float(labelled), float(target))
+                return Attempt(self.attempts + 1, reason, onset, labelled, float(labelled), float(target))
         if not degraded or self.attempts >= policy.max_attempts:
             return None
         if self.labelled_since_onset - self.labelled_at_attempt < self.retry_spacing(policy):

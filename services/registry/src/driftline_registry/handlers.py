@@ -196,6 +196,7 @@ class RegistryHandlers:
                         n_compared=e.n_comparison,
                         wins=e.comparison_wins,
                         losses=e.comparison_losses,
+                        refresh=e.refresh,
                     )
                     record = self._policy_record(e, version, decision, model["champion_version"])
                     await self._announce(conn, record)

@@ -14,6 +14,15 @@ wins a 50-example comparison by luck. The comparison uses the candidate's metric
 examples the champion was scored on (``comparison_metrics``: the holdout examples after the end
 of the champion's training data), not its whole holdout. A candidate that did not compare itself
 with the current champion is rejected: there is no fair comparison to decide on.
+
+A **refresh** (``refresh``: a drift run of a slow change's refresh chain on the whole recent
+selection, ``ModelTrained.refresh``) is the champion's window moved on to newer data, not a model
+of a new concept: with ``promotion.refresh_confidence`` above 0 the burden of proof is reversed,
+and it is promoted (past the floor, on the same holdout) unless the champion is better beyond
+z(refresh_confidence) standard errors (McNemar on the paired counts; without them the unpaired
+bound). Monitoring's refresh chain goes on at its spacing only after a refresh better beyond the
+same bound (``driftline_monitoring.lifecycle.refresh_gained``), so a refresh let through on the
+noise counts as a miss there.
 """
 
 from __future__ import annotations
@@ -98,11 +107,13 @@ def decide(
     n_compared: int | None = None,
     wins: int | None = None,
     losses: int | None = None,
+    refresh: bool = False,
 ) -> Decision:
     """Promote or reject a candidate with ``metrics`` given the registry's current champion.
 
     ``comparison_metrics`` are the candidate's metrics on the examples ``champion_metrics`` come
-    from; None (runs that compared on the whole holdout) means ``metrics``.
+    from; None (runs that compared on the whole holdout) means ``metrics``. ``refresh``: the run
+    is a refresh (see the module doc and ``PromotionPolicy.refresh_confidence``).
     """
     metric, margin, floor = policy.metric, policy.margin, policy.floor
     lower = metric in LOWER_IS_BETTER
@@ -132,13 +143,35 @@ def decide(
         return result(False, f"the candidate has no {metric} on the examples the champion was scored on", None)
     improvement = (champion - contender) if lower else (contender - champion)
     verdict = f"{metric} {_fmt(contender)} vs champion v{champion_version}'s {_fmt(champion)} on the same holdout"
-    noise = 0.0
-    if n_compared is not None and metric in PROPORTIONS:
-        noise = (
-            paired_noise_bound(wins, losses, n_compared, policy.confidence)
-            if wins is not None and losses is not None and metric == "accuracy"
-            else noise_bound(contender, champion, n_compared, policy.confidence)
+    paired = wins is not None and losses is not None and metric == "accuracy"
+
+    def noise_at(confidence: float) -> float:
+        if n_compared is None or metric not in PROPORTIONS:
+            return 0.0
+        if paired:
+            assert wins is not None and losses is not None
+            return paired_noise_bound(wins, losses, n_compared, confidence)
+        return noise_bound(contender, champion, n_compared, confidence)
+
+    if refresh and policy.refresh_confidence > 0:
+        # A refresh: the champion's window on newer data. Promoted unless it is clearly worse.
+        allowed = noise_at(policy.refresh_confidence)
+        tail = f"refresh, confidence {policy.refresh_confidence:g}"
+        if improvement < 0 and -improvement > allowed + _TOLERANCE:
+            return result(
+                False,
+                f"{verdict}: a refresh worse by {_fmt(-improvement)}, beyond the noise of {n_compared} "
+                f"examples ({_fmt(allowed)}, {tail})",
+                contender,
+                champion,
+            )
+        return result(
+            True,
+            f"{verdict}: a refresh, {_fmt(improvement)} (not worse beyond the noise {_fmt(allowed)}, {tail})",
+            contender,
+            champion,
         )
+    noise = noise_at(policy.confidence)
     if noise > 0 and improvement > 0 and improvement >= margin - _TOLERANCE and improvement <= noise:
         return result(
             False,

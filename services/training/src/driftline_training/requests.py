@@ -27,6 +27,17 @@ def trigger_of(request: TrainingRequested) -> str:
     return "drift" if request.reason == "drift" else "request"
 
 
+# DriftDetected.reason of a refresh: a slow change's next run on the whole recent selection.
+REFRESH = "refresh"
+
+
+def is_refresh(request: TrainingRequested) -> bool:
+    """A refresh: a drift episode's request without an onset (only a ``refresh`` attempt makes
+    one), i.e. a run on the whole most recent selection: the champion's window on newer data.
+    Derived from the request, so a request re-made after waiting for labels stays one."""
+    return request.reason == "drift" and request.drift_episode_id is not None and request.since is None
+
+
 def drift_request_id(model_name: str, episode_id: str, attempt: int | None = None, episode_attempt: int = 1) -> str:
     """The request a drift episode makes; ``episode_attempt`` numbers the episode's requests
     (``DriftDetected.attempt``), ``attempt`` a request made again after waiting for labels."""

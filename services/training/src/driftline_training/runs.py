@@ -34,7 +34,7 @@ from driftline_training.artifacts import RunArtifacts, metadata_key, model_key, 
 from driftline_training.champion import ChampionComparison, ChampionEvaluator
 from driftline_training.pipeline import RETRIED_IN_PLACE, Example, FitResult, TrainingFailure
 from driftline_training.provenance import code_version, library_versions
-from driftline_training.requests import run_id_of, trigger_of
+from driftline_training.requests import is_refresh, run_id_of, trigger_of
 from driftline_training.store import TrainingStore
 from driftline_training.trigger_policy import drift_trigger_id
 from driftline_training.triggers import Triggers
@@ -201,7 +201,9 @@ class Runs:
         timings.update(result.timings)
         with _timed(timings, "champion_s"):
             champion = await self.store.get_champion(request.model_name)
-            comparison = await self.champions.compare(champion, result, drift_run=since is not None)
+            # A refresh is a drift run too: compared on the most recent part of the holdout.
+            drift_run = since is not None or is_refresh(request)
+            comparison = await self.champions.compare(champion, result, drift_run=drift_run)
         with _timed(timings, "upload_s"):
             model_ref = await self._store_model(request.model_name, run_id, result)
             training_set_ref = await self.artifacts.put(
@@ -315,6 +317,7 @@ class Runs:
             "timings": t.timings,
             "trigger": trigger_of(request),
             "reason": request.reason,
+            "refresh": is_refresh(request),
             "requested_by": request.requested_by,
             "drift_episode_id": request.drift_episode_id,
             "training_request_id": request.request_id,
@@ -363,6 +366,7 @@ class Runs:
             trigger=trigger_of(request),
             drift_episode_id=request.drift_episode_id,
             training_request_id=request.request_id,
+            refresh=is_refresh(request),
         )
 
     # -- outcomes ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from driftline.project import CooldownSpec, Project
 from driftline.records import DriftDetected, TrainingRequested
 from driftline_training import trigger_policy
 from driftline_training.requests import (
+    REFRESH,
     drift_request_id,
     initial_request_id,
     request_event_id_of,
@@ -55,8 +56,9 @@ class Triggers:
         """
         model, episode = e.model_name, e.episode_id
         # Train on what came after the change: its estimated onset when monitoring gives one
-        # (performance drift), else the start of the window that drifted.
-        onset = as_utc(e.onset or e.window_start)
+        # (performance drift), else the start of the window that drifted. A refresh has none: it
+        # trains on the whole recent selection (requests.is_refresh).
+        onset = None if e.reason == REFRESH else as_utc(e.onset or e.window_start)
         ask = Ask(
             trigger_id=trigger_policy.drift_trigger_id(model, episode, e.attempt),
             kind="drift",
