@@ -15,7 +15,7 @@ from driftline.events import derived_event_id, envelope
 from driftline.project import load_project
 from driftline.records import FeatureVectorComputed, RawEvent
 from driftline.retry import TransientError
-from driftline_features.handlers import FeatureProcessor, SourceRecord
+from driftline_features.handlers import YIELD_EVERY, FeatureProcessor, SourceRecord
 from driftline_features.store import VectorRow
 from driftline_ml.featuredefs import FeatureSet
 from driftline_ml.online import StateRow
@@ -385,6 +385,40 @@ async def test_a_batch_in_chunks_computes_the_next_chunk_while_the_last_is_writt
     # chunk 2 computed and sent while chunk 1 was being written (one after the other: 2)
     assert store.sent_during_first_write == 4
     assert store.writes == 3 and len(store.rows) == 5
+
+
+class RoundTripStore(FakeStore):
+    """A store whose write takes several turns of the event loop, as a PostgreSQL write's round
+    trips do; it notes how many vectors had been computed when each write finished."""
+
+    def __init__(self, computed: list[int]) -> None:
+        super().__init__()
+        self.computed = computed
+        self.computed_at_end: list[int] = []
+
+    async def write(self, rows: list[VectorRow], states: Sequence[StateRow] = ()) -> None:
+        for _ in range(2):
+            await asyncio.sleep(0)
+        await super().write(rows, states)
+        self.computed_at_end.append(self.computed[0])
+
+
+async def test_a_chunk_s_write_moves_on_while_the_next_chunk_is_computed() -> None:
+    computed = [0]
+    store, states = RoundTripStore(computed), DictStates()
+    p = processor(store, chunk_size=YIELD_EVERY * 4)
+    compute = p.compute
+
+    def counting(*args: Any) -> Any:
+        computed[0] += 1
+        return compute(*args)
+
+    p.compute = counting  # type: ignore[method-assign]
+    raws = [raw_event(f"c{i % 7}", i, 1.0 * i) for i in range(YIELD_EVERY * 8)]
+    await p.handle(records(*map(encode, raws)), states)
+    # the first chunk's write ended while the second chunk was being computed, not after it
+    first = store.computed_at_end[0]
+    assert YIELD_EVERY * 4 < first < YIELD_EVERY * 8, store.computed_at_end
 
 
 async def test_a_failed_chunk_runs_the_whole_batch_again_with_the_same_vectors() -> None:

@@ -233,8 +233,8 @@ def _union(branches: list[Any]) -> Writer | None:
     if "timestamp-millis" in known:  # a datetime in a union: left to fastavro
         return None
     double = known.index("double") if "double" in known else None
-    # The branch a value goes to depends on its type only, except for ints (their range): cached
-    # per type, ints resolved per value.
+    # The branch a value goes to depends on its type only, and for an int on its range: chosen
+    # once per type (per range), as fastavro's validators would choose it.
     by_type: dict[type, Writer] = {}
 
     def choose(value: Any) -> Writer:
@@ -250,10 +250,17 @@ def _union(branches: list[Any]) -> Writer | None:
                 return lambda v: tag + writer(v)
         raise Unsupported("no branch of the union")
 
+    # ints: by range (an int, a long, neither), each chosen once
+    int_writers: dict[int, Writer] = {}
+
     def write(value: Any) -> bytes:
         t = type(value)
         if t is int:
-            return choose(value)(value)
+            size = 0 if _INT_MIN <= value <= _INT_MAX else 1 if _LONG_MIN <= value <= _LONG_MAX else 2
+            hit = int_writers.get(size)
+            if hit is None:
+                hit = int_writers[size] = choose(value)
+            return hit(value)
         hit = by_type.get(t)
         if hit is None:
             hit = choose(value)

@@ -83,9 +83,12 @@ def _chain_of(cause: object) -> tuple[str, str]:
     """(event_id, correlation_id) of a cause given as a record, an Event or a dict."""
     if isinstance(cause, Event):
         cause = cause.record if cause.record is not None else cause.value
+    event_id = getattr(cause, "event_id", None)  # a typed record (before an ABC check: per event)
+    if event_id is not None and not isinstance(cause, dict):
+        return str(event_id), str(getattr(cause, "correlation_id"))  # noqa: B009
     if isinstance(cause, Mapping):
         return str(cause["event_id"]), str(cause["correlation_id"])
-    return str(getattr(cause, "event_id")), str(getattr(cause, "correlation_id"))  # noqa: B009
+    raise TypeError(f"a cause is a record, an Event or a mapping, not {type(cause).__name__}")
 
 
 def as_utc(value: datetime | int | float) -> datetime:
