@@ -373,3 +373,19 @@ def test_the_reference_knows_a_refresh_and_its_runs_paired_counts() -> None:
     assert (ref.refresh, ref.wins, ref.losses) == (True, 7, 4)
     old = Reference.from_metadata("m", 1, base | {"comparison": None}, "e")  # before refreshes were marked
     assert (old.refresh, old.wins, old.losses) == (False, None, None)
+
+
+def test_a_living_refresh_chain_keeps_its_episode_from_being_exhausted() -> None:
+    """Every attempt made and still degraded: the episode gives up, unless its refresh chain lives
+    (its next refresh is scheduled; the chain ends by its own misses)."""
+    cap, policy = 4000, REFRESHING
+    episode = Episode("e", PERFORMANCE, onset_ms=0, attempts=policy.max_attempts)
+    slow = replace(reference(2, examples=3000, episode="e"), window=RECENT, since_onset_share=0.2)
+    ModelMonitor(slow, policy, max_examples=cap).carry(episode)
+    episode.labelled_since_onset = episode.labelled_at_attempt + episode.retry_spacing(policy)
+    assert episode.refresh_target(policy, cap) is not None
+    assert not episode.exhausted(policy, cap)
+    assert episode.exhausted(POLICY, cap)  # refreshing off: exhausted as before
+    episode.attempts += 2  # two refreshes not promoted: the chain ended
+    episode.labelled_since_onset += episode.retry_spacing(policy)
+    assert episode.refresh_target(policy, cap) is None and episode.exhausted(policy, cap)

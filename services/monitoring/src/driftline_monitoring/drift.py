@@ -717,7 +717,7 @@ class ModelMonitor:
         if episode is None:
             return None
         perf = self.performance
-        if perf.degraded() and episode.exhausted(self.policy):
+        if perf.degraded() and episode.exhausted(self.policy, self.max_examples):
             self.episode = None
             return episode, "attempts_exhausted"
         back = result.clean and not perf.degraded() and (perf.total == 0 or perf.drop is not None)

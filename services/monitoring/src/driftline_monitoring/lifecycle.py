@@ -245,13 +245,16 @@ class Episode:
         if attempt.reason == CONSOLIDATION:
             self.consolidated_to = max(self.consolidated_to, round(attempt.threshold))
 
-    def exhausted(self, policy: DriftPolicy) -> bool:
+    def exhausted(self, policy: DriftPolicy, max_examples: int | None = None) -> bool:
         """Every attempt was made and the last one's spacing has passed: the episode gives up (it
-        closes, ``attempts_exhausted``; a later detection opens a new one)."""
+        closes, ``attempts_exhausted``; a later detection opens a new one). Not while a refresh
+        chain lives (:meth:`refresh_target`): its runs are scheduled, and it ends by its own
+        misses."""
         return (
             self.attempts >= policy.max_attempts
             and not self.waiting_for_outcome(policy)
             and self.labelled_since_onset - self.labelled_at_attempt >= self.retry_spacing(policy)
+            and self.refresh_target(policy, max_examples) is None
         )
 
     def take_seen(self, now: float, every_s: float, *, force: bool = False) -> datetime | None:
