@@ -214,7 +214,8 @@ def test_a_stationary_error_stream_keeps_the_onset() -> None:
     assert episode.moved_onset() == 0
 
 
-REFRESHING = POLICY.model_copy(update={"refresh_fraction": 0.5})  # off in the shipped policy
+REFRESHING = POLICY.model_copy(update={"refresh_fraction": 0.5})  # the shipped policy's value
+OFF = POLICY.model_copy(update={"refresh_fraction": 0.0})
 
 
 def test_a_slow_change_refreshes_on_the_whole_window_while_promoted_and_stops_after_two_misses() -> None:
@@ -292,7 +293,7 @@ def test_no_refresh_when_it_is_off_and_then_a_recent_window_consolidates_as_befo
     episode = Episode("e", PERFORMANCE, promoted_examples=3000, attempts=1, promoted_attempt=1, slow_change=True)
     assert episode.refresh_target(REFRESHING, 4000) is not None
     assert episode.refresh_target(REFRESHING, None) is None  # no cap known: no spacing
-    off = POLICY  # the shipped policy: off
+    off = OFF
     assert off.refresh_fraction == 0
     assert episode.refresh_target(off, 4000) is None
     assert episode.consolidation_target(off, 4000) == 4000
@@ -377,7 +378,8 @@ def test_the_reference_knows_a_refresh_and_its_runs_paired_counts() -> None:
 
 def test_a_living_refresh_chain_keeps_its_episode_from_being_exhausted() -> None:
     """Every attempt made and still degraded: the episode gives up, unless its refresh chain lives
-    (its next refresh is scheduled; the chain ends by its own misses)."""
+    at its spacing (the last attempt's run was promoted, so its next refresh is scheduled); after a
+    miss it gives up as before, and a later detection opens a new episode."""
     cap, policy = 4000, REFRESHING
     episode = Episode("e", PERFORMANCE, onset_ms=0, attempts=policy.max_attempts)
     slow = replace(reference(2, examples=3000, episode="e"), window=RECENT, since_onset_share=0.2)
@@ -385,7 +387,10 @@ def test_a_living_refresh_chain_keeps_its_episode_from_being_exhausted() -> None
     episode.labelled_since_onset = episode.labelled_at_attempt + episode.retry_spacing(policy)
     assert episode.refresh_target(policy, cap) is not None
     assert not episode.exhausted(policy, cap)
-    assert episode.exhausted(POLICY, cap)  # refreshing off: exhausted as before
-    episode.attempts += 2  # two refreshes not promoted: the chain ended
+    assert episode.exhausted(OFF, cap)  # refreshing off: exhausted as before
+    episode.attempts += 1  # an attempt not promoted: the chain waits twice as long, the episode gives up
+    episode.labelled_since_onset += episode.retry_spacing(policy)
+    assert episode.refresh_target(policy, cap) is not None and episode.exhausted(policy, cap)
+    episode.attempts += 1  # a second one: the chain ended
     episode.labelled_since_onset += episode.retry_spacing(policy)
     assert episode.refresh_target(policy, cap) is None and episode.exhausted(policy, cap)

@@ -248,13 +248,15 @@ class Episode:
     def exhausted(self, policy: DriftPolicy, max_examples: int | None = None) -> bool:
         """Every attempt was made and the last one's spacing has passed: the episode gives up (it
         closes, ``attempts_exhausted``; a later detection opens a new one). Not while a refresh
-        chain lives (:meth:`refresh_target`): its runs are scheduled, and it ends by its own
-        misses."""
+        chain lives at its spacing (:meth:`refresh_target`, the last attempt's run promoted): its
+        next refresh is scheduled. After a miss the episode gives up as before: a fresh detection
+        (a new onset) serves a change that moved on better than a refresh at twice the spacing."""
+        chain_lives = self.attempts == self.promoted_attempt and self.refresh_target(policy, max_examples) is not None
         return (
             self.attempts >= policy.max_attempts
             and not self.waiting_for_outcome(policy)
             and self.labelled_since_onset - self.labelled_at_attempt >= self.retry_spacing(policy)
-            and self.refresh_target(policy, max_examples) is None
+            and not chain_lives
         )
 
     def take_seen(self, now: float, every_s: float, *, force: bool = False) -> datetime | None:
